@@ -1,0 +1,1 @@
+"""Reproducible benchmark protocols (not part of the test suite)."""

@@ -1,0 +1,197 @@
+"""Protocol `cifar10-cpu`: build (and cache) the backdoored CIFAR-10 fixtures and report them.
+
+    python -m benchmarks.cifar_fixtures                     # all fixtures of the protocol
+    python -m benchmarks.cifar_fixtures --only badnets-0.1  # one fixture
+
+Each fixture = one attack at one poison rate, trained from scratch on the poisoned CIFAR-10
+train set with the zoo's ``cifar-cnn`` (chosen to fit the ~15 min / 2-core budget). The fixture
+directory (keyed by a hash of its config) holds the model, the trigger, the poison indices and
+the disjoint 5% clean budget (2,500 non-poisoned training images) that defences may use.
+Results: ``benchmarks/results/cifar10_cpu_undefended.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import hardenkit as hk
+from hardenkit.data import stratified_indices
+from hardenkit.io import load_model_weights, save_state_dict
+from hardenkit.triggers import Trigger
+
+from .common import CACHE, DEFAULT_ARCHIVE, config_hash, load_cifar10, peak_rss_mb, write_results
+
+ARCH = "cifar-cnn"
+ARCH_KW: dict[str, Any] = {"width": 16}
+TRAIN = {
+    "epochs": 15,
+    "batch_size": 256,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "schedule": "onecycle",
+    "augment": True,
+}
+FIXTURES: dict[str, dict[str, Any]] = {
+    "badnets-0.1": {"attack": "badnets", "poison_rate": 0.1},
+    "blended-0.1": {"attack": "blended", "poison_rate": 0.1},
+    "wanet-0.1": {"attack": "wanet", "poison_rate": 0.1},
+    "sig-0.1": {"attack": "sig", "poison_rate": 0.1},
+    "badnets-0.01": {"attack": "badnets", "poison_rate": 0.01},
+    "blended-0.01": {"attack": "blended", "poison_rate": 0.01},
+}
+CLEAN_FRACTION = 0.05
+SEED = 0
+
+
+def fixture_config(name: str) -> dict[str, Any]:
+    spec = FIXTURES[name]
+    return {
+        "protocol": "cifar10-cpu/v1",
+        "attack": spec["attack"],
+        "attack_config": {"poison_rate": spec["poison_rate"], "target": 0, "seed": SEED},
+        "arch": ARCH,
+        "arch_kwargs": ARCH_KW,
+        "train": TRAIN,
+        "seed": SEED,
+        "clean_fraction": CLEAN_FRACTION,
+    }
+
+
+def fixture_dir(name: str) -> Path:
+    return CACHE / "fixtures" / f"{name}-{config_hash(fixture_config(name))}"
+
+
+def _print_progress(phase: str, step: int, total: int, **info: Any) -> None:
+    extra = " ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()
+    )
+    print(f"  [{time.strftime('%H:%M:%S')}] {phase} {step}/{total} {extra}", flush=True)
+
+
+def build_fixture(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
+    """Train (or load from cache) one fixture and measure BA/ASR/RA on the full test set."""
+    cfg = fixture_config(name)
+    d = fixture_dir(name)
+    done = d / "fixture.json"
+    if done.is_file():
+        info: dict[str, Any] = json.loads(done.read_text())
+        info["cached"] = True
+        return info
+    torch.manual_seed(SEED)
+    t0 = time.perf_counter()
+    bd = hk.make_backdoored_model(
+        cfg["attack"],
+        data["train"],
+        arch=lambda: hk.create_model(ARCH, 10, **ARCH_KW),
+        attack_config=cfg["attack_config"],
+        train_config=TRAIN,
+        runtime={"seed": SEED, "device": "cpu"},
+        progress=_print_progress,
+    )
+    train_s = time.perf_counter() - t0
+    rep = hk.Validator(bd.model).run(
+        data["test"].loader(batch_size=1000), trigger=bd.trigger, target=bd.target
+    )
+    clean_idx = stratified_indices(
+        data["train"].labels, fraction=CLEAN_FRACTION, seed=SEED, exclude=bd.poisoned.poison_indices
+    )
+    d.mkdir(parents=True, exist_ok=True)
+    save_state_dict(bd.model, d / "model.safetensors")
+    bd.trigger.save(d / "trigger.safetensors")
+    save_state_dict(
+        {"poison_indices": bd.poisoned.poison_indices, "clean_indices": clean_idx},
+        d / "indices.safetensors",
+    )
+    rep.save(d / "validation.json")
+    info = {
+        "fixture": name,
+        "config": cfg,
+        "ba": rep.ba,
+        "asr": rep.asr,
+        "ra": rep.ra,
+        "train_seconds": train_s,
+        "poisoned": len(bd.poisoned.poison_indices),
+        "clean_budget": len(clean_idx),
+        "epochs": [e.__dict__ for e in bd.history.epochs],
+        "cached": False,
+    }
+    done.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def load_fixture(
+    name: str,
+) -> tuple[torch.nn.Module, Trigger, dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a cached fixture: (model, trigger, indices, info). Builds nothing."""
+    d = fixture_dir(name)
+    if not (d / "fixture.json").is_file():
+        raise SystemExit(
+            f"fixture {name} not built; run python -m benchmarks.cifar_fixtures --only {name}"
+        )
+    model = hk.create_model(ARCH, 10, **ARCH_KW)
+    load_model_weights(model, d / "model.safetensors")
+    from safetensors.torch import load_file
+
+    return (
+        model.eval(),
+        Trigger.load(d / "trigger.safetensors"),
+        load_file(str(d / "indices.safetensors")),
+        json.loads((d / "fixture.json").read_text()),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    p.add_argument("--only", action="append", choices=sorted(FIXTURES), help="fixture(s) to build")
+    args = p.parse_args(argv)
+    names = args.only or list(FIXTURES)
+    data = load_cifar10(args.archive)
+    rows = []
+    for name in names:
+        print(f"[{time.strftime('%H:%M:%S')}] fixture {name} ...", flush=True)
+        info = build_fixture(name, data)
+        rows.append(
+            {
+                "fixture": name,
+                "attack": info["config"]["attack"],
+                "poison_rate": info["config"]["attack_config"]["poison_rate"],
+                "BA %": 100 * info["ba"],
+                "ASR %": 100 * info["asr"],
+                "RA %": 100 * info["ra"],
+                "train s": info["train_seconds"],
+                "cached": info["cached"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    cols = ["fixture", "attack", "poison_rate", "BA %", "ASR %", "RA %", "train s", "cached"]
+    out = write_results(
+        "cifar10_cpu_undefended",
+        rows,
+        cols,
+        {
+            "protocol": "cifar10-cpu",
+            "arch": ARCH,
+            "arch_kwargs": ARCH_KW,
+            "train": TRAIN,
+            "peak_rss_mb": peak_rss_mb(),
+            "command": "python -m benchmarks.cifar_fixtures " + " ".join(argv or sys.argv[1:]),
+        },
+    )
+    print(out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

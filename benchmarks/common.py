@@ -1,0 +1,102 @@
+"""Shared helpers of the benchmark scripts: CIFAR-10 loading with a local cache, result files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hardenkit._utils.environment import environment_info
+from hardenkit.data import ImageDataset, load_image_archive
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_ARCHIVE = ROOT.parent.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+CACHE = Path(os.environ.get("HARDENKIT_BENCH_CACHE", ROOT / "cache"))
+RESULTS = ROOT / "results"
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """Stable short hash of a JSON-able config (the fixture cache key)."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_cifar10(archive: Path = DEFAULT_ARCHIVE) -> dict[str, ImageDataset]:
+    """CIFAR-10 train/test from the JPEG archive, cached as uint8 safetensors (not committed)."""
+    if not archive.is_file():
+        raise SystemExit(
+            f"CIFAR-10 archive not found at {archive}. Pass --archive PATH "
+            "(ImageFolder layout train/<class>/*.jpg, test/<class>/*.jpg)."
+        )
+    stat = archive.stat()
+    key = config_hash({"path": str(archive.resolve()), "size": stat.st_size})
+    cache = CACHE / f"cifar10-{key}.safetensors"
+    if cache.is_file():
+        t = load_file(str(cache))
+        return {
+            s: ImageDataset(t[f"{s}_x"], t[f"{s}_y"], CIFAR10_CLASSES) for s in ("train", "test")
+        }
+    t0 = time.perf_counter()
+    splits = load_image_archive(archive)
+    print(f"decoded {archive.name} in {time.perf_counter() - t0:.1f}s", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {
+            "train_x": splits["train"].images.contiguous(),
+            "train_y": splits["train"].labels.contiguous(),
+            "test_x": splits["test"].images.contiguous(),
+            "test_y": splits["test"].labels.contiguous(),
+        },
+        str(cache),
+    )
+    return splits
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_results(
+    name: str, rows: list[dict[str, Any]], columns: list[str], meta: dict[str, Any]
+) -> Path:
+    """Write ``results/<name>.json`` and ``results/<name>.md`` (markdown table)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "environment": environment_info(), **meta, "rows": rows}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+    md = f"# {name}\n\n" + "\n".join(lines) + "\n"
+    if meta.get("command"):
+        md += f"\nCommand: `{meta['command']}`\n"
+    (RESULTS / f"{name}.md").write_text(md)
+    return RESULTS / f"{name}.md"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    return "" if v is None else str(v)
+
+
+def torch_threads() -> int:
+    return torch.get_num_threads()

@@ -1,0 +1,116 @@
+"""hardenkit: find and remove backdoors in PyTorch image classifiers, ship them to ONNX.
+
+The public facade. Images are float pixels in [0, 1] (NCHW); normalization lives inside
+the model. Nothing here modifies the caller's model.
+
+Example:
+    >>> import hardenkit as hk
+    >>> data = hk.data.make_synthetic_dataset(num_classes=4, train_per_class=40, test_per_class=10)
+    >>> bd = hk.make_backdoored_model("badnets", data.train,
+    ...                               train_config=hk.TrainConfig(epochs=1, batch_size=32))
+    >>> report = hk.Validator(bd.model).run(
+    ...     data.test.loader(), trigger=bd.trigger, target=bd.target
+    ... )
+    >>> 0.0 <= report.ba <= 1.0
+    True
+"""
+
+from . import attacks, data, models, triggers, validate
+from ._version import __version__
+from .attacks import BackdooredModel, build_attack, make_backdoored_model
+from .config import HardenkitConfig, Normalization, RuntimeConfig
+from .data import ImageDataset, make_synthetic_dataset
+from .errors import (
+    ConfigError,
+    DataError,
+    ExecutionProviderError,
+    ExportError,
+    HardenkitError,
+    HardenkitWarning,
+    ModelCompatibilityError,
+    ParityError,
+    RegistryError,
+    UnsafeArtifactError,
+)
+from .io import load_model_weights, load_state_dict, save_state_dict
+from .logging import configure_logging, get_logger
+from .models import build_model, create_model, list_models, with_normalization
+from .registry import Registry
+from .reports import BaseReport, EnvironmentInfo, ModelFingerprint
+from .training import TrainConfig, train_model
+from .triggers import (
+    AdditiveTrigger,
+    BlendTrigger,
+    CallableTrigger,
+    MaskPatternTrigger,
+    PatchTrigger,
+    Trigger,
+    WarpTrigger,
+)
+from .validate import (
+    GateDecision,
+    GatePolicy,
+    ValidationReport,
+    Validator,
+    attack_success_rate,
+    benign_accuracy,
+    der,
+    robust_accuracy,
+)
+
+__all__ = [
+    "AdditiveTrigger",
+    "BackdooredModel",
+    "BaseReport",
+    "BlendTrigger",
+    "CallableTrigger",
+    "ConfigError",
+    "DataError",
+    "EnvironmentInfo",
+    "ExecutionProviderError",
+    "ExportError",
+    "GateDecision",
+    "GatePolicy",
+    "HardenkitConfig",
+    "HardenkitError",
+    "HardenkitWarning",
+    "ImageDataset",
+    "MaskPatternTrigger",
+    "ModelCompatibilityError",
+    "ModelFingerprint",
+    "Normalization",
+    "ParityError",
+    "PatchTrigger",
+    "Registry",
+    "RegistryError",
+    "RuntimeConfig",
+    "TrainConfig",
+    "Trigger",
+    "UnsafeArtifactError",
+    "ValidationReport",
+    "Validator",
+    "WarpTrigger",
+    "__version__",
+    "attack_success_rate",
+    "attacks",
+    "benign_accuracy",
+    "build_attack",
+    "build_model",
+    "configure_logging",
+    "create_model",
+    "data",
+    "der",
+    "get_logger",
+    "list_models",
+    "load_model_weights",
+    "load_state_dict",
+    "make_backdoored_model",
+    "make_synthetic_dataset",
+    "models",
+    "robust_accuracy",
+    "save_state_dict",
+    "train_model",
+    "triggers",
+    "validate",
+    "with_normalization",
+]

@@ -1,0 +1,5 @@
+"""``python -m hardenkit`` runs the CLI."""
+
+from .cli import entrypoint
+
+entrypoint()

@@ -1,0 +1,1 @@
+"""Private helpers shared across hardenkit modules (not part of the public API)."""

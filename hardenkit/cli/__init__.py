@@ -1,0 +1,91 @@
+"""The ``hardenkit`` command line.
+
+Exit codes: 0 success / gate passed, 1 gate failed, 2 usage, config or input error,
+3 runtime or environment error, 70 internal error.
+
+Example:
+    >>> from hardenkit.cli import main
+    >>> main(["--version"])  # doctest: +ELLIPSIS
+    hardenkit ...
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from .._version import __version__
+from ..logging import configure_logging
+from . import demo, validate_cmd
+from ._common import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, run_command
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hardenkit",
+        description="Find and remove backdoors in PyTorch image classifiers.",
+        epilog="Exit codes: 0 ok/passed, 1 gate failed, 2 usage or input error, "
+        "3 runtime error, 70 internal error.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("HARDENKIT_LOG_LEVEL", "WARNING"),
+        help="log level of the JSON/console event log on stderr (default WARNING)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        default="auto",
+        help="event log format on stderr",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo.add_parser(sub)
+    validate_cmd.add_parser(sub)
+    models = sub.add_parser("models", help="list the model zoo")
+    models.set_defaults(func=_list_models)
+    return parser
+
+
+def _list_models(args: argparse.Namespace) -> int:
+    from ..models import list_models
+
+    for name in list_models():
+        print(name)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hardenkit`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help exits 0, usage errors exit 2
+        return int(exc.code or 0)
+    if args.version:
+        print(f"hardenkit {__version__}")
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    configure_logging(args.log_format, args.log_level)
+    try:
+        return run_command(lambda: int(args.func(args)))
+    except Exception:
+        traceback.print_exc()
+        print(
+            "hardenkit: internal error (a bug); please report it with the traceback above.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def entrypoint() -> None:
+    """``console_scripts`` wrapper."""
+    sys.exit(main())

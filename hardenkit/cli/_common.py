@@ -1,0 +1,106 @@
+"""Shared CLI plumbing: exit codes, error mapping, data/trigger/model argument parsing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..data import ImageDataset, load_image_archive, load_image_folder, make_synthetic_dataset
+from ..errors import ConfigError, DataError, HardenkitError
+from ..triggers import Trigger
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_RUNTIME = 3
+EXIT_INTERNAL = 70
+
+
+def run_command(fn: Callable[[], int]) -> int:
+    """Run a command body and map exceptions to documented exit codes."""
+    try:
+        return fn()
+    except HardenkitError as exc:
+        print(f"hardenkit: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"hardenkit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RuntimeError, MemoryError, OSError) as exc:
+        print(f"hardenkit: runtime error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        print("hardenkit: interrupted", file=sys.stderr)
+        return 130
+
+
+def parse_kv(text: str) -> dict[str, Any]:
+    """``"a=1,b=x,c=0.5"`` → ``{"a": 1, "b": "x", "c": 0.5}`` (JSON scalars where they parse)."""
+    out: dict[str, Any] = {}
+    if not text:
+        return out
+    for part in text.split(","):
+        if "=" not in part:
+            raise ConfigError(f"expected key=value in {text!r}, got {part!r}.")
+        k, v = part.split("=", 1)
+        k = k.strip().replace("-", "_")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v.strip()
+    return out
+
+
+def load_trigger_arg(spec: str, *, image_size: int, channels: int) -> Trigger:
+    """A trigger from a ``.safetensors`` file or an attack spec like ``badnets:patch_size=4``."""
+    path = Path(spec)
+    if path.suffix == ".safetensors" or path.is_file():
+        return Trigger.load(path)
+    from ..attacks import build_attack
+
+    name, _, rest = spec.partition(":")
+    cfg = {"image_size": image_size, "channels": channels, **parse_kv(rest)}
+    return build_attack(name, cfg).trigger
+
+
+def load_data_arg(spec: str, *, split: str) -> ImageDataset:
+    """Dataset from ``synthetic[:k=v,...]``, a ``.tar.gz`` archive, or a directory."""
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        kv = parse_kv(spec.partition(":")[2])
+        splits = make_synthetic_dataset(**kv)
+        return splits.test if split == "test" else splits.train
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(
+            f"data path {spec!r} does not exist.",
+            hint="pass an ImageFolder directory, a .tar.gz archive, or 'synthetic'",
+        )
+    if path.is_file():
+        return load_image_archive(path, splits=(split,))[split]
+    if (path / split).is_dir():
+        return load_image_folder(path / split)
+    return load_image_folder(path)
+
+
+def load_policy_file(path: Path) -> dict[str, Any]:
+    """Read a gate policy from JSON or YAML."""
+    text = path.read_text()
+    if path.suffix in {".yaml", ".yml"}:
+        try:
+            import yaml
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                "YAML policy files need PyYAML.", hint='pip install "hardenkit[cli]"'
+            ) from exc
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"policy file {str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"policy file {str(path)!r} must hold a mapping of policy fields.")
+    return data

@@ -1,0 +1,92 @@
+"""``hardenkit validate``: BA/ASR/RA of a model file against a gate policy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import RuntimeConfig
+from ..errors import ConfigError
+from ..io import load_model_weights
+from ..models import build_model
+from ..validate import GatePolicy, Validator
+from ._common import (
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    load_data_arg,
+    load_policy_file,
+    load_trigger_arg,
+    parse_kv,
+)
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "validate",
+        help="measure BA/ASR/RA of a model and apply a gate policy",
+        description="Measure benign accuracy, attack success rate and robust accuracy of a "
+        "model on held-out data and apply a gate policy. Exit 0 = pass, 1 = policy failed, "
+        "2 = usage/input error, 3 = runtime error.",
+    )
+    p.add_argument("--weights", type=Path, required=True, help=".safetensors or state-dict .pt")
+    p.add_argument(
+        "--arch",
+        required=True,
+        help="zoo name (see `hardenkit models`) or 'package.module:factory'",
+    )
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--arch-args", default="", help="extra architecture arguments, e.g. 'width=32'")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="ImageFolder directory, .tar.gz archive in ImageFolder layout, or 'synthetic'",
+    )
+    p.add_argument("--split", default="test", help="split folder inside --data (default test)")
+    p.add_argument(
+        "--trigger",
+        help="trigger .safetensors file, or attack spec such as 'badnets:patch_size=3'",
+    )
+    p.add_argument("--target", type=int, help="target label of the trigger (all-to-one)")
+    p.add_argument("--policy", type=Path, help="gate policy file (JSON or YAML)")
+    p.add_argument("--min-ba", type=float, help="policy: minimum BA (fraction)")
+    p.add_argument("--max-asr", type=float, help="policy: maximum ASR (fraction)")
+    p.add_argument("--max-ba-drop", type=float, help="policy: maximum BA drop vs --baseline-ba")
+    p.add_argument("--baseline-ba", type=float, help="BA of the model before repair")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--output", "-o", type=Path, help="write the JSON report here ('-' = stdout)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.trigger is None) != (args.target is None):
+        raise ConfigError("--trigger and --target go together.", hint="pass both or neither")
+    rt = RuntimeConfig(device=args.device)
+    model = build_model(args.arch, args.num_classes, **parse_kv(args.arch_args))
+    load_model_weights(model, args.weights)
+    data = load_data_arg(args.data, split=args.split)
+    trigger = None
+    if args.trigger is not None:
+        c, h, _ = data.image_shape
+        trigger = load_trigger_arg(args.trigger, image_size=h, channels=c)
+    fields: dict[str, Any] = load_policy_file(args.policy) if args.policy else {}
+    for key in ("min_ba", "max_asr", "max_ba_drop"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    policy = GatePolicy(**fields)
+    report = Validator(model, num_classes=args.num_classes, runtime=rt, policy=policy).run(
+        data.loader(batch_size=args.batch_size),
+        trigger=trigger,
+        target=args.target,
+        baseline_ba=args.baseline_ba,
+    )
+    print(report.summary(), file=sys.stderr)
+    if args.output is not None:
+        if str(args.output) == "-":
+            print(report.to_json())
+        else:
+            report.save(args.output)
+            print(f"wrote {args.output}", file=sys.stderr)
+    return EXIT_OK if report.passed else EXIT_GATE_FAILED

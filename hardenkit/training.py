@@ -1,0 +1,320 @@
+"""One training/evaluation loop used by attacks, purifiers, benchmarks and examples.
+
+Small datasets live on the device for the whole run; augmentation (random crop with 4-pixel
+zero padding + horizontal flip) is done there, vectorised, from a seeded generator, so
+there is no per-epoch DataLoader overhead and runs are reproducible. On CUDA the forward
+pass runs under bf16 autocast.
+
+Example:
+    >>> import torch
+    >>> from hardenkit.training import TrainConfig, train_model, predict
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    >>> x = torch.rand(32, 3, 2, 2); y = (x.mean(dim=(1, 2, 3)) > 0.5).long()
+    >>> hist = train_model(model, x, y, TrainConfig(epochs=2, batch_size=8, augment=False))
+    >>> len(hist.epochs)
+    2
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from ._utils.progress import NullProgress, ProgressCallback
+from ._utils.seeding import make_generator
+from .config import HardenkitConfig, RuntimeConfig
+from .data.datasets import to_float_pixels
+from .errors import DataError, ModelCompatibilityError
+from .logging import get_logger
+
+__all__ = [
+    "EpochStats",
+    "TrainConfig",
+    "TrainHistory",
+    "augment_batch",
+    "build_optimizer",
+    "build_scheduler",
+    "evaluate_accuracy",
+    "predict",
+    "train_model",
+]
+
+_log = get_logger("hardenkit.training")
+
+
+class TrainConfig(HardenkitConfig):
+    """Hyper-parameters of :func:`train_model`.
+
+    Attributes:
+        epochs: passes over the data.
+        batch_size: samples per step.
+        optimizer: ``sgd`` (Nesterov momentum), ``adam`` or ``adamw``.
+        lr: peak learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (decoupled for adamw).
+        schedule: ``cosine`` (to 0), ``onecycle`` (warm-up 15% then cosine) or ``constant``.
+        augment: random crop (pad 4) + horizontal flip, on the device.
+        label_smoothing: cross-entropy label smoothing.
+        grad_clip: max gradient norm (None = off).
+        channels_last: use channels-last memory format (auto = on for 4-D image batches; it
+            measured ~35% faster per step on a 2-core CPU and helps on CUDA too).
+    """
+
+    epochs: Annotated[int, Field(ge=1)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    augment: bool = True
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    grad_clip: Annotated[float, Field(gt=0)] | None = None
+    channels_last: bool | Literal["auto"] = "auto"
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    lr: float
+    seconds: float
+    eval_accuracy: float | None = None
+
+
+@dataclass
+class TrainHistory:
+    epochs: list[EpochStats] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+
+    @property
+    def final_loss(self) -> float:
+        return self.epochs[-1].loss if self.epochs else math.nan
+
+
+def build_optimizer(params: object, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer described by ``cfg`` over ``params``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,  # type: ignore[arg-type]
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.momentum > 0,
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # type: ignore[arg-type]
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # type: ignore[arg-type]
+
+
+def build_scheduler(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step LR schedule for ``total_steps`` steps."""
+    total = max(1, total_steps)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        )
+    if cfg.schedule == "onecycle":
+        warm = max(1, int(0.15 * total))
+
+        def f(s: int) -> float:
+            if s < warm:
+                return (s + 1) / warm
+            t = (s - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, f)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def augment_batch(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
+    """Random crop with ``pad``-pixel zero padding and random horizontal flip, vectorised.
+
+    ``generator`` must live on ``x``'s device.
+    """
+    n, c, h, w = x.shape
+    dev = x.device
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    ar_h = torch.arange(h, device=dev)
+    ar_w = torch.arange(w, device=dev)
+    flip = torch.rand(n, generator=generator, device=dev) < 0.5
+    col_offsets = torch.where(flip[:, None], (w - 1 - ar_w)[None, :], ar_w[None, :])
+    rows = (dy[:, None] + ar_h[None, :])[:, None, :, None]
+    cols = (dx[:, None] + col_offsets)[:, None, None, :]
+    return xp[
+        torch.arange(n, device=dev)[:, None, None, None],
+        torch.arange(c, device=dev)[None, :, None, None],
+        rows,
+        cols,
+    ]
+
+
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _check_logits(out: Tensor, n: int, num_classes: int | None) -> None:
+    if out.ndim != 2 or out.shape[0] != n:
+        raise ModelCompatibilityError(
+            f"the model must map a batch (N, C, H, W) to logits (N, K); got output shape "
+            f"{tuple(out.shape)} for N={n}.",
+            hint="make forward() return class logits (flatten before the last Linear)",
+        )
+    if num_classes is not None and out.shape[1] != num_classes:
+        raise ModelCompatibilityError(
+            f"the model outputs {out.shape[1]} logits but the data has {num_classes} classes.",
+            hint="pass the right num_classes or a model with a matching classifier head",
+        )
+
+
+def train_model(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    config: TrainConfig | None = None,
+    *,
+    runtime: RuntimeConfig | None = None,
+    progress: ProgressCallback | None = None,
+    eval_data: tuple[Tensor, Tensor] | None = None,
+    loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+    phase: str = "train",
+) -> TrainHistory:
+    """Train ``model`` **in place** on ``(x, y)`` (pixels uint8 or float [0, 1]).
+
+    Callers that must not modify a user's model pass a copy (every public hardenkit entry
+    point does). ``loss_fn(model, xb, yb)`` replaces cross-entropy when given.
+    """
+    cfg = config or TrainConfig()
+    rt = runtime or RuntimeConfig()
+    device = rt.resolve_device()
+    if len(x) == 0 or len(x) != len(y):
+        raise DataError(
+            f"training data must be non-empty and aligned: {len(x)} images, {len(y)} labels."
+        )
+    prog = progress or NullProgress()
+    use_amp = rt.use_amp(device)
+    channels_last = (x.ndim == 4) if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    xd = x.to(device)
+    yd = y.to(device, torch.int64)
+    n = len(yd)
+    steps_per_epoch = max(1, n // cfg.batch_size) if n >= cfg.batch_size else 1
+    opt = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    sched = build_scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
+    gen = make_generator(rt.seed, device)
+    hist = TrainHistory()
+    t_start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=gen, device=device)
+        tot_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        for s in range(steps_per_epoch):
+            idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            xb = to_float_pixels(xd[idx])
+            yb = yd[idx]
+            if cfg.augment:
+                xb = augment_batch(xb, gen)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, use_amp):
+                if loss_fn is not None:
+                    loss = loss_fn(model, xb, yb)
+                    logits = None
+                else:
+                    logits = model(xb)
+                    if epoch == 0 and s == 0:
+                        _check_logits(logits, len(yb), None)
+                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            hist.steps += 1
+            tot_loss += loss.detach() * len(yb)
+            if logits is not None:
+                correct += (logits.detach().argmax(1) == yb).sum()
+            seen += len(yb)
+        loss_v = float(tot_loss) / max(1, seen)
+        if not math.isfinite(loss_v):
+            raise DataError(
+                f"training diverged (loss={loss_v}) at epoch {epoch + 1}.",
+                hint="lower the learning rate or check the data",
+            )
+        stats = EpochStats(
+            epoch=epoch + 1,
+            loss=loss_v,
+            train_accuracy=float(correct) / max(1, seen),
+            lr=float(opt.param_groups[0]["lr"]),
+            seconds=time.perf_counter() - t0,
+        )
+        if eval_data is not None:
+            stats.eval_accuracy = evaluate_accuracy(model, *eval_data, runtime=rt)
+        hist.epochs.append(stats)
+        _log.debug("train.epoch", phase=phase, **stats.__dict__)
+        prog(phase, epoch + 1, cfg.epochs, loss=loss_v, acc=stats.train_accuracy)
+    hist.seconds = time.perf_counter() - t_start
+    model.eval()
+    return hist
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    batch_size: int = 512,
+    runtime: RuntimeConfig | None = None,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Logits of ``model`` on ``x`` (eval mode restored afterwards), returned on the CPU.
+
+    ``transform`` (e.g. a trigger) is applied to each float pixel batch first.
+    """
+    rt = runtime or RuntimeConfig()
+    device = rt.resolve_device()
+    was_training = model.training
+    model.eval()
+    outs: list[Tensor] = []
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = to_float_pixels(x[start : start + batch_size].to(device))
+            if transform is not None:
+                xb = transform(xb)
+            with _autocast(device, rt.use_amp(device)):
+                out = model(xb)
+            _check_logits(out, len(xb), None)
+            outs.append(out.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def evaluate_accuracy(
+    model: nn.Module, x: Tensor, y: Tensor, *, runtime: RuntimeConfig | None = None
+) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)``."""
+    if len(y) == 0:
+        raise DataError("cannot evaluate accuracy on an empty set.")
+    pred = predict(model, x, runtime=runtime).argmax(1)
+    return float((pred == y.cpu()).float().mean())

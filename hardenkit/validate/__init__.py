@@ -1,0 +1,27 @@
+"""Validation: BA / ASR / RA / DER metrics, the Validator facade and the gate policy."""
+
+from .metrics import (
+    RateEstimate,
+    attack_success_rate,
+    benign_accuracy,
+    der,
+    robust_accuracy,
+    wilson_interval,
+)
+from .policy import GateDecision, GatePolicy, RuleResult
+from .validator import ClassAccuracy, ValidationReport, Validator
+
+__all__ = [
+    "ClassAccuracy",
+    "GateDecision",
+    "GatePolicy",
+    "RateEstimate",
+    "RuleResult",
+    "ValidationReport",
+    "Validator",
+    "attack_success_rate",
+    "benign_accuracy",
+    "der",
+    "robust_accuracy",
+    "wilson_interval",
+]

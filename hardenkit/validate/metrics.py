@@ -1,0 +1,237 @@
+"""Functional metrics: BA, ASR, RA, DER and Wilson confidence intervals.
+
+Definitions (BackdoorBench, ALGORITHMS.md §0):
+    * **BA** — top-1 accuracy on the full clean test set.
+    * **ASR** — fraction of triggered test images classified as the attacker's target, over
+      images whose true label is *not* the target (all-to-one); all-to-all: over all images,
+      success = the mapped label.
+    * **RA** — accuracy of the same triggered images against their true labels.
+    * **DER** = [max(0, ΔASR) − max(0, ΔBA) + 1] / 2, in [0, 1].
+
+Example:
+    >>> from hardenkit.validate import der, wilson_interval
+    >>> der(ba_before=0.90, ba_after=0.89, asr_before=0.99, asr_after=0.01)
+    0.985
+    >>> [round(v, 3) for v in wilson_interval(9, 10)]
+    [0.596, 0.982]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from ..config import RuntimeConfig
+from ..data.loaders import BatchSource, iter_batches
+from ..errors import ConfigError, DataError, ModelCompatibilityError
+from ..triggers import Trigger
+
+__all__ = [
+    "RateEstimate",
+    "TargetSpec",
+    "attack_success_rate",
+    "benign_accuracy",
+    "der",
+    "robust_accuracy",
+    "wilson_interval",
+]
+
+TargetSpec = int | Mapping[int, int]
+TriggerLike = Trigger | Callable[[Tensor], Tensor]
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (95% by default)."""
+    if total <= 0:
+        return (0.0, 1.0)
+    p = successes / total
+    denom = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+class RateEstimate(BaseModel):
+    """A measured rate with its sample count and 95% Wilson interval."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: float
+    successes: int
+    total: int
+    ci_low: float
+    ci_high: float
+
+    @classmethod
+    def from_counts(cls, successes: int, total: int) -> RateEstimate:
+        lo, hi = wilson_interval(successes, total)
+        return cls(
+            value=successes / total if total else math.nan,
+            successes=successes,
+            total=total,
+            ci_low=lo,
+            ci_high=hi,
+        )
+
+
+def der(*, ba_before: float, ba_after: float, asr_before: float, asr_after: float) -> float:
+    """Defense Effectiveness Rating in [0, 1] (rates as fractions)."""
+    return (max(0.0, asr_before - asr_after) - max(0.0, ba_before - ba_after) + 1) / 2
+
+
+def _target_table(target: TargetSpec, num_classes: int) -> Tensor:
+    """Per-true-label target (``-1`` where the label is excluded from ASR)."""
+    table = torch.full((num_classes,), -1, dtype=torch.int64)
+    if isinstance(target, bool) or not isinstance(target, (int, Mapping)):
+        raise ConfigError(
+            f"target must be an int (all-to-one) or a {{label: target}} mapping, got "
+            f"{type(target).__name__}."
+        )
+    if isinstance(target, int):
+        if not 0 <= target < num_classes:
+            raise ConfigError(f"target {target} is not a class of a {num_classes}-class model.")
+        table[:] = target
+        table[target] = -1
+        return table
+    for src, dst in target.items():
+        if not (0 <= int(src) < num_classes and 0 <= int(dst) < num_classes):
+            raise ConfigError(f"target mapping {src}->{dst} is outside [0, {num_classes}).")
+        if int(src) != int(dst):
+            table[int(src)] = int(dst)
+    return table
+
+
+@dataclass
+class Counts:
+    """Raw counts from one evaluation pass."""
+
+    num_classes: int
+    correct: int = 0
+    total: int = 0
+    per_class_correct: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    per_class_total: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    asr_hits: int = 0
+    ra_hits: int = 0
+    triggered: int = 0
+
+
+@torch.no_grad()
+def evaluate_counts(
+    model: nn.Module,
+    loader: BatchSource,
+    *,
+    trigger: TriggerLike | None = None,
+    target: TargetSpec | None = None,
+    num_classes: int | None = None,
+    runtime: RuntimeConfig | None = None,
+    where: str = "test loader",
+) -> Counts:
+    """One pass over ``loader`` counting clean and triggered outcomes (model left as found)."""
+    if (trigger is None) != (target is None):
+        raise ConfigError(
+            "trigger and target go together: pass both to measure ASR/RA, or neither.",
+            hint="e.g. run(test_loader, trigger=attack.trigger, target=0)",
+        )
+    rt = runtime or RuntimeConfig()
+    device = rt.resolve_device()
+    was_training = model.training
+    model.eval()
+    counts: Counts | None = None
+    table: Tensor | None = None
+    try:
+        for x, y in iter_batches(
+            loader,
+            num_classes=num_classes,
+            input_normalization=rt.input_normalization,
+            device=device,
+            where=where,
+        ):
+            with torch.autocast(device.type, torch.bfloat16, enabled=rt.use_amp(device)):
+                logits = model(x)
+            if logits.ndim != 2 or logits.shape[0] != len(y):
+                raise ModelCompatibilityError(
+                    f"the model must return logits (N, K); got {tuple(logits.shape)} "
+                    f"for N={len(y)}."
+                )
+            k = logits.shape[1]
+            if counts is None:
+                if num_classes is not None and k != num_classes:
+                    raise ModelCompatibilityError(
+                        f"the model outputs {k} logits but num_classes={num_classes}.",
+                        hint="pass the model's number of classes",
+                    )
+                counts = Counts(
+                    num_classes=k,
+                    per_class_correct=torch.zeros(k, dtype=torch.int64),
+                    per_class_total=torch.zeros(k, dtype=torch.int64),
+                )
+                if target is not None:
+                    table = _target_table(target, k).to(device)
+            if int(y.max()) >= k:
+                raise DataError(f"{where}: label {int(y.max())} but the model has {k} classes.")
+            pred = logits.argmax(1)
+            ok = pred == y
+            counts.correct += int(ok.sum())
+            counts.total += len(y)
+            counts.per_class_total += torch.bincount(y, minlength=k).cpu()
+            counts.per_class_correct += torch.bincount(y[ok], minlength=k).cpu()
+            if trigger is not None and table is not None:
+                tgt = table[y]
+                keep = tgt >= 0
+                if bool(keep.any()):
+                    xt = trigger(x[keep])
+                    if not isinstance(xt, Tensor) or xt.shape != x[keep].shape:
+                        raise DataError("the trigger must return a batch of the same shape.")
+                    with torch.autocast(device.type, torch.bfloat16, enabled=rt.use_amp(device)):
+                        pt = model(xt).argmax(1)
+                    counts.asr_hits += int((pt == tgt[keep]).sum())
+                    counts.ra_hits += int((pt == y[keep]).sum())
+                    counts.triggered += int(keep.sum())
+    finally:
+        model.train(was_training)
+    if counts is None:  # pragma: no cover - iter_batches raises on empty loaders
+        raise DataError(f"{where}: the loader yielded no batches.")
+    return counts
+
+
+def benign_accuracy(
+    model: nn.Module, loader: BatchSource, *, runtime: RuntimeConfig | None = None
+) -> float:
+    """Top-1 accuracy on clean data (BA)."""
+    c = evaluate_counts(model, loader, runtime=runtime)
+    return c.correct / c.total
+
+
+def attack_success_rate(
+    model: nn.Module,
+    loader: BatchSource,
+    trigger: TriggerLike,
+    target: TargetSpec,
+    *,
+    runtime: RuntimeConfig | None = None,
+) -> float:
+    """ASR over non-target images (all-to-one) or all images (all-to-all)."""
+    c = evaluate_counts(model, loader, trigger=trigger, target=target, runtime=runtime)
+    if c.triggered == 0:
+        raise DataError("no test image is eligible for ASR (all belong to the target class).")
+    return c.asr_hits / c.triggered
+
+
+def robust_accuracy(
+    model: nn.Module,
+    loader: BatchSource,
+    trigger: TriggerLike,
+    target: TargetSpec,
+    *,
+    runtime: RuntimeConfig | None = None,
+) -> float:
+    """Accuracy of triggered non-target images against their true labels (RA)."""
+    c = evaluate_counts(model, loader, trigger=trigger, target=target, runtime=runtime)
+    if c.triggered == 0:
+        raise DataError("no test image is eligible for RA (all belong to the target class).")
+    return c.ra_hits / c.triggered

@@ -1,0 +1,148 @@
+"""Pass/fail gate policy over a validation report.
+
+Rates are fractions in [0, 1]. Every rule is reported with its value, threshold and outcome;
+a rule that cannot be evaluated (e.g. ``max_asr`` without a trigger, ``max_ba_drop`` without a
+baseline) is ``skipped`` — or ``fail`` when ``require_all_rules`` is set.
+
+Example:
+    >>> from hardenkit.validate import GatePolicy
+    >>> policy = GatePolicy(min_ba=0.8, max_asr=0.05)
+    >>> d = policy.evaluate(ba=0.9, asr=0.02)
+    >>> d.passed, [r.status for r in d.rules]
+    (True, ['pass', 'pass', 'skipped'])
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import HardenkitConfig
+
+__all__ = ["GateDecision", "GatePolicy", "RuleResult"]
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class RuleResult(BaseModel):
+    """One gate rule: what was measured, against which threshold, and the outcome."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    rule_id: str
+    comparison: Literal[">=", "<="]
+    value: float | None
+    threshold: float
+    status: Literal["pass", "fail", "skipped"]
+    message: str
+
+
+class GateDecision(BaseModel):
+    """The policy's verdict: ``passed`` plus every rule's result."""
+
+    model_config = ConfigDict(frozen=True)
+
+    passed: bool
+    rules: list[RuleResult]
+
+    @property
+    def failed_rules(self) -> list[RuleResult]:
+        return [r for r in self.rules if r.status == "fail"]
+
+    def summary(self) -> str:
+        lines = [f"gate {'PASSED' if self.passed else 'FAILED'}"]
+        for r in self.rules:
+            v = "n/a" if r.value is None else f"{100 * r.value:.2f}%"
+            lines.append(f"  [{r.status:>7}] {r.rule}: {v} {r.comparison} {100 * r.threshold:.2f}%")
+        return "\n".join(lines)
+
+
+class GatePolicy(HardenkitConfig):
+    """Thresholds of the deployment gate (fractions, not percent).
+
+    Attributes:
+        min_ba: lowest acceptable benign accuracy (None = no rule).
+        max_asr: highest acceptable attack success rate (None = no rule).
+        max_ba_drop: largest acceptable BA drop against a baseline (None = no rule).
+        require_all_rules: a rule that cannot be evaluated fails instead of being skipped.
+        use_upper_confidence_bound: judge ASR by the upper end of its 95% Wilson interval
+            (stricter on small test sets) instead of the point estimate.
+    """
+
+    min_ba: Fraction | None = None
+    max_asr: Fraction | None = 0.10
+    max_ba_drop: Fraction | None = 0.03
+    require_all_rules: bool = False
+    use_upper_confidence_bound: bool = False
+
+    def evaluate(
+        self,
+        *,
+        ba: float | None,
+        asr: float | None = None,
+        baseline_ba: float | None = None,
+    ) -> GateDecision:
+        """Decide on measured ``ba``/``asr`` (and ``baseline_ba`` for the drop rule)."""
+        rules: list[RuleResult] = []
+
+        def add(
+            rule: str,
+            rule_id: str,
+            value: float | None,
+            threshold: float | None,
+            cmp: Literal[">=", "<="],
+            missing: str,
+        ) -> None:
+            if threshold is None:
+                return
+            if value is None:
+                status: Literal["pass", "fail", "skipped"] = (
+                    "fail" if self.require_all_rules else "skipped"
+                )
+                rules.append(
+                    RuleResult(
+                        rule=rule,
+                        rule_id=rule_id,
+                        comparison=cmp,
+                        value=None,
+                        threshold=threshold,
+                        status=status,
+                        message=missing,
+                    )
+                )
+                return
+            ok = value >= threshold if cmp == ">=" else value <= threshold
+            rules.append(
+                RuleResult(
+                    rule=rule,
+                    rule_id=rule_id,
+                    comparison=cmp,
+                    value=value,
+                    threshold=threshold,
+                    status="pass" if ok else "fail",
+                    message=f"{rule} = {100 * value:.2f}% {'meets' if ok else 'violates'} "
+                    f"{cmp} {100 * threshold:.2f}%",
+                )
+            )
+
+        add("benign_accuracy", "HK-BA-001", ba, self.min_ba, ">=", "no benign accuracy measured")
+        add(
+            "attack_success_rate",
+            "HK-ASR-001",
+            asr,
+            self.max_asr,
+            "<=",
+            "no trigger/target given, so ASR was not measured",
+        )
+        drop = None if (ba is None or baseline_ba is None) else max(0.0, baseline_ba - ba)
+        add(
+            "benign_accuracy_drop",
+            "HK-BA-002",
+            drop,
+            self.max_ba_drop,
+            "<=",
+            "no baseline BA given, so the BA drop was not measured",
+        )
+        return GateDecision(passed=all(r.status != "fail" for r in rules), rules=rules)

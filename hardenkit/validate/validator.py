@@ -1,0 +1,218 @@
+"""The Validator facade: BA, ASR, RA, per-class accuracy and a gate decision in one pass.
+
+Example:
+    >>> import torch
+    >>> from hardenkit import Validator
+    >>> from hardenkit.triggers import PatchTrigger
+    >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 3))
+    >>> data = [(torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]))]
+    >>> rep = Validator(model).run(data, trigger=PatchTrigger.square(2), target=0)
+    >>> rep.attack_success_rate.total  # the two target-class images are excluded
+    4
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from ..config import RuntimeConfig, parse_config
+from ..data.loaders import BatchSource
+from ..errors import ConfigError, ModelCompatibilityError
+from ..logging import get_logger
+from ..reports import BaseReport, ModelFingerprint
+from ..triggers import Trigger, as_trigger
+from .metrics import RateEstimate, TargetSpec, TriggerLike, evaluate_counts
+from .policy import GateDecision, GatePolicy
+
+__all__ = ["ClassAccuracy", "ValidationReport", "Validator"]
+
+_log = get_logger("hardenkit.validate")
+
+
+class ClassAccuracy(BaseModel):
+    """Clean accuracy of one class."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: int
+    correct: int
+    total: int
+    accuracy: float | None
+
+
+class ValidationReport(BaseReport):
+    """BA / ASR / RA with sample counts and 95% Wilson intervals, plus the gate decision."""
+
+    report_type: Literal["validation"] = "validation"
+    model: ModelFingerprint
+    num_classes: int
+    samples: int
+    benign_accuracy: RateEstimate
+    attack_success_rate: RateEstimate | None = None
+    robust_accuracy: RateEstimate | None = None
+    triggered_samples: int = 0
+    per_class_accuracy: list[ClassAccuracy]
+    trigger: dict[str, Any] | None = None
+    target: int | dict[str, int] | None = None
+    baseline_ba: float | None = None
+    decision: GateDecision | None = None
+    seconds: float
+
+    @property
+    def ba(self) -> float:
+        return self.benign_accuracy.value
+
+    @property
+    def asr(self) -> float | None:
+        return None if self.attack_success_rate is None else self.attack_success_rate.value
+
+    @property
+    def ra(self) -> float | None:
+        return None if self.robust_accuracy is None else self.robust_accuracy.value
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.decision is None else self.decision.passed
+
+    def summary(self) -> str:
+        """A short human-readable summary."""
+
+        def pct(r: RateEstimate | None) -> str:
+            if r is None:
+                return "n/a"
+            return (
+                f"{100 * r.value:.2f}% [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] (n={r.total})"
+            )
+
+        lines = [
+            f"BA  {pct(self.benign_accuracy)}",
+            f"ASR {pct(self.attack_success_rate)}",
+            f"RA  {pct(self.robust_accuracy)}",
+        ]
+        if self.decision is not None:
+            lines.append(self.decision.summary())
+        return "\n".join(lines)
+
+
+class Validator:
+    """Measure a model on held-out data: BA, and with a trigger ASR and RA.
+
+    Args:
+        model: any ``nn.Module`` mapping a [0, 1] pixel batch to logits. It is put in eval
+            mode during ``run()`` and restored afterwards; its weights are never changed.
+        num_classes: expected number of classes (checked against the model's output).
+        runtime: device, seed, input normalization (see :class:`~hardenkit.RuntimeConfig`).
+        policy: a :class:`GatePolicy` (or dict) applied to every report.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int | None = None,
+        runtime: RuntimeConfig | dict[str, Any] | None = None,
+        policy: GatePolicy | dict[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ModelCompatibilityError(
+                f"Validator needs a torch.nn.Module, got {type(model).__name__}.",
+                hint="load the architecture in code, then its weights",
+            )
+        if num_classes is not None and num_classes < 2:
+            raise ConfigError(f"num_classes must be >= 2, got {num_classes}.")
+        self.model = model
+        self.num_classes = num_classes
+        self.runtime = parse_config(RuntimeConfig, runtime)
+        self.policy = None if policy is None else parse_config(GatePolicy, policy)
+
+    def run(
+        self,
+        test_loader: BatchSource,
+        *,
+        trigger: Trigger | TriggerLike | None = None,
+        target: TargetSpec | None = None,
+        baseline_ba: float | None = None,
+        policy: GatePolicy | dict[str, Any] | None = None,
+    ) -> ValidationReport:
+        """Evaluate on ``test_loader``; with ``trigger`` and ``target`` also ASR and RA.
+
+        ``target`` is an int (all-to-one; target-class images are excluded from ASR/RA) or a
+        ``{true_label: target_label}`` mapping (all-to-all).
+        """
+        t0 = time.perf_counter()
+        device = self.runtime.resolve_device()
+        trig = None if trigger is None else as_trigger(trigger)
+        original_device = next((p.device for p in self.model.parameters()), None)
+        self.model.to(device)
+        try:
+            c = evaluate_counts(
+                self.model,
+                test_loader,
+                trigger=trig,
+                target=target,
+                num_classes=self.num_classes,
+                runtime=self.runtime,
+            )
+        finally:
+            if original_device is not None:
+                self.model.to(original_device)
+        per_class = [
+            ClassAccuracy(
+                label=i,
+                correct=int(c.per_class_correct[i]),
+                total=int(c.per_class_total[i]),
+                accuracy=(
+                    int(c.per_class_correct[i]) / int(c.per_class_total[i])
+                    if int(c.per_class_total[i])
+                    else None
+                ),
+            )
+            for i in range(c.num_classes)
+        ]
+        ba = RateEstimate.from_counts(c.correct, c.total)
+        asr = ra = None
+        if trig is not None:
+            asr = RateEstimate.from_counts(c.asr_hits, c.triggered)
+            ra = RateEstimate.from_counts(c.ra_hits, c.triggered)
+        pol = parse_config(GatePolicy, policy) if policy is not None else self.policy
+        decision = None
+        if pol is not None:
+            asr_value = None
+            if asr is not None and asr.total:
+                asr_value = asr.ci_high if pol.use_upper_confidence_bound else asr.value
+            decision = pol.evaluate(ba=ba.value, asr=asr_value, baseline_ba=baseline_ba)
+        tgt: int | dict[str, int] | None
+        if target is None or isinstance(target, int):
+            tgt = target
+        elif isinstance(target, Mapping):
+            tgt = {str(k): int(v) for k, v in target.items()}
+        report = ValidationReport(
+            model=ModelFingerprint.of(self.model),
+            num_classes=c.num_classes,
+            samples=c.total,
+            benign_accuracy=ba,
+            attack_success_rate=asr,
+            robust_accuracy=ra,
+            triggered_samples=c.triggered,
+            per_class_accuracy=per_class,
+            trigger=None if trig is None else trig.describe(),
+            target=tgt,
+            baseline_ba=baseline_ba,
+            decision=decision,
+            seconds=time.perf_counter() - t0,
+        )
+        _log.info(
+            "validate.done",
+            ba=ba.value,
+            asr=report.asr,
+            ra=report.ra,
+            samples=c.total,
+            passed=report.passed,
+            seconds=report.seconds,
+        )
+        return report
