@@ -103,15 +103,19 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         names = _unsafe_globals(path)
-        listed = ", ".join(names) if names else "(could not list them)"
+        if not names:
+            raise DataError(
+                f"{str(path)!r} is not a readable torch weights file: {exc}",
+                hint="pass a .safetensors file or a torch.save'd state_dict",
+            ) from exc
         raise UnsafeArtifactError(
             f"Refused to load {str(path)!r}: it is a pickle that needs code execution to load "
-            f"(unsafe globals: {listed}). hardenkit never unpickles untrusted files.",
+            f"(unsafe globals: {', '.join(names)}). hardenkit never unpickles untrusted files.",
             hint="save only the state_dict (torch.save(model.state_dict(), ...)) or convert it to "
             "safetensors in a trusted environment, and pass the architecture as code",
             unsafe_globals=names,
         ) from exc
-    except (RuntimeError, OSError, EOFError) as exc:
+    except Exception as exc:
         raise DataError(
             f"{str(path)!r} is not a readable torch weights file: {exc}",
             hint="pass a .safetensors file or a torch.save'd state_dict",

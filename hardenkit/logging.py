@@ -23,6 +23,16 @@ __all__ = ["configure_logging", "get_logger"]
 logging.getLogger("hardenkit").addHandler(logging.NullHandler())
 
 
+_RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+def _rename_reserved_keys(_logger: Any, _method: str, event_dict: Any) -> Any:
+    """Keys that clash with ``LogRecord`` attributes (``name``, ``args``...) get a ``_`` suffix."""
+    for key in [k for k in event_dict if k in _RESERVED and k != "event"]:
+        event_dict[f"{key}_"] = event_dict.pop(key)
+    return event_dict
+
+
 def get_logger(name: str = "hardenkit") -> Any:
     """A structlog ``BoundLogger`` wrapping the stdlib logger ``name`` (keys go to ``extra``)."""
     if not name.startswith("hardenkit"):
@@ -33,6 +43,7 @@ def get_logger(name: str = "hardenkit") -> Any:
             structlog.stdlib.filter_by_level,
             structlog.contextvars.merge_contextvars,
             structlog.stdlib.add_logger_name,
+            _rename_reserved_keys,
             structlog.stdlib.render_to_log_kwargs,
         ],
         wrapper_class=structlog.stdlib.BoundLogger,

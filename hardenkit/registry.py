@@ -98,19 +98,21 @@ class Registry(Generic[T]):
         """Discover entry points of ``entry_point_group`` once (no-op when disabled)."""
         if self._plugins_loaded or self.entry_point_group is None:
             return
-        self._plugins_loaded = True
         if os.environ.get("HARDENKIT_DISABLE_PLUGINS", "").lower() in {"1", "true", "yes"}:
             return
+        self._plugins_loaded = True
         for ep in entry_points(group=self.entry_point_group):
             if ep.name.strip().lower() in self._items:
                 _log.warning(
-                    "registry.plugin_shadowed", kind=self.kind, name=ep.name, value=ep.value
+                    "registry.plugin_shadowed", kind=self.kind, plugin=ep.name, value=ep.value
                 )
                 continue
             try:
                 obj = ep.load()
             except Exception as exc:
-                _log.warning("registry.plugin_failed", kind=self.kind, name=ep.name, error=str(exc))
+                _log.warning(
+                    "registry.plugin_failed", kind=self.kind, plugin=ep.name, error=str(exc)
+                )
                 continue
             self.register(ep.name, obj)
 

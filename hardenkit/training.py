@@ -174,9 +174,9 @@ def _check_logits(out: Tensor, n: int, num_classes: int | None) -> None:
             f"{tuple(out.shape)} for N={n}.",
             hint="make forward() return class logits (flatten before the last Linear)",
         )
-    if num_classes is not None and out.shape[1] != num_classes:
+    if num_classes is not None and out.shape[1] < num_classes:
         raise ModelCompatibilityError(
-            f"the model outputs {out.shape[1]} logits but the data has {num_classes} classes.",
+            f"the model outputs {out.shape[1]} logits but the labels need {num_classes} classes.",
             hint="pass the right num_classes or a model with a matching classifier head",
         )
 
@@ -214,6 +214,9 @@ def train_model(
     xd = x.to(device)
     yd = y.to(device, torch.int64)
     n = len(yd)
+    label_classes = int(yd.max()) + 1
+    if int(yd.min()) < 0:
+        raise DataError("training labels must be non-negative class indices.")
     steps_per_epoch = max(1, n // cfg.batch_size) if n >= cfg.batch_size else 1
     opt = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
@@ -242,7 +245,7 @@ def train_model(
                 else:
                     logits = model(xb)
                     if epoch == 0 and s == 0:
-                        _check_logits(logits, len(yb), None)
+                        _check_logits(logits, len(yb), label_classes)
                     loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]

@@ -53,6 +53,7 @@ __all__ = [
 TRIGGERS: Registry[type[Trigger]] = Registry("trigger", entry_point_group="hardenkit.triggers")
 
 Location = Literal["bottom-right", "bottom-left", "top-left", "top-right", "center"]
+_LOCATIONS = ("bottom-right", "bottom-left", "top-left", "top-right", "center")
 
 
 def _batchify(x: Tensor) -> tuple[Tensor, bool]:
@@ -65,8 +66,17 @@ def _batchify(x: Tensor) -> tuple[Tensor, bool]:
     return x, False
 
 
+def _check_channels(trigger_channels: int, like: Tensor) -> None:
+    if trigger_channels not in (1, like.shape[1]):
+        raise DataError(
+            f"the trigger has {trigger_channels} channels but the images have {like.shape[1]}.",
+            hint="build the trigger for the images' channel count (e.g. channels=1 for grey)",
+        )
+
+
 def _fit(t: Tensor, like: Tensor) -> Tensor:
     """Move ``t`` (C,H,W) to ``like``'s device/dtype and resize to its spatial size."""
+    _check_channels(t.shape[0], like)
     t = t.to(device=like.device, dtype=like.dtype)
     if t.shape[-2:] != like.shape[-2:]:
         t = F.interpolate(
@@ -132,12 +142,23 @@ class Trigger(ABC):
         path = Path(path)
         if not path.is_file():
             raise DataError(f"Trigger file {str(path)!r} does not exist.")
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            tensors = dict(load_file(str(path)))
+        except Exception as exc:
+            raise DataError(
+                f"{str(path)!r} is not a readable trigger file: {exc}",
+                hint="save triggers with Trigger.save()",
+            ) from exc
         if "kind" not in meta:
             raise DataError(f"{str(path)!r} is not a hardenkit trigger file (no 'kind').")
         cls = TRIGGERS.get(meta["kind"])
-        return cls.from_state(json.loads(meta.get("params", "{}")), dict(load_file(str(path))))
+        try:
+            params = json.loads(meta.get("params", "{}"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{str(path)!r} has corrupt trigger parameters: {exc}") from exc
+        return cls.from_state(params, tensors)
 
 
 class PatchTrigger(Trigger):
@@ -160,6 +181,15 @@ class PatchTrigger(Trigger):
             raise ConfigError("patch pattern values must lie in [0, 1].")
         if mask is not None and tuple(mask.shape) != tuple(pattern.shape[-2:]):
             raise ConfigError("patch mask must be (h, w) matching the pattern.")
+        if margin < 0:
+            raise ConfigError(f"patch margin must be >= 0, got {margin}.")
+        if isinstance(location, tuple):
+            if len(location) != 2 or min(location) < 0:
+                raise ConfigError(f"patch location must be (row, col) >= 0, got {location}.")
+        elif location not in _LOCATIONS:
+            raise ConfigError(
+                f"unknown patch location {location!r}.", hint=f"use one of {_LOCATIONS}"
+            )
         self.pattern = pattern.detach().float()
         self.mask = None if mask is None else mask.detach().float().clamp(0, 1)
         self.location = location
@@ -209,14 +239,19 @@ class PatchTrigger(Trigger):
             "top-right": (m, w - pw - m),
             "center": ((h - ph) // 2, (w - pw) // 2),
         }
-        if self.location not in table:
-            raise ConfigError(f"unknown patch location {self.location!r}.")
-        return table[self.location]
+        r, c = table[self.location]
+        if not (0 <= r <= h - ph and 0 <= c <= w - pw):
+            raise DataError(
+                f"patch {ph}×{pw} with margin {m} does not fit images of {h}×{w}.",
+                hint="use a smaller margin or patch",
+            )
+        return r, c
 
     def _apply(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
         r, c = self._origin(h, w)
         ph, pw = self.pattern.shape[-2:]
+        _check_channels(self.pattern.shape[0], x)
         out = x.clone()
         pat = self.pattern.to(x.device, x.dtype)
         if pat.shape[0] == 1 and x.shape[1] != 1:

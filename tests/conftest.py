@@ -56,7 +56,9 @@ def tiny_synthetic() -> SyntheticSplits:
     return hk.make_synthetic_dataset(num_classes=4, train_per_class=40, test_per_class=10)
 
 
-def train_backdoored(attack: str, data: SyntheticSplits, **attack_config: object) -> BackdooredModel:
+def train_backdoored(
+    attack: str, data: SyntheticSplits, **attack_config: object
+) -> BackdooredModel:
     cfg = {**ATTACK_RECIPES.get(attack, {}), **attack_config}
     return hk.make_backdoored_model(
         attack,

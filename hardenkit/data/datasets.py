@@ -288,7 +288,14 @@ def load_image_folder(
     for cdir in sorted(p for p in root.iterdir() if p.is_dir()):
         for f in sorted(cdir.iterdir()):
             if f.suffix.lower() in IMAGE_EXTENSIONS:
-                items.append((cdir.name, f.name, _decode(f.read_bytes(), image_size, mode)))
+                try:
+                    arr = _decode(f.read_bytes(), image_size, mode)
+                except (OSError, ValueError) as exc:
+                    raise DataError(
+                        f"cannot decode image {str(f)!r}: {exc}",
+                        hint="remove or replace the corrupt file",
+                    ) from exc
+                items.append((cdir.name, f.name, arr))
     return _stack(items, str(root))
 
 
@@ -335,7 +342,13 @@ def load_image_archive(
                 fh = tar.extractfile(member)
                 if fh is None:
                     continue
-                per_split[split].append((cls, parts[-1], _decode(fh.read(), image_size, mode)))
+                try:
+                    arr = _decode(fh.read(), image_size, mode)
+                except (OSError, ValueError) as exc:
+                    raise DataError(
+                        f"cannot decode {member.name!r} in {str(path)!r}: {exc}"
+                    ) from exc
+                per_split[split].append((cls, parts[-1], arr))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"Cannot read archive {str(path)!r}: {exc}") from exc
     out: dict[str, ImageDataset] = {}

@@ -171,6 +171,11 @@ def iter_batches(
             validate_batch(x, y, num_classes=num_classes, where=where)
             first_shape = tuple(x.shape[1:])
         else:
+            if not x.is_floating_point():
+                raise DataError(
+                    f"{where}: batch {n} has {x.dtype} images; the first batch was float.",
+                    hint="make every batch float pixels in [0, 1]",
+                )
             if tuple(x.shape[1:]) != first_shape or y.shape[:1] != x.shape[:1]:
                 raise DataError(
                     f"{where}: batch {n} has images {tuple(x.shape)} / labels "

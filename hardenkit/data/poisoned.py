@@ -60,6 +60,10 @@ class PoisonedDataset(ImageDataset):
             if noise_indices is not None
             else torch.empty(0, dtype=torch.int64)
         )
+        if len(noise) and (int(noise.min()) < 0 or int(noise.max()) >= len(base)):
+            raise DataError("noise_indices out of range of the base dataset.")
+        if len(torch.unique(noise)) != len(noise):
+            raise DataError("noise_indices contains duplicates.")
         if len(noise) and noise_transform is None:
             raise DataError("noise_indices given without a noise_transform.")
         if len(noise) and bool(torch.isin(noise, poison_indices).any()):

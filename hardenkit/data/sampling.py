@@ -85,6 +85,8 @@ def stratified_split(
     if not 0 < holdout_fraction < 1:
         raise DataError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}.")
     labels = labels.to("cpu", torch.int64)
+    if len(labels) == 0:
+        raise DataError("cannot split an empty label set.")
     g = torch.Generator().manual_seed(seed)
     keep: list[Tensor] = []
     hold: list[Tensor] = []

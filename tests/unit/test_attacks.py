@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pydantic
 import pytest
 import torch
 
@@ -82,7 +83,8 @@ def test_build_attack_each_name(name: str) -> None:
     x = torch.rand(2, 3, 32, 32)
     out = atk.trigger(x)
     assert out.shape == x.shape
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert float(out.min()) >= 0.0
+    assert float(out.max()) <= 1.0
     assert not torch.equal(out, x)
 
 
@@ -157,7 +159,7 @@ def test_config_rejects_bad_values(name: str, bad: dict[str, object]) -> None:
 
 def test_configs_are_frozen_and_with_updates_validates() -> None:
     cfg = BadNetsConfig()
-    with pytest.raises(Exception):  # noqa: B017 - pydantic frozen instance
+    with pytest.raises(pydantic.ValidationError):  # frozen
         cfg.poison_rate = 0.5  # type: ignore[misc]
     assert cfg.with_updates(poison_rate=0.5).poison_rate == 0.5
     with pytest.raises(ConfigError):
@@ -424,7 +426,7 @@ def test_make_backdoored_model_argument_errors(tiny_synthetic: SyntheticSplits) 
         make_backdoored_model(build_attack("badnets"), train, attack_config={"target": 1})
     with pytest.raises(ConfigError):
         make_backdoored_model(42, train)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="nn.Module"):
+    with pytest.raises(ConfigError, match=r"nn\.Module"):
         make_backdoored_model("badnets", train, arch=lambda: "not a model")  # type: ignore[arg-type,return-value]
     with pytest.raises(RegistryError):
         make_backdoored_model("nope", train)

@@ -257,7 +257,8 @@ def test_parse_config_rejects_bad_type(bad: object) -> None:
 def test_with_updates_returns_validated_copy() -> None:
     rt = RuntimeConfig(seed=1, device="cpu", input_normalization={"mean": [0.5], "std": [0.5]})
     new = rt.with_updates(seed=5)
-    assert new.seed == 5 and rt.seed == 1
+    assert new.seed == 5
+    assert rt.seed == 1
     assert new.device == "cpu"
     assert new.input_normalization == rt.input_normalization
     assert new is not rt
@@ -421,12 +422,6 @@ def test_registry_plugin_does_not_shadow_builtin_when_warnings_filtered(
     _check_plugin_does_not_shadow_builtin(monkeypatch)
 
 
-@pytest.mark.xfail(
-    reason="BUG: registry.load_plugins logs name=ep.name; 'name' is a reserved LogRecord "
-    "attribute, so the warning raises KeyError instead of skipping the broken plugin",
-    raises=KeyError,
-    strict=True,
-)
 def test_registry_skips_broken_plugin(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -435,12 +430,6 @@ def test_registry_skips_broken_plugin(
     assert any("plugin_failed" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.xfail(
-    reason="BUG: registry.load_plugins logs name=ep.name for a shadowed plugin; 'name' is a "
-    "reserved LogRecord attribute, so the lookup raises KeyError",
-    raises=KeyError,
-    strict=True,
-)
 def test_registry_plugin_does_not_shadow_builtin(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -721,9 +710,12 @@ def test_seed_everything_is_reproducible() -> None:
         return random.random(), float(np.random.rand()), torch.rand(3), torch.rand(3, generator=g)
 
     a, b, c = draw(5), draw(5), draw(6)
-    assert a[0] == b[0] and a[1] == b[1]
-    assert torch.equal(a[2], b[2]) and torch.equal(a[3], b[3])
-    assert a[0] != c[0] and a[1] != c[1]
+    assert a[0] == b[0]
+    assert a[1] == b[1]
+    assert torch.equal(a[2], b[2])
+    assert torch.equal(a[3], b[3])
+    assert a[0] != c[0]
+    assert a[1] != c[1]
     assert not torch.equal(a[2], c[2])
     seed_everything(2**40)  # seeds beyond numpy's 32-bit range are accepted
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 
+import pydantic
 import pytest
 import torch
 import torch.nn.functional as F
@@ -85,9 +86,7 @@ def make_images(encoded: Tensor = ENCODED, immune: Tensor = IMMUNE, size: int = 
 def make_loader(batch_size: int = 7) -> list[tuple[Tensor, Tensor]]:
     """The 20 images as a list of batches (several batches: counts must accumulate)."""
     x = make_images()
-    return [
-        (x[i : i + batch_size], LABELS[i : i + batch_size]) for i in range(0, 20, batch_size)
-    ]
+    return [(x[i : i + batch_size], LABELS[i : i + batch_size]) for i in range(0, 20, batch_size)]
 
 
 # ----------------------------------------------------------------------------- exact metrics
@@ -110,7 +109,8 @@ def test_ba_asr_ra_exact_values() -> None:
     assert rep.benign_accuracy.total == 20
     assert rep.ba == pytest.approx(0.9)
     # 15 non-target images; 3 of them are immune → 12 flip to the target.
-    assert rep.attack_success_rate is not None and rep.robust_accuracy is not None
+    assert rep.attack_success_rate is not None
+    assert rep.robust_accuracy is not None
     assert rep.attack_success_rate.successes == 12
     assert rep.attack_success_rate.total == 15
     assert rep.asr == pytest.approx(0.8)
@@ -122,18 +122,18 @@ def test_ba_asr_ra_exact_values() -> None:
     per_class = {c.label: (c.correct, c.total, c.accuracy) for c in rep.per_class_accuracy}
     assert per_class == {0: (5, 5, 1.0), 1: (4, 5, 0.8), 2: (4, 5, 0.8), 3: (5, 5, 1.0)}
     assert rep.target == TARGET
-    assert rep.trigger is not None and rep.trigger["kind"] == "patch"
-    assert rep.decision is None and rep.passed is None
+    assert rep.trigger is not None
+    assert rep.trigger["kind"] == "patch"
+    assert rep.decision is None
+    assert rep.passed is None
 
 
 def test_asr_excludes_target_class_images() -> None:
     """ASR's denominator holds exactly the non-target test images (BENCHMARKS.md)."""
     for target in range(K):
-        rep = Validator(CodeModel(target=target)).run(
-            make_loader(), trigger=TRIGGER, target=target
-        )
+        rep = Validator(CodeModel(target=target)).run(make_loader(), trigger=TRIGGER, target=target)
         assert rep.attack_success_rate is not None
-        assert rep.attack_success_rate.total == int((LABELS != target).sum()) == 15
+        assert rep.attack_success_rate.total == int((target != LABELS).sum()) == 15
 
 
 def test_always_target_model_gets_asr_one_without_target_images() -> None:
@@ -149,7 +149,8 @@ def test_always_target_model_gets_asr_one_without_target_images() -> None:
 def test_all_to_all_mapping() -> None:
     mapping = {c: (c + 1) % K for c in range(K)}
     rep = Validator(CodeModel(mode="shift")).run(make_loader(), trigger=TRIGGER, target=mapping)
-    assert rep.attack_success_rate is not None and rep.robust_accuracy is not None
+    assert rep.attack_success_rate is not None
+    assert rep.robust_accuracy is not None
     # All 20 images count; success = (e + 1) == (y + 1) on non-immune images with e == y.
     assert rep.attack_success_rate.total == 20
     assert rep.attack_success_rate.successes == 15  # 17 non-immune minus indices 5 and 10
@@ -172,7 +173,8 @@ def test_to_target_model_under_all_to_all_mapping() -> None:
     """Only label 3 maps to 0; the 'to-target' model hits it on the 3 non-immune class-3 images."""
     mapping = {c: (c + 1) % K for c in range(K)}
     rep = Validator(CodeModel()).run(make_loader(), trigger=TRIGGER, target=mapping)
-    assert rep.attack_success_rate is not None and rep.robust_accuracy is not None
+    assert rep.attack_success_rate is not None
+    assert rep.robust_accuracy is not None
     assert (rep.attack_success_rate.successes, rep.attack_success_rate.total) == (3, 20)
     # RA: class-0 non-immune images predicted 0 (5) + immune images with e == y (3).
     assert rep.robust_accuracy.successes == 8
@@ -180,10 +182,13 @@ def test_to_target_model_under_all_to_all_mapping() -> None:
 
 def test_no_trigger_report_has_no_asr() -> None:
     rep = Validator(CodeModel()).run(make_loader())
-    assert rep.attack_success_rate is None and rep.robust_accuracy is None
-    assert rep.asr is None and rep.ra is None
+    assert rep.attack_success_rate is None
+    assert rep.robust_accuracy is None
+    assert rep.asr is None
+    assert rep.ra is None
     assert rep.triggered_samples == 0
-    assert rep.trigger is None and rep.target is None
+    assert rep.trigger is None
+    assert rep.target is None
     assert "ASR n/a" in rep.summary()
 
 
@@ -192,7 +197,8 @@ def test_summary_text() -> None:
     text = rep.summary()
     assert text.splitlines()[0].startswith("BA  90.00% [")
     assert "(n=20)" in text
-    assert "ASR 80.00%" in text and "(n=15)" in text
+    assert "ASR 80.00%" in text
+    assert "(n=15)" in text
     assert "RA  20.00%" in text
 
 
@@ -271,9 +277,7 @@ def test_der_formula() -> None:
 def test_der_clips_improvements_and_regressions() -> None:
     # ASR going *up* counts as 0 (not negative); BA going *up* is not a bonus.
     assert der(ba_before=0.9, ba_after=0.9, asr_before=0.1, asr_after=0.6) == 0.5
-    assert der(ba_before=0.8, ba_after=0.95, asr_before=0.99, asr_after=0.01) == pytest.approx(
-        0.99
-    )
+    assert der(ba_before=0.8, ba_after=0.95, asr_before=0.99, asr_after=0.01) == pytest.approx(0.99)
     assert der(ba_before=0.8, ba_after=0.95, asr_before=0.2, asr_after=0.9) == 0.5
     # Only the BA drop counts against the defence.
     assert der(ba_before=0.9, ba_after=0.7, asr_before=0.5, asr_after=0.5) == pytest.approx(0.4)
@@ -310,15 +314,18 @@ def test_policy_boundaries_are_inclusive() -> None:
     d = GatePolicy(min_ba=0.9, max_asr=0.1, max_ba_drop=0.0).evaluate(
         ba=0.9, asr=0.1, baseline_ba=0.9
     )
-    assert d.passed and all(r.status == "pass" for r in d.rules)
+    assert d.passed
+    assert all(r.status == "pass" for r in d.rules)
     # A BA that *rises* against the baseline is a drop of 0.
     d = GatePolicy(max_ba_drop=0.0, max_asr=None).evaluate(ba=0.95, baseline_ba=0.9)
-    assert d.passed and d.rules[0].value == 0.0
+    assert d.passed
+    assert d.rules[0].value == 0.0
 
 
 def test_policy_rules_without_threshold_are_omitted() -> None:
     d = GatePolicy(min_ba=None, max_asr=None, max_ba_drop=None).evaluate(ba=0.1, asr=1.0)
-    assert d.passed and d.rules == []
+    assert d.passed
+    assert d.rules == []
 
 
 def test_policy_require_all_rules() -> None:
@@ -351,7 +358,8 @@ def test_policy_defaults() -> None:
     assert pol.min_ba is None
     assert pol.max_asr == 0.10
     assert pol.max_ba_drop == 0.03
-    assert not pol.require_all_rules and not pol.use_upper_confidence_bound
+    assert not pol.require_all_rules
+    assert not pol.use_upper_confidence_bound
 
 
 def test_decision_summary_text() -> None:
@@ -388,6 +396,17 @@ def test_validator_applies_policy() -> None:
     assert rep.decision.rules[2].value == pytest.approx(0.02)
 
 
+@pytest.mark.xfail(
+    reason="BUG (validation gap): baseline_ba is not range-checked, so a percent (90) is taken "
+    "as a fraction and the gate reports a BA drop of 8910% instead of rejecting the input "
+    "(hardenkit/validate/validator.py Validator.run / policy.py GatePolicy.evaluate)",
+    strict=True,
+)
+def test_baseline_ba_outside_unit_interval_is_rejected() -> None:
+    with pytest.raises(ConfigError):
+        Validator(CodeModel(), policy={"max_ba_drop": 0.05}).run(make_loader(), baseline_ba=90)
+
+
 def test_validator_policy_without_trigger_skips_asr() -> None:
     rep = Validator(CodeModel(), policy={"max_asr": 0.0}).run(make_loader())
     assert rep.passed is True
@@ -407,10 +426,11 @@ def test_use_upper_confidence_bound() -> None:
     point = Validator(CodeModel(), policy={"max_asr": 0.1}).run(
         loader, trigger=TRIGGER, target=TARGET
     )
-    assert point.asr == 0.0 and point.passed is True
-    ucb = Validator(
-        CodeModel(), policy={"max_asr": 0.1, "use_upper_confidence_bound": True}
-    ).run(loader, trigger=TRIGGER, target=TARGET)
+    assert point.asr == 0.0
+    assert point.passed is True
+    ucb = Validator(CodeModel(), policy={"max_asr": 0.1, "use_upper_confidence_bound": True}).run(
+        loader, trigger=TRIGGER, target=TARGET
+    )
     assert ucb.asr == 0.0
     assert ucb.passed is False
     assert ucb.decision is not None
@@ -422,9 +442,10 @@ def test_use_upper_confidence_bound() -> None:
 
 def test_gate_models_are_frozen() -> None:
     d = GatePolicy().evaluate(ba=0.9, asr=0.0)
-    with pytest.raises(Exception):  # noqa: B017,PT011 - pydantic frozen instance
+    with pytest.raises(pydantic.ValidationError):  # frozen
         d.passed = False  # type: ignore[misc]
-    assert isinstance(d, GateDecision) and isinstance(d.rules[0], RuleResult)
+    assert isinstance(d, GateDecision)
+    assert isinstance(d.rules[0], RuleResult)
 
 
 # ----------------------------------------------------------------------------- Validator API
@@ -460,7 +481,8 @@ def test_validator_accepts_callable_trigger_and_image_dataset() -> None:
 
     rep = Validator(CodeModel()).run(ds.loader(batch_size=6), trigger=stamp, target=TARGET)
     assert rep.asr == pytest.approx(0.8)
-    assert rep.trigger is not None and rep.trigger["kind"] == "callable"
+    assert rep.trigger is not None
+    assert rep.trigger["kind"] == "callable"
 
 
 def test_trigger_without_target_and_target_without_trigger() -> None:
@@ -553,6 +575,34 @@ def test_functional_twins_agree_with_report() -> None:
     assert hk.robust_accuracy is robust_accuracy
 
 
+@pytest.mark.xfail(
+    reason="BUG: Validator.run wraps a plain callable trigger with as_trigger (clamping its "
+    "output to [0, 1]) but benign_accuracy/attack_success_rate/robust_accuracy pass it to "
+    "evaluate_counts raw, so the functional twins see out-of-range pixels and disagree with "
+    "the report (hardenkit/validate/metrics.py attack_success_rate/robust_accuracy -> "
+    "evaluate_counts; fix: trigger = as_trigger(trigger) in evaluate_counts)",
+    strict=True,
+)
+def test_functional_twins_clamp_callable_triggers_like_the_validator() -> None:
+    class OverRange(CodeModel):
+        """Sends every image with a pixel above 1.0 (impossible for valid pixels) to 1."""
+
+        def forward(self, x: Tensor) -> Tensor:
+            out = super().forward(x)
+            over = x.flatten(1).amax(1) > 1.0
+            out[over] = F.one_hot(torch.full_like(over.long()[over], 1), K).float() * 10
+            return out
+
+    def brighten(x: Tensor) -> Tensor:
+        return x + 0.9  # unclamped: values up to 1.15
+
+    model = OverRange()
+    rep = Validator(model).run(make_loader(), trigger=brighten, target=1)
+    assert rep.asr == 0.0  # clamped pixels: the model predicts 0 or 3, never 1
+    functional = attack_success_rate(model, make_loader(), brighten, 1)
+    assert functional == pytest.approx(rep.asr)  # unclamped: 1.0
+
+
 def test_functional_asr_raises_when_nothing_is_eligible() -> None:
     only_target = [(make_images()[:5], LABELS[:5])]
     with pytest.raises(DataError, match="eligible"):
@@ -572,7 +622,9 @@ def test_report_json_round_trip() -> None:
     assert payload["attack_success_rate"]["total"] == 15
     back = ValidationReport.model_validate_json(text)
     assert back == rep
-    assert back.ba == rep.ba and back.asr == rep.asr and back.passed == rep.passed
+    assert back.ba == rep.ba
+    assert back.asr == rep.asr
+    assert back.passed == rep.passed
     # All-to-all: the mapping's keys become strings and survive the round trip.
     mapping = {c: (c + 1) % K for c in range(K)}
     rep = Validator(CodeModel(mode="shift")).run(make_loader(), trigger=TRIGGER, target=mapping)
@@ -651,7 +703,8 @@ def test_validator_restores_eval_flag_and_runs_in_eval() -> None:
     m = Spy()
     m.train()
     Validator(m).run(make_loader(), trigger=TRIGGER, target=TARGET)
-    assert seen and not any(seen)  # evaluated in eval mode
+    assert seen
+    assert not any(seen)
     assert m.training is True
     m.eval()
     Validator(m).run(make_loader())

@@ -1,0 +1,609 @@
+"""Tests of the ``hardenkit`` command line, run in-process through ``hardenkit.cli.main``.
+
+Exit codes (documented in ``hardenkit --help``): 0 ok/passed, 1 gate failed, 2 usage or
+input error, 3 runtime error, 70 internal error. The demo runs once per module
+(``--epochs 3 --classes 4``) and its saved model feeds the ``validate`` tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import hardenkit as hk
+from hardenkit.cli import build_parser, main
+from hardenkit.validate import ValidationReport
+
+DATA = "synthetic:num_classes=4,train_per_class=10,test_per_class=30"
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """main() configures the 'hardenkit' logger; leave it as the other tests expect it."""
+    logger = logging.getLogger("hardenkit")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    out: Path
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def weights(self) -> Path:
+        return self.out / "backdoored" / "model.safetensors"
+
+    @property
+    def trigger(self) -> Path:
+        return self.out / "backdoored" / "trigger.safetensors"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    logger = logging.getLogger("hardenkit")
+    handlers, level = list(logger.handlers), logger.level
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(
+            ["demo", "--epochs", "3", "--classes", "4", "--device", "cpu", "--out", str(out)]
+        )
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    return DemoRun(out=out, code=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
+
+
+def validate_args(demo: DemoRun, *extra: str, trigger: bool = True) -> list[str]:
+    args = [
+        "validate",
+        "--weights",
+        str(demo.weights),
+        "--arch",
+        "small-cnn",
+        "--num-classes",
+        "4",
+        "--data",
+        DATA,
+        "--device",
+        "cpu",
+    ]
+    if trigger:
+        args += ["--trigger", str(demo.trigger), "--target", "0"]
+    return [*args, *extra]
+
+
+def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, json.loads(captured.out), captured.err
+
+
+# ----------------------------------------------------------------------------- basics
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hardenkit {hk.__version__}"
+
+
+def test_version_console_script() -> None:
+    """The installed ``hardenkit`` console script (a real subprocess)."""
+    exe = Path(sys.executable).parent / "hardenkit"
+    script = str(exe) if exe.is_file() else shutil.which("hardenkit")
+    assert script, "the hardenkit console script is not installed"
+    env = {**os.environ, "HARDENKIT_DISABLE_PLUGINS": "1"}
+    proc = subprocess.run(
+        [script, "--version"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"hardenkit {hk.__version__}"
+
+
+def test_no_command_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "usage: hardenkit" in err
+    assert "validate" in err
+    assert "demo" in err
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "Exit codes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--bogus"],
+        ["models", "--bogus"],
+        ["frobnicate"],
+        ["validate"],  # required arguments missing
+        ["validate", "--weights", "w.safetensors", "--arch", "small-cnn"],  # no --data
+        ["demo", "--attack", "wanet"],  # not one of the demo's choices
+        ["demo", "--epochs", "three"],
+        ["--log-format", "xml", "models"],
+    ],
+)
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.xfail(
+    reason="BUG: an unknown --log-level (or HARDENKIT_LOG_LEVEL) raises ValueError from "
+    "logging.setLevel outside run_command: a traceback and exit 1 ('gate failed') instead of "
+    "a usage error, exit 2 (hardenkit/cli/__init__.py main -> configure_logging)",
+    strict=True,
+)
+def test_bad_log_level_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--log-level", "LOUD", "models"]) == 2
+
+
+def test_models_lists_the_zoo(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "small-cnn" in names
+    assert names == hk.list_models()
+
+
+def test_parser_documents_exit_codes() -> None:
+    assert "2 usage or input error" in build_parser().format_help()
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+@pytest.mark.slow
+def test_demo_succeeds_and_writes_outputs(demo: DemoRun) -> None:
+    assert demo.code == 0, demo.stderr
+    assert (demo.out / "report.json").is_file()
+    assert demo.weights.is_file()
+    assert demo.trigger.is_file()
+    assert (demo.out / "backdoored" / "attack.json").is_file()
+    assert "data      synthetic 4 classes" in demo.stderr
+
+
+@pytest.mark.slow
+def test_demo_report_json(demo: DemoRun) -> None:
+    report = json.loads((demo.out / "report.json").read_text())
+    assert report["report_type"] == "demo"
+    assert report["arch"] == "small-cnn"
+    assert report["train_epochs"] == 3
+    assert report["dataset"]["classes"] == 4
+    assert report["attack"]["attack"] == "badnets"
+    val = report["validation"]
+    assert val["report_type"] == "validation"
+    assert 0.0 <= val["benign_accuracy"]["value"] <= 1.0
+    assert val["attack_success_rate"]["total"] == 300  # 3 non-target classes × 100 images
+    assert val["decision"]["rules"][0]["rule"] == "attack_success_rate"
+    # The embedded validation report is a valid ValidationReport.
+    ValidationReport.model_validate(val)
+    assert [s["name"] for s in report["steps"]] == ["data", "train_backdoored", "validate"]
+
+
+@pytest.mark.slow
+def test_demo_stdout_last_line_is_json(demo: DemoRun) -> None:
+    last = demo.stdout.strip().splitlines()[-1]
+    summary = json.loads(last)
+    assert set(summary) == {"ba", "asr", "ra", "report"}
+    report = json.loads((demo.out / "report.json").read_text())
+    assert summary["ba"] == pytest.approx(
+        report["validation"]["benign_accuracy"]["value"], abs=1e-4
+    )
+    assert summary["asr"] == pytest.approx(
+        report["validation"]["attack_success_rate"]["value"], abs=1e-4
+    )
+    assert Path(summary["report"]) == demo.out / "report.json"
+    # Three epochs on 4 synthetic classes learn the task; the backdoor is only partly
+    # planted after 3 epochs (measured ASR ~8%), so only its range is checked.
+    assert summary["ba"] > 0.5
+    assert 0.0 <= summary["asr"] <= 1.0
+
+
+# ----------------------------------------------------------------------------- validate
+
+
+@pytest.mark.slow
+def test_validate_strict_policy_fails(demo: DemoRun, capsys: pytest.CaptureFixture[str]) -> None:
+    code, rep, err = run_json(validate_args(demo, "--max-asr", "0.0", "--output", "-"), capsys)
+    if rep["attack_success_rate"]["value"] == 0:
+        pytest.skip("the 3-epoch demo backdoor never fired on this platform")
+    assert code == 1
+    assert rep["decision"]["passed"] is False
+    assert "gate FAILED" in err
+
+
+@pytest.mark.slow
+def test_validate_lenient_policy_passes(demo: DemoRun, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(validate_args(demo, "--max-asr", "1.0", "--min-ba", "0.0"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out == ""  # without --output the report is not printed
+    assert "gate PASSED" in captured.err
+    assert "ASR " in captured.err
+
+
+@pytest.mark.slow
+def test_validate_output_stdout_is_the_report(
+    demo: DemoRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, rep, _ = run_json(
+        validate_args(demo, "--max-asr", "1.0", "--min-ba", "0.0", "--output", "-"), capsys
+    )
+    assert code == 0
+    back = ValidationReport.model_validate(rep)
+    assert back.samples == 120
+    assert back.num_classes == 4
+    assert back.attack_success_rate is not None
+    assert back.attack_success_rate.total == 90  # 30 target-class images excluded
+    assert back.target == 0
+    assert back.trigger is not None
+    assert back.trigger["kind"] == "patch"
+    assert back.passed is True
+
+
+@pytest.mark.slow
+def test_validate_output_file(
+    demo: DemoRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "reports" / "val.json"
+    code = main(validate_args(demo, "--max-asr", "1.0", "--output", str(path)))
+    captured = capsys.readouterr()
+    assert code == 0
+    assert captured.out == ""
+    assert f"wrote {path}" in captured.err
+    rep = ValidationReport.model_validate_json(path.read_text())
+    assert rep.report_type == "validation"
+    assert rep.passed is True
+
+
+@pytest.mark.slow
+def test_validate_without_trigger(demo: DemoRun, capsys: pytest.CaptureFixture[str]) -> None:
+    code, rep, _ = run_json(
+        validate_args(demo, "--min-ba", "0.0", "--output", "-", trigger=False), capsys
+    )
+    assert code == 0
+    assert rep["attack_success_rate"] is None
+    statuses = {r["rule"]: r["status"] for r in rep["decision"]["rules"]}
+    assert statuses == {
+        "benign_accuracy": "pass",
+        "attack_success_rate": "skipped",
+        "benign_accuracy_drop": "skipped",
+    }
+
+
+@pytest.mark.slow
+def test_validate_baseline_ba_drop(demo: DemoRun, capsys: pytest.CaptureFixture[str]) -> None:
+    code, rep, _ = run_json(
+        validate_args(
+            demo, "--max-asr", "1.0", "--baseline-ba", "1.0", "--max-ba-drop", "0.0", "-o", "-"
+        ),
+        capsys,
+    )
+    assert rep["baseline_ba"] == 1.0
+    drop = next(r for r in rep["decision"]["rules"] if r["rule"] == "benign_accuracy_drop")
+    assert drop["value"] == pytest.approx(1.0 - rep["benign_accuracy"]["value"])
+    assert code == (0 if drop["value"] == 0 else 1)
+
+
+@pytest.mark.slow
+def test_validate_attack_spec_trigger(demo: DemoRun, capsys: pytest.CaptureFixture[str]) -> None:
+    """``badnets:patch_size=3`` is the demo's trigger, so ASR matches the saved trigger's."""
+    argv = validate_args(demo, "--max-asr", "1.0", "-o", "-", trigger=False)
+    code_a, spec, _ = run_json(
+        [*argv, "--trigger", "badnets:patch_size=3", "--target", "0"], capsys
+    )
+    code_b, saved, _ = run_json([*argv, "--trigger", str(demo.trigger), "--target", "0"], capsys)
+    assert code_a == code_b == 0
+    assert spec["trigger"]["kind"] == "patch"
+    assert spec["attack_success_rate"] == saved["attack_success_rate"]
+    # Other spec options reach the attack config.
+    code_c, other, _ = run_json(
+        [
+            *argv,
+            "--trigger",
+            "badnets:patch_size=1,pattern=black,location=top-left",
+            "--target",
+            "0",
+        ],
+        capsys,
+    )
+    assert code_c == 0
+    assert other["trigger"]["location"] == "top-left"
+    assert other["trigger"]["tensors"]["pattern"] == [3, 1, 1]
+
+
+@pytest.mark.slow
+def test_validate_policy_json_file(
+    demo: DemoRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    strict = tmp_path / "strict.json"
+    strict.write_text(json.dumps({"max_asr": 0.0, "min_ba": 0.999}))  # BA ~0.9
+    lenient = tmp_path / "lenient.json"
+    lenient.write_text(json.dumps({"max_asr": 1.0, "min_ba": 0.0, "max_ba_drop": None}))
+    assert main(validate_args(demo, "--policy", str(strict))) == 1
+    code, rep, _ = run_json(validate_args(demo, "--policy", str(lenient), "-o", "-"), capsys)
+    assert code == 0
+    assert [r["rule"] for r in rep["decision"]["rules"]] == [
+        "benign_accuracy",
+        "attack_success_rate",
+    ]
+    # Command-line thresholds override the file's.
+    argv = validate_args(demo, "--policy", str(strict), "--max-asr", "1.0", "--min-ba", "0.0")
+    assert main(argv) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_validate_policy_yaml_file(
+    demo: DemoRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("yaml")
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("max_asr: 0.0\nmin_ba: 0.999\n")
+    lenient = tmp_path / "lenient.yml"
+    lenient.write_text("# a lenient gate\nmax_asr: 1.0\nmin_ba: 0.0\nrequire_all_rules: false\n")
+    assert main(validate_args(demo, "--policy", str(strict))) == 1
+    assert main(validate_args(demo, "--policy", str(lenient))) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_validate_yaml_policy_without_pyyaml(
+    demo: DemoRun,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` raises ModuleNotFoundError
+    policy = tmp_path / "p.yaml"
+    policy.write_text("max_asr: 1.0\n")
+    assert main(validate_args(demo, "--policy", str(policy))) == 2
+    assert "PyYAML" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.slow
+def test_missing_weights_file(demo: DemoRun, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = validate_args(demo)
+    argv[argv.index("--weights") + 1] = str(demo.out / "nope.safetensors")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_pickled_weights_are_refused(
+    demo: DemoRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "model.pt"
+    torch.save(nn.Linear(2, 2), bad)  # a whole pickled module, not a state dict
+    argv = validate_args(demo)
+    argv[argv.index("--weights") + 1] = str(bad)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unsafe" in err.lower()
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_state_dict_pt_file_is_accepted(
+    demo: DemoRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = hk.build_model("small-cnn", 4)
+    hk.load_model_weights(model, demo.weights)
+    pt = tmp_path / "model.pt"
+    torch.save(model.state_dict(), pt)
+    argv = validate_args(demo, "--max-asr", "1.0", "-o", "-")
+    argv[argv.index("--weights") + 1] = str(pt)
+    code, rep, _ = run_json(argv, capsys)
+    assert code == 0
+    assert rep["model"]["num_parameters"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_wrong_num_classes(demo: DemoRun, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = validate_args(demo)
+    argv[argv.index("--num-classes") + 1] = "10"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "do not match" in err or "do not fit" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_wrong_arch(demo: DemoRun, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = validate_args(demo)
+    argv[argv.index("--arch") + 1] = "cifar-cnn"
+    assert main(argv) == 2  # weights do not fit the architecture
+    argv[argv.index("--arch") + 1] = "no-such-net"
+    assert main(argv) == 2
+    assert "small-cnn" in capsys.readouterr().err  # the registry lists the known names
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--trigger", "badnets"],  # no --target
+        ["--target", "0"],  # no --trigger
+    ],
+)
+def test_trigger_and_target_go_together(
+    extra: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "validate",
+        "--weights",
+        str(tmp_path / "unused.safetensors"),
+        "--arch",
+        "small-cnn",
+        "--data",
+        DATA,
+        *extra,
+    ]
+    assert main(argv) == 2
+    assert "--trigger and --target go together" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_nonexistent_data_path(
+    demo: DemoRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = validate_args(demo)
+    argv[argv.index("--data") + 1] = str(tmp_path / "no-such-dir")
+    assert main(argv) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bad_synthetic_spec(demo: DemoRun, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = validate_args(demo)
+    argv[argv.index("--data") + 1] = "synthetic:num_classes"
+    assert main(argv) == 2
+    assert "key=value" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(
+            "synthetic:classes=4",
+            marks=pytest.mark.xfail(
+                reason="BUG: an unknown key in --data synthetic:... reaches "
+                "make_synthetic_dataset(**kv) as a TypeError, which main() reports as an "
+                "internal error (exit 70) instead of a usage error (exit 2) "
+                "(hardenkit/cli/_common.py load_data_arg)",
+                strict=True,
+            ),
+        ),
+        pytest.param(
+            "synthetic:num_classes=four",
+            marks=pytest.mark.xfail(
+                reason="BUG: a non-numeric value in --data synthetic:... raises TypeError "
+                "inside make_synthetic_dataset -> exit 70 instead of 2 "
+                "(hardenkit/cli/_common.py load_data_arg)",
+                strict=True,
+            ),
+        ),
+        "synthetic:num_classes=4,train_per_class=0",
+    ],
+)
+def test_bad_synthetic_options_are_usage_errors(
+    spec: str, demo: DemoRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = validate_args(demo, trigger=False)
+    argv[argv.index("--data") + 1] = spec
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "internal error" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--max-asr", "5"],
+        ["--min-ba", "-0.5"],
+        ["--max-ba-drop", "1.5"],
+    ],
+)
+def test_invalid_policy_value(
+    extra: list[str], demo: DemoRun, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(validate_args(demo, *extra)) == 2
+    err = capsys.readouterr().err
+    assert "Invalid GatePolicy" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("p.json", '{"max_asr": 5}', "Invalid GatePolicy"),
+        ("p.json", '{"max_asr": 0.1, "typo_rule": 1}', "typo_rule"),
+        ("p.json", "{not json", "not valid JSON"),
+        ("p.json", "[0.1]", "mapping"),
+        ("p.yaml", "max_asr: 5\n", "Invalid GatePolicy"),
+    ],
+)
+def test_invalid_policy_file(
+    name: str,
+    text: str,
+    needle: str,
+    demo: DemoRun,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if name.endswith(".yaml"):
+        pytest.importorskip("yaml")
+    path = tmp_path / name
+    path.write_text(text)
+    assert main(validate_args(demo, "--policy", str(path))) == 2
+    assert needle in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_missing_policy_file(
+    demo: DemoRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(validate_args(demo, "--policy", str(tmp_path / "none.json"))) == 2
+    assert "none.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bad_trigger_arguments(
+    demo: DemoRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = validate_args(demo, trigger=False)
+    assert main([*argv, "--trigger", str(tmp_path / "t.safetensors"), "--target", "0"]) == 2
+    assert main([*argv, "--trigger", "nosuchattack:x=1", "--target", "0"]) == 2
+    assert main([*argv, "--trigger", "badnets:patch_size=0", "--target", "0"]) == 2
+    assert main([*argv, "--trigger", str(demo.trigger), "--target", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error path")
+def test_cuda_device_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = hk.build_model("small-cnn", 4)
+    weights = hk.save_state_dict(model, tmp_path / "m.safetensors")
+    argv = [
+        "validate",
+        "--weights",
+        str(weights),
+        "--arch",
+        "small-cnn",
+        "--num-classes",
+        "4",
+        "--data",
+        DATA,
+        "--device",
+        "cuda",
+    ]
+    assert main(argv) == 2
+    assert "CUDA" in capsys.readouterr().err

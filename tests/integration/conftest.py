@@ -1,0 +1,63 @@
+"""Session-scoped backdoored models for the integration tests (each trained once per session).
+
+``badnets_model`` comes from tests/conftest.py; the other attacks use the same recipes
+(``ATTACK_RECIPES`` / ``ATTACK_EPOCHS``) through ``train_backdoored``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import hardenkit as hk
+from hardenkit.attacks import BackdooredModel
+from hardenkit.data import SyntheticSplits
+from tests.conftest import train_backdoored
+
+# All-to-all BadNets (label y -> (y + 1) mod K). SmallCNN cannot learn this conditional rule
+# on the synthetic data (its few 3x3 convs feed a global average pool and a single Linear:
+# ASR stayed at 2-18% for 8-20 epochs, also for a 5x5 patch, 20% poisoning and Blended), so
+# the test uses CifarCNN (width 16, six convs, three pools), 4 classes, a 5x5 patch and 30%
+# poisoning. Measured on the 2-core CPU: see ALL_TO_ALL_MIN_ASR in test_attacks_plant.py.
+ALL_TO_ALL_CLASSES = 4
+ALL_TO_ALL_TRAIN_PER_CLASS = 300
+ALL_TO_ALL_ATTACK = {"mode": "all-to-all", "patch_size": 5, "poison_rate": 0.3}
+ALL_TO_ALL_EPOCHS = 12
+
+
+@pytest.fixture(scope="session")
+def blended_model(synthetic: SyntheticSplits) -> BackdooredModel:
+    return train_backdoored("blended", synthetic)
+
+
+@pytest.fixture(scope="session")
+def wanet_model(synthetic: SyntheticSplits) -> BackdooredModel:
+    return train_backdoored("wanet", synthetic)
+
+
+@pytest.fixture(scope="session")
+def sig_model(synthetic: SyntheticSplits) -> BackdooredModel:
+    return train_backdoored("sig", synthetic)
+
+
+@pytest.fixture(scope="session")
+def all_to_all_data() -> SyntheticSplits:
+    return hk.make_synthetic_dataset(
+        num_classes=ALL_TO_ALL_CLASSES,
+        train_per_class=ALL_TO_ALL_TRAIN_PER_CLASS,
+        test_per_class=100,
+    )
+
+
+@pytest.fixture(scope="session")
+def all_to_all_model(all_to_all_data: SyntheticSplits) -> BackdooredModel:
+    return hk.make_backdoored_model(
+        "badnets",
+        all_to_all_data.train,
+        test=all_to_all_data.test,
+        arch=lambda: hk.create_model("cifar-cnn", num_classes=ALL_TO_ALL_CLASSES, width=16),
+        attack_config=ALL_TO_ALL_ATTACK,
+        train_config=hk.TrainConfig(
+            epochs=ALL_TO_ALL_EPOCHS, batch_size=128, lr=0.05, augment=False
+        ),
+        runtime={"seed": 0, "device": "cpu"},
+    )
