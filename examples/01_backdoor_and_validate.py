@@ -12,7 +12,9 @@ What it shows:
       backdoored model + trigger as safetensors.
 
 The default run is tiny (4 classes, 400 training images, 5 epochs: a few seconds of CPU).
-``--no-quick`` runs a 10-class, 5,000-image version that takes minutes on a CPU.
+``--no-quick`` runs a 10-class, 5,000-image version that takes minutes on a CPU. The quick
+setting plants the default attack (Blended, alpha 0.3) reliably; the other attacks need the
+larger ``--no-quick`` run to reach a high ASR.
 
     python examples/01_backdoor_and_validate.py
     python examples/01_backdoor_and_validate.py --attack badnets --no-quick --out runs/01

@@ -16,6 +16,7 @@ Example:
 """
 
 from . import attacks, data, models, triggers, validate
+from ._utils.progress import ProgressCallback
 from ._version import __version__
 from .attacks import BackdooredModel, build_attack, make_backdoored_model
 from .config import HardenkitConfig, Normalization, RuntimeConfig
@@ -23,6 +24,7 @@ from .data import ImageDataset, make_synthetic_dataset
 from .errors import (
     ConfigError,
     DataError,
+    DeviceError,
     ExecutionProviderError,
     ExportError,
     HardenkitError,
@@ -66,6 +68,7 @@ __all__ = [
     "CallableTrigger",
     "ConfigError",
     "DataError",
+    "DeviceError",
     "EnvironmentInfo",
     "ExecutionProviderError",
     "ExportError",
@@ -81,6 +84,7 @@ __all__ = [
     "Normalization",
     "ParityError",
     "PatchTrigger",
+    "ProgressCallback",
     "Registry",
     "RegistryError",
     "RuntimeConfig",

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, DeviceError
 
 __all__ = ["HardenkitConfig", "Normalization", "RuntimeConfig", "parse_config"]
 
@@ -101,8 +101,10 @@ class RuntimeConfig(HardenkitConfig):
         amp: bf16 autocast on CUDA. ``"auto"`` enables it on CUDA only; it is never used on CPU.
         progress: ``"auto"`` shows a bar on stderr when it is a TTY and tqdm is installed.
         input_normalization: declare that your loaders yield *normalized* tensors
-            ``(x - mean) / std``; hardenkit converts them back to [0, 1] pixels at the boundary.
-        deterministic: ask torch for deterministic kernels (slower on CUDA).
+            ``(x - mean) / std`` — a :class:`Normalization`, ``{"mean": ..., "std": ...}`` or
+            a ``(mean, std)`` pair; hardenkit converts them back to [0, 1] pixels at the boundary.
+        deterministic: ask torch for deterministic kernels during training (cuDNN
+            deterministic, no autotuning; slower on CUDA, no effect on CPU results).
     """
 
     device: str = "auto"
@@ -111,6 +113,13 @@ class RuntimeConfig(HardenkitConfig):
     progress: Literal["auto", "on", "off"] = "auto"
     input_normalization: Normalization | None = None
     deterministic: bool = False
+
+    @field_validator("input_normalization", mode="before")
+    @classmethod
+    def _normalization_pair(cls, v: Any) -> Any:
+        if isinstance(v, (tuple, list)) and len(v) == 2:
+            return {"mean": tuple(v[0]), "std": tuple(v[1])}
+        return v
 
     @field_validator("device")
     @classmethod
@@ -123,11 +132,11 @@ class RuntimeConfig(HardenkitConfig):
         raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
     def resolve_device(self) -> torch.device:
-        """The concrete ``torch.device`` (raises ``ConfigError`` if CUDA is asked but absent)."""
+        """The concrete ``torch.device`` (raises ``DeviceError`` if CUDA is asked but absent)."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(
+            raise DeviceError(
                 f"device={self.device!r} was requested but torch reports no CUDA device "
                 f"(torch {torch.__version__}).",
                 hint="use device='auto' or 'cpu', or install a CUDA build of torch",

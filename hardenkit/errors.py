@@ -22,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataError",
+    "DeviceError",
     "ExecutionProviderError",
     "ExportError",
     "HardenkitError",
@@ -81,6 +82,12 @@ class UnsafeArtifactError(HardenkitError):
     ) -> None:
         super().__init__(message, hint=hint)
         self.unsafe_globals = unsafe_globals or []
+
+
+class DeviceError(HardenkitError, RuntimeError):
+    """The requested device (e.g. CUDA) is not available in this environment."""
+
+    exit_code = 3
 
 
 class ExportError(HardenkitError):

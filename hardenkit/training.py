@@ -21,16 +21,17 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from ._utils.modes import eval_mode
 from ._utils.progress import NullProgress, ProgressCallback
 from ._utils.seeding import make_generator
-from .config import HardenkitConfig, RuntimeConfig
+from .config import HardenkitConfig, RuntimeConfig, parse_config
 from .data.datasets import to_float_pixels
 from .errors import DataError, ModelCompatibilityError
 from .logging import get_logger
@@ -185,9 +186,9 @@ def train_model(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
-    config: TrainConfig | None = None,
+    config: TrainConfig | dict[str, Any] | None = None,
     *,
-    runtime: RuntimeConfig | None = None,
+    runtime: RuntimeConfig | dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     eval_data: tuple[Tensor, Tensor] | None = None,
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
@@ -198,14 +199,17 @@ def train_model(
     Callers that must not modify a user's model pass a copy (every public hardenkit entry
     point does). ``loss_fn(model, xb, yb)`` replaces cross-entropy when given.
     """
-    cfg = config or TrainConfig()
-    rt = runtime or RuntimeConfig()
+    cfg = parse_config(TrainConfig, config)
+    rt = parse_config(RuntimeConfig, runtime)
     device = rt.resolve_device()
     if len(x) == 0 or len(x) != len(y):
         raise DataError(
             f"training data must be non-empty and aligned: {len(x)} images, {len(y)} labels."
         )
     prog = progress or NullProgress()
+    if rt.deterministic and device.type == "cuda":  # pragma: no cover - GPU only
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     use_amp = rt.use_amp(device)
     channels_last = (x.ndim == 4) if cfg.channels_last == "auto" else bool(cfg.channels_last)
     model.to(device)
@@ -287,19 +291,17 @@ def predict(
     x: Tensor,
     *,
     batch_size: int = 512,
-    runtime: RuntimeConfig | None = None,
+    runtime: RuntimeConfig | dict[str, Any] | None = None,
     transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Logits of ``model`` on ``x`` (eval mode restored afterwards), returned on the CPU.
 
     ``transform`` (e.g. a trigger) is applied to each float pixel batch first.
     """
-    rt = runtime or RuntimeConfig()
+    rt = parse_config(RuntimeConfig, runtime)
     device = rt.resolve_device()
-    was_training = model.training
-    model.eval()
     outs: list[Tensor] = []
-    try:
+    with eval_mode(model):
         for start in range(0, len(x), batch_size):
             xb = to_float_pixels(x[start : start + batch_size].to(device))
             if transform is not None:
@@ -308,13 +310,11 @@ def predict(
                 out = model(xb)
             _check_logits(out, len(xb), None)
             outs.append(out.float().cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(outs) if outs else torch.empty(0)
 
 
 def evaluate_accuracy(
-    model: nn.Module, x: Tensor, y: Tensor, *, runtime: RuntimeConfig | None = None
+    model: nn.Module, x: Tensor, y: Tensor, *, runtime: RuntimeConfig | dict[str, Any] | None = None
 ) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
     if len(y) == 0:

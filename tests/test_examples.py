@@ -33,10 +33,15 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
         # tiny models on a shared 2-core machine run several times faster single-threaded
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = [sys.executable, str(script)]
+    if '"--out"' in script.read_text():
+        args += ["--out", str(tmp_path / "out")]  # keep the outputs inside tmp_path
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,  # examples must not depend on (or write to) the working directory
+        args,
+        cwd=cwd,  # examples must not depend on (or write to) the working directory
         env=env,
         capture_output=True,
         text=True,
@@ -48,7 +53,9 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
         f"{script.name} exited {proc.returncode} after {seconds:.1f}s\n"
         f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
     )
-    assert list(tmp_path.iterdir()) == [], f"{script.name} wrote into the working directory"
+    assert list(cwd.iterdir()) == [], f"{script.name} wrote into the working directory"
+    if '"--out"' in script.read_text():
+        assert any((tmp_path / "out").rglob("*.json")), f"{script.name} wrote no JSON report"
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])

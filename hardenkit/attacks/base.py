@@ -13,12 +13,14 @@ from ..config import HardenkitConfig
 from ..data.datasets import ImageDataset
 from ..data.poisoned import PoisonedDataset
 from ..errors import ConfigError, DataError
+from ..logging import get_logger
 from ..registry import Registry
 from ..triggers import Trigger
 
 __all__ = ["ATTACKS", "Attack", "AttackConfig", "TargetSpec", "build_attack"]
 
 TargetSpec = int | dict[int, int]
+_log = get_logger("hardenkit.attacks")
 
 
 class AttackConfig(HardenkitConfig):
@@ -71,7 +73,7 @@ class Attack(ABC):
 
     @property
     def target(self) -> TargetSpec:
-        """``int`` for all-to-one; for all-to-all the string rule is in :meth:`target_labels`."""
+        """The configured target label (all-to-all uses :meth:`target_mapping` instead)."""
         return self.config.target
 
     def target_labels(self, labels: Tensor, num_classes: int) -> Tensor:
@@ -104,7 +106,15 @@ class Attack(ABC):
                 f"poison_rate {cfg.poison_rate} of {n} samples poisons no sample.",
                 hint="raise poison_rate or use more data",
             )
-        want = min(want, len(pool))
+        if want > len(pool):
+            _log.warning(
+                "attack.poison_capped",
+                attack=self.name,
+                requested=want,
+                poisoned=len(pool),
+                reason="fewer eligible samples than poison_rate asks for",
+            )
+            want = len(pool)
         if want == 0:
             raise DataError(f"no eligible samples to poison for {self.name} (target {cfg.target}).")
         g = torch.Generator().manual_seed(cfg.seed)

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("HARDENKIT_LOG_LEVEL", "WARNING"),
+        default=os.environ.get("HARDENKIT_LOG_LEVEL", "WARNING").upper(),
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
         help="log level of the JSON/console event log on stderr (default WARNING)",
     )
     parser.add_argument(

@@ -54,10 +54,24 @@ def parse_kv(text: str) -> dict[str, Any]:
     return out
 
 
+def parse_target(value: str | None, num_classes: int) -> int | dict[int, int] | None:
+    """``"3"`` → 3; ``"all-to-all"`` → ``{y: (y + 1) % K}``; None stays None."""
+    if value is None:
+        return None
+    if value.strip().lower() in {"all-to-all", "all2all"}:
+        return {c: (c + 1) % num_classes for c in range(num_classes)}
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--target must be a class index or 'all-to-all', got {value!r}."
+        ) from exc
+
+
 def load_trigger_arg(spec: str, *, image_size: int, channels: int) -> Trigger:
     """A trigger from a ``.safetensors`` file or an attack spec like ``badnets:patch_size=4``."""
     path = Path(spec)
-    if path.suffix == ".safetensors" or path.is_file():
+    if path.suffix == ".safetensors":
         return Trigger.load(path)
     from ..attacks import build_attack
 
@@ -69,6 +83,8 @@ def load_trigger_arg(spec: str, *, image_size: int, channels: int) -> Trigger:
 def load_data_arg(spec: str, *, split: str) -> ImageDataset:
     """Dataset from ``synthetic[:k=v,...]``, a ``.tar.gz`` archive, or a directory."""
     if spec == "synthetic" or spec.startswith("synthetic:"):
+        if split not in {"train", "test"}:
+            raise ConfigError(f"synthetic data has splits 'train' and 'test', not {split!r}.")
         kv = parse_kv(spec.partition(":")[2])
         splits = make_synthetic_dataset(**kv)
         return splits.test if split == "test" else splits.train

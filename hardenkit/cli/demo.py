@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     bd = make_backdoored_model(
         args.attack,
         data.train,
+        test=data.test,
         arch="small-cnn",
         attack_config={"target": 0, "poison_rate": 0.1, "seed": args.seed},
         train_config=TrainConfig(epochs=args.epochs, batch_size=128, lr=0.05, augment=False),

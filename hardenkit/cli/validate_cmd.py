@@ -19,6 +19,7 @@ from ._common import (
     load_policy_file,
     load_trigger_arg,
     parse_kv,
+    parse_target,
 )
 
 
@@ -48,7 +49,10 @@ def add_parser(sub: Any) -> None:
         "--trigger",
         help="trigger .safetensors file, or attack spec such as 'badnets:patch_size=3'",
     )
-    p.add_argument("--target", type=int, help="target label of the trigger (all-to-one)")
+    p.add_argument(
+        "--target",
+        help="target label of the trigger (all-to-one), or 'all-to-all' for label y -> y+1",
+    )
     p.add_argument("--policy", type=Path, help="gate policy file (JSON or YAML)")
     p.add_argument("--min-ba", type=float, help="policy: minimum BA (fraction)")
     p.add_argument("--max-asr", type=float, help="policy: maximum ASR (fraction)")
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     report = Validator(model, num_classes=args.num_classes, runtime=rt, policy=policy).run(
         data.loader(batch_size=args.batch_size),
         trigger=trigger,
-        target=args.target,
+        target=parse_target(args.target, args.num_classes),
         baseline_ba=args.baseline_ba,
     )
     print(report.summary(), file=sys.stderr)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from ..errors import DataError
 
@@ -94,7 +95,7 @@ def to_float_pixels(images: Tensor) -> Tensor:
     return images.to(torch.float32)
 
 
-class ImageDataset:
+class ImageDataset(Dataset[tuple[Tensor, int]]):
     """Images (NCHW, uint8 or float32 in [0, 1]) with int64 labels, held in memory.
 
     Indexing returns ``(image CHW float32 in [0, 1], label int)``, so it also works with

@@ -21,15 +21,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from ..config import RuntimeConfig
+from .._utils.modes import eval_mode
+from ..config import RuntimeConfig, parse_config
 from ..data.loaders import BatchSource, iter_batches
 from ..errors import ConfigError, DataError, ModelCompatibilityError
-from ..triggers import Trigger
+from ..triggers import Trigger, as_trigger
 
 __all__ = [
     "RateEstimate",
@@ -53,15 +55,22 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     denom = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # clamp so float rounding never puts the point estimate outside its own interval
+    lo = 0.0 if successes == 0 else min(p, max(0.0, centre - half))
+    hi = 1.0 if successes == total else max(p, min(1.0, centre + half))
+    return (lo, hi)
 
 
 class RateEstimate(BaseModel):
-    """A measured rate with its sample count and 95% Wilson interval."""
+    """A measured rate with its sample count and 95% Wilson interval.
+
+    ``value`` is ``None`` when no sample was eligible (``total == 0``), e.g. ASR on a test
+    set that holds only target-class images; the interval is then [0, 1].
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    value: float
+    value: float | None
     successes: int
     total: int
     ci_low: float
@@ -71,7 +80,7 @@ class RateEstimate(BaseModel):
     def from_counts(cls, successes: int, total: int) -> RateEstimate:
         lo, hi = wilson_interval(successes, total)
         return cls(
-            value=successes / total if total else math.nan,
+            value=successes / total if total else None,
             successes=successes,
             total=total,
             ci_low=lo,
@@ -128,7 +137,7 @@ def evaluate_counts(
     trigger: TriggerLike | None = None,
     target: TargetSpec | None = None,
     num_classes: int | None = None,
-    runtime: RuntimeConfig | None = None,
+    runtime: RuntimeConfig | dict[str, Any] | None = None,
     where: str = "test loader",
 ) -> Counts:
     """One pass over ``loader`` counting clean and triggered outcomes (model left as found)."""
@@ -137,13 +146,12 @@ def evaluate_counts(
             "trigger and target go together: pass both to measure ASR/RA, or neither.",
             hint="e.g. run(test_loader, trigger=attack.trigger, target=0)",
         )
-    rt = runtime or RuntimeConfig()
+    rt = parse_config(RuntimeConfig, runtime)
     device = rt.resolve_device()
-    was_training = model.training
-    model.eval()
+    trig = None if trigger is None else as_trigger(trigger)
     counts: Counts | None = None
     table: Tensor | None = None
-    try:
+    with eval_mode(model):
         for x, y in iter_batches(
             loader,
             num_classes=num_classes,
@@ -180,11 +188,11 @@ def evaluate_counts(
             counts.total += len(y)
             counts.per_class_total += torch.bincount(y, minlength=k).cpu()
             counts.per_class_correct += torch.bincount(y[ok], minlength=k).cpu()
-            if trigger is not None and table is not None:
+            if trig is not None and table is not None:
                 tgt = table[y]
                 keep = tgt >= 0
                 if bool(keep.any()):
-                    xt = trigger(x[keep])
+                    xt = trig(x[keep])
                     if not isinstance(xt, Tensor) or xt.shape != x[keep].shape:
                         raise DataError("the trigger must return a batch of the same shape.")
                     with torch.autocast(device.type, torch.bfloat16, enabled=rt.use_amp(device)):
@@ -192,15 +200,13 @@ def evaluate_counts(
                     counts.asr_hits += int((pt == tgt[keep]).sum())
                     counts.ra_hits += int((pt == y[keep]).sum())
                     counts.triggered += int(keep.sum())
-    finally:
-        model.train(was_training)
     if counts is None:  # pragma: no cover - iter_batches raises on empty loaders
         raise DataError(f"{where}: the loader yielded no batches.")
     return counts
 
 
 def benign_accuracy(
-    model: nn.Module, loader: BatchSource, *, runtime: RuntimeConfig | None = None
+    model: nn.Module, loader: BatchSource, *, runtime: RuntimeConfig | dict[str, Any] | None = None
 ) -> float:
     """Top-1 accuracy on clean data (BA)."""
     c = evaluate_counts(model, loader, runtime=runtime)
@@ -213,7 +219,7 @@ def attack_success_rate(
     trigger: TriggerLike,
     target: TargetSpec,
     *,
-    runtime: RuntimeConfig | None = None,
+    runtime: RuntimeConfig | dict[str, Any] | None = None,
 ) -> float:
     """ASR over non-target images (all-to-one) or all images (all-to-all)."""
     c = evaluate_counts(model, loader, trigger=trigger, target=target, runtime=runtime)
@@ -228,7 +234,7 @@ def robust_accuracy(
     trigger: TriggerLike,
     target: TargetSpec,
     *,
-    runtime: RuntimeConfig | None = None,
+    runtime: RuntimeConfig | dict[str, Any] | None = None,
 ) -> float:
     """Accuracy of triggered non-target images against their true labels (RA)."""
     c = evaluate_counts(model, loader, trigger=trigger, target=target, runtime=runtime)

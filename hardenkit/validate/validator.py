@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import RuntimeConfig, parse_config
 from ..data.loaders import BatchSource
-from ..errors import ConfigError, ModelCompatibilityError
+from ..errors import ConfigError, DataError, ModelCompatibilityError
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..triggers import Trigger, as_trigger
@@ -65,7 +65,7 @@ class ValidationReport(BaseReport):
 
     @property
     def ba(self) -> float:
-        return self.benign_accuracy.value
+        return float(self.benign_accuracy.value or 0.0)
 
     @property
     def asr(self) -> float | None:
@@ -83,7 +83,7 @@ class ValidationReport(BaseReport):
         """A short human-readable summary."""
 
         def pct(r: RateEstimate | None) -> str:
-            if r is None:
+            if r is None or r.value is None:
                 return "n/a"
             return (
                 f"{100 * r.value:.2f}% [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] (n={r.total})"
@@ -145,6 +145,11 @@ class Validator:
         ``{true_label: target_label}`` mapping (all-to-all).
         """
         t0 = time.perf_counter()
+        if baseline_ba is not None and not 0.0 <= baseline_ba <= 1.0:
+            raise ConfigError(
+                f"baseline_ba must be a fraction in [0, 1], got {baseline_ba}.",
+                hint="pass 0.9 for 90%",
+            )
         device = self.runtime.resolve_device()
         trig = None if trigger is None else as_trigger(trigger)
         original_device = next((p.device for p in self.model.parameters()), None)
@@ -183,7 +188,7 @@ class Validator:
         decision = None
         if pol is not None:
             asr_value = None
-            if asr is not None and asr.total:
+            if asr is not None and asr.value is not None:
                 asr_value = asr.ci_high if pol.use_upper_confidence_bound else asr.value
             decision = pol.evaluate(ba=ba.value, asr=asr_value, baseline_ba=baseline_ba)
         tgt: int | dict[str, int] | None
@@ -191,6 +196,8 @@ class Validator:
             tgt = target
         elif isinstance(target, Mapping):
             tgt = {str(k): int(v) for k, v in target.items()}
+        if c.total == 0:  # pragma: no cover - iter_batches raises first
+            raise DataError("the test loader yielded no samples.")
         report = ValidationReport(
             model=ModelFingerprint.of(self.model),
             num_classes=c.num_classes,

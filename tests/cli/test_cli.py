@@ -219,6 +219,24 @@ def test_demo_stdout_last_line_is_json(demo: DemoRun) -> None:
     assert 0.0 <= summary["asr"] <= 1.0
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--classes", "1"],  # DataError from the synthetic generator
+        ["--classes", "2", "--epochs", "0"],  # ConfigError from TrainConfig
+        ["--classes", "2", "--epochs", "1", "--seed", "-1"],  # ConfigError from RuntimeConfig
+    ],
+)
+def test_demo_bad_values_exit_2(
+    extra: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--device", "cpu", "--out", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "hardenkit: error:" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o" / "report.json").exists()
+
+
 # ----------------------------------------------------------------------------- validate
 
 

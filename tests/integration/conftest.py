@@ -14,14 +14,16 @@ from hardenkit.data import SyntheticSplits
 from tests.conftest import train_backdoored
 
 # All-to-all BadNets (label y -> (y + 1) mod K). SmallCNN cannot learn this conditional rule
-# on the synthetic data (its few 3x3 convs feed a global average pool and a single Linear:
-# ASR stayed at 2-18% for 8-20 epochs, also for a 5x5 patch, 20% poisoning and Blended), so
-# the test uses CifarCNN (width 16, six convs, three pools), 4 classes, a 5x5 patch and 30%
-# poisoning. Measured on the 2-core CPU: see ALL_TO_ALL_MIN_ASR in test_attacks_plant.py.
+# on the synthetic data: its three 3x3 convs feed a global average pool and one Linear, and
+# ASR stayed at 2-18% (8-20 epochs, 10 or 4 classes, 3x3 or 5x5 patch, 10-20% poisoning, and
+# Blended too). CifarCNN (width 16: six convs, three pools) learns it. Setting chosen: 4
+# classes x 500, a 5x5 white patch, 20% poisoning, 15 epochs — about 15 s of single-thread
+# CPU. Measured ASR 0.897 / 0.897 / 0.902 / 0.882 for seeds 0-3 (BA 0.90-0.93); ASR cannot
+# exceed clean class recognition by much, since the trigger must map each class separately.
 ALL_TO_ALL_CLASSES = 4
-ALL_TO_ALL_TRAIN_PER_CLASS = 300
-ALL_TO_ALL_ATTACK = {"mode": "all-to-all", "patch_size": 5, "poison_rate": 0.3}
-ALL_TO_ALL_EPOCHS = 12
+ALL_TO_ALL_TRAIN_PER_CLASS = 500
+ALL_TO_ALL_ATTACK = {"mode": "all-to-all", "patch_size": 5, "poison_rate": 0.2}
+ALL_TO_ALL_EPOCHS = 15
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,10 @@ pytestmark = pytest.mark.slow
 ATTACKS = ["badnets", "blended", "wanet", "sig"]
 MIN_BA = {"badnets": 0.80, "blended": 0.80, "wanet": 0.80, "sig": 0.75}
 MIN_ASR = 0.90
-# All-to-all (CifarCNN width 16, 4 classes × 300, 5×5 patch, 30% poisoning, 12 epochs).
-# Measured ASR (mapped label, all 400 test images) — see the final report; the threshold
-# keeps a margin of more than 10 points below it.
-ALL_TO_ALL_MIN_ASR = 0.70
+# All-to-all (CifarCNN width 16, 4 classes × 500, 5×5 patch, 20% poisoning, 15 epochs; see
+# tests/integration/conftest.py). Measured ASR (mapped label, all 400 test images) 0.88-0.90
+# over seeds 0-3; 0.80 keeps a margin of 8+ points.
+ALL_TO_ALL_MIN_ASR = 0.80
 ALL_TO_ALL_MIN_BA = 0.80
 
 

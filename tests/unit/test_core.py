@@ -30,6 +30,7 @@ from hardenkit.config import Normalization, RuntimeConfig, parse_config
 from hardenkit.errors import (
     ConfigError,
     DataError,
+    DeviceError,
     ExecutionProviderError,
     ExportError,
     HardenkitError,
@@ -177,14 +178,23 @@ def test_device_parsing_rejects(bad: str) -> None:
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
-def test_resolve_device_raises_config_error_without_cuda(
+def test_resolve_device_raises_device_error_without_cuda(
     monkeypatch: pytest.MonkeyPatch, device: str
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="no CUDA device") as info:
+    with pytest.raises(DeviceError, match="no CUDA device") as info:
         RuntimeConfig(device=device).resolve_device()
     assert device in str(info.value)
     assert info.value.hint is not None
+    assert isinstance(info.value, RuntimeError)
+    assert info.value.exit_code == 3  # environment error, not a usage error
+
+
+def test_input_normalization_accepts_mean_std_pair() -> None:
+    rt = RuntimeConfig(input_normalization=((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+    assert rt.input_normalization is not None
+    assert rt.input_normalization.mean == (0.5, 0.5, 0.5)
+    assert rt.input_normalization.std == (0.25, 0.25, 0.25)
 
 
 def test_resolve_device_cpu_and_auto(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -196,7 +206,7 @@ def test_resolve_device_cpu_and_auto(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_resolve_device_on_this_machine_without_cuda() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(ConfigError):
+    with pytest.raises(DeviceError):
         RuntimeConfig(device="cuda").resolve_device()
 
 

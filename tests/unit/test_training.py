@@ -13,7 +13,7 @@ from torch import nn
 
 from hardenkit.config import RuntimeConfig
 from hardenkit.data import SyntheticSplits
-from hardenkit.errors import ConfigError, DataError, ModelCompatibilityError
+from hardenkit.errors import ConfigError, DataError, DeviceError, ModelCompatibilityError
 from hardenkit.models import create_model
 from hardenkit.training import (
     TrainConfig,
@@ -346,7 +346,7 @@ def test_empty_or_misaligned_data_raises() -> None:
 def test_train_model_rejects_cuda_on_cpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     x, y = _linear_data(8)
-    with pytest.raises(ConfigError, match="CUDA"):
+    with pytest.raises(DeviceError, match="CUDA"):
         train_model(_linear_model(), x, y, runtime=RuntimeConfig(device="cuda"))
 
 
