@@ -31,7 +31,7 @@ from .common import CACHE, DEFAULT_ARCHIVE, config_hash, load_cifar10, peak_rss_
 ARCH = "cifar-cnn"
 ARCH_KW: dict[str, Any] = {"width": 16}
 TRAIN = {
-    "epochs": 15,
+    "epochs": 25,
     "batch_size": 256,
     "optimizer": "sgd",
     "lr": 0.1,

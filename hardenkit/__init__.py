@@ -15,7 +15,7 @@ Example:
     True
 """
 
-from . import attacks, data, models, triggers, validate
+from . import attacks, data, export, models, triggers, validate
 from ._utils.progress import ProgressCallback
 from ._version import __version__
 from .attacks import BackdooredModel, build_attack, make_backdoored_model
@@ -34,6 +34,7 @@ from .errors import (
     RegistryError,
     UnsafeArtifactError,
 )
+from .export import ExportReport, VerificationReport, to_onnx, verify_onnx
 from .io import load_model_weights, load_state_dict, save_state_dict
 from .logging import configure_logging, get_logger
 from .models import build_model, create_model, list_models, with_normalization
@@ -72,6 +73,7 @@ __all__ = [
     "EnvironmentInfo",
     "ExecutionProviderError",
     "ExportError",
+    "ExportReport",
     "GateDecision",
     "GatePolicy",
     "HardenkitConfig",
@@ -93,6 +95,7 @@ __all__ = [
     "UnsafeArtifactError",
     "ValidationReport",
     "Validator",
+    "VerificationReport",
     "WarpTrigger",
     "__version__",
     "attack_success_rate",
@@ -104,6 +107,7 @@ __all__ = [
     "create_model",
     "data",
     "der",
+    "export",
     "get_logger",
     "list_models",
     "load_model_weights",
@@ -113,8 +117,10 @@ __all__ = [
     "models",
     "robust_accuracy",
     "save_state_dict",
+    "to_onnx",
     "train_model",
     "triggers",
     "validate",
+    "verify_onnx",
     "with_normalization",
 ]

@@ -20,6 +20,7 @@ def test_examples_exist() -> None:
         "01_backdoor_and_validate.py",
         "02_custom_model_and_loader.py",
         "03_data_sources.py",
+        "04_export_onnx.py",
     ]
 
 

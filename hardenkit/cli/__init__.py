@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..logging import configure_logging
-from . import demo, validate_cmd
+from . import demo, doctor_cmd, export_cmd, validate_cmd
 from ._common import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, run_command
 
 __all__ = ["build_parser", "main"]
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo.add_parser(sub)
     validate_cmd.add_parser(sub)
+    export_cmd.add_parser(sub)
+    doctor_cmd.add_parser(sub)
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=_list_models)
     return parser

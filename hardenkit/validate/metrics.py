@@ -213,6 +213,20 @@ def benign_accuracy(
     return c.correct / c.total
 
 
+def _triggered_counts(
+    model: nn.Module,
+    loader: BatchSource,
+    trigger: TriggerLike,
+    target: TargetSpec,
+    runtime: RuntimeConfig | dict[str, Any] | None,
+    metric: str,
+) -> Counts:
+    c = evaluate_counts(model, loader, trigger=trigger, target=target, runtime=runtime)
+    if c.triggered == 0:
+        raise DataError(f"no test image is eligible for {metric} (all belong to the target class).")
+    return c
+
+
 def attack_success_rate(
     model: nn.Module,
     loader: BatchSource,
@@ -222,9 +236,7 @@ def attack_success_rate(
     runtime: RuntimeConfig | dict[str, Any] | None = None,
 ) -> float:
     """ASR over non-target images (all-to-one) or all images (all-to-all)."""
-    c = evaluate_counts(model, loader, trigger=trigger, target=target, runtime=runtime)
-    if c.triggered == 0:
-        raise DataError("no test image is eligible for ASR (all belong to the target class).")
+    c = _triggered_counts(model, loader, trigger, target, runtime, "ASR")
     return c.asr_hits / c.triggered
 
 
@@ -237,7 +249,5 @@ def robust_accuracy(
     runtime: RuntimeConfig | dict[str, Any] | None = None,
 ) -> float:
     """Accuracy of triggered non-target images against their true labels (RA)."""
-    c = evaluate_counts(model, loader, trigger=trigger, target=target, runtime=runtime)
-    if c.triggered == 0:
-        raise DataError("no test image is eligible for RA (all belong to the target class).")
+    c = _triggered_counts(model, loader, trigger, target, runtime, "RA")
     return c.ra_hits / c.triggered

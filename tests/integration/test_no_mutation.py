@@ -41,6 +41,8 @@ def _snapshot(model: nn.Module) -> dict[str, object]:
         "flags": [(n, m.training) for n, m in model.named_modules()],
         "params": [(n, id(p), p.device, p.requires_grad) for n, p in model.named_parameters()],
         "sha": ModelFingerprint.of(model).sha256,
+        # The factory's model still holds .grad from training; calls must not touch it.
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
     }
 
 
@@ -63,7 +65,11 @@ def _assert_unchanged(model: nn.Module, before: dict[str, object], ref: nn.Modul
         assert not module._forward_hooks, f"forward hook left on {name!r}"
         assert not module._forward_pre_hooks, f"forward pre-hook left on {name!r}"
         assert not module._backward_hooks, f"backward hook left on {name!r}"
-    assert all(p.grad is None for p in model.parameters())
+    grads = before["grads"]
+    assert isinstance(grads, list)
+    for p, g in zip(model.parameters(), grads, strict=True):
+        assert (p.grad is None) == (g is None)
+        assert p.grad is None or torch.equal(p.grad, g)
     assert ModelFingerprint.of(model).sha256 == before["sha"]
 
 

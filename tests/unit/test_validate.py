@@ -10,7 +10,6 @@ The models here are hand-built and deterministic, so every BA/ASR/RA value is kn
 from __future__ import annotations
 
 import json
-import math
 
 import pydantic
 import pytest
@@ -224,14 +223,9 @@ def test_wilson_interval_known_values(successes: int, total: int, low: float, hi
     assert successes / total - 1e-12 <= hi <= 1.0
 
 
-@pytest.mark.xfail(
-    reason="BUG: float rounding puts the Wilson bounds on the wrong side of the point "
-    "estimate: wilson_interval(10, 10)[1] == 0.9999999999999999 and wilson_interval(0, 69)[0] "
-    "== 3.5e-18, so the interval excludes p = 1 / p = 0 (hardenkit/validate/metrics.py "
-    "wilson_interval)",
-    strict=True,
-)
 def test_wilson_interval_contains_point_estimate_exactly() -> None:
+    """Regression: float rounding used to give wilson_interval(10, 10)[1] == 0.9999999999999999
+    and wilson_interval(0, 69)[0] == 3.5e-18, excluding p = 1 / p = 0 from the interval."""
     for n in range(1, 201):
         for s in (0, 1, n // 2, n - 1, n):
             lo, hi = wilson_interval(s, n)
@@ -259,7 +253,7 @@ def test_rate_estimate_from_counts() -> None:
     assert (r.successes, r.total) == (9, 10)
     assert (r.ci_low, r.ci_high) == pytest.approx(wilson_interval(9, 10))
     empty = RateEstimate.from_counts(0, 0)
-    assert math.isnan(empty.value)
+    assert empty.value is None  # no eligible sample: no value (and valid JSON)
     assert (empty.ci_low, empty.ci_high) == (0.0, 1.0)
 
 
@@ -396,15 +390,13 @@ def test_validator_applies_policy() -> None:
     assert rep.decision.rules[2].value == pytest.approx(0.02)
 
 
-@pytest.mark.xfail(
-    reason="BUG (validation gap): baseline_ba is not range-checked, so a percent (90) is taken "
-    "as a fraction and the gate reports a BA drop of 8910% instead of rejecting the input "
-    "(hardenkit/validate/validator.py Validator.run / policy.py GatePolicy.evaluate)",
-    strict=True,
-)
 def test_baseline_ba_outside_unit_interval_is_rejected() -> None:
-    with pytest.raises(ConfigError):
-        Validator(CodeModel(), policy={"max_ba_drop": 0.05}).run(make_loader(), baseline_ba=90)
+    """Regression: a percent (90) used to be taken as a fraction (a BA drop of 8910%)."""
+    for bad in (90, 1.01, -0.1):
+        with pytest.raises(ConfigError, match="baseline_ba"):
+            Validator(CodeModel(), policy={"max_ba_drop": 0.05}).run(make_loader(), baseline_ba=bad)
+    rep = Validator(CodeModel()).run(make_loader(), baseline_ba=1.0)
+    assert rep.baseline_ba == 1.0
 
 
 def test_validator_policy_without_trigger_skips_asr() -> None:
@@ -575,15 +567,9 @@ def test_functional_twins_agree_with_report() -> None:
     assert hk.robust_accuracy is robust_accuracy
 
 
-@pytest.mark.xfail(
-    reason="BUG: Validator.run wraps a plain callable trigger with as_trigger (clamping its "
-    "output to [0, 1]) but benign_accuracy/attack_success_rate/robust_accuracy pass it to "
-    "evaluate_counts raw, so the functional twins see out-of-range pixels and disagree with "
-    "the report (hardenkit/validate/metrics.py attack_success_rate/robust_accuracy -> "
-    "evaluate_counts; fix: trigger = as_trigger(trigger) in evaluate_counts)",
-    strict=True,
-)
 def test_functional_twins_clamp_callable_triggers_like_the_validator() -> None:
+    """Regression: the functional metrics used to pass a plain callable trigger unclamped."""
+
     class OverRange(CodeModel):
         """Sends every image with a pixel above 1.0 (impossible for valid pixels) to 1."""
 
@@ -639,21 +625,29 @@ def test_report_save(tmp_path: object) -> None:
     assert ValidationReport.model_validate_json(path.read_text()) == rep
 
 
-@pytest.mark.xfail(
-    reason="BUG: RateEstimate.from_counts stores value=NaN when total == 0; pydantic writes "
-    "NaN as JSON null, and ValidationReport.model_validate_json rejects null for "
-    "`value: float` (hardenkit/validate/metrics.py RateEstimate)",
-    strict=True,
-)
 def test_report_json_round_trip_when_no_image_is_eligible_for_asr() -> None:
-    """A test set holding only target-class images: ASR has total 0 but the report must load."""
+    """Only target-class images: ASR has total 0, and the report still round-trips.
+
+    Regression: the empty rate used to be NaN, written as JSON null and rejected on load.
+    """
     only_target = [(make_images()[:5], LABELS[:5])]
     rep = Validator(CodeModel()).run(only_target, trigger=TRIGGER, target=TARGET)
     assert rep.attack_success_rate is not None
     assert rep.attack_success_rate.total == 0
+    assert rep.asr is None
+    assert rep.ra is None
     back = ValidationReport.model_validate_json(rep.to_json())
+    assert back == rep
     assert back.attack_success_rate is not None
     assert back.attack_success_rate.total == 0
+    assert back.attack_success_rate.value is None
+    assert "ASR n/a" in rep.summary()
+    # A gate cannot judge an unmeasurable ASR: skipped, or failed with require_all_rules.
+    gated = Validator(CodeModel(), policy={"max_asr": 0.1}).run(
+        only_target, trigger=TRIGGER, target=TARGET
+    )
+    assert gated.decision is not None
+    assert gated.decision.rules[0].status == "skipped"
 
 
 def _bn_net() -> nn.Sequential:
@@ -678,13 +672,8 @@ def test_validator_restores_training_flag() -> None:
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.xfail(
-    reason="BUG: evaluate_counts restores only the root flag with model.train(was_training), "
-    "which overwrites per-submodule flags (a frozen BatchNorm inside a training model comes "
-    "back in train mode) (hardenkit/validate/metrics.py evaluate_counts)",
-    strict=True,
-)
 def test_validator_restores_mixed_submodule_training_flags() -> None:
+    """Regression: model.train(was_training) used to overwrite per-submodule flags."""
     net = _bn_net().train()
     net[1].eval()  # frozen BatchNorm, a common fine-tuning setup
     flags = [m.training for m in net.modules()]

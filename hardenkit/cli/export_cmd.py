@@ -1,0 +1,155 @@
+"""``hardenkit export``: export a model file to ONNX and optionally verify it on ONNX Runtime."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import ConfigError, ParityError
+from ..export import ExportReport, VerificationReport, to_onnx, verify_onnx
+from ..io import load_model_weights
+from ..models import build_model
+from ..reports import BaseReport
+from ._common import EXIT_OK, load_data_arg, load_trigger_arg, parse_kv, parse_target
+
+
+class ExportRunReport(BaseReport):
+    """What ``hardenkit export`` wrote (and, with ``--verify``, how the file verified)."""
+
+    report_type: Literal["export_run"] = "export_run"
+    export: ExportReport
+    verification: VerificationReport | None = None
+    passed: bool
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(p) for p in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,32,32, got {text!r}") from exc
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive ints C,H,W, got {text!r}")
+    return dims
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "export",
+        help="export a model to ONNX (and verify it on ONNX Runtime)",
+        description="Export a model file to ONNX with the torch.export-based exporter "
+        "(dynamic batch axis, normalization inside the graph, float32 NCHW pixels in [0, 1]), "
+        "check it, and with --verify compare ONNX Runtime against PyTorch on held-out data. "
+        "Exit 0 = ok, 2 = usage/input error, 3 = export, parity or execution-provider error.",
+    )
+    p.add_argument("--weights", type=Path, required=True, help=".safetensors or state-dict .pt")
+    p.add_argument(
+        "--arch", required=True, help="zoo name (see `hardenkit models`) or 'module:factory'"
+    )
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--arch-args", default="", help="extra architecture arguments, e.g. 'width=32'")
+    p.add_argument("--output", "-o", type=Path, required=True, help="destination .onnx file")
+    p.add_argument(
+        "--input-shape", type=_shape, default=(3, 32, 32), help="C,H,W of one image (3,32,32)"
+    )
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 (default) to 23")
+    p.add_argument(
+        "--no-dynamic-batch",
+        action="store_true",
+        help="export a static batch (of --batch-size-static) instead of a dynamic 'batch' axis",
+    )
+    p.add_argument(
+        "--batch-size-static", type=int, default=1, help="batch of a --no-dynamic-batch export"
+    )
+    p.add_argument(
+        "--external-data",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="weights in a .data sidecar: auto (only above 1.5 GiB), always, never",
+    )
+    p.add_argument(
+        "--metadata", default="", help="extra ONNX metadata_props as key=value,key=value"
+    )
+    p.add_argument("--report-id", help="id of the purification report this model came from")
+    p.add_argument(
+        "--verify", action="store_true", help="verify the export on ONNX Runtime against PyTorch"
+    )
+    p.add_argument("--data", help="held-out data for --verify (directory, .tar.gz, 'synthetic')")
+    p.add_argument("--split", default="test", help="split folder inside --data (default test)")
+    p.add_argument("--trigger", help="trigger .safetensors or attack spec (ASR on both backends)")
+    p.add_argument("--target", help="target label of the trigger, or 'all-to-all'")
+    p.add_argument(
+        "--providers",
+        help="ONNX Runtime providers in priority order, comma-separated "
+        "(default: CUDA first when usable, else CPUExecutionProvider)",
+    )
+    p.add_argument(
+        "--profile",
+        choices=["fp32-cpu", "fp32-cuda", "fp16"],
+        help="tolerance profile (default: from the provider)",
+    )
+    p.add_argument("--max-batches", type=int, help="verify on at most this many batches")
+    p.add_argument("--batch-size", type=int, default=256, help="verification batch size")
+    p.add_argument("--report", type=Path, help="write the JSON report here ('-' = stdout)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.trigger is None) != (args.target is None):
+        raise ConfigError("--trigger and --target go together.", hint="pass both or neither")
+    if args.verify and args.data is None:
+        raise ConfigError("--verify needs --data.", hint="e.g. --data synthetic or a directory")
+    if not args.verify and (args.data or args.trigger or args.providers):
+        raise ConfigError(
+            "--data/--trigger/--target/--providers only apply with --verify.",
+            hint="add --verify",
+        )
+    model = build_model(args.arch, args.num_classes, **parse_kv(args.arch_args))
+    load_model_weights(model, args.weights)
+    meta = {k: str(v) for k, v in parse_kv(args.metadata).items()}
+    export = to_onnx(
+        model,
+        args.output,
+        input_shape=args.input_shape,
+        opset=args.opset,
+        dynamic_batch=not args.no_dynamic_batch,
+        external_data=args.external_data,
+        metadata=meta,
+        report_id=args.report_id,
+        example_batch_size=args.batch_size_static if args.no_dynamic_batch else None,
+    )
+    print(export.summary(), file=sys.stderr)
+    verification = None
+    if args.verify:
+        data = load_data_arg(args.data, split=args.split)
+        trigger = None
+        if args.trigger is not None:
+            c, h, _ = data.image_shape
+            trigger = load_trigger_arg(args.trigger, image_size=h, channels=c)
+        verification = verify_onnx(
+            export,
+            model,
+            data.loader(batch_size=args.batch_size),
+            trigger=trigger,
+            target=parse_target(args.target, args.num_classes),
+            providers=args.providers,
+            profile=args.profile,
+            max_batches=args.max_batches,
+        )
+        print(verification.summary(), file=sys.stderr)
+    passed = verification is None or verification.passed
+    report = ExportRunReport(export=export, verification=verification, passed=passed)
+    if args.report is not None:
+        if str(args.report) == "-":
+            print(report.to_json())
+        else:
+            report.save(args.report)
+            print(f"wrote {args.report}", file=sys.stderr)
+    if verification is not None and not verification.passed:
+        raise ParityError(
+            "the exported model failed verification: "
+            + ", ".join(c.name for c in verification.failed_checks),
+            hint="see the report for values and thresholds",
+        )
+    return EXIT_OK
