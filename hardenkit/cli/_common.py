@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data import ImageDataset, load_image_archive, load_image_folder, make_synthetic_dataset
 from ..errors import ConfigError, DataError, HardenkitError
 from ..triggers import Trigger
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
@@ -120,3 +124,25 @@ def load_policy_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"policy file {str(path)!r} must hold a mapping of policy fields.")
     return data
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model arguments shared by commands that load a model file."""
+    p.add_argument("--weights", type=Path, required=True, help=".safetensors or state-dict .pt")
+    p.add_argument(
+        "--arch",
+        required=True,
+        help="zoo name (see `hardenkit models`) or 'package.module:factory'",
+    )
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--arch-args", default="", help="extra architecture arguments, e.g. 'width=32'")
+
+
+def load_model_from_args(args: argparse.Namespace) -> nn.Module:
+    """Build the architecture from ``--arch``/``--arch-args`` and load ``--weights`` safely."""
+    from ..io import load_model_weights
+    from ..models import build_model
+
+    model = build_model(args.arch, args.num_classes, **parse_kv(args.arch_args))
+    load_model_weights(model, args.weights)
+    return model.eval()

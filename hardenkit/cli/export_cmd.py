@@ -9,10 +9,16 @@ from typing import Any, Literal
 
 from ..errors import ConfigError, ParityError
 from ..export import ExportReport, VerificationReport, to_onnx, verify_onnx
-from ..io import load_model_weights
-from ..models import build_model
 from ..reports import BaseReport
-from ._common import EXIT_OK, load_data_arg, load_trigger_arg, parse_kv, parse_target
+from ._common import (
+    EXIT_OK,
+    add_model_args,
+    load_data_arg,
+    load_model_from_args,
+    load_trigger_arg,
+    parse_kv,
+    parse_target,
+)
 
 
 class ExportRunReport(BaseReport):
@@ -43,12 +49,7 @@ def add_parser(sub: Any) -> None:
         "check it, and with --verify compare ONNX Runtime against PyTorch on held-out data. "
         "Exit 0 = ok, 2 = usage/input error, 3 = export, parity or execution-provider error.",
     )
-    p.add_argument("--weights", type=Path, required=True, help=".safetensors or state-dict .pt")
-    p.add_argument(
-        "--arch", required=True, help="zoo name (see `hardenkit models`) or 'module:factory'"
-    )
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--arch-args", default="", help="extra architecture arguments, e.g. 'width=32'")
+    add_model_args(p)
     p.add_argument("--output", "-o", type=Path, required=True, help="destination .onnx file")
     p.add_argument(
         "--input-shape", type=_shape, default=(3, 32, 32), help="C,H,W of one image (3,32,32)"
@@ -105,8 +106,7 @@ def run(args: argparse.Namespace) -> int:
             "--data/--trigger/--target/--providers only apply with --verify.",
             hint="add --verify",
         )
-    model = build_model(args.arch, args.num_classes, **parse_kv(args.arch_args))
-    load_model_weights(model, args.weights)
+    model = load_model_from_args(args)
     meta = {k: str(v) for k, v in parse_kv(args.metadata).items()}
     export = to_onnx(
         model,

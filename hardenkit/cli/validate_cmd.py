@@ -9,16 +9,15 @@ from typing import Any
 
 from ..config import RuntimeConfig
 from ..errors import ConfigError
-from ..io import load_model_weights
-from ..models import build_model
 from ..validate import GatePolicy, Validator
 from ._common import (
     EXIT_GATE_FAILED,
     EXIT_OK,
+    add_model_args,
     load_data_arg,
+    load_model_from_args,
     load_policy_file,
     load_trigger_arg,
-    parse_kv,
     parse_target,
 )
 
@@ -31,14 +30,7 @@ def add_parser(sub: Any) -> None:
         "model on held-out data and apply a gate policy. Exit 0 = pass, 1 = policy failed, "
         "2 = usage/input error, 3 = runtime error.",
     )
-    p.add_argument("--weights", type=Path, required=True, help=".safetensors or state-dict .pt")
-    p.add_argument(
-        "--arch",
-        required=True,
-        help="zoo name (see `hardenkit models`) or 'package.module:factory'",
-    )
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--arch-args", default="", help="extra architecture arguments, e.g. 'width=32'")
+    add_model_args(p)
     p.add_argument(
         "--data",
         required=True,
@@ -68,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.trigger is None) != (args.target is None):
         raise ConfigError("--trigger and --target go together.", hint="pass both or neither")
     rt = RuntimeConfig(device=args.device)
-    model = build_model(args.arch, args.num_classes, **parse_kv(args.arch_args))
-    load_model_weights(model, args.weights)
+    model = load_model_from_args(args)
     data = load_data_arg(args.data, split=args.split)
     trigger = None
     if args.trigger is not None:
