@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from ..attacks import make_backdoored_model
 from ..config import RuntimeConfig
 from ..data import make_synthetic_dataset
+from ..export import ExportReport, VerificationReport, to_onnx, verify_onnx
 from ..reports import BaseReport
 from ..training import TrainConfig
 from ..validate import GatePolicy, ValidationReport, Validator
@@ -35,6 +36,8 @@ class DemoReport(BaseReport):
     arch: str
     train_epochs: int
     validation: ValidationReport
+    export: ExportReport | None = None
+    verification: VerificationReport | None = None
     steps: list[DemoStep]
     seconds: float
 
@@ -54,6 +57,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--classes", type=int, default=10, help="number of synthetic classes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument(
+        "--no-export", action="store_true", help="skip the ONNX export + verification step"
+    )
     p.set_defaults(func=run)
 
 
@@ -101,6 +107,29 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     bd.save(out / "backdoored")
+
+    export_report = verification = None
+    if not args.no_export:
+        t0 = time.perf_counter()
+        export_report = to_onnx(
+            bd.model, out / "backdoored" / "model.onnx", input_shape=(3, 32, 32)
+        )
+        verification = verify_onnx(
+            export_report,
+            bd.model,
+            data.test.loader(batch_size=500),
+            trigger=bd.trigger,
+            target=bd.target,
+        )
+        steps.append(DemoStep(name="export_verify", seconds=time.perf_counter() - t0))
+        om = verification.onnx_metrics
+        onnx_asr = om.attack_success_rate.value if om.attack_success_rate else None
+        say(
+            f"export    {export_report.path} on {verification.providers_active[0]}: "
+            f"parity {'PASSED' if verification.passed else 'FAILED'}, "
+            f"BA {100 * (om.benign_accuracy.value or 0):.2f}%, "
+            f"ASR {100 * (onnx_asr or 0.0):.2f}%"
+        )
     demo = DemoReport(
         dataset={
             "kind": "synthetic",
@@ -113,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         arch=bd.arch,
         train_epochs=args.epochs,
         validation=report,
+        export=export_report,
+        verification=verification,
         steps=steps,
         seconds=time.perf_counter() - t_all,
     )

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import re
 import shutil
@@ -420,13 +421,29 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def _quiet_torchvision_registration() -> Iterator[None]:
+    """Silence the exporter's "torchvision is not installed" warnings for this export only.
+
+    hardenkit never needs torchvision; torch's exporter warns about its missing custom ops on
+    every export. The logger's previous level is restored afterwards.
+    """
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
 def _run_exporter(
     model: nn.Module, x: torch.Tensor, cfg: ExportConfig, artifacts: Path, dest: Path
 ) -> Any:  # torch.onnx.ONNXProgram
     dynamic_shapes: tuple[dict[int, Any]] | None = None
     if cfg.dynamic_batch:
         dynamic_shapes = ({0: torch.export.Dim(BATCH_DIM, min=1)},)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_torchvision_registration():
         # torch-internal deprecation noise of the exporter, not actionable by users
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
         try:
