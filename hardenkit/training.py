@@ -281,6 +281,7 @@ def train_model(
         _log.debug("train.epoch", phase=phase, **stats.__dict__)
         prog(phase, epoch + 1, cfg.epochs, loss=loss_v, acc=stats.train_accuracy)
     hist.seconds = time.perf_counter() - t_start
+    opt.zero_grad(set_to_none=True)  # return a clean model: no stale .grad tensors
     model.eval()
     return hist
 

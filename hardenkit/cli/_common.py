@@ -90,7 +90,15 @@ def load_data_arg(spec: str, *, split: str) -> ImageDataset:
         if split not in {"train", "test"}:
             raise ConfigError(f"synthetic data has splits 'train' and 'test', not {split!r}.")
         kv = parse_kv(spec.partition(":")[2])
-        splits = make_synthetic_dataset(**kv)
+        try:
+            splits = make_synthetic_dataset(**kv)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, HardenkitError):
+                raise
+            raise ConfigError(
+                f"invalid synthetic data spec {spec!r}: {exc}",
+                hint="e.g. synthetic:num_classes=4,train_per_class=100,test_per_class=20",
+            ) from exc
         return splits.test if split == "test" else splits.train
     path = Path(spec)
     if not path.exists():

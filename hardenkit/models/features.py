@@ -124,7 +124,9 @@ class FeatureExtractor:
             ``(N, D)``) under the key ``"penultimate"``.
 
     Calling the extractor returns ``(logits, features)``. If a hooked module runs several
-    times in one forward pass, the last call wins.
+    times in one forward pass, the last call wins. The extractor runs the model in whatever
+    mode it is in: in train mode BatchNorm layers update their running statistics, as in any
+    forward pass — call ``model.eval()`` (or pass a copy) when the model must stay untouched.
 
     Raises:
         ModelCompatibilityError: If a layer name is unknown, or ``penultimate=True`` and the

@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import HardenkitConfig
+from ..errors import ConfigError
 
 __all__ = ["GateDecision", "GatePolicy", "RuleResult"]
 
@@ -84,7 +85,15 @@ class GatePolicy(HardenkitConfig):
         asr: float | None = None,
         baseline_ba: float | None = None,
     ) -> GateDecision:
-        """Decide on measured ``ba``/``asr`` (and ``baseline_ba`` for the drop rule)."""
+        """Decide on measured ``ba``/``asr`` (and ``baseline_ba`` for the drop rule).
+
+        All rates are fractions in [0, 1]; anything else raises :class:`ConfigError`.
+        """
+        for label, rate in (("ba", ba), ("asr", asr), ("baseline_ba", baseline_ba)):
+            if rate is not None and not 0.0 <= rate <= 1.0:
+                raise ConfigError(
+                    f"{label} must be a fraction in [0, 1], got {rate}.", hint="pass 0.9 for 90%"
+                )
         rules: list[RuleResult] = []
 
         def add(

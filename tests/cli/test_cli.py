@@ -195,7 +195,17 @@ def test_demo_report_json(demo: DemoRun) -> None:
     assert val["decision"]["rules"][0]["rule"] == "attack_success_rate"
     # The embedded validation report is a valid ValidationReport.
     ValidationReport.model_validate(val)
-    assert [s["name"] for s in report["steps"]] == ["data", "train_backdoored", "validate"]
+    assert [s["name"] for s in report["steps"]] == [
+        "data",
+        "train_backdoored",
+        "validate",
+        "export_verify",
+    ]
+    # The demo exports the model to ONNX and verifies it on ONNX Runtime.
+    assert report["export"]["dynamic_batch"] is True
+    assert report["verification"]["passed"] is True
+    assert report["verification"]["providers_active"][0] == "CPUExecutionProvider"
+    assert (demo.out / "backdoored" / "model.onnx").is_file()
 
 
 @pytest.mark.slow
@@ -544,22 +554,9 @@ def test_bad_synthetic_spec(demo: DemoRun, capsys: pytest.CaptureFixture[str]) -
     [
         pytest.param(
             "synthetic:classes=4",
-            marks=pytest.mark.xfail(
-                reason="BUG: an unknown key in --data synthetic:... reaches "
-                "make_synthetic_dataset(**kv) as a TypeError, which main() reports as an "
-                "internal error (exit 70) instead of a usage error (exit 2) "
-                "(hardenkit/cli/_common.py load_data_arg)",
-                strict=True,
-            ),
         ),
         pytest.param(
             "synthetic:num_classes=four",
-            marks=pytest.mark.xfail(
-                reason="BUG: a non-numeric value in --data synthetic:... raises TypeError "
-                "inside make_synthetic_dataset -> exit 70 instead of 2 "
-                "(hardenkit/cli/_common.py load_data_arg)",
-                strict=True,
-            ),
         ),
         "synthetic:num_classes=4,train_per_class=0",
     ],
