@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _hardenkit_warnings_are_errors() -> None:
+    """Our own warnings fail the test (set here, not in the ini file: an ini filter naming
+    ``hardenkit.errors.HardenkitWarning`` imports hardenkit before coverage starts)."""
+    warnings.simplefilter("error", hk.HardenkitWarning)
 
 
 @pytest.fixture(scope="session")
