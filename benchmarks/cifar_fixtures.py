@@ -101,8 +101,16 @@ def build_fixture(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]
     rep = hk.Validator(bd.model).run(
         data["test"].loader(batch_size=1000), trigger=bd.trigger, target=bd.target
     )
+    # The budget holds *clean* copies of training images. It excludes every poisoned index,
+    # except for clean-label attacks (SIG at 10% poisons the whole target class, so no clean
+    # target-class image would be left): there, as in BackdoorBench, the defender gets the
+    # clean originals, and fixture.json records it.
+    excludes_poisoned = not bd.attack.clean_label
     clean_idx = stratified_indices(
-        data["train"].labels, fraction=CLEAN_FRACTION, seed=SEED, exclude=bd.poisoned.poison_indices
+        data["train"].labels,
+        fraction=CLEAN_FRACTION,
+        seed=SEED,
+        exclude=bd.poisoned.poison_indices if excludes_poisoned else None,
     )
     d.mkdir(parents=True, exist_ok=True)
     save_state_dict(bd.model, d / "model.safetensors")
@@ -121,6 +129,7 @@ def build_fixture(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]
         "train_seconds": train_s,
         "poisoned": len(bd.poisoned.poison_indices),
         "clean_budget": len(clean_idx),
+        "clean_budget_excludes_poisoned": excludes_poisoned,
         "epochs": [e.__dict__ for e in bd.history.epochs],
         "cached": False,
     }
