@@ -168,7 +168,8 @@ def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _check_logits(out: Tensor, n: int, num_classes: int | None) -> None:
+def check_logits(out: Tensor, n: int, num_classes: int | None) -> None:
+    """Raise ModelCompatibilityError unless ``out`` is (n, K) logits with K >= num_classes."""
     if out.ndim != 2 or out.shape[0] != n:
         raise ModelCompatibilityError(
             f"the model must map a batch (N, C, H, W) to logits (N, K); got output shape "
@@ -249,7 +250,7 @@ def train_model(
                 else:
                     logits = model(xb)
                     if epoch == 0 and s == 0:
-                        _check_logits(logits, len(yb), label_classes)
+                        check_logits(logits, len(yb), label_classes)
                     loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -309,7 +310,7 @@ def predict(
                 xb = transform(xb)
             with _autocast(device, rt.use_amp(device)):
                 out = model(xb)
-            _check_logits(out, len(xb), None)
+            check_logits(out, len(xb), None)
             outs.append(out.float().cpu())
     return torch.cat(outs) if outs else torch.empty(0)
 

@@ -31,6 +31,7 @@ from .._utils.modes import eval_mode
 from ..config import RuntimeConfig, parse_config
 from ..data.loaders import BatchSource, iter_batches
 from ..errors import ConfigError, DataError, ModelCompatibilityError
+from ..training import check_logits
 from ..triggers import Trigger, as_trigger
 
 __all__ = [
@@ -161,11 +162,7 @@ def evaluate_counts(
         ):
             with torch.autocast(device.type, torch.bfloat16, enabled=rt.use_amp(device)):
                 logits = model(x)
-            if logits.ndim != 2 or logits.shape[0] != len(y):
-                raise ModelCompatibilityError(
-                    f"the model must return logits (N, K); got {tuple(logits.shape)} "
-                    f"for N={len(y)}."
-                )
+            check_logits(logits, len(y), None)
             k = logits.shape[1]
             if counts is None:
                 if num_classes is not None and k != num_classes:
