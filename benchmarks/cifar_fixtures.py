@@ -40,6 +40,7 @@ TRAIN = {
     "schedule": "onecycle",
     "augment": True,
 }
+ATTACKS_10 = ("badnets", "blended", "wanet", "sig")
 FIXTURES: dict[str, dict[str, Any]] = {
     "badnets-0.1": {"attack": "badnets", "poison_rate": 0.1},
     "blended-0.1": {"attack": "blended", "poison_rate": 0.1},
@@ -48,22 +49,39 @@ FIXTURES: dict[str, dict[str, Any]] = {
     "badnets-0.01": {"attack": "badnets", "poison_rate": 0.01},
     "blended-0.01": {"attack": "blended", "poison_rate": 0.01},
 }
+# Second seeds of the 10 % attacks and clean models trained the same way (no poisoning):
+# the Scanner protocol needs >= 2 seeds per attack and as many clean models.
+FIXTURES.update(
+    {f"{a}-0.1-s1": {"attack": a, "poison_rate": 0.1, "seed": 1} for a in ATTACKS_10}
+)
+FIXTURES.update({f"clean-s{s}": {"attack": "clean", "seed": s} for s in range(8)})
 CLEAN_FRACTION = 0.05
 SEED = 0
 
 
 def fixture_config(name: str) -> dict[str, Any]:
     spec = FIXTURES[name]
+    seed = int(spec.get("seed", SEED))
+    attack_config: dict[str, Any] | None = (
+        None
+        if spec["attack"] == "clean"
+        else {"poison_rate": spec["poison_rate"], "target": 0, "seed": seed}
+    )
     return {
         "protocol": "cifar10-cpu/v1",
         "attack": spec["attack"],
-        "attack_config": {"poison_rate": spec["poison_rate"], "target": 0, "seed": SEED},
+        "attack_config": attack_config,
         "arch": ARCH,
         "arch_kwargs": ARCH_KW,
         "train": TRAIN,
-        "seed": SEED,
+        "seed": seed,
         "clean_fraction": CLEAN_FRACTION,
     }
+
+
+def is_clean(name: str) -> bool:
+    """True for the clean (never poisoned) reference models of the Scanner protocol."""
+    return bool(FIXTURES[name]["attack"] == "clean")
 
 
 def fixture_dir(name: str) -> Path:
@@ -86,7 +104,10 @@ def build_fixture(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]
         info: dict[str, Any] = json.loads(done.read_text())
         info["cached"] = True
         return info
-    torch.manual_seed(SEED)
+    seed = int(cfg["seed"])
+    if cfg["attack"] == "clean":
+        return _build_clean(name, cfg, data, d)
+    torch.manual_seed(seed)
     t0 = time.perf_counter()
     bd = hk.make_backdoored_model(
         cfg["attack"],
@@ -94,7 +115,7 @@ def build_fixture(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]
         arch=lambda: hk.create_model(ARCH, 10, **ARCH_KW),
         attack_config=cfg["attack_config"],
         train_config=TRAIN,
-        runtime={"seed": SEED, "device": "cpu"},
+        runtime={"seed": seed, "device": "cpu"},
         progress=_print_progress,
     )
     train_s = time.perf_counter() - t0
@@ -109,7 +130,7 @@ def build_fixture(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]
     clean_idx = stratified_indices(
         data["train"].labels,
         fraction=CLEAN_FRACTION,
-        seed=SEED,
+        seed=seed,
         exclude=bd.poisoned.poison_indices if excludes_poisoned else None,
     )
     d.mkdir(parents=True, exist_ok=True)
@@ -137,10 +158,60 @@ def build_fixture(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]
     return info
 
 
+def _build_clean(
+    name: str, cfg: dict[str, Any], data: dict[str, hk.ImageDataset], d: Path
+) -> dict[str, Any]:
+    """A clean reference model: same architecture and recipe, unpoisoned training set."""
+    from hardenkit.training import train_model
+
+    seed = int(cfg["seed"])
+    torch.manual_seed(seed)
+    model = hk.create_model(ARCH, 10, **ARCH_KW)
+    t0 = time.perf_counter()
+    history = train_model(
+        model,
+        data["train"].images,
+        data["train"].labels,
+        TRAIN,
+        runtime={"seed": seed, "device": "cpu"},
+        progress=_print_progress,
+        phase="train[clean]",
+    )
+    train_s = time.perf_counter() - t0
+    model.eval()
+    rep = hk.Validator(model).run(data["test"].loader(batch_size=1000))
+    clean_idx = stratified_indices(data["train"].labels, fraction=CLEAN_FRACTION, seed=seed)
+    d.mkdir(parents=True, exist_ok=True)
+    save_state_dict(model, d / "model.safetensors")
+    save_state_dict(
+        {"poison_indices": torch.zeros(0, dtype=torch.int64), "clean_indices": clean_idx},
+        d / "indices.safetensors",
+    )
+    rep.save(d / "validation.json")
+    info = {
+        "fixture": name,
+        "config": cfg,
+        "ba": rep.ba,
+        "asr": None,
+        "ra": None,
+        "train_seconds": train_s,
+        "poisoned": 0,
+        "clean_budget": len(clean_idx),
+        "clean_budget_excludes_poisoned": True,
+        "epochs": [e.__dict__ for e in history.epochs],
+        "cached": False,
+    }
+    (d / "fixture.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
 def load_fixture(
     name: str,
-) -> tuple[torch.nn.Module, Trigger, dict[str, torch.Tensor], dict[str, Any]]:
-    """Load a cached fixture: (model, trigger, indices, info). Builds nothing."""
+) -> tuple[torch.nn.Module, Trigger | None, dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a cached fixture: (model, trigger, indices, info). Builds nothing.
+
+    Clean reference fixtures (``clean-s*``) have no trigger (``None``).
+    """
     d = fixture_dir(name)
     if not (d / "fixture.json").is_file():
         raise SystemExit(
@@ -152,7 +223,7 @@ def load_fixture(
 
     return (
         model.eval(),
-        Trigger.load(d / "trigger.safetensors"),
+        Trigger.load(d / "trigger.safetensors") if (d / "trigger.safetensors").is_file() else None,
         load_file(str(d / "indices.safetensors")),
         json.loads((d / "fixture.json").read_text()),
     )
@@ -164,8 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     p.add_argument("--only", action="append", choices=sorted(FIXTURES), help="fixture(s) to build")
+    p.add_argument(
+        "--results",
+        default="cifar10_cpu_undefended",
+        help="results file name under benchmarks/results/ (default: %(default)s)",
+    )
     args = p.parse_args(argv)
-    names = args.only or list(FIXTURES)
+    names = args.only or [n for n in FIXTURES if "-s" not in n]
     data = load_cifar10(args.archive)
     rows = []
     for name in names:
@@ -175,18 +251,19 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "fixture": name,
                 "attack": info["config"]["attack"],
-                "poison_rate": info["config"]["attack_config"]["poison_rate"],
+                "poison_rate": (info["config"]["attack_config"] or {}).get("poison_rate", 0.0),
+                "seed": info["config"]["seed"],
                 "BA %": 100 * info["ba"],
-                "ASR %": 100 * info["asr"],
-                "RA %": 100 * info["ra"],
+                "ASR %": None if info["asr"] is None else 100 * info["asr"],
+                "RA %": None if info["ra"] is None else 100 * info["ra"],
                 "train s": info["train_seconds"],
                 "cached": info["cached"],
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    cols = ["fixture", "attack", "poison_rate", "BA %", "ASR %", "RA %", "train s", "cached"]
+    cols = ["fixture", "attack", "poison_rate", "seed", "BA %", "ASR %", "RA %", "train s", "cached"]
     out = write_results(
-        "cifar10_cpu_undefended",
+        args.results,
         rows,
         cols,
         {

@@ -15,7 +15,7 @@ Example:
     True
 """
 
-from . import attacks, data, export, models, triggers, validate
+from . import attacks, data, export, models, scan, triggers, validate
 from ._utils.progress import ProgressCallback
 from ._version import __version__
 from .attacks import BackdooredModel, build_attack, make_backdoored_model
@@ -39,6 +39,7 @@ from .io import load_model_weights, load_state_dict, save_state_dict
 from .logging import configure_logging, get_logger
 from .models import build_model, create_model, list_models, with_normalization
 from .registry import Registry
+from .scan import ScanConfig, Scanner, ScanReport, ScanResult
 from .reports import BaseReport, EnvironmentInfo, ModelFingerprint
 from .training import TrainConfig, train_model
 from .triggers import (
@@ -89,6 +90,10 @@ __all__ = [
     "ProgressCallback",
     "Registry",
     "RegistryError",
+    "ScanConfig",
+    "ScanReport",
+    "ScanResult",
+    "Scanner",
     "RuntimeConfig",
     "TrainConfig",
     "Trigger",

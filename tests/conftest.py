@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import hardenkit as hk
 from hardenkit.attacks import BackdooredModel
@@ -79,6 +80,20 @@ def train_backdoored(
         ),
         runtime={"seed": 0, "device": "cpu"},
     )
+
+
+@pytest.fixture(scope="session")
+def clean_model(synthetic: SyntheticSplits) -> nn.Module:
+    """A SmallCNN trained like ``badnets_model`` (same recipe and seed) on clean data."""
+    torch.manual_seed(0)
+    model = hk.create_model("small-cnn", num_classes=10)
+    hk.train_model(
+        model,
+        *synthetic.train.tensors(),
+        hk.TrainConfig(epochs=ATTACK_EPOCHS["badnets"], batch_size=128, lr=0.05, augment=False),
+        runtime={"seed": 0, "device": "cpu"},
+    )
+    return model.eval()
 
 
 @pytest.fixture(scope="session")

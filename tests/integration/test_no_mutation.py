@@ -169,7 +169,19 @@ def _penultimate_with_grad(
     return feats
 
 
+def _scanner_nc(m: nn.Module, bd: BackdooredModel, ds: ImageDataset, tmp: Path) -> object:
+    cfg = {"max_images": 100, "detector_options": {"neural-cleanse": {"epochs": 1}}}
+    return hk.Scanner(m, 10, config=cfg).run(ds.loader(batch_size=64))
+
+
+def _scanner_mm_bd(m: nn.Module, bd: BackdooredModel, ds: ImageDataset, tmp: Path) -> object:
+    cfg = {"detectors": ["mm-bd"], "detector_options": {"mm-bd": {"steps": 2, "starts": 2}}}
+    return hk.Scanner(m, 10, config=cfg, input_shape=(3, 32, 32)).run()
+
+
 CALLS: dict[str, Call] = {
+    "Scanner.run-neural-cleanse": _scanner_nc,
+    "Scanner.run-mm-bd": _scanner_mm_bd,
     "Validator.run": _validator_run,
     "Validator.run-clean": _validator_run_clean,
     "hk.Validator(policy).run": _validator_policy,
@@ -202,6 +214,8 @@ def test_call_leaves_model_unchanged(
 # Calls that promise to evaluate in eval mode must not touch BatchNorm statistics even when
 # the caller's model is in training mode.
 EVAL_CALLS = [
+    "Scanner.run-neural-cleanse",
+    "Scanner.run-mm-bd",
     "Validator.run",
     "Validator.run-clean",
     "hk.Validator(policy).run",

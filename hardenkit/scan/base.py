@@ -1,0 +1,95 @@
+"""Detector plug-in interface: one detector = one class + one pydantic config + a registry entry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from .._utils.progress import ProgressCallback
+from ..config import HardenkitConfig, parse_config
+from ..registry import Registry
+from ..triggers import Trigger
+
+__all__ = ["DETECTORS", "Detector", "DetectorConfig", "DetectorContext", "DetectorOutput"]
+
+
+class DetectorConfig(HardenkitConfig):
+    """Fields shared by every detector's config.
+
+    Attributes:
+        score_slope: slope of the logistic map from the detector's evidence to its score
+            (``score = sigmoid(slope * (evidence - decision threshold))``).
+    """
+
+    score_slope: float = Field(2.0, gt=0)
+
+
+@dataclass
+class DetectorContext:
+    """What a detector gets from the Scanner (the model is a frozen eval-mode copy)."""
+
+    model: nn.Module
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    device: torch.device
+    amp: bool
+    seed: int
+    x: Tensor | None
+    """Clean inversion images (float [0, 1], on ``device``); ``None`` in data-free mode."""
+    y: Tensor | None
+    labels: list[int]
+    """Candidate target labels to examine (all classes unless the user restricted them)."""
+    progress: ProgressCallback
+
+
+@dataclass
+class DetectorOutput:
+    """The per-label evidence of one detector plus its model-level decision inputs."""
+
+    detector: str
+    statistic: str
+    """Name of the per-label statistic (``mask_l1``, ``max_margin``)."""
+    suspicious_side: Literal["low", "high"]
+    values: dict[int, float]
+    """Per candidate label: the statistic."""
+    anomaly_per_label: dict[int, float]
+    anomaly_index: float
+    evidence: float
+    """The model-level evidence compared with ``threshold`` (e.g. the MAD anomaly index)."""
+    threshold: float
+    flagged: list[int]
+    score: float
+    seconds: float
+    p_value: float | None = None
+    triggers: dict[int, Trigger] = field(default_factory=dict)
+    per_label: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Extra per-label columns (e.g. ``reached_threshold``, ``epochs``)."""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Detector(ABC):
+    """A model-level backdoor detector.
+
+    Subclasses set ``name``, ``config_cls`` and ``needs_data`` (``False`` for data-free
+    detectors) and implement :meth:`detect`. Register with ``DETECTORS.register(name, cls)``
+    or through the ``hardenkit.detectors`` entry-point group.
+    """
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[DetectorConfig]] = DetectorConfig
+    needs_data: ClassVar[bool] = True
+
+    def __init__(self, config: DetectorConfig | dict[str, Any] | None = None) -> None:
+        self.config = parse_config(self.config_cls, config)
+
+    @abstractmethod
+    def detect(self, ctx: DetectorContext) -> DetectorOutput:
+        """Examine ``ctx.model`` and return the evidence (never modifies the model)."""
+
+
+DETECTORS: Registry[type[Detector]] = Registry("detector", entry_point_group="hardenkit.detectors")

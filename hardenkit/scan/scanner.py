@@ -1,0 +1,679 @@
+"""The Scanner facade: run one or more detectors and combine them into one calibrated verdict."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor, nn
+
+from .._utils.progress import ProgressCallback, make_progress
+from .._utils.seeding import seed_everything
+from ..config import HardenkitConfig, RuntimeConfig, parse_config
+from ..data.loaders import BatchSource, materialize
+from ..data.sampling import stratified_indices, stratified_split
+from ..errors import ConfigError, DataError, ModelCompatibilityError
+from ..logging import get_logger
+from ..reports import BaseReport, ModelFingerprint
+from ..triggers import Trigger
+from .base import DETECTORS, Detector, DetectorContext, DetectorOutput
+
+__all__ = [
+    "ClassScan",
+    "DetectorClassRow",
+    "DetectorReport",
+    "ScanConfig",
+    "ScanReport",
+    "ScanResult",
+    "Scanner",
+    "Verdict",
+]
+
+_log = get_logger("scan")
+
+Verdict = Literal["clean", "suspicious", "backdoored"]
+_SEVERITY: dict[str, int] = {"clean": 0, "suspicious": 1, "backdoored": 2}
+
+
+class ScanConfig(HardenkitConfig):
+    """What the Scanner runs and how it decides.
+
+    Attributes:
+        detectors: registered detector names, run in order (``hardenkit.scan.DETECTORS``):
+            ``neural-cleanse`` (trigger inversion, needs clean data) and ``mm-bd``
+            (data-free max-margin test).
+        detector_options: per-detector config overrides, e.g.
+            ``{"neural-cleanse": {"epochs": 40}}``.
+        combine: how several detectors' verdicts merge: ``any`` (the most severe verdict,
+            score = max), ``all`` (the least severe, score = min, flagged labels intersected),
+            ``mean`` (score = mean; verdict from that score).
+        labels: candidate target labels (default: every class).
+        max_images: clean images used for inversion (a stratified subsample; the original
+            Neural Cleanse used 1,000). ``None`` uses all of them.
+        holdout_fraction: share of the clean images kept out of inversion to measure each
+            recovered trigger's attack success rate. ``0`` measures it on the inversion images.
+        min_images_per_class: fewer clean images than this in any class is an error.
+        suspicious_score: scores in ``[suspicious_score, 0.5)`` give the verdict
+            ``suspicious``; ``>= 0.5`` with a flagged label gives ``backdoored``.
+    """
+
+    detectors: tuple[str, ...] = ("neural-cleanse",)
+    detector_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    combine: Literal["any", "all", "mean"] = "any"
+    labels: tuple[int, ...] | None = None
+    max_images: int | None = Field(1000, ge=2)
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)
+    min_images_per_class: int = Field(5, ge=1)
+    suspicious_score: float = Field(0.25, gt=0, lt=0.5)
+
+    @field_validator("detectors")
+    @classmethod
+    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("give at least one detector")
+        if len(set(v)) != len(v):
+            raise ValueError(f"detectors listed twice: {list(v)}")
+        return v
+
+
+class DetectorClassRow(BaseModel):
+    """One label as one detector saw it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: int
+    value: float
+    anomaly_index: float
+    flagged: bool
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class DetectorReport(BaseModel):
+    """One detector's evidence and verdict."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    detector: str
+    statistic: str
+    suspicious_side: Literal["low", "high"]
+    verdict: Verdict
+    score: float
+    anomaly_index: float
+    evidence: float
+    threshold: float
+    p_value: float | None = None
+    flagged_labels: list[int]
+    seconds: float
+    config: dict[str, Any]
+    info: dict[str, Any] = Field(default_factory=dict)
+    classes: list[DetectorClassRow]
+
+
+class ClassScan(BaseModel):
+    """The per-class summary table of a scan."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: int
+    flagged: bool
+    mask_l1: float | None = None
+    """Neural Cleanse's inverted mask L1 norm (pixels) when that detector ran."""
+    trigger_asr: float | None = None
+    """Attack success rate of the recovered trigger on held-out clean non-``label`` images."""
+    reached_threshold: bool | None = None
+    max_margin: float | None = None
+
+
+class ScanReport(BaseReport):
+    """The JSON part of a scan: verdict, score, flagged labels, per-class table, timings."""
+
+    report_type: str = "scan"
+    verdict: Verdict
+    score: float
+    """In [0, 1]; >= 0.5 means backdoored. See docs/scanning.md for how it is made."""
+    flagged_labels: list[int]
+    num_classes: int
+    candidate_labels: list[int]
+    data_free: bool
+    clean_images: dict[str, int]
+    """``inversion`` and ``holdout`` image counts."""
+    trigger_asr_on_holdout: bool
+    combine: str
+    detectors: list[DetectorReport]
+    classes: list[ClassScan]
+    config: dict[str, Any]
+    runtime: dict[str, Any]
+    model: ModelFingerprint
+    timings: dict[str, float]
+
+    @property
+    def is_backdoored(self) -> bool:
+        return self.verdict == "backdoored"
+
+    def summary(self) -> str:
+        """A short human-readable summary."""
+        lines = [
+            f"verdict {self.verdict} (score {self.score:.3f}); flagged labels: "
+            f"{self.flagged_labels or 'none'}"
+        ]
+        for d in self.detectors:
+            p = "" if d.p_value is None else f", p={d.p_value:.3g}"
+            lines.append(
+                f"  {d.detector}: {d.verdict}, anomaly index {d.anomaly_index:.2f}{p}, "
+                f"score {d.score:.3f}, {d.seconds:.1f}s"
+            )
+        return "\n".join(lines)
+
+
+class ScanResult:
+    """A scan's report plus its heavy artefacts (recovered triggers).
+
+    Attributes:
+        report: the :class:`ScanReport`.
+        all_triggers: the recovered trigger of every candidate label (Neural Cleanse).
+    """
+
+    def __init__(
+        self,
+        report: ScanReport,
+        all_triggers: dict[int, Trigger] | None = None,
+        example: Tensor | None = None,
+    ) -> None:
+        self.report = report
+        self.all_triggers = dict(all_triggers or {})
+        self._example = example
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.report.verdict
+
+    @property
+    def score(self) -> float:
+        return self.report.score
+
+    @property
+    def is_backdoored(self) -> bool:
+        return self.report.is_backdoored
+
+    @property
+    def flagged_labels(self) -> list[int]:
+        return list(self.report.flagged_labels)
+
+    @property
+    def triggers(self) -> dict[int, Trigger]:
+        """Recovered triggers of the flagged labels (most anomalous first)."""
+        return {y: self.all_triggers[y] for y in self.flagged_labels if y in self.all_triggers}
+
+    @property
+    def target(self) -> int | None:
+        """The most anomalous flagged label that has a recovered trigger, if any."""
+        return next(iter(self.triggers), None)
+
+    @property
+    def trigger(self) -> Trigger | None:
+        """The recovered trigger of :attr:`target` (``None`` when nothing was flagged)."""
+        t = self.target
+        return None if t is None else self.all_triggers[t]
+
+    def trigger_asr(self, label: int) -> float | None:
+        """The held-out attack success rate of ``label``'s recovered trigger."""
+        row = next((c for c in self.report.classes if c.label == label), None)
+        return None if row is None else row.trigger_asr
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``report.json``, ``triggers/label_<y>.safetensors`` and a PNG per flagged label."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        for y, trig in self.all_triggers.items():
+            trig.save(d / "triggers" / f"label_{y}.safetensors")
+        for y in self.flagged_labels:
+            if y in self.all_triggers:
+                _save_png(self.all_triggers[y], self._example, d / f"flagged_label_{y}.png")
+        self.report.save(d / "report.json")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ScanResult:
+        """Read a directory written by :meth:`save`."""
+        d = Path(directory)
+        path = d / "report.json"
+        if not path.is_file():
+            raise DataError(
+                f"{path} not found.", hint="pass a directory written by ScanResult.save"
+            )
+        try:
+            report = ScanReport.model_validate(json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise DataError(f"{path} is not a valid scan report: {exc}") from exc
+        triggers = {
+            int(p.stem.removeprefix("label_")): Trigger.load(p)
+            for p in sorted((d / "triggers").glob("label_*.safetensors"))
+        }
+        return cls(report, triggers)
+
+    def __repr__(self) -> str:
+        return (
+            f"ScanResult(verdict={self.verdict!r}, score={self.score:.3f}, "
+            f"flagged={self.flagged_labels})"
+        )
+
+
+def _save_png(trigger: Trigger, example: Tensor | None, path: Path) -> None:
+    """Panels: mask | pattern | mask*pattern | stamped example (upscaled, nearest)."""
+    from PIL import Image
+
+    tensors = trigger.tensors()
+    if "mask" not in tensors or "pattern" not in tensors:
+        return
+    mask = tensors["mask"].float().clamp(0, 1)
+    pattern = tensors["pattern"].float().clamp(0, 1)
+    c, h, w = pattern.shape
+    panels = [mask.unsqueeze(0).expand(c, h, w), pattern, mask.unsqueeze(0) * pattern]
+    if example is not None:
+        panels.append(trigger.apply(example.unsqueeze(0).cpu())[0])
+    sep = torch.ones(c, h, 2)
+    row = torch.cat([t for p in panels for t in (p, sep)][:-1], dim=2)
+    if c == 1:
+        row = row.expand(3, *row.shape[1:])
+    arr = (row[:3].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    scale = max(1, 128 // h)
+    img = Image.fromarray(arr).resize(
+        (arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def _verdict(score: float, flagged: Sequence[int], suspicious: float) -> Verdict:
+    if score >= 0.5 and flagged:
+        return "backdoored"
+    if score >= suspicious:
+        return "suspicious"
+    return "clean"
+
+
+class Scanner:
+    """Model-level backdoor scanner (Neural Cleanse batched over classes, MM-BD data-free).
+
+    Args:
+        model: any ``nn.Module`` mapping a [0, 1] pixel batch to logits. A frozen copy is
+            scanned; the caller's model is never modified.
+        num_classes: number of classes; checked against the model's output (default: read
+            from the output).
+        config: a :class:`ScanConfig` or dict (detectors, combination, data budget).
+        runtime: device, seed, input normalization.
+        input_shape: ``(C, H, W)``; needed only in data-free mode (no clean loader).
+        progress: a progress callback (default: a tqdm bar on a TTY).
+
+    Example:
+        >>> import hardenkit as hk
+        >>> model = hk.create_model("small-cnn", num_classes=4, normalization=None)
+        >>> data = hk.data.make_synthetic_dataset(num_classes=4, train_per_class=20)
+        >>> scan = hk.Scanner(model, num_classes=4, config={
+        ...     "detector_options": {"neural-cleanse": {"epochs": 2}}}).run(data.train.loader())
+        >>> scan.verdict in ("clean", "suspicious", "backdoored")
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int | None = None,
+        *,
+        config: ScanConfig | dict[str, Any] | None = None,
+        runtime: RuntimeConfig | dict[str, Any] | None = None,
+        input_shape: tuple[int, int, int] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ModelCompatibilityError(
+                f"Scanner needs a torch.nn.Module, got {type(model).__name__}.",
+                hint="load the architecture in code, then its weights",
+            )
+        if num_classes is not None and num_classes < 3:
+            raise ConfigError(
+                f"num_classes must be >= 3 for an outlier test across classes, got {num_classes}."
+            )
+        self.model = model
+        self.num_classes = num_classes
+        self.config = parse_config(ScanConfig, config)
+        self.runtime = parse_config(RuntimeConfig, runtime)
+        self.input_shape = input_shape
+        self._progress = progress
+        unknown = [d for d in self.config.detectors if d not in DETECTORS]
+        if unknown:
+            raise ConfigError(
+                f"unknown detector(s) {unknown}; registered: {DETECTORS.names()}.",
+                hint="install the plugin that provides it or fix the name",
+            )
+        extra = set(self.config.detector_options) - set(self.config.detectors)
+        if extra:
+            raise ConfigError(
+                f"detector_options given for {sorted(extra)}, which are not in detectors "
+                f"{list(self.config.detectors)}."
+            )
+        self.detectors: list[Detector] = [
+            DETECTORS.get(name)(self.config.detector_options.get(name))
+            for name in self.config.detectors
+        ]
+
+    @property
+    def data_free(self) -> bool:
+        """True when every configured detector works without clean data."""
+        return not any(d.needs_data for d in self.detectors)
+
+    def run(
+        self,
+        clean_loader: BatchSource | None = None,
+        *,
+        holdout_loader: BatchSource | None = None,
+    ) -> ScanResult:
+        """Scan the model. ``clean_loader`` may be ``None`` only with data-free detectors.
+
+        A part of the clean images (``holdout_fraction``) is kept out of inversion to measure
+        each recovered trigger's attack success rate; pass ``holdout_loader`` to use separate
+        images instead.
+        """
+        t_start = time.perf_counter()
+        rt = self.runtime
+        seed_everything(rt.seed)
+        device = rt.resolve_device()
+        progress = make_progress(rt.progress, self._progress)
+        model = copy.deepcopy(self.model).to(device).eval()
+        model.requires_grad_(False)
+        # channels-last: ~1/3 faster convolutions on CPU and tensor cores on CUDA; the
+        # detectors make their stamped batches channels-last too.
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+        x_inv = y_inv = x_hold = y_hold = None
+        if clean_loader is None:
+            if not self.data_free:
+                needs = [d.name for d in self.detectors if d.needs_data]
+                raise DataError(
+                    f"detector(s) {needs} need clean images, but no clean_loader was given.",
+                    hint="pass a loader of clean images, or use detectors=['mm-bd'] (data-free)",
+                )
+            if self.input_shape is None:
+                raise ConfigError(
+                    "data-free scanning needs input_shape=(C, H, W).",
+                    hint="e.g. Scanner(model, 10, input_shape=(3, 32, 32))",
+                )
+            shape = tuple(int(s) for s in self.input_shape)
+            if len(shape) != 3:
+                raise ConfigError(f"input_shape must be (C, H, W), got {self.input_shape}.")
+            image_shape = (shape[0], shape[1], shape[2])
+            k = self._check_model(model, torch.zeros(2, *image_shape, device=device))
+        else:
+            x, y = materialize(
+                clean_loader,
+                input_normalization=rt.input_normalization,
+                device="cpu",
+                where="clean_loader",
+            )
+            image_shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+            k = self._check_model(model, x[:2].to(device))
+            self._check_labels(y, k)
+            x_inv, y_inv, x_hold, y_hold = self._split(x, y, k, holdout_loader, device)
+        labels = self._candidates(k)
+        ctx = DetectorContext(
+            model=model,
+            num_classes=k,
+            image_shape=image_shape,
+            device=device,
+            amp=rt.use_amp(device),
+            seed=rt.seed,
+            x=x_inv,
+            y=y_inv,
+            labels=labels,
+            progress=progress,
+        )
+        outputs = [det.detect(ctx) for det in self.detectors]
+        asr: dict[int, float] = {}
+        eval_x, eval_y = (x_hold, y_hold) if x_hold is not None else (x_inv, y_inv)
+        for out in outputs:
+            if eval_x is not None and eval_y is not None:
+                for lab, trig in out.triggers.items():
+                    if lab not in asr:
+                        asr[lab] = _trigger_asr(model, trig, eval_x, eval_y, lab, ctx)
+        report = self._report(outputs, k, labels, x_inv, x_hold, asr, t_start)
+        all_triggers: dict[int, Trigger] = {}
+        for out in outputs:
+            for lab, trig in out.triggers.items():
+                all_triggers.setdefault(lab, trig)
+        example = None
+        if eval_x is not None:
+            example = eval_x[0].detach().cpu()
+        _log.info(
+            "scan.done",
+            verdict=report.verdict,
+            score=report.score,
+            flagged=report.flagged_labels,
+            seconds=report.timings["total_seconds"],
+        )
+        return ScanResult(report, all_triggers, example)
+
+    # ------------------------------------------------------------------ helpers
+    def _check_model(self, model: nn.Module, probe: Tensor) -> int:
+        with torch.no_grad():
+            try:
+                out = model(probe)
+            except RuntimeError as exc:
+                raise ModelCompatibilityError(
+                    f"the model failed on a clean batch of shape {tuple(probe.shape)}: {exc}",
+                    hint="check the input size/channels the model expects",
+                ) from exc
+        if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != probe.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ModelCompatibilityError(
+                f"the model must map (N, C, H, W) to logits (N, K); got {shape}.",
+                hint="make forward() return class logits",
+            )
+        k = int(out.shape[1])
+        if self.num_classes is not None and k != self.num_classes:
+            raise ModelCompatibilityError(
+                f"num_classes={self.num_classes} but the model outputs {k} logits.",
+                hint="pass the model's real number of classes",
+            )
+        if k < 3:
+            raise ModelCompatibilityError(
+                f"the model has {k} classes; the outlier test across classes needs >= 3."
+            )
+        return k
+
+    def _check_labels(self, y: Tensor, k: int) -> None:
+        if int(y.min()) < 0 or int(y.max()) >= k:
+            raise DataError(
+                f"clean_loader has labels in [{int(y.min())}, {int(y.max())}] but the model "
+                f"has {k} classes."
+            )
+        counts = torch.bincount(y, minlength=k)
+        need = self.config.min_images_per_class
+        if self.config.holdout_fraction > 0:
+            need = max(need, 2)
+        few = [(c, int(n)) for c, n in enumerate(counts.tolist()) if n < need]
+        if few:
+            shown = ", ".join(f"class {c}: {n}" for c, n in few[:10])
+            raise DataError(
+                f"too few clean images per class for scanning (need >= {need}): {shown}"
+                f"{' ...' if len(few) > 10 else ''}.",
+                hint="provide more clean images per class, or lower "
+                "ScanConfig.min_images_per_class (and holdout_fraction=0 for 1 per class)",
+            )
+
+    def _split(
+        self,
+        x: Tensor,
+        y: Tensor,
+        k: int,
+        holdout_loader: BatchSource | None,
+        device: torch.device,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        cfg = self.config
+        seed = self.runtime.seed
+        x_hold = y_hold = None
+        if holdout_loader is not None:
+            x_hold, y_hold = materialize(
+                holdout_loader,
+                num_classes=k,
+                input_normalization=self.runtime.input_normalization,
+                device="cpu",
+                where="holdout_loader",
+            )
+            keep = torch.arange(len(y))
+        elif cfg.holdout_fraction > 0:
+            keep, hold = stratified_split(y, holdout_fraction=cfg.holdout_fraction, seed=seed)
+            x_hold, y_hold = x[hold], y[hold]
+        else:
+            keep = torch.arange(len(y))
+        if cfg.max_images is not None and len(keep) > cfg.max_images:
+            sub = stratified_indices(
+                y[keep], fraction=cfg.max_images / len(keep), seed=seed, num_classes=k
+            )
+            keep = keep[sub]
+        x_inv, y_inv = x[keep].to(device), y[keep].to(device)
+        if x_hold is not None and y_hold is not None:
+            x_hold, y_hold = x_hold.to(device), y_hold.to(device)
+        return x_inv, y_inv, x_hold, y_hold
+
+    def _candidates(self, k: int) -> list[int]:
+        labels = list(range(k)) if self.config.labels is None else list(self.config.labels)
+        bad = [c for c in labels if not 0 <= c < k]
+        if bad:
+            raise ConfigError(f"candidate labels {bad} are outside [0, {k}).")
+        if len(set(labels)) != len(labels) or len(labels) < 3:
+            raise ConfigError(
+                f"labels must be >= 3 distinct classes for an outlier test, got {labels}."
+            )
+        return labels
+
+    def _report(
+        self,
+        outputs: list[DetectorOutput],
+        k: int,
+        labels: list[int],
+        x_inv: Tensor | None,
+        x_hold: Tensor | None,
+        asr: dict[int, float],
+        t_start: float,
+    ) -> ScanReport:
+        cfg = self.config
+        det_reports: list[DetectorReport] = []
+        for det, out in zip(self.detectors, outputs, strict=True):
+            v = _verdict(out.score, out.flagged, cfg.suspicious_score)
+            det_reports.append(
+                DetectorReport(
+                    detector=out.detector,
+                    statistic=out.statistic,
+                    suspicious_side=out.suspicious_side,
+                    verdict=v,
+                    score=out.score,
+                    anomaly_index=out.anomaly_index,
+                    evidence=out.evidence,
+                    threshold=out.threshold,
+                    p_value=out.p_value,
+                    flagged_labels=list(out.flagged),
+                    seconds=out.seconds,
+                    config=det.config.model_dump(mode="json"),
+                    info=out.info,
+                    classes=[
+                        DetectorClassRow(
+                            label=y,
+                            value=out.values[y],
+                            anomaly_index=out.anomaly_per_label[y],
+                            flagged=y in out.flagged,
+                            extra=out.per_label.get(y, {}),
+                        )
+                        for y in labels
+                    ],
+                )
+            )
+        scores = [d.score for d in det_reports]
+        positive = [d for d in det_reports if d.verdict == "backdoored"]
+        if cfg.combine == "any":
+            score = max(scores)
+            verdict = max((d.verdict for d in det_reports), key=lambda s: _SEVERITY[s])
+            flagged = _ordered_union(d.flagged_labels for d in positive)
+        elif cfg.combine == "all":
+            score = min(scores)
+            verdict = min((d.verdict for d in det_reports), key=lambda s: _SEVERITY[s])
+            common = set.intersection(*(set(d.flagged_labels) for d in det_reports))
+            flagged = [y for y in det_reports[0].flagged_labels if y in common]
+            if verdict == "backdoored" and not flagged:
+                verdict = "suspicious"
+        else:
+            score = sum(scores) / len(scores)
+            flagged = _ordered_union(d.flagged_labels for d in positive)
+            verdict = _verdict(score, flagged, cfg.suspicious_score)
+        if verdict != "backdoored":
+            flagged = []
+        nc = {d.detector: d for d in det_reports}
+        classes = []
+        for y in labels:
+            row: dict[str, Any] = {"label": y, "flagged": y in flagged}
+            for d in det_reports:
+                cell = next(c for c in d.classes if c.label == y)
+                if d.statistic == "mask_l1":
+                    row["mask_l1"] = cell.value
+                    row["reached_threshold"] = cell.extra.get("reached_threshold")
+                elif d.statistic == "max_margin":
+                    row["max_margin"] = cell.value
+            if y in asr:
+                row["trigger_asr"] = asr[y]
+            classes.append(ClassScan(**row))
+        del nc
+        return ScanReport(
+            verdict=verdict,
+            score=score,
+            flagged_labels=flagged,
+            num_classes=k,
+            candidate_labels=labels,
+            data_free=x_inv is None,
+            clean_images={
+                "inversion": 0 if x_inv is None else len(x_inv),
+                "holdout": 0 if x_hold is None else len(x_hold),
+            },
+            trigger_asr_on_holdout=x_hold is not None,
+            combine=cfg.combine,
+            detectors=det_reports,
+            classes=classes,
+            config=cfg.model_dump(mode="json"),
+            runtime=self.runtime.model_dump(mode="json"),
+            model=ModelFingerprint.of(self.model),
+            timings={
+                "total_seconds": time.perf_counter() - t_start,
+                **{f"{d.detector}_seconds": d.seconds for d in det_reports},
+            },
+        )
+
+
+def _ordered_union(groups: Any) -> list[int]:
+    out: list[int] = []
+    for g in groups:
+        for y in g:
+            if y not in out:
+                out.append(y)
+    return out
+
+
+@torch.no_grad()
+def _trigger_asr(
+    model: nn.Module, trigger: Trigger, x: Tensor, y: Tensor, label: int, ctx: DetectorContext
+) -> float:
+    """Fraction of clean non-``label`` images that ``trigger`` sends to ``label``."""
+    keep = y != label
+    xs = x[keep]
+    if len(xs) == 0:
+        return 0.0
+    hits = 0
+    for i in range(0, len(xs), 512):
+        xb = trigger.apply(xs[i : i + 512])
+        with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=ctx.amp):
+            pred = model(xb).argmax(1)
+        hits += int((pred == label).sum())
+    return hits / len(xs)

@@ -1,0 +1,403 @@
+"""Unit tests of the Scanner: anomaly statistics, NC schedule, batched == sequential, errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+from torch import nn
+
+import hardenkit as hk
+from hardenkit.data import SyntheticSplits
+from hardenkit.errors import ConfigError, DataError, ModelCompatibilityError
+from hardenkit.scan import (
+    DETECTORS,
+    Detector,
+    DetectorConfig,
+    DetectorContext,
+    DetectorOutput,
+    NeuralCleanse,
+    ScanResult,
+    gamma_max_pvalue,
+    logistic_score,
+    mad_anomaly,
+)
+from hardenkit.scan.neural_cleanse import NeuralCleanseConfig, _LabelState
+
+# ----------------------------------------------------------------------------- anomaly
+
+
+def test_mad_anomaly_matches_hand_computation() -> None:
+    values = [10.0, 12.0, 11.0, 13.0, 2.0]
+    s = mad_anomaly(values, side="low")
+    # median 11, |dev| = [1, 1, 0, 2, 9] -> median 1 -> MAD 1.4826
+    assert s.median == 11.0
+    assert s.mad == pytest.approx(1.4826)
+    assert s.index == pytest.approx(9 / 1.4826)
+    assert s.flagged == [4]
+    assert s.per_label[3] == pytest.approx(2 / 1.4826)
+
+
+def test_mad_anomaly_only_counts_the_suspicious_side() -> None:
+    values = [10.0, 11.0, 10.5, 9.5, 40.0, 10.2]
+    low = mad_anomaly(values, side="low")
+    high = mad_anomaly(values, side="high")
+    assert low.flagged == [] and low.index < 2
+    assert high.flagged == [4] and high.index > 2
+
+
+def test_mad_anomaly_even_count_median_and_labels() -> None:
+    s = mad_anomaly([1.0, 2.0, 3.0, 4.0], labels=[7, 8, 9, 10])
+    assert s.median == 2.5
+    assert s.flagged == []
+    s2 = mad_anomaly([20.0, 21.0, 22.0, 1.0], labels=[7, 8, 9, 10])
+    assert s2.flagged == [10]
+
+
+def test_mad_anomaly_zero_mad_is_finite() -> None:
+    s = mad_anomaly([5.0, 5.0, 5.0, 5.0, 1.0])
+    assert math.isfinite(s.index) and s.index > 1000
+    assert s.flagged == [4]
+    flat = mad_anomaly([5.0, 5.0, 5.0])
+    assert flat.index == 0.0 and flat.flagged == []
+
+
+def test_mad_anomaly_needs_three_values() -> None:
+    with pytest.raises(ValueError, match=">= 3"):
+        mad_anomaly([1.0, 2.0])
+
+
+def test_gamma_max_pvalue_separates_outlier_from_null() -> None:
+    g = torch.Generator().manual_seed(0)
+    null = (torch.rand(9, generator=g) * 2 + 5).tolist()
+    p_out, arg = gamma_max_pvalue([*null, 40.0])
+    assert arg == 9 and p_out < 1e-6
+    p_null, _ = gamma_max_pvalue(null + [6.5])
+    assert p_null > 0.05
+    p_neg, _ = gamma_max_pvalue([-1.0, -0.5, 0.0, 0.3, 8.0])
+    assert 0.0 <= p_neg <= 1.0
+
+
+def test_logistic_score_is_monotone_and_half_at_threshold() -> None:
+    assert logistic_score(2.0, 2.0) == 0.5
+    xs = [logistic_score(e, 2.0) for e in (-100.0, 0.0, 1.0, 2.0, 3.0, 1e6)]
+    assert xs == sorted(xs)
+    assert 0.0 <= xs[0] < 1e-10 and xs[-1] == 1.0
+
+
+# ----------------------------------------------------------------------------- NC schedule
+
+
+def _state_after(cfg: NeuralCleanseConfig, accs: list[float], regs: list[float]) -> _LabelState:
+    nc = NeuralCleanse(cfg)
+    s = _LabelState.new(1, cfg.init_cost)
+    for a, r in zip(accs, regs, strict=True):
+        nc._update_schedule(s, 0, a, r)
+    return s
+
+
+def test_cost_goes_up_after_patience_successes_and_down_after_failures() -> None:
+    cfg = NeuralCleanseConfig(patience=3)
+    s = _state_after(cfg, [1.0] * 3, [50.0, 40.0, 30.0])
+    assert float(s.cost[0]) == pytest.approx(2e-3)
+    assert bool(s.up_flag[0]) and not bool(s.down_flag[0])
+    assert float(s.best_reg[0]) == 30.0
+    s = _state_after(cfg, [1.0] * 3 + [0.5] * 3, [50.0, 40.0, 30.0, 20.0, 20.0, 20.0])
+    assert float(s.cost[0]) == pytest.approx(2e-3 / 2**1.5)
+    assert bool(s.down_flag[0])
+    assert float(s.best_reg[0]) == 30.0  # unsuccessful epochs never become "best"
+
+
+def test_early_stop_needs_both_adjustments_and_no_improvement() -> None:
+    cfg = NeuralCleanseConfig(patience=2, early_stop_patience=3)
+    # successes only: the cost keeps rising, never stops (no down-adjustment yet)
+    s = _state_after(cfg, [1.0] * 20, [10.0] * 20)
+    assert bool(s.active[0])
+    # up, then down, then stagnation for early_stop_patience epochs -> stop
+    accs = [1.0, 1.0, 0.5, 0.5] + [1.0, 0.5] * 3
+    s = _state_after(cfg, accs, [10.0] * len(accs))
+    assert not bool(s.active[0])
+
+
+def test_zero_cost_is_reset_to_init_cost() -> None:
+    cfg = NeuralCleanseConfig(init_cost=0.0, patience=2)
+    s = _state_after(cfg, [1.0, 1.0], [5.0, 5.0])
+    assert float(s.cost[0]) == 0.0  # reset to init_cost (0) and counters cleared
+    assert not bool(s.up_flag[0])
+
+
+# ----------------------------------------------------------------------------- scanning
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_synthetic: SyntheticSplits) -> nn.Module:
+    torch.manual_seed(0)
+    m = hk.create_model("small-cnn", num_classes=4, normalization=None)
+    hk.train_model(
+        m,
+        *tiny_synthetic.train.tensors(),
+        hk.TrainConfig(epochs=2, batch_size=32, augment=False),
+        runtime={"seed": 0, "device": "cpu"},
+    )
+    return m.eval()
+
+
+def _nc(**kw: object) -> dict[str, object]:
+    return {"detector_options": {"neural-cleanse": {"epochs": 3, "batch_size": 16, **kw}}}
+
+
+def test_batched_equals_sequential(tiny_model: nn.Module, tiny_synthetic: SyntheticSplits) -> None:
+    loader = tiny_synthetic.train.loader(batch_size=64)
+    rt = {"device": "cpu", "seed": 3}
+    batched = hk.Scanner(tiny_model, 4, config=_nc(), runtime=rt).run(loader)
+    seq = hk.Scanner(tiny_model, 4, config=_nc(mode="sequential"), runtime=rt).run(loader)
+    chunked = hk.Scanner(tiny_model, 4, config=_nc(max_images_per_step=16), runtime=rt).run(loader)
+    a = [c.mask_l1 for c in batched.report.classes]
+    b = [c.mask_l1 for c in seq.report.classes]
+    c = [c.mask_l1 for c in chunked.report.classes]
+    assert a == pytest.approx(b, rel=1e-3)
+    assert a == pytest.approx(c, rel=1e-3)
+    for y in range(4):
+        torch.testing.assert_close(
+            batched.all_triggers[y].tensors()["mask"],
+            seq.all_triggers[y].tensors()["mask"],
+            atol=1e-3,
+            rtol=1e-3,
+        )
+
+
+def test_scan_is_deterministic(tiny_model: nn.Module, tiny_synthetic: SyntheticSplits) -> None:
+    loader = tiny_synthetic.train.loader(batch_size=64)
+    r1 = hk.Scanner(tiny_model, 4, config=_nc(), runtime={"seed": 1}).run(loader)
+    r2 = hk.Scanner(tiny_model, 4, config=_nc(), runtime={"seed": 1}).run(loader)
+    assert [c.mask_l1 for c in r1.report.classes] == [c.mask_l1 for c in r2.report.classes]
+
+
+def test_report_contents_and_save_load(
+    tiny_model: nn.Module, tiny_synthetic: SyntheticSplits, tmp_path: Path
+) -> None:
+    scan = hk.Scanner(tiny_model, 4, config=_nc()).run(tiny_synthetic.train.loader())
+    rep = scan.report
+    assert rep.num_classes == 4 and rep.candidate_labels == [0, 1, 2, 3]
+    assert rep.clean_images["holdout"] > 0 and rep.trigger_asr_on_holdout
+    assert rep.clean_images["inversion"] + rep.clean_images["holdout"] == 160
+    assert 0.0 <= rep.score <= 1.0
+    assert rep.timings["total_seconds"] >= rep.timings["neural-cleanse_seconds"] > 0
+    assert rep.detectors[0].config["epochs"] == 3
+    assert all(c.trigger_asr is not None and 0 <= c.trigger_asr <= 1 for c in rep.classes)
+    assert len(scan.all_triggers) == 4
+    out = scan.save(tmp_path / "scan")
+    assert (out / "report.json").is_file()
+    assert sorted(p.name for p in (out / "triggers").iterdir()) == [
+        f"label_{y}.safetensors" for y in range(4)
+    ]
+    back = ScanResult.load(out)
+    assert back.report == rep
+    assert back.all_triggers[2].tensors()["mask"].shape == (32, 32)
+    assert "verdict" in rep.summary()
+
+
+def test_save_writes_png_for_flagged_labels(tmp_path: Path) -> None:
+    scan = _fake_scan("backdoored")
+    scan.save(tmp_path)
+    assert (tmp_path / "flagged_label_1.png").is_file()
+    from PIL import Image
+
+    with Image.open(tmp_path / "flagged_label_1.png") as img:
+        assert img.size[1] == 128 and img.size[0] > 3 * 128
+
+
+def test_load_rejects_missing_or_bad_report(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        ScanResult.load(tmp_path)
+    (tmp_path / "report.json").write_text('{"verdict": "maybe"}')
+    with pytest.raises(DataError, match="not a valid scan report"):
+        ScanResult.load(tmp_path)
+
+
+def test_candidate_label_subset(tiny_model: nn.Module, tiny_synthetic: SyntheticSplits) -> None:
+    cfg = {**_nc(), "labels": [1, 2, 3]}
+    scan = hk.Scanner(tiny_model, 4, config=cfg).run(tiny_synthetic.train.loader())
+    assert [c.label for c in scan.report.classes] == [1, 2, 3]
+    assert set(scan.all_triggers) == {1, 2, 3}
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_too_few_images_per_class(tiny_model: nn.Module, tiny_synthetic: SyntheticSplits) -> None:
+    few = tiny_synthetic.train.subset(torch.arange(0, 160, 16))  # ~2-3 per class
+    with pytest.raises(DataError, match="too few clean images per class"):
+        hk.Scanner(tiny_model, 4, config=_nc()).run(few.loader())
+    one = tiny_synthetic.train.subset(
+        torch.tensor([int((tiny_synthetic.train.labels == c).nonzero()[0]) for c in range(4)])
+    )
+    scan = hk.Scanner(
+        tiny_model, 4, config={**_nc(), "min_images_per_class": 1, "holdout_fraction": 0}
+    ).run(one.loader())
+    assert scan.report.clean_images == {"inversion": 4, "holdout": 0}
+    assert not scan.report.trigger_asr_on_holdout
+
+
+def test_missing_class_is_reported(tiny_model: nn.Module, tiny_synthetic: SyntheticSplits) -> None:
+    no3 = tiny_synthetic.train.subset(torch.nonzero(tiny_synthetic.train.labels != 3).flatten())
+    with pytest.raises(DataError, match="class 3: 0"):
+        hk.Scanner(tiny_model, 4, config=_nc()).run(no3.loader())
+
+
+def test_num_classes_mismatch(tiny_model: nn.Module, tiny_synthetic: SyntheticSplits) -> None:
+    with pytest.raises(ModelCompatibilityError, match="num_classes=10 but the model outputs 4"):
+        hk.Scanner(tiny_model, 10, config=_nc()).run(tiny_synthetic.train.loader())
+
+
+def test_non_image_loaders_are_rejected(tiny_model: nn.Module) -> None:
+    with pytest.raises(DataError):
+        hk.Scanner(tiny_model, 4).run([(torch.rand(8, 10), torch.zeros(8, dtype=torch.long))])
+    with pytest.raises(DataError):
+        hk.Scanner(tiny_model, 4).run(["not", "batches"])  # type: ignore[arg-type]
+    with pytest.raises(DataError):
+        hk.Scanner(tiny_model, 4).run(torch.rand(4, 3, 32, 32))  # type: ignore[arg-type]
+
+
+def test_labels_outside_model_classes(tiny_model: nn.Module) -> None:
+    x = torch.rand(40, 3, 32, 32)
+    y = torch.arange(40) % 5
+    with pytest.raises(DataError, match="labels"):
+        hk.Scanner(tiny_model, 4).run([(x, y)])
+
+
+def test_config_errors(tiny_model: nn.Module) -> None:
+    with pytest.raises(ConfigError, match="unknown detector"):
+        hk.Scanner(tiny_model, 4, config={"detectors": ["nope"]})
+    with pytest.raises(ConfigError, match="not in detectors"):
+        hk.Scanner(tiny_model, 4, config={"detector_options": {"mm-bd": {}}})
+    with pytest.raises(ConfigError):
+        hk.Scanner(tiny_model, 4, config={"detector_options": {"neural-cleanse": {"lr": -1}}})
+    with pytest.raises(ConfigError, match=">= 3"):
+        hk.Scanner(tiny_model, 2)
+    with pytest.raises(ModelCompatibilityError):
+        hk.Scanner("model", 4)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="outside"):
+        hk.Scanner(tiny_model, 4, config={"labels": [0, 1, 9]}).run(
+            [(torch.rand(40, 3, 32, 32), torch.arange(40) % 4)]
+        )
+
+
+def test_data_free_mode_rules(tiny_model: nn.Module) -> None:
+    with pytest.raises(DataError, match="need clean images"):
+        hk.Scanner(tiny_model, 4).run()
+    mm = {"detectors": ["mm-bd"], "detector_options": {"mm-bd": {"steps": 5, "starts": 2}}}
+    with pytest.raises(ConfigError, match="input_shape"):
+        hk.Scanner(tiny_model, 4, config=mm).run()
+    scan = hk.Scanner(tiny_model, 4, config=mm, input_shape=(3, 32, 32)).run()
+    rep = scan.report
+    assert rep.data_free and rep.clean_images == {"inversion": 0, "holdout": 0}
+    d = rep.detectors[0]
+    assert d.detector == "mm-bd" and d.p_value is not None and 0 <= d.p_value <= 1
+    assert all(c.max_margin is not None for c in rep.classes)
+    assert scan.trigger is None and scan.all_triggers == {}
+
+
+def test_wrong_model_output(tiny_synthetic: SyntheticSplits) -> None:
+    class Bad(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3))[..., None]
+
+    with pytest.raises(ModelCompatibilityError, match="logits"):
+        hk.Scanner(Bad(), 4).run(tiny_synthetic.train.loader())
+
+
+# ----------------------------------------------------------------------------- combination
+
+
+class _Fixed(Detector):
+    """A plugin-style detector with a fixed outcome (tests the combination rules)."""
+
+    name = "fixed"
+    needs_data = False
+    outcomes: ClassVar[dict[str, tuple[float, list[int]]]] = {}
+
+    def detect(self, ctx: DetectorContext) -> DetectorOutput:
+        score, flagged = self.outcomes[type(self).name]
+        values = {y: float(y + 1) for y in ctx.labels}
+        return DetectorOutput(
+            detector=type(self).name,
+            statistic="fixed",
+            suspicious_side="high",
+            values=values,
+            anomaly_per_label=dict.fromkeys(ctx.labels, 0.0),
+            anomaly_index=0.0,
+            evidence=score,
+            threshold=0.5,
+            flagged=flagged,
+            score=score,
+            seconds=0.0,
+        )
+
+
+def _fixed(name: str, score: float, flagged: list[int]) -> str:
+    cls = type(name, (_Fixed,), {"name": name})
+    _Fixed.outcomes[name] = (score, flagged)
+    DETECTORS.register(name, cls, override=True)
+    return name
+
+
+@pytest.mark.parametrize(
+    ("combine", "verdict", "score", "flagged"),
+    [
+        ("any", "backdoored", 0.9, [1, 2]),
+        ("all", "suspicious", 0.3, []),
+        ("mean", "backdoored", 0.6, [1, 2]),
+    ],
+)
+def test_combination_rules(
+    tiny_model: nn.Module, combine: str, verdict: str, score: float, flagged: list[int]
+) -> None:
+    a = _fixed("fixed-a", 0.9, [1, 2])
+    b = _fixed("fixed-b", 0.3, [])
+    try:
+        scan = hk.Scanner(
+            tiny_model, 4, config={"detectors": [a, b], "combine": combine}, input_shape=(3, 32, 32)
+        ).run()
+    finally:
+        DETECTORS.unregister(a)
+        DETECTORS.unregister(b)
+    assert scan.verdict == verdict
+    assert scan.score == pytest.approx(score)
+    assert scan.flagged_labels == flagged
+    assert [d.verdict for d in scan.report.detectors] == ["backdoored", "suspicious"]
+
+
+def _fake_scan(verdict: str) -> ScanResult:
+    a = _fixed("fixed-c", 0.95 if verdict == "backdoored" else 0.1, [1])
+    try:
+        scan = hk.Scanner(
+            hk.create_model("small-cnn", 4, normalization=None),
+            4,
+            config={"detectors": [a]},
+            input_shape=(3, 32, 32),
+        ).run()
+    finally:
+        DETECTORS.unregister(a)
+    mask = torch.zeros(32, 32)
+    mask[-4:, -4:] = 1
+    scan.all_triggers[1] = hk.MaskPatternTrigger(mask, torch.ones(3, 32, 32))
+    return scan
+
+
+def test_result_accessors() -> None:
+    scan = _fake_scan("backdoored")
+    assert scan.is_backdoored and scan.target == 1
+    assert isinstance(scan.trigger, hk.MaskPatternTrigger)
+    assert scan.triggers == {1: scan.all_triggers[1]}
+    assert "backdoored" in repr(scan)
+    clean = _fake_scan("clean")
+    assert clean.verdict == "clean" and clean.target is None and clean.trigger is None
+
+
+def test_detector_config_base_rejects_unknown_keys() -> None:
+    with pytest.raises(ConfigError):
+        DetectorConfig(nope=1)  # type: ignore[call-arg]
