@@ -39,8 +39,8 @@ from .io import load_model_weights, load_state_dict, save_state_dict
 from .logging import configure_logging, get_logger
 from .models import build_model, create_model, list_models, with_normalization
 from .registry import Registry
-from .scan import ScanConfig, Scanner, ScanReport, ScanResult
 from .reports import BaseReport, EnvironmentInfo, ModelFingerprint
+from .scan import ScanConfig, Scanner, ScanReport, ScanResult
 from .training import TrainConfig, train_model
 from .triggers import (
     AdditiveTrigger,
@@ -90,11 +90,11 @@ __all__ = [
     "ProgressCallback",
     "Registry",
     "RegistryError",
+    "RuntimeConfig",
     "ScanConfig",
     "ScanReport",
     "ScanResult",
     "Scanner",
-    "RuntimeConfig",
     "TrainConfig",
     "Trigger",
     "UnsafeArtifactError",
@@ -122,6 +122,7 @@ __all__ = [
     "models",
     "robust_accuracy",
     "save_state_dict",
+    "scan",
     "to_onnx",
     "train_model",
     "triggers",

@@ -1,4 +1,4 @@
-"""A planted backdoor is found (right target label, working trigger); a clean twin is not flagged."""
+"""A planted backdoor is found (right target, working trigger); a clean twin is not flagged."""
 
 from __future__ import annotations
 
@@ -36,14 +36,17 @@ def test_badnets_is_flagged_with_its_target(
     # the recovered trigger is about the size of the real 3x3 patch and works on held-out
     # clean images -- and on the test set through the Validator
     row = rep.classes[0]
-    assert row.mask_l1 is not None and row.mask_l1 < 20
-    assert row.trigger_asr is not None and row.trigger_asr > 0.9
+    assert row.mask_l1 is not None
+    assert row.mask_l1 < 20
+    assert row.trigger_asr is not None
+    assert row.trigger_asr > 0.9
     trig = badnets_scan.trigger
     assert trig is not None
     val = hk.Validator(badnets_model.model).run(
         synthetic.test.loader(), trigger=trig, target=badnets_scan.target
     )
-    assert val.asr is not None and val.asr > 0.9
+    assert val.asr is not None
+    assert val.asr > 0.9
 
 
 def test_clean_twin_is_not_flagged(clean_model: nn.Module, synthetic: SyntheticSplits) -> None:
@@ -71,7 +74,8 @@ def test_combined_scan_agrees(badnets_scan: hk.ScanResult) -> None:
     scan = badnets_scan
     assert [d.detector for d in scan.report.detectors] == ["neural-cleanse", "mm-bd"]
     assert [d.verdict for d in scan.report.detectors] == ["backdoored", "backdoored"]
-    assert scan.verdict == "backdoored" and scan.flagged_labels == [0]
+    assert scan.verdict == "backdoored"
+    assert scan.flagged_labels == [0]
     assert scan.report.combine == "all"
     assert scan.report.classes[0].max_margin is not None
     assert scan.trigger is not None

@@ -45,8 +45,10 @@ def test_mad_anomaly_only_counts_the_suspicious_side() -> None:
     values = [10.0, 11.0, 10.5, 9.5, 40.0, 10.2]
     low = mad_anomaly(values, side="low")
     high = mad_anomaly(values, side="high")
-    assert low.flagged == [] and low.index < 2
-    assert high.flagged == [4] and high.index > 2
+    assert low.flagged == []
+    assert low.index < 2
+    assert high.flagged == [4]
+    assert high.index > 2
 
 
 def test_mad_anomaly_even_count_median_and_labels() -> None:
@@ -59,10 +61,12 @@ def test_mad_anomaly_even_count_median_and_labels() -> None:
 
 def test_mad_anomaly_zero_mad_is_finite() -> None:
     s = mad_anomaly([5.0, 5.0, 5.0, 5.0, 1.0])
-    assert math.isfinite(s.index) and s.index > 1000
+    assert math.isfinite(s.index)
+    assert s.index > 1000
     assert s.flagged == [4]
     flat = mad_anomaly([5.0, 5.0, 5.0])
-    assert flat.index == 0.0 and flat.flagged == []
+    assert flat.index == 0.0
+    assert flat.flagged == []
 
 
 def test_mad_anomaly_needs_three_values() -> None:
@@ -74,8 +78,9 @@ def test_gamma_max_pvalue_separates_outlier_from_null() -> None:
     g = torch.Generator().manual_seed(0)
     null = (torch.rand(9, generator=g) * 2 + 5).tolist()
     p_out, arg = gamma_max_pvalue([*null, 40.0])
-    assert arg == 9 and p_out < 1e-6
-    p_null, _ = gamma_max_pvalue(null + [6.5])
+    assert arg == 9
+    assert p_out < 1e-6
+    p_null, _ = gamma_max_pvalue([*null, 6.5])
     assert p_null > 0.05
     p_neg, _ = gamma_max_pvalue([-1.0, -0.5, 0.0, 0.3, 8.0])
     assert 0.0 <= p_neg <= 1.0
@@ -85,7 +90,8 @@ def test_logistic_score_is_monotone_and_half_at_threshold() -> None:
     assert logistic_score(2.0, 2.0) == 0.5
     xs = [logistic_score(e, 2.0) for e in (-100.0, 0.0, 1.0, 2.0, 3.0, 1e6)]
     assert xs == sorted(xs)
-    assert 0.0 <= xs[0] < 1e-10 and xs[-1] == 1.0
+    assert 0.0 <= xs[0] < 1e-10
+    assert xs[-1] == 1.0
 
 
 # ----------------------------------------------------------------------------- NC schedule
@@ -103,7 +109,8 @@ def test_cost_goes_up_after_patience_successes_and_down_after_failures() -> None
     cfg = NeuralCleanseConfig(patience=3)
     s = _state_after(cfg, [1.0] * 3, [50.0, 40.0, 30.0])
     assert float(s.cost[0]) == pytest.approx(2e-3)
-    assert bool(s.up_flag[0]) and not bool(s.down_flag[0])
+    assert bool(s.up_flag[0])
+    assert not bool(s.down_flag[0])
     assert float(s.best_reg[0]) == 30.0
     s = _state_after(cfg, [1.0] * 3 + [0.5] * 3, [50.0, 40.0, 30.0, 20.0, 20.0, 20.0])
     assert float(s.cost[0]) == pytest.approx(2e-3 / 2**1.5)
@@ -181,8 +188,10 @@ def test_report_contents_and_save_load(
 ) -> None:
     scan = hk.Scanner(tiny_model, 4, config=_nc()).run(tiny_synthetic.train.loader())
     rep = scan.report
-    assert rep.num_classes == 4 and rep.candidate_labels == [0, 1, 2, 3]
-    assert rep.clean_images["holdout"] > 0 and rep.trigger_asr_on_holdout
+    assert rep.num_classes == 4
+    assert rep.candidate_labels == [0, 1, 2, 3]
+    assert rep.clean_images["holdout"] > 0
+    assert rep.trigger_asr_on_holdout
     assert rep.clean_images["inversion"] + rep.clean_images["holdout"] == 160
     assert 0.0 <= rep.score <= 1.0
     assert rep.timings["total_seconds"] >= rep.timings["neural-cleanse_seconds"] > 0
@@ -207,7 +216,8 @@ def test_save_writes_png_for_flagged_labels(tmp_path: Path) -> None:
     from PIL import Image
 
     with Image.open(tmp_path / "flagged_label_1.png") as img:
-        assert img.size[1] == 128 and img.size[0] > 3 * 128
+        assert img.size[1] == 128
+        assert img.size[0] > 3 * 128
 
 
 def test_load_rejects_missing_or_bad_report(tmp_path: Path) -> None:
@@ -294,11 +304,15 @@ def test_data_free_mode_rules(tiny_model: nn.Module) -> None:
         hk.Scanner(tiny_model, 4, config=mm).run()
     scan = hk.Scanner(tiny_model, 4, config=mm, input_shape=(3, 32, 32)).run()
     rep = scan.report
-    assert rep.data_free and rep.clean_images == {"inversion": 0, "holdout": 0}
+    assert rep.data_free
+    assert rep.clean_images == {"inversion": 0, "holdout": 0}
     d = rep.detectors[0]
-    assert d.detector == "mm-bd" and d.p_value is not None and 0 <= d.p_value <= 1
+    assert d.detector == "mm-bd"
+    assert d.p_value is not None
+    assert 0 <= d.p_value <= 1
     assert all(c.max_margin is not None for c in rep.classes)
-    assert scan.trigger is None and scan.all_triggers == {}
+    assert scan.trigger is None
+    assert scan.all_triggers == {}
 
 
 def test_wrong_model_output(tiny_synthetic: SyntheticSplits) -> None:
@@ -390,12 +404,15 @@ def _fake_scan(verdict: str) -> ScanResult:
 
 def test_result_accessors() -> None:
     scan = _fake_scan("backdoored")
-    assert scan.is_backdoored and scan.target == 1
+    assert scan.is_backdoored
+    assert scan.target == 1
     assert isinstance(scan.trigger, hk.MaskPatternTrigger)
     assert scan.triggers == {1: scan.all_triggers[1]}
     assert "backdoored" in repr(scan)
     clean = _fake_scan("clean")
-    assert clean.verdict == "clean" and clean.target is None and clean.trigger is None
+    assert clean.verdict == "clean"
+    assert clean.target is None
+    assert clean.trigger is None
 
 
 def test_detector_config_base_rejects_unknown_keys() -> None:
