@@ -51,9 +51,7 @@ FIXTURES: dict[str, dict[str, Any]] = {
 }
 # Second seeds of the 10 % attacks and clean models trained the same way (no poisoning):
 # the Scanner protocol needs >= 2 seeds per attack and as many clean models.
-FIXTURES.update(
-    {f"{a}-0.1-s1": {"attack": a, "poison_rate": 0.1, "seed": 1} for a in ATTACKS_10}
-)
+FIXTURES.update({f"{a}-0.1-s1": {"attack": a, "poison_rate": 0.1, "seed": 1} for a in ATTACKS_10})
 FIXTURES.update({f"clean-s{s}": {"attack": "clean", "seed": s} for s in range(8)})
 CLEAN_FRACTION = 0.05
 SEED = 0
@@ -261,7 +259,17 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    cols = ["fixture", "attack", "poison_rate", "seed", "BA %", "ASR %", "RA %", "train s", "cached"]
+    cols = [
+        "fixture",
+        "attack",
+        "poison_rate",
+        "seed",
+        "BA %",
+        "ASR %",
+        "RA %",
+        "train s",
+        "cached",
+    ]
     out = write_results(
         args.results,
         rows,

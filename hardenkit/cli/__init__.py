@@ -1,6 +1,7 @@
 """The ``hardenkit`` command line.
 
-Exit codes: 0 success / gate passed, 1 gate failed, 2 usage, config or input error,
+Exit codes: 0 success / gate passed / not flagged, 1 gate failed / backdoor flagged,
+2 usage, config or input error,
 3 runtime or environment error, 70 internal error.
 
 Example:
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..logging import configure_logging
-from . import demo, doctor_cmd, export_cmd, validate_cmd
+from . import demo, doctor_cmd, export_cmd, scan_cmd, validate_cmd
 from ._common import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, run_command
 
 __all__ = ["build_parser", "main"]
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hardenkit",
         description="Find and remove backdoors in PyTorch image classifiers.",
-        epilog="Exit codes: 0 ok/passed, 1 gate failed, 2 usage or input error, "
+        epilog="Exit codes: 0 ok/passed, 1 gate failed or backdoor flagged, 2 usage or input "
+        "error, "
         "3 runtime error, 70 internal error.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo.add_parser(sub)
+    scan_cmd.add_parser(sub)
     validate_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
     doctor_cmd.add_parser(sub)

@@ -113,24 +113,24 @@ def load_data_arg(spec: str, *, split: str) -> ImageDataset:
     return load_image_folder(path)
 
 
-def load_policy_file(path: Path) -> dict[str, Any]:
-    """Read a gate policy from JSON or YAML."""
+def load_policy_file(path: Path, what: str = "policy") -> dict[str, Any]:
+    """Read a mapping (a gate policy, a scan config, ...) from JSON or YAML."""
     text = path.read_text()
     if path.suffix in {".yaml", ".yml"}:
         try:
             import yaml
         except ModuleNotFoundError as exc:
             raise ConfigError(
-                "YAML policy files need PyYAML.", hint='pip install "hardenkit[cli]"'
+                f"YAML {what} files need PyYAML.", hint='pip install "hardenkit[cli]"'
             ) from exc
         data = yaml.safe_load(text)
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"policy file {str(path)!r} is not valid JSON: {exc}") from exc
+            raise ConfigError(f"{what} file {str(path)!r} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"policy file {str(path)!r} must hold a mapping of policy fields.")
+        raise ConfigError(f"{what} file {str(path)!r} must hold a mapping of {what} fields.")
     return data
 
 

@@ -15,6 +15,7 @@ from ..config import RuntimeConfig
 from ..data import make_synthetic_dataset
 from ..export import ExportReport, VerificationReport, to_onnx, verify_onnx
 from ..reports import BaseReport
+from ..scan import Scanner, ScanReport
 from ..training import TrainConfig
 from ..validate import GatePolicy, ValidationReport, Validator
 from ._common import EXIT_OK
@@ -36,10 +37,18 @@ class DemoReport(BaseReport):
     arch: str
     train_epochs: int
     validation: ValidationReport
+    scan: ScanReport | None = None
     export: ExportReport | None = None
     verification: VerificationReport | None = None
     steps: list[DemoStep]
     seconds: float
+
+
+DEMO_SCAN: dict[str, Any] = {
+    "max_images": 300,
+    "detector_options": {"neural-cleanse": {"epochs": 30, "batch_size": 32}},
+}
+"""A CPU-sized Neural Cleanse run (300 inversion images, at most 30 epochs per label)."""
 
 
 def add_parser(sub: Any) -> None:
@@ -47,7 +56,8 @@ def add_parser(sub: Any) -> None:
         "demo",
         help="train a backdoored model on synthetic data and measure it (built-in default)",
         description="Train a backdoored model on built-in synthetic data, validate it "
-        "(BA/ASR/RA) and write report.json, the model and the trigger to --out.",
+        "(BA/ASR/RA), scan it for the backdoor, export it to ONNX and verify the export; "
+        "write report.json, the model, the trigger and the scan to --out.",
     )
     p.add_argument("--out", type=Path, default=Path("hardenkit-demo"), help="output directory")
     p.add_argument(
@@ -57,6 +67,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--classes", type=int, default=10, help="number of synthetic classes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--no-scan", action="store_true", help="skip the backdoor scan step")
     p.add_argument(
         "--no-export", action="store_true", help="skip the ONNX export + verification step"
     )
@@ -108,6 +119,32 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     bd.save(out / "backdoored")
 
+    scan_report = None
+    if not args.no_scan and args.classes < 3:
+        say("scan      skipped: the outlier test across classes needs >= 3 classes")
+    elif not args.no_scan:
+        t0 = time.perf_counter()
+        # The defender's clean budget: held-out clean images (here the synthetic test split).
+        scan = Scanner(bd.model, args.classes, config=DEMO_SCAN, runtime=rt).run(
+            data.test.loader(batch_size=500)
+        )
+        scan.save(out / "scan")
+        scan_report = scan.report
+        steps.append(DemoStep(name="scan", seconds=time.perf_counter() - t0))
+        found = scan.target
+        asr = scan.trigger_asr(found) if found is not None else None
+        say(
+            f"scan      {scan.verdict} (score {scan.score:.3f}), flagged labels "
+            f"{scan.flagged_labels or 'none'}"
+            + (
+                f"; recovered trigger for label {found}: mask L1 "
+                f"{scan.report.classes[found].mask_l1:.1f}, ASR on held-out clean images "
+                f"{100 * (asr or 0.0):.1f}%"
+                if found is not None
+                else ""
+            )
+        )
+
     export_report = verification = None
     if not args.no_export:
         t0 = time.perf_counter()
@@ -142,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         arch=bd.arch,
         train_epochs=args.epochs,
         validation=report,
+        scan=scan_report,
         export=export_report,
         verification=verification,
         steps=steps,
@@ -155,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
                 "ba": round(report.ba, 4),
                 "asr": round(report.asr or 0.0, 4),
                 "ra": round(report.ra or 0.0, 4),
+                "scan_verdict": None if scan_report is None else scan_report.verdict,
+                "flagged_labels": None if scan_report is None else scan_report.flagged_labels,
                 "report": str(out / "report.json"),
             }
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -26,7 +26,7 @@ class DetectorConfig(HardenkitConfig):
             (``score = sigmoid(slope * (evidence - decision threshold))``).
     """
 
-    score_slope: float = Field(2.0, gt=0)
+    score_slope: Annotated[float, Field(gt=0)] = 2.0
 
 
 @dataclass

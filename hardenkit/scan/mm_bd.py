@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Annotated
 
 import torch
 from pydantic import Field
@@ -41,12 +42,12 @@ class MaxMarginConfig(DetectorConfig):
             the per-class table (informational; the verdict uses the p-value).
     """
 
-    starts: int = Field(16, ge=1)
-    steps: int = Field(300, ge=1)
-    lr: float = Field(0.01, gt=0)
-    alpha: float = Field(0.05, gt=0, lt=1)
-    max_images_per_step: int = Field(4096, ge=1)
-    anomaly_threshold: float = Field(2.0, gt=0)
+    starts: Annotated[int, Field(ge=1)] = 16
+    steps: Annotated[int, Field(ge=1)] = 300
+    lr: Annotated[float, Field(gt=0)] = 0.01
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    max_images_per_step: Annotated[int, Field(ge=1)] = 4096
+    anomaly_threshold: Annotated[float, Field(gt=0)] = 2.0
 
 
 class MaxMarginDetector(Detector):

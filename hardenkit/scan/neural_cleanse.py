@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,19 +56,19 @@ class NeuralCleanseConfig(DetectorConfig):
     """
 
     mode: Literal["batched", "sequential"] = "batched"
-    epochs: int = Field(80, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.1, gt=0)
+    epochs: Annotated[int, Field(ge=1)] = 80
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    lr: Annotated[float, Field(gt=0)] = 0.1
     betas: tuple[float, float] = (0.5, 0.9)
-    init_cost: float = Field(1e-3, ge=0)
-    attack_threshold: float = Field(0.99, gt=0, le=1)
-    patience: int = Field(5, ge=1)
-    cost_multiplier: float = Field(2.0, gt=1)
+    init_cost: Annotated[float, Field(ge=0)] = 1e-3
+    attack_threshold: Annotated[float, Field(gt=0, le=1)] = 0.99
+    patience: Annotated[int, Field(ge=1)] = 5
+    cost_multiplier: Annotated[float, Field(gt=1)] = 2.0
     early_stop: bool = True
-    early_stop_threshold: float = Field(0.99, gt=0, le=1)
-    early_stop_patience: int = Field(25, ge=1)
-    max_images_per_step: int = Field(4096, ge=1)
-    anomaly_threshold: float = Field(2.0, gt=0)
+    early_stop_threshold: Annotated[float, Field(gt=0, le=1)] = 0.99
+    early_stop_patience: Annotated[int, Field(ge=1)] = 25
+    max_images_per_step: Annotated[int, Field(ge=1)] = 4096
+    anomaly_threshold: Annotated[float, Field(gt=0)] = 2.0
 
 
 def _to_unit(t: Tensor) -> Tensor:

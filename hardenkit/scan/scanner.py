@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -58,6 +58,7 @@ class ScanConfig(HardenkitConfig):
             Neural Cleanse used 1,000). ``None`` uses all of them.
         holdout_fraction: share of the clean images kept out of inversion to measure each
             recovered trigger's attack success rate. ``0`` measures it on the inversion images.
+        max_holdout_images: cap on those held-out images (a stratified subsample).
         min_images_per_class: fewer clean images than this in any class is an error.
         suspicious_score: scores in ``[suspicious_score, 0.5)`` give the verdict
             ``suspicious``; ``>= 0.5`` with a flagged label gives ``backdoored``.
@@ -67,10 +68,11 @@ class ScanConfig(HardenkitConfig):
     detector_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     combine: Literal["any", "all", "mean"] = "any"
     labels: tuple[int, ...] | None = None
-    max_images: int | None = Field(1000, ge=2)
-    holdout_fraction: float = Field(0.2, ge=0, lt=1)
-    min_images_per_class: int = Field(5, ge=1)
-    suspicious_score: float = Field(0.25, gt=0, lt=0.5)
+    max_images: Annotated[int | None, Field(ge=2)] = 1000
+    holdout_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    max_holdout_images: Annotated[int | None, Field(ge=1)] = 1000
+    min_images_per_class: Annotated[int, Field(ge=1)] = 5
+    suspicious_score: Annotated[float, Field(gt=0, lt=0.5)] = 0.25
 
     @field_validator("detectors")
     @classmethod
@@ -528,6 +530,11 @@ class Scanner:
             keep = torch.arange(len(y))
         elif cfg.holdout_fraction > 0:
             keep, hold = stratified_split(y, holdout_fraction=cfg.holdout_fraction, seed=seed)
+            if cfg.max_holdout_images is not None and len(hold) > cfg.max_holdout_images:
+                sub = stratified_indices(
+                    y[hold], fraction=cfg.max_holdout_images / len(hold), seed=seed + 1
+                )
+                hold = hold[sub]
             x_hold, y_hold = x[hold], y[hold]
         else:
             keep = torch.arange(len(y))

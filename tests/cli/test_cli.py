@@ -164,7 +164,9 @@ def test_models_lists_the_zoo(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_parser_documents_exit_codes() -> None:
-    assert "2 usage or input error" in build_parser().format_help()
+    text = " ".join(build_parser().format_help().split())
+    assert "2 usage or input error" in text
+    assert "1 gate failed or backdoor flagged" in text
 
 
 # ----------------------------------------------------------------------------- demo
@@ -199,8 +201,16 @@ def test_demo_report_json(demo: DemoRun) -> None:
         "data",
         "train_backdoored",
         "validate",
+        "scan",
         "export_verify",
     ]
+    # The scan step ran Neural Cleanse on the backdoored model and saved its result.
+    scan = report["scan"]
+    assert scan["report_type"] == "scan"
+    assert scan["num_classes"] == 4
+    assert scan["verdict"] in {"clean", "suspicious", "backdoored"}
+    assert (demo.out / "scan" / "report.json").is_file()
+    assert len(list((demo.out / "scan" / "triggers").glob("label_*.safetensors"))) == 4
     # The demo exports the model to ONNX and verifies it on ONNX Runtime.
     assert report["export"]["dynamic_batch"] is True
     assert report["verification"]["passed"] is True
@@ -212,7 +222,10 @@ def test_demo_report_json(demo: DemoRun) -> None:
 def test_demo_stdout_last_line_is_json(demo: DemoRun) -> None:
     last = demo.stdout.strip().splitlines()[-1]
     summary = json.loads(last)
-    assert set(summary) == {"ba", "asr", "ra", "report"}
+    assert set(summary) == {"ba", "asr", "ra", "scan_verdict", "flagged_labels", "report"}
+    assert summary["scan_verdict"] == json.loads((demo.out / "report.json").read_text())[
+        "scan"
+    ]["verdict"]
     report = json.loads((demo.out / "report.json").read_text())
     assert summary["ba"] == pytest.approx(
         report["validation"]["benign_accuracy"]["value"], abs=1e-4
@@ -661,3 +674,142 @@ def test_cuda_device_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "Traceback" not in err
     argv[-1] = "tpu"
     assert main(argv) == 2  # not a device name at all: a usage error
+
+
+# ----------------------------------------------------------------------------- scan
+
+SCAN_DATA = "synthetic:num_classes=10,train_per_class=500,test_per_class=100"
+FAST_NC = ["--max-images", "300", "--epochs", "30", "--option", "neural-cleanse:batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def scan_weights(
+    badnets_model: hk.attacks.BackdooredModel,
+    clean_model: nn.Module,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("scan-weights")
+    hk.save_state_dict(badnets_model.model, d / "badnets.safetensors")
+    hk.save_state_dict(clean_model, d / "clean.safetensors")
+    return {"badnets": d / "badnets.safetensors", "clean": d / "clean.safetensors"}
+
+
+def scan_args(weights: Path, *extra: str) -> list[str]:
+    return ["scan", "--weights", str(weights), "--arch", "small-cnn", "--device", "cpu", *extra]
+
+
+def test_scan_flags_backdoor_exit_1(
+    scan_weights: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scan"
+    code = main(
+        scan_args(
+            scan_weights["badnets"],
+            "--data",
+            SCAN_DATA,
+            "--split",
+            "test",
+            *FAST_NC,
+            "--out",
+            str(out),
+            "--output",
+            "-",
+        )
+    )
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    report = json.loads(captured.out)
+    assert report["verdict"] == "backdoored"
+    assert report["flagged_labels"] == [0]
+    assert report["detectors"][0]["config"]["epochs"] == 30
+    assert report["detectors"][0]["config"]["batch_size"] == 32
+    assert report["clean_images"]["inversion"] == 300
+    assert "verdict backdoored" in captured.err
+    assert (out / "report.json").is_file()
+    assert (out / "flagged_label_0.png").is_file()
+    assert (out / "triggers" / "label_0.safetensors").is_file()
+    # the recovered trigger file feeds `hardenkit validate`
+    code = main(
+        [
+            "validate",
+            "--weights",
+            str(scan_weights["badnets"]),
+            "--arch",
+            "small-cnn",
+            "--data",
+            SCAN_DATA,
+            "--trigger",
+            str(out / "triggers" / "label_0.safetensors"),
+            "--target",
+            "0",
+            "--max-asr",
+            "0.5",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 1  # the recovered trigger works: ASR above 50%
+
+
+def test_scan_data_free_clean_model_exit_0(
+    scan_weights: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        scan_args(scan_weights["clean"], "--data-free", "--output", str(tmp_path / "r.json"))
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["data_free"] is True
+    assert [d["detector"] for d in report["detectors"]] == ["mm-bd"]
+    assert report["verdict"] != "backdoored"
+
+
+def test_scan_fail_on_suspicious(
+    scan_weights: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cfg = tmp_path / "scan.yaml"
+    # suspicious_score just above 0: any score counts as at least "suspicious"
+    cfg.write_text("detectors: [mm-bd]\nsuspicious_score: 0.000001\n")
+    code = main(
+        scan_args(
+            scan_weights["clean"], "--data-free", "--config", str(cfg), "--fail-on", "suspicious"
+        )
+    )
+    assert code == 1, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "--data is required"),
+        (["--data-free", "--data", "synthetic"], "exclude each other"),
+        (["--data-free", "--input-shape", "3,32"], "C,H,W"),
+        (["--data-free", "--option", "mm-bd"], "DETECTOR:key=value"),
+        (["--data-free", "--option", "neural-cleanse:lr=1"], "not in --detectors"),
+        (["--data-free", "--detectors", "nope"], "unknown detector"),
+        (["--data-free", "--num-classes", "7"], "check num_classes"),
+        (["--data", "synthetic", "--detectors", "neural-cleanse", "--data-free"], "exclude"),
+        (["--data-free", "--detectors", "neural-cleanse"], "need clean images"),
+    ],
+)
+def test_scan_usage_errors_exit_2(
+    scan_weights: dict[str, Path],
+    extra: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(scan_args(scan_weights["clean"], *extra))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err
+
+
+def test_scan_too_few_clean_images_exit_2(
+    scan_weights: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = "synthetic:num_classes=10,train_per_class=3,test_per_class=1"
+    code = main(scan_args(scan_weights["clean"], "--data", data))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "too few clean images per class" in err

@@ -1,0 +1,148 @@
+"""``hardenkit scan``: is this model backdoored, and which label is the target?"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import RuntimeConfig
+from ..errors import ConfigError
+from ..scan import ScanConfig, Scanner
+from ._common import (
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    add_model_args,
+    load_data_arg,
+    load_model_from_args,
+    load_policy_file,
+    parse_kv,
+)
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "scan",
+        help="detect a backdoor (Neural Cleanse, data-free MM-BD) and recover its trigger",
+        description="Scan a model for a backdoor: per-class trigger inversion (Neural Cleanse, "
+        "batched over classes) and/or the data-free max-margin test (MM-BD). Exit 0 = not "
+        "flagged, 1 = flagged (verdict at or above --fail-on), 2 = usage/input error, "
+        "3 = runtime error.",
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--data",
+        help="clean images: ImageFolder directory, .tar.gz archive (ImageFolder layout) "
+        "or 'synthetic'; omit with --data-free",
+    )
+    p.add_argument("--split", default="train", help="split folder inside --data (default train)")
+    p.add_argument(
+        "--data-free",
+        action="store_true",
+        help="scan without clean images (runs the mm-bd detector unless --detectors is given)",
+    )
+    p.add_argument(
+        "--input-shape",
+        default="3,32,32",
+        help="C,H,W of the model input for --data-free (default 3,32,32)",
+    )
+    p.add_argument(
+        "--detectors",
+        help="comma-separated detectors (default neural-cleanse; e.g. neural-cleanse,mm-bd)",
+    )
+    p.add_argument("--combine", choices=["any", "all", "mean"], help="how verdicts combine")
+    p.add_argument("--max-images", type=int, help="clean images used for inversion")
+    p.add_argument("--epochs", type=int, help="neural-cleanse: maximum epochs per label")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="DETECTOR:K=V,...",
+        help="detector option, e.g. 'neural-cleanse:batch_size=64,lr=0.1' (repeatable)",
+    )
+    p.add_argument("--config", type=Path, help="ScanConfig file (JSON or YAML)")
+    p.add_argument(
+        "--fail-on",
+        choices=["backdoored", "suspicious"],
+        default="backdoored",
+        help="lowest verdict that exits 1 (default backdoored)",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write report.json, triggers and PNGs here")
+    p.add_argument("--output", "-o", type=Path, help="write the JSON report here ('-' = stdout)")
+    p.set_defaults(func=run)
+
+
+def scan_config_from_args(args: argparse.Namespace) -> ScanConfig:
+    """Merge ``--config`` with the command-line overrides into one :class:`ScanConfig`."""
+    fields: dict[str, Any] = load_policy_file(args.config, "scan config") if args.config else {}
+    if args.detectors:
+        fields["detectors"] = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    elif args.data_free and "detectors" not in fields:
+        fields["detectors"] = ["mm-bd"]
+    if args.combine:
+        fields["combine"] = args.combine
+    if args.max_images is not None:
+        fields["max_images"] = args.max_images
+    options: dict[str, dict[str, Any]] = {
+        k: dict(v) for k, v in dict(fields.get("detector_options") or {}).items()
+    }
+    if args.epochs is not None:
+        options.setdefault("neural-cleanse", {})["epochs"] = args.epochs
+    for spec in args.option:
+        name, sep, rest = spec.partition(":")
+        if not sep or not name:
+            raise ConfigError(
+                f"--option must look like DETECTOR:key=value, got {spec!r}.",
+                hint="e.g. --option neural-cleanse:batch_size=64",
+            )
+        options.setdefault(name.strip(), {}).update(parse_kv(rest))
+    if options:
+        detectors = fields.get("detectors") or list(ScanConfig().detectors)
+        fields["detector_options"] = {k: v for k, v in options.items() if k in detectors}
+        dropped = sorted(set(options) - set(detectors))
+        if dropped and args.epochs is None:
+            raise ConfigError(f"options given for {dropped}, which are not in --detectors.")
+    return ScanConfig(**fields)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = scan_config_from_args(args)
+    rt = RuntimeConfig(device=args.device, seed=args.seed)
+    model = load_model_from_args(args)
+    if args.data_free and args.data:
+        raise ConfigError("--data-free and --data exclude each other.")
+    if not args.data_free and not args.data:
+        raise ConfigError(
+            "--data is required (clean images), unless --data-free.",
+            hint="e.g. --data clean_images/ or --data-free",
+        )
+    shape = tuple(int(s) for s in args.input_shape.split(","))
+    if len(shape) != 3:
+        raise ConfigError(f"--input-shape must be C,H,W, got {args.input_shape!r}.")
+    scanner = Scanner(
+        model,
+        args.num_classes,
+        config=cfg,
+        runtime=rt,
+        input_shape=(shape[0], shape[1], shape[2]),
+    )
+    if args.data_free:
+        result = scanner.run()
+    else:
+        data = load_data_arg(args.data, split=args.split)
+        result = scanner.run(data.loader(batch_size=512))
+    print(result.report.summary(), file=sys.stderr)
+    if args.out is not None:
+        result.save(args.out)
+        print(f"wrote {args.out}/", file=sys.stderr)
+    if args.output is not None:
+        if str(args.output) == "-":
+            print(result.report.to_json())
+        else:
+            result.report.save(args.output)
+            print(f"wrote {args.output}", file=sys.stderr)
+    failing = {"backdoored"} if args.fail_on == "backdoored" else {"backdoored", "suspicious"}
+    return EXIT_GATE_FAILED if result.verdict in failing else EXIT_OK
