@@ -15,7 +15,7 @@ Example:
     True
 """
 
-from . import attacks, data, export, models, scan, triggers, validate
+from . import attacks, data, export, models, purify, scan, triggers, validate
 from ._utils.progress import ProgressCallback
 from ._version import __version__
 from .attacks import BackdooredModel, build_attack, make_backdoored_model
@@ -38,6 +38,7 @@ from .export import ExportReport, VerificationReport, to_onnx, verify_onnx
 from .io import load_model_weights, load_state_dict, save_state_dict
 from .logging import configure_logging, get_logger
 from .models import build_model, create_model, list_models, with_normalization
+from .purify import PurificationReport, PurificationResult, Purifier
 from .registry import Registry
 from .reports import BaseReport, EnvironmentInfo, ModelFingerprint
 from .scan import ScanConfig, Scanner, ScanReport, ScanResult
@@ -88,6 +89,9 @@ __all__ = [
     "ParityError",
     "PatchTrigger",
     "ProgressCallback",
+    "PurificationReport",
+    "PurificationResult",
+    "Purifier",
     "Registry",
     "RegistryError",
     "RuntimeConfig",
@@ -120,6 +124,7 @@ __all__ = [
     "make_backdoored_model",
     "make_synthetic_dataset",
     "models",
+    "purify",
     "robust_accuracy",
     "save_state_dict",
     "scan",

@@ -97,6 +97,8 @@ class TrainHistory:
     epochs: list[EpochStats] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+    stopped: bool = False
+    """True when ``stop()`` ended training before the last epoch (a time/step budget)."""
 
     @property
     def final_loss(self) -> float:
@@ -194,11 +196,13 @@ def train_model(
     eval_data: tuple[Tensor, Tensor] | None = None,
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
     phase: str = "train",
+    stop: Callable[[], bool] | None = None,
 ) -> TrainHistory:
     """Train ``model`` **in place** on ``(x, y)`` (pixels uint8 or float [0, 1]).
 
     Callers that must not modify a user's model pass a copy (every public hardenkit entry
-    point does). ``loss_fn(model, xb, yb)`` replaces cross-entropy when given.
+    point does). ``loss_fn(model, xb, yb)`` replaces cross-entropy when given. ``stop()`` is
+    asked before every step; when it returns True training ends (``history.stopped``).
     """
     cfg = parse_config(TrainConfig, config)
     rt = parse_config(RuntimeConfig, runtime)
@@ -236,6 +240,9 @@ def train_model(
         correct = torch.zeros((), device=device, dtype=torch.int64)
         seen = 0
         for s in range(steps_per_epoch):
+            if stop is not None and stop():
+                hist.stopped = True
+                break
             idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
             xb = to_float_pixels(xd[idx])
             yb = yd[idx]
@@ -263,6 +270,8 @@ def train_model(
             if logits is not None:
                 correct += (logits.detach().argmax(1) == yb).sum()
             seen += len(yb)
+        if seen == 0:  # stopped before the first step of this epoch
+            break
         loss_v = float(tot_loss) / max(1, seen)
         if not math.isfinite(loss_v):
             raise DataError(
@@ -281,6 +290,8 @@ def train_model(
         hist.epochs.append(stats)
         _log.debug("train.epoch", phase=phase, **stats.__dict__)
         prog(phase, epoch + 1, cfg.epochs, loss=loss_v, acc=stats.train_accuracy)
+        if hist.stopped:
+            break
     hist.seconds = time.perf_counter() - t_start
     opt.zero_grad(set_to_none=True)  # return a clean model: no stale .grad tensors
     model.eval()

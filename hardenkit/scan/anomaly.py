@@ -124,7 +124,7 @@ def gamma_max_pvalue(values: Sequence[float]) -> tuple[float, int]:
     # 1 - cdf**(K-1), computed stably for cdf close to 1
     k1 = len(v) - 1
     p = -math.expm1(k1 * math.log(cdf)) if cdf > 0 else 1.0
-    return min(max(p, 0.0), 1.0), arg
+    return min(max(p, 0.0), 1.0) + 0.0, arg  # + 0.0 turns -0.0 into 0.0
 
 
 def logistic_score(evidence: float, threshold: float, slope: float = 2.0) -> float:

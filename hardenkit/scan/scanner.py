@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,7 +21,7 @@ from ..data.sampling import stratified_indices, stratified_split
 from ..errors import ConfigError, DataError, ModelCompatibilityError
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
-from ..triggers import Trigger
+from ..triggers import Trigger, as_trigger
 from .base import DETECTORS, Detector, DetectorContext, DetectorOutput
 
 __all__ = [
@@ -239,6 +239,57 @@ class ScanResult:
                 _save_png(self.all_triggers[y], self._example, d / f"flagged_label_{y}.png")
         self.report.save(d / "report.json")
         return d
+
+    @classmethod
+    def from_triggers(
+        cls,
+        triggers: Mapping[int, Trigger],
+        *,
+        model: nn.Module,
+        num_classes: int,
+        trigger_asr: Mapping[int, float] | None = None,
+    ) -> ScanResult:
+        """A "backdoored" scan result built from triggers you already know (no detection).
+
+        Lets trigger-based purifiers (``mcl``, ``nc-unlearn``) use a known or externally
+        recovered trigger: ``{target_label: trigger}``. ``trigger_asr`` (per label, on clean
+        images) is what MCL's ``min_trigger_asr`` guard checks; when missing, it is measured
+        on the purification images.
+
+        >>> import torch, hardenkit as hk
+        >>> m = hk.create_model("small-cnn", 4)
+        >>> scan = ScanResult.from_triggers({1: hk.PatchTrigger.square(3)}, model=m, num_classes=4)
+        >>> scan.verdict, scan.target
+        ('backdoored', 1)
+        """
+        if not triggers:
+            raise ConfigError("from_triggers needs at least one {label: trigger}.")
+        bad = [y for y in triggers if not 0 <= int(y) < num_classes]
+        if bad:
+            raise ConfigError(f"trigger labels {bad} are outside [0, {num_classes}).")
+        asr = dict(trigger_asr or {})
+        labels = [int(y) for y in triggers]
+        report = ScanReport(
+            verdict="backdoored",
+            score=1.0,
+            flagged_labels=labels,
+            num_classes=num_classes,
+            candidate_labels=list(range(num_classes)),
+            data_free=False,
+            clean_images={"inversion": 0, "holdout": 0},
+            trigger_asr_on_holdout=False,
+            combine="user-supplied",
+            detectors=[],
+            classes=[
+                ClassScan(label=y, flagged=y in labels, trigger_asr=asr.get(y))
+                for y in range(num_classes)
+            ],
+            config={"source": "user-supplied triggers"},
+            runtime={},
+            model=ModelFingerprint.of(model),
+            timings={"total_seconds": 0.0},
+        )
+        return cls(report, {int(y): as_trigger(t) for y, t in triggers.items()})
 
     @classmethod
     def load(cls, directory: str | Path) -> ScanResult:

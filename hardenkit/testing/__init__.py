@@ -10,12 +10,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..attacks import BackdooredModel, make_backdoored_model
 from ..data import SyntheticSplits, make_synthetic_dataset
 from ..training import TrainConfig
 
-__all__ = ["BackdoorFixture", "tiny_backdoored_model"]
+__all__ = ["BackdoorFixture", "check_strategy", "tiny_backdoored_model"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,99 @@ def tiny_backdoored_model(
         runtime={"seed": seed, "device": "cpu"},
     )
     return BackdoorFixture(data=data, backdoored=bd)
+
+
+def check_strategy(
+    strategy: str,
+    *,
+    config: dict[str, Any] | None = None,
+    fixture: BackdoorFixture | None = None,
+    max_steps: int = 3,
+) -> dict[str, bool]:
+    """Conformance suite every purification strategy must pass (plugins included).
+
+    Runs ``strategy`` through :class:`~hardenkit.Purifier` on a tiny BadNets model (with its
+    real trigger as the "scan", so trigger-based strategies need no detection) on the CPU and
+    checks that it
+
+    * leaves the caller's model untouched (weights, train/eval flags, ``requires_grad``),
+    * is deterministic under a seed (two runs give the same weights),
+    * returns a model with the same input/output contract (class, logits shape),
+    * respects a step budget (``max_steps``) and reports the steps it took,
+    * runs on the CPU.
+
+    Returns ``{check: True}`` for every check; raises ``AssertionError`` naming the first one
+    that fails.
+
+    >>> check_strategy("finetune", config={"epochs": 1})["deterministic"]
+    True
+    """
+    import torch
+
+    from ..purify import Purifier
+    from ..reports import ModelFingerprint
+    from ..scan import ScanResult
+
+    fx = fixture or tiny_backdoored_model(epochs=2)
+    bd = fx.backdoored
+    model = bd.model
+    k = fx.data.train.num_classes
+    target = bd.target
+    if not isinstance(target, int):
+        raise AssertionError("check_strategy needs an all-to-one fixture")
+    scan = ScanResult.from_triggers({target: bd.trigger}, model=model, num_classes=k)
+    before = ModelFingerprint.of(model).sha256
+    flags = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    cfg = {**(config or {}), "max_steps": max_steps}
+    results: dict[str, bool] = {}
+
+    def run() -> tuple[torch.nn.Module, Any]:
+        res = Purifier(model, strategy, config=cfg, runtime={"seed": 0, "device": "cpu"}).run(
+            fx.data.train.loader(batch_size=64), scan=scan
+        )
+        return res.model, res.report
+
+    out1, rep1 = run()
+    out2, rep2 = run()
+
+    def check(name: str, ok: bool, detail: str) -> None:
+        if not ok:
+            raise AssertionError(f"strategy {strategy!r} fails {name!r}: {detail}")
+        results[name] = True
+
+    check(
+        "input unchanged",
+        ModelFingerprint.of(model).sha256 == before
+        and all(m.training == f for m, f in flags)
+        and all(p.requires_grad == g for p, g in grads),
+        "the caller's model was modified",
+    )
+    check(
+        "deterministic",
+        ModelFingerprint.of(out1).sha256 == ModelFingerprint.of(out2).sha256,
+        "two runs with seed 0 gave different weights",
+    )
+    probe = fx.data.test.pixels()[:5]
+    with torch.no_grad():
+        shape_in = tuple(model(probe).shape)
+        shape_out = tuple(out1.eval()(probe).shape)
+    check(
+        "same I/O",
+        type(out1) is type(model) and shape_in == shape_out and out1 is not model,
+        f"output {type(out1).__name__} {shape_out} vs input {type(model).__name__} {shape_in}",
+    )
+    check(
+        "respects budget",
+        rep1.steps <= max_steps and rep2.steps == rep1.steps,
+        f"{rep1.steps} steps with max_steps={max_steps}",
+    )
+    check(
+        "runs on CPU",
+        all(p.device.type == "cpu" for p in out1.parameters()),
+        "output parameters are not on the CPU",
+    )
+    check(
+        "reports status", rep1.status in {"purified", "nothing-to-purify", "refused"}, rep1.status
+    )
+    return results

@@ -1,0 +1,197 @@
+"""MCL — model-contrastive learning for backdoor elimination (ALGORITHMS.md §1).
+
+Stage 1 (trigger synthesis) is the Scanner: Neural Cleanse inverts a mask+pattern trigger for
+every label and the flagged labels' triggers are used (the 2022 reference code also used NC
+mask+pattern inversion; the 2023 code's PixelBackdoor inversion is not reproduced). Stage 2
+fine-tunes a copy of the model so that its penultimate feature of a *triggered* image moves
+toward the frozen original's feature of the *clean* image (positive) and away from the frozen
+original's feature of the triggered image (negative), with an InfoNCE loss at temperature τ.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+
+from ..logging import get_logger
+from ..models import FeatureExtractor
+from ..triggers import Trigger
+from ._eval import trigger_asr
+from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
+
+__all__ = ["MCLConfig", "MCLStrategy"]
+
+_log = get_logger("purify.mcl")
+
+
+class MCLConfig(StrategyConfig):
+    """MCL stage-2 settings (defaults: the reference code for CIFAR-10).
+
+    Attributes:
+        temperature: τ of the InfoNCE loss over cosine similarities.
+        epochs: fine-tuning passes over the clean images.
+        batch_size: images per step (incomplete last batches are dropped, as in the code).
+        lr_schedule: ``(epoch, lr)`` pairs; the LR is set at the start of each listed epoch
+            (code: 0.1 at epoch 0, 0.01 from 1, 0.001 from 10).
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        ce_weight: weight of an optional cross-entropy term on the clean images (code: 0,
+            contrastive loss only).
+        bn_mode: ``triggered`` — the student's BatchNorm statistics update on triggered
+            images only (the code); ``clean-and-triggered`` — clean and triggered images go
+            through the student together; ``frozen`` — BatchNorm layers stay in eval mode.
+        min_trigger_asr: a recovered trigger is used only if its attack success rate on
+            held-out clean images reaches this bound (the code's inversion bound is 0.9);
+            weaker triggers are skipped with a note, and with none left the model is
+            returned unchanged with status ``refused`` (never contrast identical inputs).
+    """
+
+    temperature: Annotated[float, Field(gt=0)] = 0.5
+    epochs: Annotated[int, Field(ge=1)] = 20
+    batch_size: Annotated[int, Field(ge=2)] = 64
+    lr_schedule: tuple[tuple[int, float], ...] = ((0, 0.1), (1, 0.01), (10, 0.001))
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    ce_weight: Annotated[float, Field(ge=0)] = 0.0
+    bn_mode: Literal["triggered", "clean-and-triggered", "frozen"] = "triggered"
+    min_trigger_asr: Annotated[float, Field(ge=0, le=1)] = 0.9
+
+    @field_validator("lr_schedule")
+    @classmethod
+    def _schedule(cls, v: tuple[tuple[int, float], ...]) -> tuple[tuple[int, float], ...]:
+        if not v or v[0][0] != 0:
+            raise ValueError("lr_schedule must start at epoch 0, e.g. [[0, 0.1], [1, 0.01]]")
+        epochs = [e for e, _ in v]
+        if epochs != sorted(set(epochs)) or any(lr <= 0 for _, lr in v):
+            raise ValueError("lr_schedule epochs must increase and learning rates be > 0")
+        return v
+
+    def lr_at(self, epoch: int) -> float:
+        return [lr for e, lr in self.lr_schedule if e <= epoch][-1]
+
+
+class MCLStrategy(PurificationStrategy):
+    """Model-contrastive fine-tuning on the scan's inverted trigger(s) (needs a flagged label).
+
+    With several flagged labels each triggered image gets one of their triggers in turn.
+    """
+
+    name = "mcl"
+    config_cls = MCLConfig
+    needs_trigger = True
+    config: MCLConfig
+
+    def run(self, ctx: PurifyContext) -> StrategyOutcome:
+        cfg = self.config
+        assert ctx.scan is not None
+        usable: list[tuple[int, Trigger]] = []
+        for label, trig in ctx.scan.triggers.items():
+            asr = ctx.scan.trigger_asr(label)
+            if asr is None:
+                asr = trigger_asr(ctx.original, trig, ctx.x, ctx.y, label)
+            if asr < cfg.min_trigger_asr:
+                ctx.notes.append(
+                    f"skipped the inverted trigger of label {label}: its ASR on held-out clean "
+                    f"images is {100 * asr:.1f}% < min_trigger_asr {100 * cfg.min_trigger_asr:.0f}%"
+                )
+                continue
+            usable.append((label, trig))
+        if not usable:
+            ctx.notes.append(
+                "MCL refused: no inverted trigger is strong enough to contrast against; the "
+                "model is returned unchanged. Lower min_trigger_asr, re-scan with more epochs, "
+                "or use a trigger-free strategy."
+            )
+            _log.warning("purify.refused", strategy=self.name, reason="weak triggers")
+            return StrategyOutcome(model=ctx.model, status="refused")
+        student = ctx.model
+        teacher = ctx.original
+        fx_s = FeatureExtractor(student, penultimate=True)
+        fx_t = FeatureExtractor(teacher, penultimate=True)
+        params = [p for p in student.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(
+            params, lr=cfg.lr_at(0), momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        n = len(ctx.y)
+        bs = min(cfg.batch_size, n)
+        steps = max(1, n // bs)
+        g = torch.Generator().manual_seed(ctx.runtime.seed + 13)
+        epochs_done = 0
+        last_loss = float("nan")
+        stopped = False
+        try:
+            for epoch in range(cfg.epochs):
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr_at(epoch)
+                student.train()
+                if cfg.bn_mode == "frozen":
+                    for m in student.modules():
+                        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                            m.eval()
+                perm = torch.randperm(n, generator=g).to(ctx.device)
+                tot = 0.0
+                for s in range(steps):
+                    if ctx.budget():
+                        stopped = True
+                        break
+                    idx = perm[s * bs : (s + 1) * bs]
+                    xb, yb = ctx.x[idx], ctx.y[idx]
+                    xt = xb.clone()
+                    for i, (_, trig) in enumerate(usable):
+                        xt[i :: len(usable)] = trig.apply(xb[i :: len(usable)])
+                    loss = self._loss(fx_s, fx_t, xb, xt, yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    opt.step()
+                    tot += float(loss.detach())
+                last_loss = tot / max(1, steps)
+                epochs_done += 1
+                ctx.progress("purify[mcl]", epoch + 1, cfg.epochs, loss=last_loss)
+                _log.debug("purify.epoch", strategy=self.name, epoch=epoch + 1, loss=last_loss)
+                if stopped:
+                    break
+        finally:
+            fx_s.close()
+            fx_t.close()
+            opt.zero_grad(set_to_none=True)
+        student.eval()
+        return StrategyOutcome(
+            model=student,
+            epochs=epochs_done,
+            details={"triggers": [lab for lab, _ in usable], "final_loss": last_loss},
+        )
+
+    def _loss(
+        self,
+        fx_s: FeatureExtractor,
+        fx_t: FeatureExtractor,
+        xb: torch.Tensor,
+        xt: torch.Tensor,
+        yb: torch.Tensor,
+    ) -> torch.Tensor:
+        cfg = self.config
+        both = cfg.bn_mode == "clean-and-triggered" or cfg.ce_weight > 0
+        if both:
+            logits, feats = fx_s(torch.cat([xt, xb]))
+            z = feats["penultimate"][: len(xt)]
+            clean_logits = logits[len(xt) :]
+        else:
+            _, feats = fx_s(xt)
+            z = feats["penultimate"]
+        with torch.no_grad():
+            _, pos_f = fx_t(xb)
+            _, neg_f = fx_t(xt)
+        pos = F.cosine_similarity(z, pos_f["penultimate"], dim=1)
+        neg = F.cosine_similarity(z, neg_f["penultimate"], dim=1)
+        logits_c = torch.stack([pos, neg], dim=1) / cfg.temperature
+        loss = F.cross_entropy(logits_c, torch.zeros(len(z), dtype=torch.long, device=z.device))
+        if cfg.ce_weight > 0:
+            loss = loss + cfg.ce_weight * F.cross_entropy(clean_logits, yb)
+        return loss
+
+
+STRATEGIES.register(MCLStrategy.name, MCLStrategy)

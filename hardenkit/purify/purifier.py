@@ -1,0 +1,413 @@
+"""The Purifier facade: repair a copy of a model with a registered strategy and measure it."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import resource
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from .._utils.progress import ProgressCallback, make_progress
+from .._utils.seeding import seed_everything
+from ..config import RuntimeConfig, parse_config
+from ..data.loaders import BatchSource, materialize
+from ..data.sampling import stratified_split
+from ..errors import ConfigError, DataError, ModelCompatibilityError
+from ..io import save_state_dict
+from ..logging import get_logger
+from ..reports import BaseReport, ModelFingerprint
+from ..scan import ScanConfig, Scanner, ScanResult
+from ._eval import accuracy, trigger_asr
+from .base import STRATEGIES, Budget, PurificationStrategy, PurifyContext, StrategyOutcome
+
+__all__ = ["DEFAULT_STRATEGY", "PurificationReport", "PurificationResult", "Purifier", "TriggerASR"]
+
+_log = get_logger("purify")
+
+DEFAULT_STRATEGY = "mcl"
+"""The strategy of ``Purifier(model)`` when none is named."""
+
+
+class TriggerASR(BaseModel):
+    """Attack success rate of one recovered trigger on the held-out clean split."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: int
+    before: float
+    after: float
+    images: int
+
+
+class PurificationReport(BaseReport):
+    """What a purification did and measured (held-out split of the clean budget)."""
+
+    report_type: str = "purification"
+    strategy: str
+    status: Literal["purified", "nothing-to-purify", "refused"]
+    config: dict[str, Any]
+    runtime: dict[str, Any]
+    num_classes: int
+    clean_images: dict[str, int]
+    """``train`` (used by the strategy), ``validation`` (model selection) and ``holdout``
+    (before/after measurements only)."""
+    ba_before: float
+    ba_after: float
+    trigger_asr: list[TriggerASR]
+    """ASR of each inverted trigger (flagged labels) on the held-out clean images."""
+    scan: dict[str, Any] | None = None
+    """Verdict, score, flagged labels and report id of the scan the strategy used."""
+    steps: int
+    epochs: int
+    budget_exhausted: bool
+    seconds: float
+    peak_memory_mb: dict[str, float]
+    input_model: ModelFingerprint
+    output_model: ModelFingerprint
+    notes: list[str] = Field(default_factory=list)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def ba_drop(self) -> float:
+        return self.ba_before - self.ba_after
+
+    def summary(self) -> str:
+        """A short human-readable summary."""
+        lines = [
+            f"strategy {self.strategy}: {self.status} in {self.seconds:.1f}s ({self.steps} steps)",
+            f"  BA (held-out clean) {100 * self.ba_before:.2f}% -> {100 * self.ba_after:.2f}%",
+        ]
+        for t in self.trigger_asr:
+            lines.append(
+                f"  ASR of the inverted trigger for label {t.label}: "
+                f"{100 * t.before:.2f}% -> {100 * t.after:.2f}%"
+            )
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+class PurificationResult:
+    """The repaired model (a copy), its report, and the scan that guided it.
+
+    Attributes:
+        model: the repaired copy, in eval mode (the caller's model is untouched).
+        report: the :class:`PurificationReport`.
+        scan: the :class:`~hardenkit.scan.ScanResult` used, if any.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        report: PurificationReport,
+        scan: ScanResult | None,
+        input_shape: tuple[int, int, int],
+    ) -> None:
+        self.model = model
+        self.report = report
+        self.scan = scan
+        self.input_shape = input_shape
+
+    @property
+    def status(self) -> str:
+        return self.report.status
+
+    @property
+    def purified(self) -> bool:
+        return self.report.status == "purified"
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors``, ``report.json`` and (if any) the scan to ``scan/``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_state_dict(self.model, d / "model.safetensors")
+        if self.scan is not None:
+            self.scan.save(d / "scan")
+        self.report.save(d / "report.json")
+        return d
+
+    def export_onnx(self, path: str | Path, **kwargs: Any) -> Any:
+        """Export the repaired model with :func:`hardenkit.export.to_onnx`.
+
+        The input shape defaults to the clean images'; the ONNX metadata records this
+        purification report's id. Returns the :class:`~hardenkit.export.ExportReport`.
+        """
+        from ..export import to_onnx
+
+        if "input_shape" not in kwargs and "example_input" not in kwargs:
+            kwargs["input_shape"] = self.input_shape
+        kwargs.setdefault("report_id", self.report.report_id)
+        return to_onnx(self.model, path, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"PurificationResult(strategy={self.report.strategy!r}, status={self.status!r}, "
+            f"ba {self.report.ba_before:.3f}->{self.report.ba_after:.3f})"
+        )
+
+
+class Purifier:
+    """Repair a (possibly) backdoored model with a registered strategy.
+
+    Args:
+        model: any ``nn.Module`` mapping a [0, 1] pixel batch to logits. It is copied; the
+            caller's object and weights are never changed.
+        strategy: a registered name (``hardenkit.purify.STRATEGIES``): ``mcl`` (default),
+            ``finetune``, ``nc-unlearn``, ... or a :class:`PurificationStrategy` instance.
+        config: the strategy's config (dict or its pydantic model).
+        runtime: device, seed, input normalization.
+        holdout_fraction: share of the clean budget kept out of purification to measure BA
+            and the inverted triggers' ASR before and after (ignored with ``holdout_loader``).
+        scan_config: Scanner settings used when a trigger-based strategy must scan first.
+        progress: a progress callback (default: a tqdm bar on a TTY).
+
+    Example:
+        >>> import hardenkit as hk
+        >>> from hardenkit.testing import tiny_backdoored_model
+        >>> fx = tiny_backdoored_model(epochs=2)
+        >>> res = hk.Purifier(fx.backdoored.model, strategy="finetune",
+        ...                   config={"epochs": 1}).run(fx.data.train.loader())
+        >>> res.status
+        'purified'
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        strategy: str | PurificationStrategy = DEFAULT_STRATEGY,
+        *,
+        config: Any = None,
+        runtime: RuntimeConfig | dict[str, Any] | None = None,
+        holdout_fraction: float = 0.1,
+        scan_config: ScanConfig | dict[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ModelCompatibilityError(
+                f"Purifier needs a torch.nn.Module, got {type(model).__name__}.",
+                hint="load the architecture in code, then its weights",
+            )
+        if isinstance(strategy, PurificationStrategy):
+            if config is not None:
+                raise ConfigError("pass config only together with a strategy *name*.")
+            self.strategy = strategy
+        elif isinstance(strategy, str):
+            if strategy not in STRATEGIES:
+                raise ConfigError(
+                    f"unknown purification strategy {strategy!r}; registered: "
+                    f"{STRATEGIES.names()}.",
+                    hint="install the plugin that provides it or fix the name",
+                )
+            self.strategy = STRATEGIES.get(strategy)(config)
+        else:
+            raise ConfigError(f"strategy must be a name or a strategy, got {type(strategy)}.")
+        if not 0 < holdout_fraction < 1:
+            raise ConfigError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}.")
+        self.model = model
+        self.runtime = parse_config(RuntimeConfig, runtime)
+        self.holdout_fraction = holdout_fraction
+        self.scan_config = parse_config(ScanConfig, scan_config)
+        self._progress = progress
+
+    def run(
+        self,
+        clean_loader: BatchSource,
+        *,
+        scan: ScanResult | None = None,
+        holdout_loader: BatchSource | None = None,
+    ) -> PurificationResult:
+        """Purify a copy of the model with the clean images of ``clean_loader``.
+
+        ``scan`` — a :class:`~hardenkit.scan.ScanResult` of this model; trigger-based
+        strategies run the Scanner themselves when it is missing. ``holdout_loader`` —
+        separate clean images for the before/after measurements (must not overlap the
+        clean loader); by default ``holdout_fraction`` of the clean images is held out.
+        """
+        t_start = time.perf_counter()
+        rt = self.runtime
+        seed_everything(rt.seed)
+        device = rt.resolve_device()
+        progress = make_progress(rt.progress, self._progress)
+        strat = self.strategy
+        x, y = materialize(
+            clean_loader,
+            input_normalization=rt.input_normalization,
+            device="cpu",
+            where="clean_loader",
+        )
+        original = copy.deepcopy(self.model).to(device).eval()
+        original.requires_grad_(False)
+        k = _num_classes(original, x[:2].to(device))
+        if int(y.min()) < 0 or int(y.max()) >= k:
+            raise DataError(
+                f"clean_loader has labels in [{int(y.min())}, {int(y.max())}] but the model has "
+                f"{k} classes."
+            )
+        x_tr, y_tr, x_ho, y_ho = self._holdout(x, y, k, holdout_loader)
+        val_frac = float(getattr(strat, "validation_fraction", 0.0))
+        x_val = x_tr[:0]
+        y_val = y_tr[:0]
+        if val_frac > 0:
+            keep, val = stratified_split(y_tr, holdout_fraction=val_frac, seed=rt.seed + 2)
+            x_val, y_val = x_tr[val], y_tr[val]
+            x_tr, y_tr = x_tr[keep], y_tr[keep]
+        if scan is not None and scan.report.num_classes != k:
+            raise DataError(
+                f"the scan is of a {scan.report.num_classes}-class model, this model has {k}.",
+                hint="pass the ScanResult of this model",
+            )
+        notes: list[str] = []
+        if scan is None and strat.needs_trigger:
+            notes.append("no scan given: ran the Scanner on the purification images first")
+            scan = Scanner(original, k, config=self.scan_config, runtime=rt, progress=progress).run(
+                list(_batches(x_tr, y_tr))
+            )
+        triggers = dict(scan.triggers) if scan is not None else {}
+        x_ho_d, y_ho_d = x_ho.to(device), y_ho.to(device)
+        ba_before = accuracy(original, x_ho_d, y_ho_d)
+        asr_before = {
+            lab: trigger_asr(original, t, x_ho_d, y_ho_d, lab) for lab, t in triggers.items()
+        }
+        work = copy.deepcopy(self.model).to(device)
+        budget = Budget(strat.config.max_steps, strat.config.max_seconds)
+        if device.type == "cuda":  # pragma: no cover - GPU only
+            torch.cuda.reset_peak_memory_stats(device)
+        ctx = PurifyContext(
+            model=work,
+            original=original,
+            num_classes=k,
+            x=x_tr.to(device),
+            y=y_tr.to(device),
+            x_val=x_val.to(device),
+            y_val=y_val.to(device),
+            device=device,
+            runtime=rt,
+            scan=scan,
+            budget=budget,
+            progress=progress,
+            notes=notes,
+        )
+        if strat.needs_trigger and scan is not None and not scan.is_backdoored:
+            notes.append(
+                f"the scan found no backdoor (verdict {scan.verdict}, score {scan.score:.3f}): "
+                f"{strat.name} needs a flagged label, so the model is returned unchanged. Use a "
+                "trigger-free strategy (e.g. finetune) to repair anyway."
+            )
+            outcome = StrategyOutcome(model=work, status="nothing-to-purify")
+        else:
+            outcome = strat.run(ctx)
+        model = outcome.model.eval()
+        ba_after = accuracy(model, x_ho_d, y_ho_d)
+        asr_rows = [
+            TriggerASR(
+                label=lab,
+                before=asr_before[lab],
+                after=trigger_asr(model, t, x_ho_d, y_ho_d, lab),
+                images=int((y_ho != lab).sum()),
+            )
+            for lab, t in triggers.items()
+        ]
+        peak = {"process_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        if device.type == "cuda":  # pragma: no cover - GPU only
+            peak["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
+        report = PurificationReport(
+            strategy=strat.name,
+            status=outcome.status,
+            config=strat.config.model_dump(mode="json"),
+            runtime=rt.model_dump(mode="json"),
+            num_classes=k,
+            clean_images={"train": len(y_tr), "validation": len(y_val), "holdout": len(y_ho)},
+            ba_before=ba_before,
+            ba_after=ba_after,
+            trigger_asr=asr_rows,
+            scan=None
+            if scan is None
+            else {
+                "verdict": scan.verdict,
+                "score": scan.score,
+                "flagged_labels": scan.flagged_labels,
+                "report_id": scan.report.report_id,
+            },
+            steps=budget.steps,
+            epochs=outcome.epochs,
+            budget_exhausted=budget.exhausted,
+            seconds=time.perf_counter() - t_start,
+            peak_memory_mb=peak,
+            input_model=ModelFingerprint.of(self.model),
+            output_model=ModelFingerprint.of(model),
+            notes=notes,
+            details=outcome.details,
+        )
+        _log.info(
+            "purify.done",
+            strategy=strat.name,
+            status=outcome.status,
+            ba_before=ba_before,
+            ba_after=ba_after,
+            seconds=report.seconds,
+        )
+        shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+        return PurificationResult(model, report, scan, shape)
+
+    def _holdout(
+        self, x: Tensor, y: Tensor, k: int, holdout_loader: BatchSource | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if holdout_loader is not None:
+            x_ho, y_ho = materialize(
+                holdout_loader,
+                num_classes=k,
+                input_normalization=self.runtime.input_normalization,
+                device="cpu",
+                where="holdout_loader",
+            )
+            overlap = _hashes(x) & _hashes(x_ho)
+            if overlap:
+                raise DataError(
+                    f"{len(overlap)} image(s) appear in both clean_loader and holdout_loader.",
+                    hint="the held-out images must never be used for purification",
+                )
+            return x, y, x_ho, y_ho
+        counts = torch.bincount(y, minlength=k)
+        if int(counts.min()) < 2:
+            few = [c for c, n in enumerate(counts.tolist()) if n < 2]
+            raise DataError(
+                f"classes {few[:10]} have fewer than 2 clean images; the Purifier needs at least "
+                "2 per class (one to train on, one held out).",
+                hint="provide more clean images, or pass holdout_loader=",
+            )
+        keep, hold = stratified_split(
+            y, holdout_fraction=self.holdout_fraction, seed=self.runtime.seed + 1
+        )
+        return x[keep], y[keep], x[hold], y[hold]
+
+
+def _hashes(x: Tensor) -> set[bytes]:
+    flat = (x.clamp(0, 1) * 255).round().to(torch.uint8).flatten(1)
+    return {hashlib.sha1(row.numpy().tobytes()).digest() for row in flat}
+
+
+def _num_classes(model: nn.Module, probe: Tensor) -> int:
+    with torch.no_grad():
+        try:
+            out = model(probe)
+        except RuntimeError as exc:
+            raise ModelCompatibilityError(
+                f"the model failed on a clean batch of shape {tuple(probe.shape)}: {exc}",
+                hint="check the input size/channels the model expects",
+            ) from exc
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != probe.shape[0]:
+        raise ModelCompatibilityError(
+            "the model must map (N, C, H, W) to logits (N, K).",
+            hint="make forward() return class logits",
+        )
+    return int(out.shape[1])
+
+
+def _batches(x: Tensor, y: Tensor, size: int = 512) -> Sequence[tuple[Tensor, Tensor]]:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
