@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from hardenkit.cli.demo import DemoReport
 from hardenkit.config import RuntimeConfig
+from hardenkit.scan import ScanConfig, ScanReport
 from hardenkit.training import TrainConfig
 from hardenkit.validate import GatePolicy, ValidationReport
 
@@ -27,13 +28,16 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 MODELS: dict[str, type[BaseModel]] = {
     "validation-report": ValidationReport,
+    "scan-report": ScanReport,
     "demo-report": DemoReport,
     "gate-policy": GatePolicy,
     "runtime-config": RuntimeConfig,
     "train-config": TrainConfig,
+    "scan-config": ScanConfig,
 }
 """File stem -> pydantic model. Reports describe JSON that hardenkit writes; configs describe
-JSON/YAML that hardenkit reads (e.g. a ``--policy`` file is a GatePolicy)."""
+JSON/YAML that hardenkit reads (e.g. a ``--policy`` file is a GatePolicy, a ``hardenkit scan
+--config`` file a ScanConfig)."""
 
 
 def generate() -> dict[str, dict[str, Any]]:

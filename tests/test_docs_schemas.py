@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from hardenkit.attacks import AttackConfig, BadNetsConfig, BlendedConfig, SIGConfig, WaNetConfig
 from hardenkit.config import Normalization, RuntimeConfig
+from hardenkit.scan import MaxMarginConfig, NeuralCleanseConfig, ScanConfig
 from hardenkit.training import TrainConfig
 from hardenkit.validate import GatePolicy
 
@@ -52,6 +53,8 @@ def test_expected_schemas_are_generated() -> None:
         "demo-report.schema.json",
         "gate-policy.schema.json",
         "runtime-config.schema.json",
+        "scan-config.schema.json",
+        "scan-report.schema.json",
         "train-config.schema.json",
         "validation-report.schema.json",
     ]
@@ -130,6 +133,10 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     (BlendedConfig, "attacks.md", "### Blended", set(AttackConfig.model_fields)),
     (WaNetConfig, "attacks.md", "### WaNet", set(AttackConfig.model_fields)),
     (SIGConfig, "attacks.md", "### SIG", set(AttackConfig.model_fields)),
+    (ScanConfig, "scanning.md", "## ScanConfig", set()),
+    # the base DetectorConfig field (score_slope) is listed in both detector tables
+    (NeuralCleanseConfig, "scanning.md", "### NeuralCleanseConfig", set()),
+    (MaxMarginConfig, "scanning.md", "### MaxMarginConfig", set()),
 ]
 
 
@@ -150,8 +157,10 @@ def test_config_table_matches_code(
             assert "required" in cell, f"{model.__name__}.{name} is required; docs say {cell!r}"
             continue
         documented = _parse_default(cell)
-        assert _same(documented, field.default), (
-            f"{model.__name__}.{name}: docs default {documented!r}, code {field.default!r}"
+        # a default_factory (e.g. ``Field(default_factory=dict)``) is compared by its value
+        default = field.get_default(call_default_factory=True, validated_data={})
+        assert _same(documented, default), (
+            f"{model.__name__}.{name}: docs default {documented!r}, code {default!r}"
         )
 
 

@@ -21,6 +21,7 @@ def test_examples_exist() -> None:
         "02_custom_model_and_loader.py",
         "03_data_sources.py",
         "04_export_onnx.py",
+        "05_scan_model.py",
     ]
 
 

@@ -223,9 +223,10 @@ def test_demo_stdout_last_line_is_json(demo: DemoRun) -> None:
     last = demo.stdout.strip().splitlines()[-1]
     summary = json.loads(last)
     assert set(summary) == {"ba", "asr", "ra", "scan_verdict", "flagged_labels", "report"}
-    assert summary["scan_verdict"] == json.loads((demo.out / "report.json").read_text())[
-        "scan"
-    ]["verdict"]
+    assert (
+        summary["scan_verdict"]
+        == json.loads((demo.out / "report.json").read_text())["scan"]["verdict"]
+    )
     report = json.loads((demo.out / "report.json").read_text())
     assert summary["ba"] == pytest.approx(
         report["validation"]["benign_accuracy"]["value"], abs=1e-4
