@@ -38,8 +38,6 @@ class MaxMarginConfig(DetectorConfig):
         lr: Adam learning rate on the pixels (projected back to [0, 1] after every step).
         alpha: the model is backdoored when the order-statistic p-value is below ``alpha``.
         max_images_per_step: upper bound on images in one forward pass (classes are chunked).
-        anomaly_threshold: MAD index above which a class is listed as a high-margin outlier in
-            the per-class table (informational; the verdict uses the p-value).
     """
 
     starts: Annotated[int, Field(ge=1)] = 16
@@ -47,7 +45,6 @@ class MaxMarginConfig(DetectorConfig):
     lr: Annotated[float, Field(gt=0)] = 0.01
     alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     max_images_per_step: Annotated[int, Field(ge=1)] = 4096
-    anomaly_threshold: Annotated[float, Field(gt=0)] = 2.0
 
 
 class MaxMarginDetector(Detector):
@@ -97,7 +94,8 @@ class MaxMarginDetector(Detector):
             )
         best = final.max(dim=1).values.double().cpu().tolist()
         p, arg = gamma_max_pvalue(best)
-        stats = mad_anomaly(best, side="high", threshold=cfg.anomaly_threshold, labels=labels)
+        # The per-class MAD index is reported for reference only; the verdict uses the p-value.
+        stats = mad_anomaly(best, side="high", labels=labels)
         evidence = -math.log10(max(p, 1e-300))
         threshold = -math.log10(cfg.alpha)
         flagged = [labels[arg]] if p < cfg.alpha else []

@@ -165,10 +165,13 @@ class ScanReport(BaseReport):
             f"{self.flagged_labels or 'none'}"
         ]
         for d in self.detectors:
-            p = "" if d.p_value is None else f", p={d.p_value:.3g}"
+            evidence = (
+                f"anomaly index {d.anomaly_index:.2f}"
+                if d.p_value is None
+                else f"p-value {d.p_value:.3g}"
+            )
             lines.append(
-                f"  {d.detector}: {d.verdict}, anomaly index {d.anomaly_index:.2f}{p}, "
-                f"score {d.score:.3f}, {d.seconds:.1f}s"
+                f"  {d.detector}: {d.verdict}, {evidence}, score {d.score:.3f}, {d.seconds:.1f}s"
             )
         return "\n".join(lines)
 
@@ -670,7 +673,6 @@ class Scanner:
             verdict = _verdict(score, flagged, cfg.suspicious_score)
         if verdict != "backdoored":
             flagged = []
-        nc = {d.detector: d for d in det_reports}
         classes = []
         for y in labels:
             row: dict[str, Any] = {"label": y, "flagged": y in flagged}
@@ -684,7 +686,6 @@ class Scanner:
             if y in asr:
                 row["trigger_asr"] = asr[y]
             classes.append(ClassScan(**row))
-        del nc
         return ScanReport(
             verdict=verdict,
             score=score,

@@ -1,0 +1,241 @@
+"""Unit tests of the Purifier framework, the strategies' guards and the conformance suite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import hardenkit as hk
+from hardenkit.errors import ConfigError, DataError, ModelCompatibilityError
+from hardenkit.purify import STRATEGIES, MCLConfig, PurificationStrategy, PurifyContext
+from hardenkit.purify.base import Budget, StrategyOutcome
+from hardenkit.reports import ModelFingerprint
+from hardenkit.scan import ScanResult
+from hardenkit.testing import BackdoorFixture, check_strategy, tiny_backdoored_model
+
+FAST: dict[str, dict[str, object]] = {"finetune": {"epochs": 2}, "nc-unlearn": {"epochs": 2}}
+
+
+@pytest.fixture(scope="module")
+def fx() -> BackdoorFixture:
+    return tiny_backdoored_model(epochs=4)
+
+
+@pytest.fixture(scope="module")
+def scan(fx: BackdoorFixture) -> ScanResult:
+    bd = fx.backdoored
+    return ScanResult.from_triggers({0: bd.trigger}, model=bd.model, num_classes=4)
+
+
+def _loader(fx: BackdoorFixture) -> object:
+    return fx.data.train.loader(batch_size=64)
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+def test_every_registered_strategy_passes_the_conformance_suite(
+    name: str, fx: BackdoorFixture
+) -> None:
+    results = check_strategy(name, config=FAST.get(name), fixture=fx)
+    assert all(results.values())
+    assert set(results) >= {"input unchanged", "deterministic", "same I/O", "respects budget"}
+
+
+def test_conformance_suite_catches_a_mutating_strategy(fx: BackdoorFixture) -> None:
+    class Mutating(PurificationStrategy):
+        name = "mutating-test"
+
+        def run(self, ctx: PurifyContext) -> StrategyOutcome:
+            # a buggy plugin: edits the model it was *not* given (the frozen original is a
+            # copy, so reach the caller's object through the test's closure)
+            with torch.no_grad():
+                for p in fx.backdoored.model.parameters():
+                    p.add_(0.01)
+            return StrategyOutcome(model=ctx.model)
+
+    STRATEGIES.register(Mutating.name, Mutating)
+    model = fx.backdoored.model
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        with pytest.raises(AssertionError, match="input unchanged"):
+            check_strategy(Mutating.name, fixture=fx)
+    finally:
+        STRATEGIES.unregister(Mutating.name)
+        model.load_state_dict(saved)
+
+
+def test_report_contents(fx: BackdoorFixture, scan: ScanResult) -> None:
+    res = hk.Purifier(fx.backdoored.model, "finetune", config={"epochs": 2}).run(
+        _loader(fx), scan=scan
+    )
+    rep = res.report
+    assert rep.strategy == "finetune"
+    assert rep.status == "purified"
+    assert res.purified
+    assert rep.config["epochs"] == 2
+    assert rep.clean_images["train"] + rep.clean_images["holdout"] == 400
+    assert rep.clean_images["holdout"] == 40  # 10 % held out, stratified
+    assert rep.trigger_asr[0].label == 0
+    assert rep.trigger_asr[0].images == 30
+    assert 0 <= rep.ba_after <= 1
+    assert rep.steps == rep.epochs  # 360 training images // batch 256 = 1 step per epoch
+    assert rep.input_model.sha256 != rep.output_model.sha256
+    assert rep.input_model == ModelFingerprint.of(fx.backdoored.model)
+    assert rep.peak_memory_mb["process_rss"] > 0
+    assert rep.scan is not None
+    assert rep.scan["flagged_labels"] == [0]
+    assert "strategy finetune" in rep.summary()
+    assert "finetune" in repr(res)
+
+
+def test_save_and_export_onnx(fx: BackdoorFixture, scan: ScanResult, tmp_path: Path) -> None:
+    res = hk.Purifier(fx.backdoored.model, "nc-unlearn", config={"epochs": 1}).run(
+        _loader(fx), scan=scan
+    )
+    out = res.save(tmp_path / "res")
+    assert (out / "model.safetensors").is_file()
+    assert json.loads((out / "report.json").read_text())["strategy"] == "nc-unlearn"
+    assert (out / "scan" / "report.json").is_file()
+    m = hk.create_model("small-cnn", 4)
+    hk.load_model_weights(m, out / "model.safetensors")
+    exp = res.export_onnx(tmp_path / "m.onnx")
+    props = {p.key: p.value for p in onnx.load(str(exp.path)).metadata_props}
+    assert props["hardenkit.purification_report_id"] == res.report.report_id
+    ver = hk.verify_onnx(exp, res.model, fx.data.test.loader())
+    assert ver.passed
+
+
+def test_nothing_to_purify_is_explicit(fx: BackdoorFixture, scan: ScanResult) -> None:
+    clean_report = scan.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
+    clean_scan = ScanResult(clean_report, scan.all_triggers)
+    res = hk.Purifier(fx.backdoored.model, "mcl").run(_loader(fx), scan=clean_scan)
+    assert res.status == "nothing-to-purify"
+    assert not res.purified
+    assert res.report.output_model.sha256 == res.report.input_model.sha256
+    assert "found no backdoor" in res.report.notes[0]
+    assert res.report.steps == 0
+
+
+def test_mcl_refuses_a_weak_trigger(fx: BackdoorFixture) -> None:
+    weak = hk.PatchTrigger.square(3, location="top-left", pattern="black")
+    scan = ScanResult.from_triggers(
+        {0: weak}, model=fx.backdoored.model, num_classes=4, trigger_asr={0: 0.05}
+    )
+    res = hk.Purifier(fx.backdoored.model, "mcl").run(_loader(fx), scan=scan)
+    assert res.status == "refused"
+    assert res.report.output_model.sha256 == res.report.input_model.sha256
+    assert any("5.0% < min_trigger_asr 90%" in n for n in res.report.notes)
+    assert any("MCL refused" in n for n in res.report.notes)
+
+
+def test_mcl_with_several_triggers_and_options(fx: BackdoorFixture) -> None:
+    bd = fx.backdoored
+    scan = ScanResult.from_triggers(
+        {0: bd.trigger, 1: hk.PatchTrigger.square(3, location="top-left")},
+        model=bd.model,
+        num_classes=4,
+        trigger_asr={0: 1.0, 1: 0.95},
+    )
+    for cfg in ({"epochs": 1}, {"epochs": 1, "ce_weight": 1.0, "bn_mode": "frozen"}):
+        res = hk.Purifier(bd.model, "mcl", config=cfg).run(_loader(fx), scan=scan)
+        assert res.report.details["triggers"] == [0, 1]
+        assert [t.label for t in res.report.trigger_asr] == [0, 1]
+
+
+def test_mcl_config_validation() -> None:
+    with pytest.raises(ConfigError, match="start at epoch 0"):
+        MCLConfig(lr_schedule=((1, 0.1),))
+    with pytest.raises(ConfigError, match="increase"):
+        MCLConfig(lr_schedule=((0, 0.1), (5, 0.01), (3, 0.001)))
+    assert MCLConfig().lr_at(0) == 0.1
+    assert MCLConfig().lr_at(5) == 0.01
+    assert MCLConfig().lr_at(19) == 0.001
+
+
+def test_trigger_strategy_scans_when_no_scan_is_given(fx: BackdoorFixture) -> None:
+    res = hk.Purifier(
+        fx.backdoored.model,
+        "nc-unlearn",
+        config={"epochs": 1},
+        scan_config={"detector_options": {"neural-cleanse": {"epochs": 2}}},
+    ).run(_loader(fx))
+    assert res.scan is not None
+    assert res.report.notes[0].startswith("no scan given")
+
+
+def test_budget_seconds_and_steps() -> None:
+    b = Budget(max_steps=2, max_seconds=None)
+    assert [b(), b(), b()] == [False, False, True]
+    assert b.steps == 2
+    assert b.exhausted
+    t = Budget(max_steps=None, max_seconds=1e-9)
+    t()
+    assert t()
+    assert t.exhausted
+
+
+def test_max_seconds_budget_stops_training(fx: BackdoorFixture) -> None:
+    res = hk.Purifier(
+        fx.backdoored.model, "finetune", config={"epochs": 500, "max_seconds": 0.5}
+    ).run(_loader(fx))
+    assert res.report.budget_exhausted
+    assert res.report.epochs < 500
+
+
+def test_holdout_loader_and_overlap_guard(fx: BackdoorFixture) -> None:
+    train, test = fx.data.train, fx.data.test
+    res = hk.Purifier(fx.backdoored.model, "finetune", config={"epochs": 1}).run(
+        train.loader(), holdout_loader=test.loader()
+    )
+    assert res.report.clean_images == {"train": 400, "validation": 0, "holdout": 100}
+    with pytest.raises(DataError, match="appear in both"):
+        hk.Purifier(fx.backdoored.model, "finetune").run(
+            train.loader(), holdout_loader=train.subset(torch.arange(5)).loader()
+        )
+
+
+def test_bad_inputs(fx: BackdoorFixture, scan: ScanResult) -> None:
+    model = fx.backdoored.model
+    with pytest.raises(ConfigError, match="unknown purification strategy"):
+        hk.Purifier(model, "nope")
+    with pytest.raises(ConfigError):
+        hk.Purifier(model, "mcl", config={"temperature": 0})
+    with pytest.raises(ConfigError):
+        hk.Purifier(model, "mcl", config={"not_a_field": 1})
+    with pytest.raises(ConfigError, match="only together"):
+        hk.Purifier(model, STRATEGIES.get("mcl")(), config={"epochs": 1})
+    with pytest.raises(ConfigError, match="holdout_fraction"):
+        hk.Purifier(model, holdout_fraction=1.0)
+    with pytest.raises(ModelCompatibilityError):
+        hk.Purifier("model")  # type: ignore[arg-type]
+    x = torch.rand(20, 3, 32, 32)
+    with pytest.raises(DataError, match="labels"):
+        hk.Purifier(model, "finetune").run([(x, torch.arange(20) % 7)])
+    with pytest.raises(DataError, match="fewer than 2 clean images"):
+        hk.Purifier(model, "finetune").run([(x[:4], torch.arange(4))])
+    with pytest.raises(DataError):
+        hk.Purifier(model, "finetune").run([(torch.rand(8, 5), torch.zeros(8, dtype=torch.long))])
+    other = ScanResult.from_triggers({0: fx.backdoored.trigger}, model=model, num_classes=10)
+    with pytest.raises(DataError, match="10-class model"):
+        hk.Purifier(model, "mcl").run(_loader(fx), scan=other)
+
+
+def test_wrong_model_output(fx: BackdoorFixture) -> None:
+    class Bad(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(2, 3))[..., None]
+
+    with pytest.raises(ModelCompatibilityError, match="logits"):
+        hk.Purifier(Bad(), "finetune").run(_loader(fx))
+
+
+def test_from_triggers_validation(fx: BackdoorFixture) -> None:
+    m = fx.backdoored.model
+    with pytest.raises(ConfigError, match="at least one"):
+        ScanResult.from_triggers({}, model=m, num_classes=4)
+    with pytest.raises(ConfigError, match="outside"):
+        ScanResult.from_triggers({7: fx.backdoored.trigger}, model=m, num_classes=4)
