@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,9 +54,14 @@ def auroc(pos: list[float], neg: list[float]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
-def scan_fixture(name: str, cfg: dict, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
+def scan_cache(name: str, cfg: dict) -> Path:
+    """``<cache>/scans/<fixture>-<hash>.json`` (the row); the ScanResult is saved beside it."""
     key = config_hash({"fixture": fixture_dir(name).name, "scan": cfg, "v": 1})
-    cache = CACHE / "scans" / f"{name}-{key}.json"
+    return CACHE / "scans" / f"{name}-{key}.json"
+
+
+def scan_fixture(name: str, cfg: dict, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
+    cache = scan_cache(name, cfg)
     if cache.is_file():
         row: dict[str, Any] = json.loads(cache.read_text())
         row["cached"] = True
@@ -67,6 +73,7 @@ def scan_fixture(name: str, cfg: dict, data: dict[str, hk.ImageDataset]) -> dict
         clean.loader(batch_size=500)
     )
     seconds = time.perf_counter() - t0
+    scan.save(cache.with_suffix(""))  # report + recovered triggers, reused by purify_cpu
     rep = scan.report
     nc, mm = rep.detectors
     target = None if is_clean(name) else int(info["config"]["attack_config"]["target"])
