@@ -26,6 +26,28 @@ ALL_TO_ALL_ATTACK = {"mode": "all-to-all", "patch_size": 5, "poison_rate": 0.2}
 ALL_TO_ALL_EPOCHS = 15
 
 
+# Scanner settings of the integration tests: 300 inversion images, 30 epochs -- ~30 s
+# single-threaded on the 10-class SmallCNN.
+NC = {"epochs": 30, "batch_size": 32}
+SCAN = {"max_images": 300, "detector_options": {"neural-cleanse": NC}}
+
+
+@pytest.fixture(scope="session")
+def clean_budget(synthetic: SyntheticSplits, badnets_model: BackdooredModel) -> hk.ImageDataset:
+    """The defender's clean data: 100 non-poisoned training images per class (20 %)."""
+    idx = hk.data.stratified_indices(
+        synthetic.train.labels, per_class=100, exclude=badnets_model.poisoned.poison_indices
+    )
+    return synthetic.train.subset(idx)
+
+
+@pytest.fixture(scope="session")
+def badnets_scan(badnets_model: BackdooredModel, clean_budget: hk.ImageDataset) -> hk.ScanResult:
+    """Neural Cleanse + MM-BD on the BadNets model; ``combine="all"`` needs both to agree."""
+    cfg = {**SCAN, "detectors": ["neural-cleanse", "mm-bd"], "combine": "all"}
+    return hk.Scanner(badnets_model.model, 10, config=cfg).run(clean_budget.loader())
+
+
 @pytest.fixture(scope="session")
 def blended_model(synthetic: SyntheticSplits) -> BackdooredModel:
     return train_backdoored("blended", synthetic)

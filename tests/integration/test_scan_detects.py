@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
 from torch import nn
 
 import hardenkit as hk
 from hardenkit.attacks import BackdooredModel
 from hardenkit.data import SyntheticSplits
 
-# 300 inversion images, 30 epochs: ~30 s single-threaded on the 10-class SmallCNN. Measured
-# while choosing it: BadNets anomaly index 2.57 (label 0, mask L1 8.0 for the 9-pixel patch),
-# the clean twin 1.00.
-NC = {"epochs": 30, "batch_size": 32}
-SCAN = {"max_images": 300, "detector_options": {"neural-cleanse": NC}}
+from .conftest import SCAN
+
 MMBD = {"detectors": ["mm-bd"]}
-
-
-@pytest.fixture(scope="module")
-def badnets_scan(badnets_model: BackdooredModel, synthetic: SyntheticSplits) -> hk.ScanResult:
-    """Both detectors; ``combine="all"`` needs them to agree."""
-    cfg = {**SCAN, "detectors": ["neural-cleanse", "mm-bd"], "combine": "all"}
-    return hk.Scanner(badnets_model.model, 10, config=cfg).run(synthetic.test.loader())
 
 
 def test_badnets_is_flagged_with_its_target(
@@ -50,7 +39,10 @@ def test_badnets_is_flagged_with_its_target(
 
 
 def test_clean_twin_is_not_flagged(clean_model: nn.Module, synthetic: SyntheticSplits) -> None:
-    rep = hk.Scanner(clean_model, 10, config=SCAN).run(synthetic.test.loader()).report
+    clean = synthetic.train.subset(
+        hk.data.stratified_indices(synthetic.train.labels, per_class=100)
+    )
+    rep = hk.Scanner(clean_model, 10, config=SCAN).run(clean.loader()).report
     assert rep.verdict == "clean", rep.summary()
     assert rep.flagged_labels == []
     assert rep.detectors[0].anomaly_index < 2.0

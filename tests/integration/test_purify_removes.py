@@ -1,0 +1,80 @@
+"""Purification removes a planted backdoor: ASR measured with the *real* trigger on the test set.
+
+Clean budget: 100 non-poisoned training images per class (``clean_budget``); the trigger the
+strategies use is the one the Scanner recovered (``badnets_scan``), never the real one.
+Measured when these thresholds were set (seed 0, one thread): BadNets BA 90.3 / ASR 99.2 ->
+mcl 87.4 / 0.7, mcl + ce_weight 1 89.2 / 2.0, nc-unlearn 89.4 / 9.2, finetune (100 epochs)
+see the assertion's comment.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import hardenkit as hk
+from hardenkit.attacks import BackdooredModel
+from hardenkit.data import SyntheticSplits
+from hardenkit.reports import ModelFingerprint
+
+
+def _measure(model: object, bd: BackdooredModel, data: SyntheticSplits) -> hk.ValidationReport:
+    return hk.Validator(model).run(data.test.loader(), trigger=bd.trigger, target=bd.target)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def before(badnets_model: BackdooredModel, synthetic: SyntheticSplits) -> hk.ValidationReport:
+    rep = _measure(badnets_model.model, badnets_model, synthetic)
+    assert rep.asr is not None
+    assert rep.asr >= 0.9
+    return rep
+
+
+@pytest.mark.parametrize(
+    ("strategy", "config", "max_asr", "max_ba_drop"),
+    [
+        ("mcl", {"ce_weight": 1.0}, 0.10, 0.03),
+        ("mcl", {}, 0.10, 0.04),
+        ("nc-unlearn", {}, 0.10, 0.03),
+    ],
+    ids=["mcl-ce", "mcl-code-default", "nc-unlearn"],
+)
+def test_trigger_based_strategies_remove_badnets(
+    strategy: str,
+    config: dict[str, object],
+    max_asr: float,
+    max_ba_drop: float,
+    badnets_model: BackdooredModel,
+    badnets_scan: hk.ScanResult,
+    clean_budget: hk.ImageDataset,
+    synthetic: SyntheticSplits,
+    before: hk.ValidationReport,
+) -> None:
+    fp = ModelFingerprint.of(badnets_model.model)
+    res = hk.Purifier(badnets_model.model, strategy, config=config).run(
+        clean_budget.loader(), scan=badnets_scan
+    )
+    assert res.status == "purified"
+    after = _measure(res.model, badnets_model, synthetic)
+    assert after.asr is not None
+    assert after.asr <= max_asr, res.report.summary()
+    assert before.ba - after.ba <= max_ba_drop, res.report.summary()
+    # the inverted trigger's held-out ASR fell too, and the caller's model is untouched
+    assert res.report.trigger_asr[0].after < res.report.trigger_asr[0].before
+    assert ModelFingerprint.of(badnets_model.model) == fp
+
+
+def test_finetune_within_its_known_limits(
+    badnets_model: BackdooredModel,
+    clean_budget: hk.ImageDataset,
+    synthetic: SyntheticSplits,
+    before: hk.ValidationReport,
+) -> None:
+    res = hk.Purifier(badnets_model.model, "finetune").run(clean_budget.loader())
+    after = _measure(res.model, badnets_model, synthetic)
+    assert res.scan is None  # fine-tuning needs no trigger and does not scan
+    assert after.asr is not None
+    assert before.asr is not None
+    # Plain fine-tuning weakens a patch backdoor but (on 900 images) does not reliably
+    # remove it: the known limit. It must at least halve the ASR without hurting BA.
+    assert after.asr <= before.asr / 2, res.report.summary()
+    assert before.ba - after.ba <= 0.03
