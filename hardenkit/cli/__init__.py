@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..logging import configure_logging
-from . import demo, doctor_cmd, export_cmd, scan_cmd, validate_cmd
+from . import demo, doctor_cmd, export_cmd, purify_cmd, scan_cmd, validate_cmd
 from ._common import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, run_command
 
 __all__ = ["build_parser", "main"]
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo.add_parser(sub)
     scan_cmd.add_parser(sub)
+    purify_cmd.add_parser(sub)
     validate_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
     doctor_cmd.add_parser(sub)

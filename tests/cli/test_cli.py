@@ -202,8 +202,14 @@ def test_demo_report_json(demo: DemoRun) -> None:
         "train_backdoored",
         "validate",
         "scan",
+        "purify_validate",
         "export_verify",
     ]
+    # The purify step repaired a copy (MCL on the scan's trigger) and re-validated it.
+    assert report["purification"]["strategy"] == "mcl"
+    assert report["purification"]["status"] in {"purified", "nothing-to-purify", "refused"}
+    assert report["validation_after"]["report_type"] == "validation"
+    assert (demo.out / "purified" / "model.safetensors").is_file()
     # The scan step ran Neural Cleanse on the backdoored model and saved its result.
     scan = report["scan"]
     assert scan["report_type"] == "scan"
@@ -215,14 +221,24 @@ def test_demo_report_json(demo: DemoRun) -> None:
     assert report["export"]["dynamic_batch"] is True
     assert report["verification"]["passed"] is True
     assert report["verification"]["providers_active"][0] == "CPUExecutionProvider"
-    assert (demo.out / "backdoored" / "model.onnx").is_file()
+    exported = "purified" if report["purification"] is not None else "backdoored"
+    assert (demo.out / exported / "model.onnx").is_file()
 
 
 @pytest.mark.slow
 def test_demo_stdout_last_line_is_json(demo: DemoRun) -> None:
     last = demo.stdout.strip().splitlines()[-1]
     summary = json.loads(last)
-    assert set(summary) == {"ba", "asr", "ra", "scan_verdict", "flagged_labels", "report"}
+    assert set(summary) == {
+        "ba",
+        "asr",
+        "ra",
+        "scan_verdict",
+        "flagged_labels",
+        "ba_after",
+        "asr_after",
+        "report",
+    }
     assert (
         summary["scan_verdict"]
         == json.loads((demo.out / "report.json").read_text())["scan"]["verdict"]
@@ -814,3 +830,128 @@ def test_scan_too_few_clean_images_exit_2(
     err = capsys.readouterr().err
     assert code == 2
     assert "too few clean images per class" in err
+
+
+# ----------------------------------------------------------------------------- purify
+
+
+def purify_args(weights: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "purify",
+        "--weights",
+        str(weights),
+        "--arch",
+        "small-cnn",
+        "--data",
+        SCAN_DATA,
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_purify_with_scan_dir_and_onnx(
+    scan_weights: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scan_dir = tmp_path / "scan"
+    assert (
+        main(
+            scan_args(
+                scan_weights["badnets"], "--data", SCAN_DATA, *FAST_NC, "--out", str(scan_dir)
+            )
+        )
+        == 1
+    )
+    out = tmp_path / "purified"
+    code = main(
+        purify_args(
+            scan_weights["badnets"],
+            out,
+            "--strategy",
+            "nc-unlearn",
+            "--set",
+            "epochs=2",
+            "--scan",
+            str(scan_dir),
+            "--onnx",
+        )
+    )
+    err = capsys.readouterr().err
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["strategy"] == "nc-unlearn"
+    assert report["config"]["epochs"] == 2
+    assert report["scan"]["flagged_labels"] == [0]
+    assert report["status"] == "purified"
+    assert (out / "model.safetensors").is_file()
+    assert (out / "model.onnx").is_file()
+    assert json.loads((out / "onnx_verification.json").read_text())["passed"] is True
+    assert "verification PASSED" in err
+
+
+def test_purify_finetune_config_file(
+    scan_weights: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "ft.json"
+    cfg.write_text('{"epochs": 1, "batch_size": 128}')
+    code = main(
+        purify_args(
+            scan_weights["clean"], tmp_path / "o", "--strategy", "finetune", "--config", str(cfg)
+        )
+    )
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["config"]["batch_size"] == 128
+    assert report["scan"] is None
+
+
+def test_purify_list_strategies(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(
+        [
+            "purify",
+            "--list-strategies",
+            "--weights",
+            "x",
+            "--arch",
+            "small-cnn",
+            "--data",
+            "synthetic",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    assert capsys.readouterr().out.split() == hk.purify.STRATEGIES.names()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--strategy", "nope"], "unknown purification strategy"),
+        (["--strategy", "mcl", "--set", "temperature=-1"], "temperature"),
+        (["--strategy", "mcl", "--set", "nope"], "key=value"),
+        (["--scan", "/nonexistent"], "not a directory"),
+        (["--holdout-fraction", "2"], "holdout_fraction"),
+    ],
+)
+def test_purify_usage_errors_exit_2(
+    scan_weights: dict[str, Path],
+    extra: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(purify_args(scan_weights["clean"], tmp_path / "o", *extra))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err
+
+
+def test_demo_unknown_strategy_exits_2_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["demo", "--strategy", "nope", "--out", str(tmp_path), "--device", "cpu"])
+    assert code == 2
+    assert "nope" in capsys.readouterr().err

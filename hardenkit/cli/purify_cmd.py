@@ -1,0 +1,117 @@
+"""``hardenkit purify``: repair a model with a strategy and write the repaired copy."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import RuntimeConfig
+from ..errors import ConfigError
+from ..purify import DEFAULT_STRATEGY, STRATEGIES, Purifier
+from ..scan import ScanResult
+from ._common import (
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    add_model_args,
+    load_data_arg,
+    load_model_from_args,
+    load_policy_file,
+    parse_kv,
+)
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "purify",
+        help="remove a backdoor with a purification strategy (mcl, finetune, nc-unlearn, ...)",
+        description="Repair a copy of a model with clean images and a purification strategy; "
+        "write the repaired weights, the report and (optionally) a verified ONNX export. "
+        "Exit 0 = done (including 'nothing to purify'), 2 = usage/input error, "
+        "3 = runtime error.",
+    )
+    add_model_args(p)
+    p.add_argument(
+        "--data",
+        required=True,
+        help="clean images: ImageFolder directory, .tar.gz archive (ImageFolder layout) "
+        "or 'synthetic'",
+    )
+    p.add_argument("--split", default="train", help="split folder inside --data (default train)")
+    p.add_argument(
+        "--strategy",
+        default=DEFAULT_STRATEGY,
+        help=f"purification strategy (default {DEFAULT_STRATEGY}); see --list-strategies",
+    )
+    p.add_argument("--list-strategies", action="store_true", help="print the strategies, exit")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        default="",
+        metavar="K=V,...",
+        help="strategy config values, e.g. 'epochs=10,ce_weight=1.0'",
+    )
+    p.add_argument("--config", type=Path, help="strategy config file (JSON or YAML)")
+    p.add_argument(
+        "--scan",
+        type=Path,
+        help="directory written by `hardenkit scan --out` (default: scan when the strategy "
+        "needs a trigger)",
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.1,
+        help="clean images held out for the before/after measurements (default 0.1)",
+    )
+    p.add_argument("--onnx", action="store_true", help="also export model.onnx and verify it")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_strategies:
+        for name in STRATEGIES.names():
+            print(name)
+        return EXIT_OK
+    fields: dict[str, Any] = load_policy_file(args.config, "strategy config") if args.config else {}
+    fields.update(parse_kv(args.settings))
+    rt = RuntimeConfig(device=args.device, seed=args.seed)
+    purifier = Purifier(
+        load_model_from_args(args),
+        args.strategy,
+        config=fields or None,
+        runtime=rt,
+        holdout_fraction=args.holdout_fraction,
+    )
+    scan = None
+    if args.scan is not None:
+        if not args.scan.is_dir():
+            raise ConfigError(
+                f"--scan {str(args.scan)!r} is not a directory.",
+                hint="pass the --out directory of `hardenkit scan`",
+            )
+        scan = ScanResult.load(args.scan)
+    data = load_data_arg(args.data, split=args.split)
+    result = purifier.run(data.loader(batch_size=512), scan=scan)
+    print(result.report.summary(), file=sys.stderr)
+    out: Path = args.out
+    result.save(out)
+    print(f"wrote {out}/model.safetensors and {out}/report.json", file=sys.stderr)
+    if args.onnx:
+        from ..export import verify_onnx
+
+        exp = result.export_onnx(out / "model.onnx")
+        ver = verify_onnx(exp, result.model, data.loader(batch_size=512))
+        ver.save(out / "onnx_verification.json")
+        print(
+            f"exported {exp.path}; verification {'PASSED' if ver.passed else 'FAILED'} on "
+            f"{ver.providers_active[0]}",
+            file=sys.stderr,
+        )
+        if not ver.passed:
+            return EXIT_GATE_FAILED
+    return EXIT_OK
