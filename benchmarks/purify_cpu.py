@@ -1,0 +1,183 @@
+"""Purification on the `cifar10-cpu` fixtures: BA / ASR / RA / DER and seconds per defence.
+
+    python -m benchmarks.purify_cpu                         # every defence on the 4 attacks
+    python -m benchmarks.purify_cpu --defence mcl --only badnets-0.1
+
+Each fixture's clean budget (2,500 non-poisoned training images; the Purifier holds 10 % of it
+out for its own before/after numbers) is the only data a defence sees. Trigger-based defences
+(nc-unlearn, mcl) use the Scanner result of ``benchmarks.scanner_cpu`` (same scan config,
+loaded from its cache, or scanned here), never the real trigger. BA, ASR and RA are measured on
+the full CIFAR-10 test set with the fixture's *real* trigger; DER against the undefended model
+(``none``). Per-cell results are cached under ``benchmarks/cache/purify/``.
+Writes ``benchmarks/results/purify_cpu.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import hardenkit as hk
+from hardenkit.scan import ScanResult
+
+from .cifar_fixtures import ATTACKS_10, FIXTURES, fixture_dir, load_fixture
+from .common import CACHE, config_hash, load_cifar10, peak_rss_mb, write_results
+from .scanner_cpu import scan_cache, scan_config
+
+DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
+    "finetune": ("finetune", {}),
+    "nc-unlearn": ("nc-unlearn", {}),
+    "mcl": ("mcl", {}),
+    "mcl+ce": ("mcl", {"ce_weight": 1.0}),
+}
+SCAN_CFG = scan_config(epochs=40, max_images=500, batch_size=64)
+
+
+def get_scan(name: str, model: Any, clean: hk.ImageDataset) -> ScanResult:
+    d = scan_cache(name, SCAN_CFG).with_suffix("")
+    if (d / "report.json").is_file():
+        return ScanResult.load(d)
+    scan = hk.Scanner(model, 10, config=SCAN_CFG, runtime={"device": "cpu", "seed": 0}).run(
+        clean.loader(batch_size=500)
+    )
+    scan.save(d)
+    return scan
+
+
+def measure(model: Any, trigger: Any, test: hk.ImageDataset) -> dict[str, float]:
+    rep = hk.Validator(model, runtime={"device": "cpu"}).run(
+        test.loader(batch_size=1000), trigger=trigger, target=0
+    )
+    return {"ba": rep.ba, "asr": float(rep.asr or 0.0), "ra": float(rep.ra or 0.0)}
+
+
+def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
+    strategy, cfg = DEFENCES.get(defence, (defence, {}))
+    key = config_hash(
+        {"fixture": fixture_dir(name).name, "defence": defence, "cfg": cfg, "scan": SCAN_CFG}
+    )
+    cache = CACHE / "purify" / f"{name}-{defence}-{key}.json"
+    if cache.is_file():
+        row: dict[str, Any] = json.loads(cache.read_text())
+        row["cached"] = True
+        return row
+    model, trigger, idx, info = load_fixture(name)
+    clean = data["train"].subset(idx["clean_indices"])
+    row = {"fixture": name, "attack": info["config"]["attack"], "defence": defence}
+    if defence == "none":
+        row.update(measure(model, trigger, data["test"]))
+        row.update({"seconds": 0.0, "status": "-", "steps": 0})
+    else:
+        scan = (
+            get_scan(name, model, clean)
+            if hk.purify.STRATEGIES.get(strategy).needs_trigger
+            else None
+        )
+        t0 = time.perf_counter()
+        res = hk.Purifier(model, strategy, config=cfg, runtime={"device": "cpu", "seed": 0}).run(
+            clean.loader(batch_size=500), scan=scan
+        )
+        secs = time.perf_counter() - t0
+        row.update(measure(res.model, trigger, data["test"]))
+        row.update(
+            {
+                "seconds": secs,
+                "status": res.status,
+                "steps": res.report.steps,
+                "flagged": None if scan is None else scan.flagged_labels,
+                "notes": res.report.notes,
+            }
+        )
+    row["cached"] = False
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(row, indent=2))
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--defence", action="append", help="defence(s) to run (default: all)")
+    p.add_argument("--only", action="append", choices=sorted(FIXTURES), help="fixture(s)")
+    args = p.parse_args(argv)
+    data = load_cifar10()
+    fixtures = args.only or [f"{a}-0.1" for a in ATTACKS_10]
+    defences = ["none", *(args.defence or list(DEFENCES))]
+    rows: list[dict[str, Any]] = []
+    for name in fixtures:
+        base = None
+        for d in defences:
+            print(f"[{time.strftime('%H:%M:%S')}] {name} / {d} ...", flush=True)
+            r = run_cell(name, d, data)
+            if d == "none":
+                base = r
+            assert base is not None
+            r["der"] = hk.der(
+                ba_before=base["ba"], ba_after=r["ba"], asr_before=base["asr"], asr_after=r["asr"]
+            )
+            rows.append(r)
+            print(
+                f"  BA {100 * r['ba']:.2f} ASR {100 * r['asr']:.2f} RA {100 * r['ra']:.2f} "
+                f"DER {100 * r['der']:.1f} {r['seconds']:.0f}s {r['status']}",
+                flush=True,
+            )
+    table = [
+        {
+            "attack": r["attack"],
+            "defence": r["defence"],
+            "BA %": 100 * r["ba"],
+            "ASR %": 100 * r["asr"],
+            "RA %": 100 * r["ra"],
+            "DER %": 100 * r["der"],
+            "seconds": r["seconds"],
+            "status": r["status"],
+        }
+        for r in rows
+    ]
+    summary = []
+    for d in defences:
+        cells = [r for r in rows if r["defence"] == d]
+        summary.append(
+            {
+                "defence": d,
+                "mean DER %": 100 * sum(r["der"] for r in cells) / len(cells),
+                "mean BA %": 100 * sum(r["ba"] for r in cells) / len(cells),
+                "mean ASR %": 100 * sum(r["asr"] for r in cells) / len(cells),
+                "mean seconds": sum(r["seconds"] for r in cells) / len(cells),
+            }
+        )
+    cols = ["attack", "defence", "BA %", "ASR %", "RA %", "DER %", "seconds", "status"]
+    out = write_results(
+        "purify_cpu",
+        table,
+        cols,
+        {
+            "protocol": "cifar10-cpu purification",
+            "defences": {d: DEFENCES.get(d, (d, {})) for d in defences},
+            "scan_config": SCAN_CFG,
+            "summary": summary,
+            "details": rows,
+            "peak_rss_mb": peak_rss_mb(),
+            "command": "python -m benchmarks.purify_cpu " + " ".join(argv or sys.argv[1:]),
+        },
+    )
+    md = out.read_text() + "\n## Summary (mean over the attacks)\n\n"
+    md += (
+        "| defence | mean DER % | mean BA % | mean ASR % | mean seconds |\n|---|---|---|---|---|\n"
+    )
+    for s in summary:
+        md += (
+            f"| {s['defence']} | {s['mean DER %']:.1f} | {s['mean BA %']:.2f} | "
+            f"{s['mean ASR %']:.2f} | {s['mean seconds']:.0f} |\n"
+        )
+    out.write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
