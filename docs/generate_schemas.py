@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from hardenkit.cli.demo import DemoReport
 from hardenkit.config import RuntimeConfig
+from hardenkit.purify import PurificationReport
 from hardenkit.scan import ScanConfig, ScanReport
 from hardenkit.training import TrainConfig
 from hardenkit.validate import GatePolicy, ValidationReport
@@ -29,6 +30,7 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 MODELS: dict[str, type[BaseModel]] = {
     "validation-report": ValidationReport,
     "scan-report": ScanReport,
+    "purification-report": PurificationReport,
     "demo-report": DemoReport,
     "gate-policy": GatePolicy,
     "runtime-config": RuntimeConfig,

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from hardenkit.attacks import AttackConfig, BadNetsConfig, BlendedConfig, SIGConfig, WaNetConfig
 from hardenkit.config import Normalization, RuntimeConfig
+from hardenkit.purify import FinetuneConfig, MCLConfig, NCUnlearnConfig
 from hardenkit.scan import MaxMarginConfig, NeuralCleanseConfig, ScanConfig
 from hardenkit.training import TrainConfig
 from hardenkit.validate import GatePolicy
@@ -52,6 +53,7 @@ def test_expected_schemas_are_generated() -> None:
     assert sorted(GENERATED) == [
         "demo-report.schema.json",
         "gate-policy.schema.json",
+        "purification-report.schema.json",
         "runtime-config.schema.json",
         "scan-config.schema.json",
         "scan-report.schema.json",
@@ -137,6 +139,11 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     # the base DetectorConfig field (score_slope) is listed in both detector tables
     (NeuralCleanseConfig, "scanning.md", "### NeuralCleanseConfig", set()),
     (MaxMarginConfig, "scanning.md", "### MaxMarginConfig", set()),
+    # the StrategyConfig fields (max_steps, max_seconds) and, for NCUnlearnConfig, the
+    # FinetuneConfig fields are listed in every strategy table
+    (FinetuneConfig, "purification.md", "### FinetuneConfig", set()),
+    (NCUnlearnConfig, "purification.md", "### NCUnlearnConfig", set()),
+    (MCLConfig, "purification.md", "### MCLConfig", set()),
 ]
 
 

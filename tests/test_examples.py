@@ -22,6 +22,7 @@ def test_examples_exist() -> None:
         "03_data_sources.py",
         "04_export_onnx.py",
         "05_scan_model.py",
+        "06_purify_model.py",
     ]
 
 
