@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_cmd.add_parser(sub)
     models = sub.add_parser("models", help="list the model zoo")
     models.set_defaults(func=_list_models)
+    strategies = sub.add_parser(
+        "strategies", help="list the purification strategies and scan detectors (plugins too)"
+    )
+    strategies.set_defaults(func=_list_strategies)
     return parser
 
 
@@ -66,6 +70,20 @@ def _list_models(args: argparse.Namespace) -> int:
 
     for name in list_models():
         print(name)
+    return EXIT_OK
+
+
+def _list_strategies(args: argparse.Namespace) -> int:
+    from ..purify import STRATEGIES
+    from ..scan import DETECTORS
+
+    for name in STRATEGIES.names():
+        cls = STRATEGIES.get(name)
+        kind = "needs a trigger (scans first)" if cls.needs_trigger else "trigger-free"
+        print(f"strategy  {name:<14} {kind}")
+    for name in DETECTORS.names():
+        det = DETECTORS.get(name)
+        print(f"detector  {name:<14} {'needs clean data' if det.needs_data else 'data-free'}")
     return EXIT_OK
 
 

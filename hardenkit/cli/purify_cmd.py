@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RuntimeConfig
-from ..errors import ConfigError
-from ..purify import DEFAULT_STRATEGY, STRATEGIES, Purifier
+from ..errors import ConfigError, ParityError
+from ..purify import DEFAULT_STRATEGY, Purifier
 from ..scan import ScanResult
 from ._common import (
-    EXIT_GATE_FAILED,
     EXIT_OK,
     add_model_args,
     load_data_arg,
@@ -29,7 +28,7 @@ def add_parser(sub: Any) -> None:
         description="Repair a copy of a model with clean images and a purification strategy; "
         "write the repaired weights, the report and (optionally) a verified ONNX export. "
         "Exit 0 = done (including 'nothing to purify'), 2 = usage/input error, "
-        "3 = runtime error.",
+        "3 = runtime error or failed ONNX verification.",
     )
     add_model_args(p)
     p.add_argument(
@@ -42,9 +41,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--strategy",
         default=DEFAULT_STRATEGY,
-        help=f"purification strategy (default {DEFAULT_STRATEGY}); see --list-strategies",
+        help=f"purification strategy (default {DEFAULT_STRATEGY}); `hardenkit strategies` "
+        "lists them",
     )
-    p.add_argument("--list-strategies", action="store_true", help="print the strategies, exit")
     p.add_argument(
         "--set",
         dest="settings",
@@ -73,10 +72,6 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.list_strategies:
-        for name in STRATEGIES.names():
-            print(name)
-        return EXIT_OK
     fields: dict[str, Any] = load_policy_file(args.config, "strategy config") if args.config else {}
     fields.update(parse_kv(args.settings))
     rt = RuntimeConfig(device=args.device, seed=args.seed)
@@ -113,5 +108,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         if not ver.passed:
-            return EXIT_GATE_FAILED
+            raise ParityError(
+                "the exported model failed verification: "
+                + ", ".join(c.name for c in ver.failed_checks),
+                hint=f"see {out / 'onnx_verification.json'} for values and thresholds",
+            )
     return EXIT_OK

@@ -3,7 +3,7 @@
 Example:
     >>> from hardenkit.purify import STRATEGIES
     >>> STRATEGIES.names()
-    ['finetune', 'mcl', 'nc-unlearn']
+    ['d3', 'finetune', 'mcl', 'nc-unlearn']
 """
 
 from .base import (
@@ -14,6 +14,7 @@ from .base import (
     StrategyConfig,
     StrategyOutcome,
 )
+from .d3 import D3Config, D3Strategy
 from .finetune import FinetuneConfig, FinetuneStrategy, NCUnlearnConfig, NCUnlearnStrategy
 from .mcl import MCLConfig, MCLStrategy
 from .purifier import (
@@ -28,6 +29,8 @@ __all__ = [
     "DEFAULT_STRATEGY",
     "STRATEGIES",
     "Budget",
+    "D3Config",
+    "D3Strategy",
     "FinetuneConfig",
     "FinetuneStrategy",
     "MCLConfig",

@@ -108,6 +108,9 @@ class PurificationStrategy(ABC):
     name: ClassVar[str]
     config_cls: ClassVar[type[StrategyConfig]] = StrategyConfig
     needs_trigger: ClassVar[bool] = False
+    validation_fraction: ClassVar[float] = 0.0
+    """Share of the training part of the clean budget the Purifier splits off as
+    ``ctx.x_val``/``ctx.y_val`` for the strategy's own model selection."""
 
     def __init__(self, config: StrategyConfig | dict[str, Any] | None = None) -> None:
         self.config = parse_config(self.config_cls, config)

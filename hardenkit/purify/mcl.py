@@ -91,12 +91,14 @@ class MCLStrategy(PurificationStrategy):
         usable: list[tuple[int, Trigger]] = []
         for label, trig in ctx.scan.triggers.items():
             asr = ctx.scan.trigger_asr(label)
+            where = "held-out clean images (scan)"
             if asr is None:
                 asr = trigger_asr(ctx.original, trig, ctx.x, ctx.y, label)
+                where = "the purification images"
             if asr < cfg.min_trigger_asr:
                 ctx.notes.append(
-                    f"skipped the inverted trigger of label {label}: its ASR on held-out clean "
-                    f"images is {100 * asr:.1f}% < min_trigger_asr {100 * cfg.min_trigger_asr:.0f}%"
+                    f"skipped the inverted trigger of label {label}: its ASR on {where} is "
+                    f"{100 * asr:.1f}% < min_trigger_asr {100 * cfg.min_trigger_asr:.0f}%"
                 )
                 continue
             usable.append((label, trig))
@@ -148,6 +150,8 @@ class MCLStrategy(PurificationStrategy):
                     loss.backward()  # type: ignore[no-untyped-call]
                     opt.step()
                     tot += float(loss.detach())
+                if stopped and tot == 0.0:  # the budget ended before this epoch's first step
+                    break
                 last_loss = tot / max(1, steps)
                 epochs_done += 1
                 ctx.progress("purify[mcl]", epoch + 1, cfg.epochs, loss=last_loss)

@@ -250,7 +250,7 @@ class Purifier:
                 f"{k} classes."
             )
         x_tr, y_tr, x_ho, y_ho = self._holdout(x, y, k, holdout_loader)
-        val_frac = float(getattr(strat, "validation_fraction", 0.0))
+        val_frac = strat.validation_fraction
         x_val = x_tr[:0]
         y_val = y_tr[:0]
         if val_frac > 0:
@@ -263,6 +263,12 @@ class Purifier:
                 hint="pass the ScanResult of this model",
             )
         notes: list[str] = []
+        if scan is not None and scan.report.model.sha256 != ModelFingerprint.of(self.model).sha256:
+            notes.append(
+                "the scan was made on a model with other weights (fingerprint "
+                f"{scan.report.model.sha256[:12]} vs {ModelFingerprint.of(self.model).sha256[:12]}"
+                "); its triggers may not fit this model"
+            )
         if scan is None and strat.needs_trigger:
             notes.append("no scan given: ran the Scanner on the purification images first")
             scan = Scanner(original, k, config=self.scan_config, runtime=rt, progress=progress).run(

@@ -239,3 +239,61 @@ def test_from_triggers_validation(fx: BackdoorFixture) -> None:
         ScanResult.from_triggers({}, model=m, num_classes=4)
     with pytest.raises(ConfigError, match="outside"):
         ScanResult.from_triggers({7: fx.backdoored.trigger}, model=m, num_classes=4)
+
+
+# ----------------------------------------------------------------------------- d3
+
+
+def test_d3_projection_keeps_the_norm_and_moves_away(fx: BackdoorFixture) -> None:
+    from hardenkit.purify.d3 import selected_weights
+
+    model = fx.backdoored.model
+    (name, w_before), *_ = selected_weights(model, None)
+    w0 = w_before.detach().clone()
+    res = hk.Purifier(model, "d3", config={"epochs": 3}).run(_loader(fx))
+    (_, w_after), *_ = selected_weights(res.model, None)
+    assert name == "model.linear.weight"
+    # every step projects back onto the sphere of the original norm ...
+    assert float(torch.linalg.vector_norm(w_after.detach())) == pytest.approx(
+        float(torch.linalg.vector_norm(w0)), rel=1e-4
+    )
+    # ... and the distance term moved the weights away from the backdoored ones
+    moved = float(torch.linalg.vector_norm(w_after.detach() - w0))
+    assert moved > 0.5 * float(torch.linalg.vector_norm(w0))
+    d = res.report.details
+    assert d["selected_weights"] == ["model.linear.weight"]
+    assert res.report.clean_images["validation"] > 0  # D3 keeps a validation split
+    assert d["final_epoch"] == 3
+    assert d["chosen_epoch"] == 3  # selection="final" by default
+    assert 1 <= d["best_val_epoch"] <= 3
+
+
+@pytest.mark.parametrize("warm", ["random", "far", "middle", "noise", "near"])
+def test_d3_warm_starts(warm: str, fx: BackdoorFixture) -> None:
+    res = hk.Purifier(
+        fx.backdoored.model, "d3", config={"epochs": 1, "warm_start": warm, "max_steps": 1}
+    ).run(_loader(fx))
+    assert res.status == "purified"
+    assert res.report.steps == 1
+
+
+def test_d3_best_val_selection_and_layers(fx: BackdoorFixture) -> None:
+    res = hk.Purifier(
+        fx.backdoored.model,
+        "d3",
+        config={"epochs": 3, "selection": "best-val", "layers": ["block3"], "lmd": 10.0},
+    ).run(_loader(fx))
+    d = res.report.details
+    assert d["chosen_epoch"] == d["best_val_epoch"]
+    assert all(n.startswith("block3") for n in d["selected_weights"])
+    with pytest.raises(ModelCompatibilityError, match=r"no nn\.Linear or nn\.Conv2d"):
+        hk.Purifier(fx.backdoored.model, "d3", config={"layers": ["avgpool"]}).run(_loader(fx))
+
+
+def test_scan_of_other_weights_is_noted(fx: BackdoorFixture) -> None:
+    other = hk.create_model("small-cnn", 4)
+    scan = ScanResult.from_triggers({0: fx.backdoored.trigger}, model=other, num_classes=4)
+    res = hk.Purifier(fx.backdoored.model, "nc-unlearn", config={"epochs": 1}).run(
+        _loader(fx), scan=scan
+    )
+    assert "made on a model with other weights" in res.report.notes[0]

@@ -1,0 +1,214 @@
+"""D3 — distance-driven detoxification (ALGORITHMS.md §2), faithful to the official code.
+
+Move the selected weights (default: the final linear layer) as *far* as possible from the
+backdoored weights while a per-sample hinge keeps the clean loss near ε; after every step each
+selected weight is projected back onto the sphere of its original norm. Needs no trigger, so it
+is the answer when the Scanner finds nothing or the trigger is not a patch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Annotated, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from .._utils.seeding import make_generator
+from ..errors import ModelCompatibilityError
+from ..logging import get_logger
+from ..models import find_last_linear, resolve_layer
+from ..training import augment_batch
+from ._eval import accuracy
+from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
+
+__all__ = ["D3Config", "D3Strategy", "selected_weights"]
+
+_log = get_logger("purify.d3")
+
+
+class D3Config(StrategyConfig):
+    """D3 settings (defaults: the official code, ``config/defense/d3/config.yaml``).
+
+    Attributes:
+        lmd: λ, the weight of the clean-loss hinge (code 0.5; the paper says 10).
+        eps: ε, the clean-loss level the hinge allows per sample.
+        p: the norm of the distance and of the projection (2 = Frobenius).
+        scale_large_lambda: for λ > 1 use ``(λ·H − Dist) / (λ + 1)`` as the code does "to
+            avoid explosion"; ``False`` always uses ``λ·H − Dist``.
+        layers: module names whose ``Linear``/``Conv2d`` weights form the distance (biases
+            excluded); ``None`` = the model's last ``nn.Linear``, found automatically.
+        warm_start: ``random`` (uniform, rescaled to the original norm — the code's default),
+            ``far`` (−W0, the farthest point on the sphere), ``middle`` (0), ``noise``
+            (W0 + N(0, std(W0)²)) or ``near`` (no change; very slow to converge).
+        epochs: passes over the clean images (code: 100, cosine schedule).
+        batch_size: images per step.
+        lr: SGD learning rate (momentum 0.9, no weight decay in the code).
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay (the code's yaml ``wd`` is not used: 0).
+        augment: random crop + horizontal flip on the device (BackdoorBench train transform).
+        train_mode: BatchNorm statistics update during D3 (the code's default).
+        selection: ``final`` — the last epoch (the code); ``best-val`` — the epoch with the
+            best accuracy on the validation split of the clean budget (never the test set).
+    """
+
+    lmd: Annotated[float, Field(gt=0)] = 0.5
+    eps: Annotated[float, Field(ge=0)] = 0.1
+    p: Annotated[float, Field(gt=0)] = 2.0
+    scale_large_lambda: bool = True
+    layers: tuple[str, ...] | None = None
+    warm_start: Literal["random", "far", "middle", "noise", "near"] = "random"
+    epochs: Annotated[int, Field(ge=1)] = 100
+    batch_size: Annotated[int, Field(ge=1)] = 256
+    lr: Annotated[float, Field(gt=0)] = 0.01
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    augment: bool = True
+    train_mode: bool = True
+    selection: Literal["final", "best-val"] = "final"
+
+
+def selected_weights(model: nn.Module, layers: tuple[str, ...] | None) -> list[tuple[str, Tensor]]:
+    """``(name, weight)`` of each ``Linear``/``Conv2d`` in ``layers`` (default: the last Linear)."""
+    if layers is None:
+        name, lin = find_last_linear(model)
+        return [(f"{name}.weight", lin.weight)]
+    out: list[tuple[str, Tensor]] = []
+    for layer in layers:
+        root = resolve_layer(model, layer)
+        for sub, m in root.named_modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                out.append((f"{layer}{'.' + sub if sub else ''}.weight", m.weight))
+    if not out:
+        raise ModelCompatibilityError(
+            f"layers {list(layers)} contain no nn.Linear or nn.Conv2d weight for D3's distance.",
+            hint="name modules that hold Linear/Conv2d layers, or leave layers unset",
+        )
+    return out
+
+
+class D3Strategy(PurificationStrategy):
+    """Distance-driven detoxification: trigger-free, works on any ``nn.Module`` with a Linear."""
+
+    name = "d3"
+    config_cls = D3Config
+    needs_trigger = False
+    validation_fraction = 0.1
+    config: D3Config
+
+    def run(self, ctx: PurifyContext) -> StrategyOutcome:
+        cfg = self.config
+        model = ctx.model
+        sel = selected_weights(model, cfg.layers)
+        w0 = [w.detach().clone() for _, w in sel]
+        norm0 = [torch.linalg.vector_norm(w, ord=cfg.p) for w in w0]
+        g = torch.Generator().manual_seed(ctx.runtime.seed + 17)
+        self._warm_start(sel, w0, norm0, g)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+        n = len(ctx.y)
+        bs = min(cfg.batch_size, n)
+        steps = math.ceil(n / bs)
+        gen = make_generator(ctx.runtime.seed + 19, ctx.device)
+        history: list[dict[str, float]] = []
+        best: tuple[float, int, dict[str, Tensor]] | None = None
+        stopped = False
+        for epoch in range(cfg.epochs):
+            model.train(cfg.train_mode)
+            perm = torch.randperm(n, generator=gen, device=ctx.device)
+            tot_h = tot_d = 0.0
+            for s in range(steps):
+                if ctx.budget():
+                    stopped = True
+                    break
+                idx = perm[s * bs : (s + 1) * bs]
+                xb, yb = ctx.x[idx], ctx.y[idx]
+                if cfg.augment:
+                    xb = augment_batch(xb, gen)
+                ce = F.cross_entropy(model(xb), yb, reduction="none")
+                hinge = (ce - cfg.eps).clamp(min=0).mean()
+                dist = sum(
+                    (
+                        torch.linalg.vector_norm(w - w_0, ord=cfg.p)
+                        for (_, w), w_0 in zip(sel, w0, strict=True)
+                    ),
+                    torch.zeros((), device=ctx.device),
+                )
+                loss = cfg.lmd * hinge - dist
+                if cfg.lmd > 1 and cfg.scale_large_lambda:
+                    loss = loss / (cfg.lmd + 1)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                with torch.no_grad():  # projection onto the sphere of the original norm
+                    for (_, w), n0 in zip(sel, norm0, strict=True):
+                        w.mul_(n0 / torch.linalg.vector_norm(w, ord=cfg.p).clamp_min(1e-12))
+                tot_h += float(hinge.detach())
+                tot_d += float(dist.detach())
+            sched.step()
+            rec = {
+                "epoch": epoch + 1,
+                "hinge": tot_h / steps,
+                "distance": tot_d / steps,
+            }
+            if len(ctx.y_val):
+                rec["val_accuracy"] = accuracy(model, ctx.x_val, ctx.y_val)
+                if best is None or rec["val_accuracy"] > best[0]:
+                    best = (rec["val_accuracy"], epoch + 1, copy.deepcopy(model.state_dict()))
+            history.append(rec)
+            ctx.progress("purify[d3]", epoch + 1, cfg.epochs, distance=rec["distance"])
+            _log.debug("purify.epoch", strategy=self.name, **rec)
+            if stopped:
+                break
+        opt.zero_grad(set_to_none=True)
+        final_epoch = len(history)
+        chosen = final_epoch
+        if cfg.selection == "best-val" and best is not None:
+            model.load_state_dict(best[2])
+            chosen = best[1]
+        model.eval()
+        return StrategyOutcome(
+            model=model,
+            epochs=final_epoch,
+            details={
+                "selected_weights": [name for name, _ in sel],
+                "selection": cfg.selection,
+                "chosen_epoch": chosen,
+                "final_epoch": final_epoch,
+                "best_val_epoch": None if best is None else best[1],
+                "best_val_accuracy": None if best is None else best[0],
+                "final_val_accuracy": history[-1].get("val_accuracy") if history else None,
+                "final_distance": history[-1]["distance"] if history else 0.0,
+            },
+        )
+
+    def _warm_start(
+        self,
+        sel: list[tuple[str, Tensor]],
+        w0: list[Tensor],
+        norm0: list[Tensor],
+        g: torch.Generator,
+    ) -> None:
+        mode = self.config.warm_start
+        p = self.config.p
+        with torch.no_grad():
+            for (_, w), w_0, n0 in zip(sel, w0, norm0, strict=True):
+                if mode == "random":
+                    r = (torch.rand(w.shape, generator=g) - 0.5).to(w)
+                    w.copy_(r * n0 / torch.linalg.vector_norm(r, ord=p).clamp_min(1e-12))
+                elif mode == "far":
+                    w.copy_(-w_0)
+                elif mode == "middle":
+                    w.zero_()
+                elif mode == "noise":
+                    w.add_(torch.randn(w.shape, generator=g).to(w) * w_0.std())
+                # "near": unchanged
+
+
+STRATEGIES.register(D3Strategy.name, D3Strategy)
