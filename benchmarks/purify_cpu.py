@@ -32,6 +32,9 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "nc-unlearn": ("nc-unlearn", {}),
     "mcl": ("mcl", {}),
     "mcl+ce": ("mcl", {"ce_weight": 1.0}),
+    "d3-0.5": ("d3", {"lmd": 0.5}),
+    "d3-1": ("d3", {"lmd": 1.0}),
+    "d3-10": ("d3", {"lmd": 10.0}),
 }
 SCAN_CFG = scan_config(epochs=40, max_images=500, batch_size=64)
 
