@@ -3,9 +3,10 @@
 Example:
     >>> from hardenkit.purify import STRATEGIES
     >>> STRATEGIES.names()
-    ['d3', 'finetune', 'mcl', 'nc-unlearn']
+    ['auto', 'd3', 'finetune', 'mcl', 'nc-unlearn']
 """
 
+from .auto import AutoConfig, AutoStrategy
 from .base import (
     STRATEGIES,
     Budget,
@@ -28,6 +29,8 @@ from .purifier import (
 __all__ = [
     "DEFAULT_STRATEGY",
     "STRATEGIES",
+    "AutoConfig",
+    "AutoStrategy",
     "Budget",
     "D3Config",
     "D3Strategy",

@@ -108,6 +108,9 @@ class PurificationStrategy(ABC):
     name: ClassVar[str]
     config_cls: ClassVar[type[StrategyConfig]] = StrategyConfig
     needs_trigger: ClassVar[bool] = False
+    uses_scan: ClassVar[bool] = False
+    """Wants a scan (the Purifier scans first when none is given) but also works without a
+    flagged label (composite strategies)."""
     validation_fraction: ClassVar[float] = 0.0
     """Share of the training part of the clean budget the Purifier splits off as
     ``ctx.x_val``/``ctx.y_val`` for the strategy's own model selection."""

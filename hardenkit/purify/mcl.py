@@ -89,6 +89,13 @@ class MCLStrategy(PurificationStrategy):
         cfg = self.config
         assert ctx.scan is not None
         usable: list[tuple[int, Trigger]] = []
+        if not ctx.scan.triggers:
+            ctx.notes.append(
+                f"MCL refused: the scan flagged {ctx.scan.flagged_labels} but recovered no "
+                "trigger for them (no trigger-recovering detector such as neural-cleanse "
+                "flagged them); the model is returned unchanged. Use a trigger-free strategy."
+            )
+            return StrategyOutcome(model=ctx.model, status="refused")
         for label, trig in ctx.scan.triggers.items():
             asr = ctx.scan.trigger_asr(label)
             where = "held-out clean images (scan)"

@@ -269,7 +269,7 @@ class Purifier:
                 f"{scan.report.model.sha256[:12]} vs {ModelFingerprint.of(self.model).sha256[:12]}"
                 "); its triggers may not fit this model"
             )
-        if scan is None and strat.needs_trigger:
+        if scan is None and (strat.needs_trigger or strat.uses_scan):
             notes.append("no scan given: ran the Scanner on the purification images first")
             scan = Scanner(original, k, config=self.scan_config, runtime=rt, progress=progress).run(
                 list(_batches(x_tr, y_tr))

@@ -114,6 +114,8 @@ class DetectorReport(BaseModel):
     seconds: float
     config: dict[str, Any]
     info: dict[str, Any] = Field(default_factory=dict)
+    produces_triggers: bool = False
+    """True for detectors that recover a trigger per label (Neural Cleanse)."""
     classes: list[DetectorClassRow]
 
 
@@ -212,8 +214,23 @@ class ScanResult:
 
     @property
     def triggers(self) -> dict[int, Trigger]:
-        """Recovered triggers of the flagged labels (most anomalous first)."""
-        return {y: self.all_triggers[y] for y in self.flagged_labels if y in self.all_triggers}
+        """Recovered triggers of the flagged labels (most anomalous first).
+
+        Only labels that a trigger-recovering detector (Neural Cleanse) itself flagged have a
+        trigger here: when only MM-BD flags a label, Neural Cleanse's inversion for that label
+        was not anomalous and is not evidence of the backdoor, so it is not offered to
+        purifiers. Results built with :meth:`from_triggers` return all their triggers.
+        """
+        makers = [d for d in self.report.detectors if d.produces_triggers]
+        if self.report.detectors:
+            confirmed = {y for d in makers for y in d.flagged_labels}
+        else:
+            confirmed = set(self.flagged_labels)
+        return {
+            y: self.all_triggers[y]
+            for y in self.flagged_labels
+            if y in self.all_triggers and y in confirmed
+        }
 
     @property
     def target(self) -> int | None:
@@ -642,6 +659,7 @@ class Scanner:
                     seconds=out.seconds,
                     config=det.config.model_dump(mode="json"),
                     info=out.info,
+                    produces_triggers=bool(out.triggers),
                     classes=[
                         DetectorClassRow(
                             label=y,

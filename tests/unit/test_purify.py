@@ -18,7 +18,11 @@ from hardenkit.reports import ModelFingerprint
 from hardenkit.scan import ScanResult
 from hardenkit.testing import BackdoorFixture, check_strategy, tiny_backdoored_model
 
-FAST: dict[str, dict[str, object]] = {"finetune": {"epochs": 2}, "nc-unlearn": {"epochs": 2}}
+FAST: dict[str, dict[str, object]] = {
+    "finetune": {"epochs": 2},
+    "nc-unlearn": {"epochs": 2},
+    "auto": {"mcl": {"epochs": 1}, "d3": {"epochs": 1}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +301,45 @@ def test_scan_of_other_weights_is_noted(fx: BackdoorFixture) -> None:
         _loader(fx), scan=scan
     )
     assert "made on a model with other weights" in res.report.notes[0]
+
+
+# ----------------------------------------------------------------------------- auto
+
+AUTO_FAST = {"mcl": {"epochs": 1}, "d3": {"epochs": 1}}
+
+
+def test_auto_runs_mcl_on_a_recovered_trigger(fx: BackdoorFixture) -> None:
+    bd = fx.backdoored  # (the tiny fixture's backdoor is weak: vouch for the trigger's ASR)
+    scan = ScanResult.from_triggers(
+        {0: bd.trigger}, model=bd.model, num_classes=4, trigger_asr={0: 1.0}
+    )
+    res = hk.Purifier(bd.model, "auto", config=AUTO_FAST).run(_loader(fx), scan=scan)
+    assert res.status == "purified"
+    assert res.report.details["branch"] == "mcl"
+    assert res.report.details["triggers"] == [0]
+
+
+def test_auto_falls_back_to_d3(fx: BackdoorFixture, scan: ScanResult) -> None:
+    clean_report = scan.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
+    res = hk.Purifier(fx.backdoored.model, "auto", config=AUTO_FAST).run(
+        _loader(fx), scan=ScanResult(clean_report, {})
+    )
+    assert res.status == "purified"  # a negative scan is not a silent no-op
+    assert res.report.details["branch"] == "d3"
+    assert "scan verdict clean" in res.report.notes[-1]
+    weak = ScanResult.from_triggers(
+        {0: hk.PatchTrigger.square(3, location="top-left", pattern="black")},
+        model=fx.backdoored.model,
+        num_classes=4,
+        trigger_asr={0: 0.01},
+    )
+    res = hk.Purifier(fx.backdoored.model, "auto", config=AUTO_FAST).run(_loader(fx), scan=weak)
+    assert res.report.details["branch"] == "d3"
+    assert any("falling back to D3" in n for n in res.report.notes)
+
+
+def test_auto_validates_stage_configs() -> None:
+    with pytest.raises(ConfigError):
+        hk.purify.AutoStrategy({"mcl": {"temperature": -1}})
+    with pytest.raises(ConfigError):
+        hk.purify.AutoStrategy({"d3": {"nope": 1}})

@@ -399,7 +399,9 @@ def _fake_scan(verdict: str) -> ScanResult:
     mask = torch.zeros(32, 32)
     mask[-4:, -4:] = 1
     scan.all_triggers[1] = hk.MaskPatternTrigger(mask, torch.ones(3, 32, 32))
-    return scan
+    # pretend the fixed detector recovered that trigger itself (as neural-cleanse does)
+    dets = [d.model_copy(update={"produces_triggers": True}) for d in scan.report.detectors]
+    return ScanResult(scan.report.model_copy(update={"detectors": dets}), scan.all_triggers)
 
 
 def test_result_accessors() -> None:
@@ -418,3 +420,12 @@ def test_result_accessors() -> None:
 def test_detector_config_base_rejects_unknown_keys() -> None:
     with pytest.raises(ConfigError):
         DetectorConfig(nope=1)  # type: ignore[call-arg]
+
+
+def test_labels_flagged_only_by_a_trigger_free_detector_get_no_trigger() -> None:
+    scan = _fake_scan("backdoored")
+    dets = [d.model_copy(update={"produces_triggers": False}) for d in scan.report.detectors]
+    other = ScanResult(scan.report.model_copy(update={"detectors": dets}), scan.all_triggers)
+    assert other.flagged_labels == [1]
+    assert other.triggers == {}
+    assert other.trigger is None
