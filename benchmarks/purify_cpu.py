@@ -32,6 +32,7 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "nc-unlearn": ("nc-unlearn", {}),
     "mcl": ("mcl", {}),
     "mcl+ce": ("mcl", {"ce_weight": 1.0}),
+    "mcl-lr0.01": ("mcl", {"lr_schedule": [[0, 0.01], [10, 0.001]]}),
     "d3-0.5": ("d3", {"lmd": 0.5}),
     "d3-1": ("d3", {"lmd": 1.0}),
     "d3-10": ("d3", {"lmd": 10.0}),
