@@ -4,7 +4,7 @@ Example:
     >>> from hardenkit.scan.anomaly import mad_anomaly
     >>> stats = mad_anomaly([20.0, 21.0, 19.5, 22.0, 2.0, 20.5], side="low")
     >>> stats.flagged, round(stats.index, 1)
-    ([4], 12.5)
+    ([4], 16.4)
 """
 
 from __future__ import annotations
