@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from hardenkit.attacks import AttackConfig, BadNetsConfig, BlendedConfig, SIGConfig, WaNetConfig
 from hardenkit.config import Normalization, RuntimeConfig
-from hardenkit.purify import FinetuneConfig, MCLConfig, NCUnlearnConfig
+from hardenkit.purify import AutoConfig, D3Config, FinetuneConfig, MCLConfig, NCUnlearnConfig
 from hardenkit.scan import MaxMarginConfig, NeuralCleanseConfig, ScanConfig
 from hardenkit.training import TrainConfig
 from hardenkit.validate import GatePolicy
@@ -82,7 +82,7 @@ def test_check_mode_agrees() -> None:
 
 # --- config tables ---------------------------------------------------------------------------
 
-ROW = re.compile(r"^\|\s*`(?P<field>[a-z_]+)`\s*\|(?P<type>[^|]*)\|(?P<default>[^|]*)\|")
+ROW = re.compile(r"^\|\s*`(?P<field>[a-z_][a-z0-9_]*)`\s*\|(?P<type>[^|]*)\|(?P<default>[^|]*)\|")
 
 
 def _table_rows(doc: str, heading: str) -> dict[str, str]:
@@ -144,6 +144,8 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     (FinetuneConfig, "purification.md", "### FinetuneConfig", set()),
     (NCUnlearnConfig, "purification.md", "### NCUnlearnConfig", set()),
     (MCLConfig, "purification.md", "### MCLConfig", set()),
+    (D3Config, "purification.md", "### D3Config", set()),
+    (AutoConfig, "purification.md", "### AutoConfig", set()),
 ]
 
 

@@ -23,6 +23,7 @@ def test_examples_exist() -> None:
         "04_export_onnx.py",
         "05_scan_model.py",
         "06_purify_model.py",
+        "07_trigger_free_d3.py",
     ]
 
 
