@@ -79,7 +79,12 @@ def _list_strategies(args: argparse.Namespace) -> int:
 
     for name in STRATEGIES.names():
         cls = STRATEGIES.get(name)
-        kind = "needs a trigger (scans first)" if cls.needs_trigger else "trigger-free"
+        if cls.needs_trigger:
+            kind = "needs a trigger (scans first)"
+        elif cls.uses_scan:
+            kind = "scans first, trigger-free fallback"
+        else:
+            kind = "trigger-free"
         print(f"strategy  {name:<14} {kind}")
     for name in DETECTORS.names():
         det = DETECTORS.get(name)

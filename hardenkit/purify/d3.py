@@ -151,6 +151,8 @@ class D3Strategy(PurificationStrategy):
                         w.mul_(n0 / torch.linalg.vector_norm(w, ord=cfg.p).clamp_min(1e-12))
                 tot_h += float(hinge.detach())
                 tot_d += float(dist.detach())
+            if stopped and tot_h == 0.0 and tot_d == 0.0:  # budget ended before a step
+                break
             sched.step()
             rec = {
                 "epoch": epoch + 1,

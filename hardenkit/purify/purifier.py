@@ -303,7 +303,7 @@ class Purifier:
             notes.append(
                 f"the scan found no backdoor (verdict {scan.verdict}, score {scan.score:.3f}): "
                 f"{strat.name} needs a flagged label, so the model is returned unchanged. Use a "
-                "trigger-free strategy (e.g. finetune) to repair anyway."
+                "trigger-free strategy (d3, or auto, which falls back to d3) to repair anyway."
             )
             outcome = StrategyOutcome(model=work, status="nothing-to-purify")
         else:

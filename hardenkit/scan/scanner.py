@@ -221,7 +221,11 @@ class ScanResult:
         was not anomalous and is not evidence of the backdoor, so it is not offered to
         purifiers. Results built with :meth:`from_triggers` return all their triggers.
         """
-        makers = [d for d in self.report.detectors if d.produces_triggers]
+        # (``statistic == "mask_l1"`` also recognises Neural Cleanse in reports saved before
+        # ``produces_triggers`` existed)
+        makers = [
+            d for d in self.report.detectors if d.produces_triggers or d.statistic == "mask_l1"
+        ]
         if self.report.detectors:
             confirmed = {y for d in makers for y in d.flagged_labels}
         else:

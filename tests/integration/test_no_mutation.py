@@ -179,7 +179,24 @@ def _scanner_mm_bd(m: nn.Module, bd: BackdooredModel, ds: ImageDataset, tmp: Pat
     return hk.Scanner(m, 10, config=cfg, input_shape=(3, 32, 32)).run()
 
 
+def _purify(strategy: str, cfg: dict[str, object]) -> Call:
+    def call(m: nn.Module, bd: BackdooredModel, ds: ImageDataset, tmp: Path) -> object:
+        scan = hk.ScanResult.from_triggers(
+            {0: bd.trigger}, model=m, num_classes=10, trigger_asr={0: 1.0}
+        )
+        res = hk.Purifier(m, strategy, config=cfg).run(ds.loader(batch_size=64), scan=scan)
+        assert res.model is not m
+        return res
+
+    return call
+
+
 CALLS: dict[str, Call] = {
+    "Purifier.run-finetune": _purify("finetune", {"epochs": 1}),
+    "Purifier.run-nc-unlearn": _purify("nc-unlearn", {"epochs": 1}),
+    "Purifier.run-mcl": _purify("mcl", {"epochs": 1}),
+    "Purifier.run-d3": _purify("d3", {"epochs": 1}),
+    "Purifier.run-auto": _purify("auto", {"mcl": {"epochs": 1}, "d3": {"epochs": 1}}),
     "Scanner.run-neural-cleanse": _scanner_nc,
     "Scanner.run-mm-bd": _scanner_mm_bd,
     "Validator.run": _validator_run,
@@ -214,6 +231,9 @@ def test_call_leaves_model_unchanged(
 # Calls that promise to evaluate in eval mode must not touch BatchNorm statistics even when
 # the caller's model is in training mode.
 EVAL_CALLS = [
+    "Purifier.run-finetune",
+    "Purifier.run-mcl",
+    "Purifier.run-d3",
     "Scanner.run-neural-cleanse",
     "Scanner.run-mm-bd",
     "Validator.run",
