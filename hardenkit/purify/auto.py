@@ -1,33 +1,44 @@
-"""Composite strategy: MCL on the recovered trigger when the scan finds one, D3 otherwise."""
+"""Composite strategy: scan; repair with the recovered trigger when there is one, otherwise with
+a trigger-free strategy. The default pair was chosen by the CPU benchmark (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
-from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
-from .d3 import D3Config, D3Strategy
-from .mcl import MCLConfig, MCLStrategy
+from .base import (
+    STRATEGIES,
+    PurificationStrategy,
+    PurifyContext,
+    StrategyConfig,
+    StrategyOutcome,
+)
 
 __all__ = ["AutoConfig", "AutoStrategy"]
 
 
 class AutoConfig(StrategyConfig):
-    """Settings of the two stages (each a full strategy config).
+    """The two branches of the composite.
 
     Attributes:
-        mcl: :class:`~hardenkit.purify.MCLConfig` fields for the trigger branch.
-        d3: :class:`~hardenkit.purify.D3Config` fields for the trigger-free branch.
+        trigger_strategy: strategy run when Neural Cleanse recovered a trigger for a flagged
+            label: ``nc-unlearn`` or ``mcl``.
+        trigger_config: that strategy's config fields.
+        fallback: trigger-free strategy run otherwise (or when the trigger strategy refuses):
+            ``finetune`` or ``d3``.
+        fallback_config: that strategy's config fields.
     """
 
-    mcl: dict[str, Any] = Field(default_factory=dict)
-    d3: dict[str, Any] = Field(default_factory=dict)
+    trigger_strategy: Literal["nc-unlearn", "mcl"] = "nc-unlearn"
+    trigger_config: dict[str, Any] = Field(default_factory=dict)
+    fallback: Literal["finetune", "d3"] = "finetune"
+    fallback_config: dict[str, Any] = Field(default_factory=dict)
 
 
 class AutoStrategy(PurificationStrategy):
-    """Scan → MCL when Neural Cleanse recovered a trigger for a flagged label (and it is strong
-    enough), otherwise D3, which needs no trigger.
+    """Scan → ``trigger_strategy`` on the recovered trigger(s) when Neural Cleanse flagged a label,
+    otherwise ``fallback`` (trigger-free).
 
     A negative scan never becomes a silent no-op: the model is always repaired, and the report
     says which branch ran and why (``details["branch"]``, ``notes``).
@@ -36,34 +47,43 @@ class AutoStrategy(PurificationStrategy):
     name = "auto"
     config_cls = AutoConfig
     uses_scan = True
-    validation_fraction = 0.1
     config: AutoConfig
 
     def __init__(self, config: AutoConfig | dict[str, Any] | None = None) -> None:
         super().__init__(config)
-        # Validate both stage configs now (the constructor validates, run() works). The budget
-        # of this composite (max_steps / max_seconds) covers both stages: they share ctx.budget.
-        self._mcl = MCLStrategy(MCLConfig(**self.config.mcl))
-        self._d3 = D3Strategy(D3Config(**self.config.d3))
+        # Build (and so validate) both stages now: the constructor validates, run() works.
+        # The budget of this composite (max_steps / max_seconds) covers both: ctx.budget.
+        cfg = self.config
+        self._trigger = STRATEGIES.get(cfg.trigger_strategy)(cfg.trigger_config)
+        self._fallback = STRATEGIES.get(cfg.fallback)(cfg.fallback_config)
+        self.validation_fraction = max(
+            self._trigger.validation_fraction, self._fallback.validation_fraction
+        )
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         scan = ctx.scan
+        cfg = self.config
         if scan is not None and scan.triggers:
-            out = self._mcl.run(ctx)
+            out = self._trigger.run(ctx)
             if out.status == "purified":
-                out.details = {"branch": "mcl", **out.details}
+                out.details = {"branch": cfg.trigger_strategy, **out.details}
                 return out
-            ctx.notes.append("auto: MCL could not run; falling back to D3 (trigger-free)")
+            ctx.notes.append(
+                f"auto: {cfg.trigger_strategy} could not run; falling back to {cfg.fallback} "
+                "(trigger-free)"
+            )
         elif scan is not None and scan.is_backdoored:
             ctx.notes.append(
                 f"auto: the scan flagged {scan.flagged_labels} without a recovered trigger; "
-                "running D3 (trigger-free)"
+                f"running {cfg.fallback} (trigger-free)"
             )
         else:
             verdict = "no scan" if scan is None else f"scan verdict {scan.verdict}"
-            ctx.notes.append(f"auto: {verdict}, no trigger to contrast: running D3 (trigger-free)")
-        out = self._d3.run(ctx)
-        out.details = {"branch": "d3", **out.details}
+            ctx.notes.append(
+                f"auto: {verdict}, no trigger to use: running {cfg.fallback} (trigger-free)"
+            )
+        out = self._fallback.run(ctx)
+        out.details = {"branch": cfg.fallback, **out.details}
         return out
 
 

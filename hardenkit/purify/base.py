@@ -111,7 +111,7 @@ class PurificationStrategy(ABC):
     uses_scan: ClassVar[bool] = False
     """Wants a scan (the Purifier scans first when none is given) but also works without a
     flagged label (composite strategies)."""
-    validation_fraction: ClassVar[float] = 0.0
+    validation_fraction: float = 0.0
     """Share of the training part of the clean budget the Purifier splits off as
     ``ctx.x_val``/``ctx.y_val`` for the strategy's own model selection."""
 

@@ -196,7 +196,9 @@ CALLS: dict[str, Call] = {
     "Purifier.run-nc-unlearn": _purify("nc-unlearn", {"epochs": 1}),
     "Purifier.run-mcl": _purify("mcl", {"epochs": 1}),
     "Purifier.run-d3": _purify("d3", {"epochs": 1}),
-    "Purifier.run-auto": _purify("auto", {"mcl": {"epochs": 1}, "d3": {"epochs": 1}}),
+    "Purifier.run-auto": _purify(
+        "auto", {"trigger_config": {"epochs": 1}, "fallback_config": {"epochs": 1}}
+    ),
     "Scanner.run-neural-cleanse": _scanner_nc,
     "Scanner.run-mm-bd": _scanner_mm_bd,
     "Validator.run": _validator_run,

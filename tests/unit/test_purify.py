@@ -21,7 +21,7 @@ from hardenkit.testing import BackdoorFixture, check_strategy, tiny_backdoored_m
 FAST: dict[str, dict[str, object]] = {
     "finetune": {"epochs": 2},
     "nc-unlearn": {"epochs": 2},
-    "auto": {"mcl": {"epochs": 1}, "d3": {"epochs": 1}},
+    "auto": {"trigger_config": {"epochs": 1}, "fallback_config": {"epochs": 1}},
 }
 
 
@@ -305,7 +305,8 @@ def test_scan_of_other_weights_is_noted(fx: BackdoorFixture) -> None:
 
 # ----------------------------------------------------------------------------- auto
 
-AUTO_FAST = {"mcl": {"epochs": 1}, "d3": {"epochs": 1}}
+AUTO_FAST = {"trigger_config": {"epochs": 1}, "fallback_config": {"epochs": 1}}
+AUTO_MCL_D3 = {"trigger_strategy": "mcl", "fallback": "d3", **AUTO_FAST}
 
 
 def test_auto_runs_mcl_on_a_recovered_trigger(fx: BackdoorFixture) -> None:
@@ -313,19 +314,22 @@ def test_auto_runs_mcl_on_a_recovered_trigger(fx: BackdoorFixture) -> None:
     scan = ScanResult.from_triggers(
         {0: bd.trigger}, model=bd.model, num_classes=4, trigger_asr={0: 1.0}
     )
-    res = hk.Purifier(bd.model, "auto", config=AUTO_FAST).run(_loader(fx), scan=scan)
+    res = hk.Purifier(bd.model, "auto", config=AUTO_MCL_D3).run(_loader(fx), scan=scan)
     assert res.status == "purified"
     assert res.report.details["branch"] == "mcl"
     assert res.report.details["triggers"] == [0]
+    res = hk.Purifier(bd.model, "auto", config=AUTO_FAST).run(_loader(fx), scan=scan)
+    assert res.report.details["branch"] == "nc-unlearn"
 
 
 def test_auto_falls_back_to_d3(fx: BackdoorFixture, scan: ScanResult) -> None:
     clean_report = scan.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
-    res = hk.Purifier(fx.backdoored.model, "auto", config=AUTO_FAST).run(
+    res = hk.Purifier(fx.backdoored.model, "auto", config=AUTO_MCL_D3).run(
         _loader(fx), scan=ScanResult(clean_report, {})
     )
     assert res.status == "purified"  # a negative scan is not a silent no-op
     assert res.report.details["branch"] == "d3"
+    assert res.report.clean_images["validation"] > 0  # d3 as a stage keeps its split
     assert "scan verdict clean" in res.report.notes[-1]
     weak = ScanResult.from_triggers(
         {0: hk.PatchTrigger.square(3, location="top-left", pattern="black")},
@@ -333,13 +337,15 @@ def test_auto_falls_back_to_d3(fx: BackdoorFixture, scan: ScanResult) -> None:
         num_classes=4,
         trigger_asr={0: 0.01},
     )
-    res = hk.Purifier(fx.backdoored.model, "auto", config=AUTO_FAST).run(_loader(fx), scan=weak)
+    res = hk.Purifier(fx.backdoored.model, "auto", config=AUTO_MCL_D3).run(_loader(fx), scan=weak)
     assert res.report.details["branch"] == "d3"
-    assert any("falling back to D3" in n for n in res.report.notes)
+    assert any("falling back to d3" in n for n in res.report.notes)
 
 
 def test_auto_validates_stage_configs() -> None:
     with pytest.raises(ConfigError):
-        hk.purify.AutoStrategy({"mcl": {"temperature": -1}})
+        hk.purify.AutoStrategy({"trigger_strategy": "mcl", "trigger_config": {"temperature": -1}})
     with pytest.raises(ConfigError):
-        hk.purify.AutoStrategy({"d3": {"nope": 1}})
+        hk.purify.AutoStrategy({"fallback": "d3", "fallback_config": {"nope": 1}})
+    with pytest.raises(ConfigError):
+        hk.purify.AutoStrategy({"fallback": "mcl"})
