@@ -28,6 +28,7 @@ from .common import CACHE, config_hash, load_cifar10, peak_rss_mb, write_results
 from .scanner_cpu import scan_cache, scan_config
 
 DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
+    "auto": ("auto", {}),
     "finetune": ("finetune", {}),
     "nc-unlearn": ("nc-unlearn", {}),
     "mcl": ("mcl", {}),
