@@ -76,11 +76,8 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
         row.update(measure(model, trigger, data["test"]))
         row.update({"seconds": 0.0, "status": "-", "steps": 0})
     else:
-        scan = (
-            get_scan(name, model, clean)
-            if hk.purify.STRATEGIES.get(strategy).needs_trigger
-            else None
-        )
+        cls = hk.purify.STRATEGIES.get(strategy)
+        scan = get_scan(name, model, clean) if cls.needs_trigger or cls.uses_scan else None
         t0 = time.perf_counter()
         res = hk.Purifier(model, strategy, config=cfg, runtime={"device": "cpu", "seed": 0}).run(
             clean.loader(batch_size=500), scan=scan
