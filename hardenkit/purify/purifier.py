@@ -31,8 +31,10 @@ __all__ = ["DEFAULT_STRATEGY", "PurificationReport", "PurificationResult", "Puri
 
 _log = get_logger("purify")
 
-DEFAULT_STRATEGY = "mcl"
-"""The strategy of ``Purifier(model)`` when none is named."""
+DEFAULT_STRATEGY = "auto"
+"""The strategy of ``Purifier(model)`` when none is named: the composite ``auto`` (scan →
+``nc-unlearn`` on a recovered trigger, ``finetune`` otherwise), which had the highest mean DER
+over the four attacks of the CPU benchmark (docs/benchmarks.md)."""
 
 
 class TriggerASR(BaseModel):
@@ -158,7 +160,7 @@ class Purifier:
     Args:
         model: any ``nn.Module`` mapping a [0, 1] pixel batch to logits. It is copied; the
             caller's object and weights are never changed.
-        strategy: a registered name (``hardenkit.purify.STRATEGIES``): ``mcl`` (default),
+        strategy: a registered name (``hardenkit.purify.STRATEGIES``): ``auto`` (default),
             ``finetune``, ``nc-unlearn``, ... or a :class:`PurificationStrategy` instance.
         config: the strategy's config (dict or its pydantic model).
         runtime: device, seed, input normalization.

@@ -206,7 +206,7 @@ def test_demo_report_json(demo: DemoRun) -> None:
         "export_verify",
     ]
     # The purify step repaired a copy (MCL on the scan's trigger) and re-validated it.
-    assert report["purification"]["strategy"] == "mcl"
+    assert report["purification"]["strategy"] == "auto"
     assert report["purification"]["status"] in {"purified", "nothing-to-purify", "refused"}
     assert report["validation_after"]["report_type"] == "validation"
     assert (demo.out / "purified" / "model.safetensors").is_file()
