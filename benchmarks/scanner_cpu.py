@@ -3,6 +3,7 @@ seconds per model, and the batched-vs-sequential Neural Cleanse speed-up measure
 
     python -m benchmarks.scanner_cpu                 # every built fixture (backdoored + clean)
     python -m benchmarks.scanner_cpu --speedup-only  # only the batched vs sequential timing
+                                                     # (-> results/scanner_cpu_speedup.*)
 
 Models: the backdoored 10 % fixtures (BadNets, Blended, WaNet, SIG; seeds 0 and 1) and the clean
 reference models trained with the same recipe (``clean-s*``); build them with
@@ -107,7 +108,12 @@ def scan_fixture(name: str, cfg: dict, data: dict[str, hk.ImageDataset]) -> dict
 
 
 def speedup(
-    cfg: dict, name: str, data: dict[str, hk.ImageDataset], epochs: int, repeats: int
+    cfg: dict,
+    name: str,
+    data: dict[str, hk.ImageDataset],
+    epochs: int,
+    repeats: int,
+    max_images_per_step: int | None = None,
 ) -> dict[str, Any]:
     """Batched vs sequential Neural Cleanse on the same model, data, seed and config.
 
@@ -118,7 +124,14 @@ def speedup(
     model, _, idx, _ = load_fixture(name)
     clean = data["train"].subset(idx["clean_indices"])
     nc = dict(cfg["detector_options"]["neural-cleanse"], epochs=epochs, early_stop=False)
-    out: dict[str, Any] = {"model": name, "epochs": epochs, "repeats": repeats}
+    if max_images_per_step is not None:
+        nc["max_images_per_step"] = max_images_per_step
+    out: dict[str, Any] = {
+        "model": name,
+        "epochs": epochs,
+        "repeats": repeats,
+        "max_images_per_step": nc.get("max_images_per_step", "default"),
+    }
     l1: dict[str, list[float]] = {}
     times: dict[str, list[float]] = {"batched": [], "sequential": []}
     for _ in range(repeats):
@@ -175,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speedup-only", action="store_true")
     p.add_argument("--speedup-epochs", type=int, default=10)
     p.add_argument("--speedup-repeats", type=int, default=2)
+    p.add_argument(
+        "--speedup-max-images-per-step",
+        type=int,
+        help="neural-cleanse max_images_per_step of the batched mode in the speed-up runs",
+    )
     p.add_argument("--no-speedup", action="store_true")
     p.add_argument("--only", action="append", help="scan only these fixtures")
     args = p.parse_args(argv)
@@ -197,7 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     sp = None
     if not args.no_speedup:
         print(f"[{time.strftime('%H:%M:%S')}] speed-up on {args.speedup_model} ...", flush=True)
-        sp = speedup(cfg, args.speedup_model, data, args.speedup_epochs, args.speedup_repeats)
+        sp = speedup(
+            cfg,
+            args.speedup_model,
+            data,
+            args.speedup_epochs,
+            args.speedup_repeats,
+            args.speedup_max_images_per_step,
+        )
     summary = summarize(rows)
     table = rows
     cols = [
@@ -225,14 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": peak_rss_mb(),
         "command": "python -m benchmarks.scanner_cpu " + " ".join(argv or sys.argv[1:]),
     }
-    out = write_results("scanner_cpu", table, cols, meta)
+    name = "scanner_cpu_speedup" if args.speedup_only else "scanner_cpu"
+    out = write_results(name, table, cols, meta)
     md = out.read_text()
     md += "\n## Detection summary\n\n" + _summary_md(summary) + "\n"
     if sp is not None:
         md += (
             f"\n## Batched vs sequential Neural Cleanse ({sp['model']}, same data/seed/config, "
             f"{sp['epochs']} epochs per label, early stopping off, fastest of {sp['repeats']} "
-            f"alternating runs)\n\n"
+            f"alternating runs, max_images_per_step {sp['max_images_per_step']})\n\n"
             f"| mode | seconds (fastest) | all runs | anomaly index |\n|---|---|---|---|\n"
             f"| batched | {sp['batched_seconds']:.1f} | "
             f"{', '.join(f'{t:.1f}' for t in sp['batched_all_seconds'])} | "
