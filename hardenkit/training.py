@@ -185,6 +185,29 @@ def check_logits(out: Tensor, n: int, num_classes: int | None) -> None:
         )
 
 
+@torch.no_grad()
+def infer_num_classes(model: nn.Module, probe: Tensor) -> int:
+    """Run ``model`` on a probe batch and return K of its ``(N, K)`` logits.
+
+    Raises :class:`ModelCompatibilityError` when the forward pass fails or the output is not
+    ``(N, K)`` logits.
+    """
+    try:
+        out = model(probe)
+    except RuntimeError as exc:
+        raise ModelCompatibilityError(
+            f"the model failed on a clean batch of shape {tuple(probe.shape)}: {exc}",
+            hint="check the input size/channels the model expects",
+        ) from exc
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != probe.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ModelCompatibilityError(
+            f"the model must map (N, C, H, W) to logits (N, K); got {shape}.",
+            hint="make forward() return class logits",
+        )
+    return int(out.shape[1])
+
+
 def train_model(
     model: nn.Module,
     x: Tensor,
@@ -334,3 +357,19 @@ def evaluate_accuracy(
         raise DataError("cannot evaluate accuracy on an empty set.")
     pred = predict(model, x, runtime=runtime).argmax(1)
     return float((pred == y.cpu()).float().mean())
+
+
+def trigger_asr(
+    model: nn.Module,
+    trigger: Callable[[Tensor], Tensor],
+    x: Tensor,
+    y: Tensor,
+    label: int,
+    runtime: RuntimeConfig | dict[str, Any] | None = None,
+) -> float:
+    """Share of the images of ``(x, y)`` not labelled ``label`` that ``trigger`` sends to it."""
+    keep = (y != label).cpu()
+    if int(keep.sum()) == 0:
+        return 0.0
+    pred = predict(model, x[keep.to(x.device)], runtime=runtime, transform=trigger).argmax(1)
+    return float((pred == label).float().mean())

@@ -21,8 +21,7 @@ from .._utils.seeding import make_generator
 from ..errors import ModelCompatibilityError
 from ..logging import get_logger
 from ..models import find_last_linear, resolve_layer
-from ..training import augment_batch
-from ._eval import accuracy
+from ..training import augment_batch, evaluate_accuracy
 from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
 
 __all__ = ["D3Config", "D3Strategy", "selected_weights"]
@@ -160,7 +159,9 @@ class D3Strategy(PurificationStrategy):
                 "distance": tot_d / steps,
             }
             if len(ctx.y_val):
-                rec["val_accuracy"] = accuracy(model, ctx.x_val, ctx.y_val)
+                rec["val_accuracy"] = evaluate_accuracy(
+                    model, ctx.x_val, ctx.y_val, runtime=ctx.runtime
+                )
                 if best is None or rec["val_accuracy"] > best[0]:
                     best = (rec["val_accuracy"], epoch + 1, copy.deepcopy(model.state_dict()))
             history.append(rec)

@@ -19,8 +19,8 @@ from torch import nn
 
 from ..logging import get_logger
 from ..models import FeatureExtractor
+from ..training import trigger_asr
 from ..triggers import Trigger
-from ._eval import trigger_asr
 from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
 
 __all__ = ["MCLConfig", "MCLStrategy"]
@@ -100,7 +100,7 @@ class MCLStrategy(PurificationStrategy):
             asr = ctx.scan.trigger_asr(label)
             where = "held-out clean images (scan)"
             if asr is None:
-                asr = trigger_asr(ctx.original, trig, ctx.x, ctx.y, label)
+                asr = trigger_asr(ctx.original, trig, ctx.x, ctx.y, label, ctx.runtime)
                 where = "the purification images"
             if asr < cfg.min_trigger_asr:
                 ctx.notes.append(

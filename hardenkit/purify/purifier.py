@@ -24,7 +24,7 @@ from ..io import save_state_dict
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..scan import ScanConfig, Scanner, ScanResult
-from ._eval import accuracy, trigger_asr
+from ..training import evaluate_accuracy, infer_num_classes, trigger_asr
 from .base import STRATEGIES, Budget, PurificationStrategy, PurifyContext, StrategyOutcome
 
 __all__ = ["DEFAULT_STRATEGY", "PurificationReport", "PurificationResult", "Purifier", "TriggerASR"]
@@ -245,7 +245,7 @@ class Purifier:
         )
         original = copy.deepcopy(self.model).to(device).eval()
         original.requires_grad_(False)
-        k = _num_classes(original, x[:2].to(device))
+        k = infer_num_classes(original, x[:2].to(device))
         if int(y.min()) < 0 or int(y.max()) >= k:
             raise DataError(
                 f"clean_loader has labels in [{int(y.min())}, {int(y.max())}] but the model has "
@@ -278,9 +278,9 @@ class Purifier:
             )
         triggers = dict(scan.triggers) if scan is not None else {}
         x_ho_d, y_ho_d = x_ho.to(device), y_ho.to(device)
-        ba_before = accuracy(original, x_ho_d, y_ho_d)
+        ba_before = evaluate_accuracy(original, x_ho_d, y_ho_d, runtime=rt)
         asr_before = {
-            lab: trigger_asr(original, t, x_ho_d, y_ho_d, lab) for lab, t in triggers.items()
+            lab: trigger_asr(original, t, x_ho_d, y_ho_d, lab, rt) for lab, t in triggers.items()
         }
         work = copy.deepcopy(self.model).to(device)
         budget = Budget(strat.config.max_steps, strat.config.max_seconds)
@@ -311,12 +311,12 @@ class Purifier:
         else:
             outcome = strat.run(ctx)
         model = outcome.model.eval()
-        ba_after = accuracy(model, x_ho_d, y_ho_d)
+        ba_after = evaluate_accuracy(model, x_ho_d, y_ho_d, runtime=rt)
         asr_rows = [
             TriggerASR(
                 label=lab,
                 before=asr_before[lab],
-                after=trigger_asr(model, t, x_ho_d, y_ho_d, lab),
+                after=trigger_asr(model, t, x_ho_d, y_ho_d, lab, rt),
                 images=int((y_ho != lab).sum()),
             )
             for lab, t in triggers.items()
@@ -398,23 +398,6 @@ class Purifier:
 def _hashes(x: Tensor) -> set[bytes]:
     flat = (x.clamp(0, 1) * 255).round().to(torch.uint8).flatten(1)
     return {hashlib.sha1(row.numpy().tobytes()).digest() for row in flat}
-
-
-def _num_classes(model: nn.Module, probe: Tensor) -> int:
-    with torch.no_grad():
-        try:
-            out = model(probe)
-        except RuntimeError as exc:
-            raise ModelCompatibilityError(
-                f"the model failed on a clean batch of shape {tuple(probe.shape)}: {exc}",
-                hint="check the input size/channels the model expects",
-            ) from exc
-    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != probe.shape[0]:
-        raise ModelCompatibilityError(
-            "the model must map (N, C, H, W) to logits (N, K).",
-            hint="make forward() return class logits",
-        )
-    return int(out.shape[1])
 
 
 def _batches(x: Tensor, y: Tensor, size: int = 512) -> Sequence[tuple[Tensor, Tensor]]:

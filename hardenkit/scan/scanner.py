@@ -21,6 +21,7 @@ from ..data.sampling import stratified_indices, stratified_split
 from ..errors import ConfigError, DataError, ModelCompatibilityError
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
+from ..training import infer_num_classes, trigger_asr
 from ..triggers import Trigger, as_trigger
 from .base import DETECTORS, Detector, DetectorContext, DetectorOutput
 
@@ -517,7 +518,7 @@ class Scanner:
             if eval_x is not None and eval_y is not None:
                 for lab, trig in out.triggers.items():
                     if lab not in asr:
-                        asr[lab] = _trigger_asr(model, trig, eval_x, eval_y, lab, ctx)
+                        asr[lab] = trigger_asr(model, trig, eval_x, eval_y, lab, rt)
         report = self._report(outputs, k, labels, x_inv, x_hold, asr, t_start)
         all_triggers: dict[int, Trigger] = {}
         for out in outputs:
@@ -537,21 +538,7 @@ class Scanner:
 
     # ------------------------------------------------------------------ helpers
     def _check_model(self, model: nn.Module, probe: Tensor) -> int:
-        with torch.no_grad():
-            try:
-                out = model(probe)
-            except RuntimeError as exc:
-                raise ModelCompatibilityError(
-                    f"the model failed on a clean batch of shape {tuple(probe.shape)}: {exc}",
-                    hint="check the input size/channels the model expects",
-                ) from exc
-        if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != probe.shape[0]:
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ModelCompatibilityError(
-                f"the model must map (N, C, H, W) to logits (N, K); got {shape}.",
-                hint="make forward() return class logits",
-            )
-        k = int(out.shape[1])
+        k = infer_num_classes(model, probe)
         if self.num_classes is not None and k != self.num_classes:
             raise ModelCompatibilityError(
                 f"num_classes={self.num_classes} but the model outputs {k} logits.",
@@ -740,21 +727,3 @@ def _ordered_union(groups: Any) -> list[int]:
             if y not in out:
                 out.append(y)
     return out
-
-
-@torch.no_grad()
-def _trigger_asr(
-    model: nn.Module, trigger: Trigger, x: Tensor, y: Tensor, label: int, ctx: DetectorContext
-) -> float:
-    """Fraction of clean non-``label`` images that ``trigger`` sends to ``label``."""
-    keep = y != label
-    xs = x[keep]
-    if len(xs) == 0:
-        return 0.0
-    hits = 0
-    for i in range(0, len(xs), 512):
-        xb = trigger.apply(xs[i : i + 512])
-        with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=ctx.amp):
-            pred = model(xb).argmax(1)
-        hits += int((pred == label).sum())
-    return hits / len(xs)
