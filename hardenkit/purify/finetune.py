@@ -7,7 +7,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 
-from ..training import TrainConfig, train_model
+from ..training import TrainConfig, TrainHistory, train_model
 from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
 
 __all__ = ["FinetuneConfig", "FinetuneStrategy", "NCUnlearnConfig", "NCUnlearnStrategy"]
@@ -57,16 +57,7 @@ class FinetuneStrategy(PurificationStrategy):
     config: FinetuneConfig
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
-        hist = train_model(
-            ctx.model,
-            ctx.x,
-            ctx.y,
-            self.config.train_config(),
-            runtime=ctx.runtime,
-            progress=ctx.progress,
-            phase="purify[finetune]",
-            stop=ctx.budget,
-        )
+        hist = _fit(ctx, ctx.x, self.config, "purify[finetune]")
         return StrategyOutcome(
             model=ctx.model,
             epochs=len(hist.epochs),
@@ -113,16 +104,7 @@ class NCUnlearnStrategy(PurificationStrategy):
         for i, (_, trig) in enumerate(triggers):
             part = chosen[i :: len(triggers)].to(ctx.device)
             x[part] = trig.apply(x[part])
-        hist = train_model(
-            ctx.model,
-            x,
-            ctx.y,
-            self.config.train_config(),
-            runtime=ctx.runtime,
-            progress=ctx.progress,
-            phase="purify[nc-unlearn]",
-            stop=ctx.budget,
-        )
+        hist = _fit(ctx, x, self.config, "purify[nc-unlearn]")
         return StrategyOutcome(
             model=ctx.model,
             epochs=len(hist.epochs),
@@ -132,6 +114,20 @@ class NCUnlearnStrategy(PurificationStrategy):
                 "final_loss": hist.final_loss,
             },
         )
+
+
+def _fit(ctx: PurifyContext, x: torch.Tensor, cfg: FinetuneConfig, phase: str) -> TrainHistory:
+    """Fine-tune ``ctx.model`` in place on ``(x, ctx.y)`` within the run's budget."""
+    return train_model(
+        ctx.model,
+        x,
+        ctx.y,
+        cfg.train_config(),
+        runtime=ctx.runtime,
+        progress=ctx.progress,
+        phase=phase,
+        stop=ctx.budget,
+    )
 
 
 STRATEGIES.register(FinetuneStrategy.name, FinetuneStrategy)
