@@ -2,6 +2,8 @@
 
     python -m benchmarks.purify_cpu                         # every defence on the 4 attacks
     python -m benchmarks.purify_cpu --defence mcl --only badnets-0.1
+    python -m benchmarks.purify_cpu --only badnets-0.1 --defence fine-pruning --defence anp \
+        --defence shapley-pruning --defence shapley-1shot --out purify_cpu_pruning
 
 Each fixture's clean budget (2,500 non-poisoned training images; the Purifier holds 10 % of it
 out for its own before/after numbers) is the only data a defence sees. Trigger-based defences
@@ -37,7 +39,14 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "d3-0.5": ("d3", {"lmd": 0.5}),
     "d3-1": ("d3", {"lmd": 1.0}),
     "d3-10": ("d3", {"lmd": 10.0}),
+    "fine-pruning": ("fine-pruning", {}),
+    "anp": ("anp", {}),
+    "shapley-pruning": ("shapley-pruning", {}),
+    "shapley-1shot": ("shapley-pruning", {}),
 }
+ONE_SHOT = {"shapley-1shot"}
+"""Defences given only one clean image per class (from the clean budget) and no held-out
+split (``holdout_fraction=0``)."""
 SCAN_CFG = scan_config(epochs=40, max_images=500, batch_size=64)
 
 
@@ -71,18 +80,28 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
         return row
     model, trigger, idx, info = load_fixture(name)
     clean = data["train"].subset(idx["clean_indices"])
+    holdout = 0.1
+    if defence in ONE_SHOT:
+        clean = clean.subset(hk.data.stratified_indices(clean.labels, per_class=1, seed=0))
+        holdout = 0.0
     row = {"fixture": name, "attack": info["config"]["attack"], "defence": defence}
     if defence == "none":
         row.update(measure(model, trigger, data["test"]))
-        row.update({"seconds": 0.0, "status": "-", "steps": 0})
+        row.update({"seconds": 0.0, "status": "-", "steps": 0, "clean_images": 0})
     else:
         cls = hk.purify.STRATEGIES.get(strategy)
         scan = get_scan(name, model, clean) if cls.needs_trigger or cls.uses_scan else None
         t0 = time.perf_counter()
-        res = hk.Purifier(model, strategy, config=cfg, runtime={"device": "cpu", "seed": 0}).run(
-            clean.loader(batch_size=500), scan=scan
-        )
+        res = hk.Purifier(
+            model,
+            strategy,
+            config=cfg,
+            runtime={"device": "cpu", "seed": 0},
+            holdout_fraction=holdout,
+        ).run(clean.loader(batch_size=500), scan=scan)
         secs = time.perf_counter() - t0
+        used = res.report.clean_images
+        pruning = res.report.details.get("pruning")
         row.update(measure(res.model, trigger, data["test"]))
         row.update(
             {
@@ -91,6 +110,9 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
                 "steps": res.report.steps,
                 "flagged": None if scan is None else scan.flagged_labels,
                 "notes": res.report.notes,
+                "clean_images": used["train"] + used["validation"],
+                "pruned_fraction": None if pruning is None else pruning["fraction"],
+                "pruned": None if pruning is None else pruning["pruned"],
             }
         )
     row["cached"] = False
@@ -105,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--defence", action="append", help="defence(s) to run (default: all)")
     p.add_argument("--only", action="append", choices=sorted(FIXTURES), help="fixture(s)")
+    p.add_argument(
+        "--out",
+        default="purify_cpu",
+        help="results name: writes benchmarks/results/<out>.{json,md} (default purify_cpu)",
+    )
     args = p.parse_args(argv)
     data = load_cifar10()
     fixtures = args.only or [f"{a}-0.1" for a in ATTACKS_10]
@@ -136,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             "RA %": 100 * r["ra"],
             "DER %": 100 * r["der"],
             "seconds": r["seconds"],
+            "clean images": r.get("clean_images", "-"),
+            "pruned %": "-"
+            if r.get("pruned_fraction") is None
+            else f"{100 * r['pruned_fraction']:.2f} ({r['pruned']})",
             "status": r["status"],
         }
         for r in rows
@@ -152,9 +183,20 @@ def main(argv: list[str] | None = None) -> int:
                 "mean seconds": sum(r["seconds"] for r in cells) / len(cells),
             }
         )
-    cols = ["attack", "defence", "BA %", "ASR %", "RA %", "DER %", "seconds", "status"]
+    cols = [
+        "attack",
+        "defence",
+        "BA %",
+        "ASR %",
+        "RA %",
+        "DER %",
+        "seconds",
+        "clean images",
+        "pruned %",
+        "status",
+    ]
     out = write_results(
-        "purify_cpu",
+        args.out,
         table,
         cols,
         {

@@ -24,7 +24,17 @@ from pydantic import BaseModel
 
 from hardenkit.attacks import AttackConfig, BadNetsConfig, BlendedConfig, SIGConfig, WaNetConfig
 from hardenkit.config import Normalization, RuntimeConfig
-from hardenkit.purify import AutoConfig, D3Config, FinetuneConfig, MCLConfig, NCUnlearnConfig
+from hardenkit.purify import (
+    ANPConfig,
+    AutoConfig,
+    D3Config,
+    FinePruningConfig,
+    FinetuneConfig,
+    MCLConfig,
+    NCUnlearnConfig,
+    ShapleyPruningConfig,
+)
+from hardenkit.purify.synthesis import SynthesisConfig
 from hardenkit.scan import MaxMarginConfig, NeuralCleanseConfig, ScanConfig
 from hardenkit.training import TrainConfig
 from hardenkit.validate import GatePolicy
@@ -116,6 +126,12 @@ def _parse_default(cell: str) -> Any:
 
 
 def _same(doc_value: Any, code_value: Any) -> bool:
+    if isinstance(code_value, BaseModel):
+        # a nested config default is documented as the dict of its non-default fields
+        # (``{}`` = all of the nested config's defaults)
+        if not isinstance(doc_value, dict):
+            return False
+        return type(code_value).model_validate(doc_value) == code_value
     if isinstance(code_value, float) or isinstance(doc_value, float):
         return (
             not isinstance(code_value, bool)
@@ -146,6 +162,12 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     (MCLConfig, "purification.md", "### MCLConfig", set()),
     (D3Config, "purification.md", "### D3Config", set()),
     (AutoConfig, "purification.md", "### AutoConfig", set()),
+    # pruning: FinePruningConfig lists the FinetuneConfig fields too; ShapleyPruningConfig's
+    # nested ``synthesis`` default is documented as ``{}`` (the SynthesisConfig defaults)
+    (FinePruningConfig, "pruning.md", "### FinePruningConfig", set()),
+    (ANPConfig, "pruning.md", "### ANPConfig", set()),
+    (ShapleyPruningConfig, "pruning.md", "### ShapleyPruningConfig", set()),
+    (SynthesisConfig, "pruning.md", "### SynthesisConfig", set()),
 ]
 
 

@@ -24,6 +24,7 @@ def test_examples_exist() -> None:
         "05_scan_model.py",
         "06_purify_model.py",
         "07_trigger_free_d3.py",
+        "08_prune_model.py",
     ]
 
 

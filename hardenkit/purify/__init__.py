@@ -3,7 +3,7 @@
 Example:
     >>> from hardenkit.purify import STRATEGIES
     >>> STRATEGIES.names()
-    ['auto', 'd3', 'finetune', 'mcl', 'nc-unlearn']
+    ['anp', 'auto', 'd3', 'fine-pruning', 'finetune', 'mcl', 'nc-unlearn', 'shapley-pruning']
 """
 
 from .auto import AutoConfig, AutoStrategy
@@ -15,9 +15,11 @@ from .base import (
     StrategyConfig,
     StrategyOutcome,
 )
+from .channels import ChannelMask, ChannelSet, PruningRecord, apply_pruning
 from .d3 import D3Config, D3Strategy
 from .finetune import FinetuneConfig, FinetuneStrategy, NCUnlearnConfig, NCUnlearnStrategy
 from .mcl import MCLConfig, MCLStrategy
+from .pruning import ANPConfig, ANPStrategy, FinePruningConfig, FinePruningStrategy
 from .purifier import (
     DEFAULT_STRATEGY,
     PurificationReport,
@@ -25,27 +27,41 @@ from .purifier import (
     Purifier,
     TriggerASR,
 )
+from .shapley import ShapleyPruningConfig, ShapleyPruningStrategy
+from .synthesis import SynthesisConfig, synthesize_class_images
 
 __all__ = [
     "DEFAULT_STRATEGY",
     "STRATEGIES",
+    "ANPConfig",
+    "ANPStrategy",
     "AutoConfig",
     "AutoStrategy",
     "Budget",
+    "ChannelMask",
+    "ChannelSet",
     "D3Config",
     "D3Strategy",
+    "FinePruningConfig",
+    "FinePruningStrategy",
     "FinetuneConfig",
     "FinetuneStrategy",
     "MCLConfig",
     "MCLStrategy",
     "NCUnlearnConfig",
     "NCUnlearnStrategy",
+    "PruningRecord",
     "PurificationReport",
     "PurificationResult",
     "PurificationStrategy",
     "Purifier",
     "PurifyContext",
+    "ShapleyPruningConfig",
+    "ShapleyPruningStrategy",
     "StrategyConfig",
     "StrategyOutcome",
+    "SynthesisConfig",
     "TriggerASR",
+    "apply_pruning",
+    "synthesize_class_images",
 ]

@@ -83,6 +83,8 @@ class PurifyContext:
     scan: ScanResult | None
     budget: Budget
     progress: ProgressCallback
+    input_shape: tuple[int, int, int] = (3, 32, 32)
+    """``(C, H, W)`` of the model's input (known even when no clean image was given)."""
     notes: list[str] = field(default_factory=list)
     """Human-readable remarks the strategy wants in the report (fallbacks, skipped triggers)."""
 
@@ -95,6 +97,8 @@ class StrategyOutcome:
     status: Literal["purified", "nothing-to-purify", "refused"] = "purified"
     epochs: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    scan: ScanResult | None = None
+    """A scan the strategy ran itself (its triggers' held-out ASR is then reported)."""
 
 
 class PurificationStrategy(ABC):
@@ -111,6 +115,8 @@ class PurificationStrategy(ABC):
     uses_scan: ClassVar[bool] = False
     """Wants a scan (the Purifier scans first when none is given) but also works without a
     flagged label (composite strategies)."""
+    data_free: ClassVar[bool] = False
+    """Runs without clean images (``Purifier.run(None)``), e.g. on synthesised data."""
     validation_fraction: float = 0.0
     """Share of the training part of the clean budget the Purifier splits off as
     ``ctx.x_val``/``ctx.y_val`` for the strategy's own model selection."""

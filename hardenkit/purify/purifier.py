@@ -60,8 +60,10 @@ class PurificationReport(BaseReport):
     clean_images: dict[str, int]
     """``train`` (used by the strategy), ``validation`` (model selection) and ``holdout``
     (before/after measurements only)."""
-    ba_before: float
-    ba_after: float
+    ba_before: float | None
+    """``None`` when no held-out image exists (``holdout_fraction=0`` or a data-free run
+    without ``holdout_loader``): validate the result separately."""
+    ba_after: float | None
     trigger_asr: list[TriggerASR]
     """ASR of each inverted trigger (flagged labels) on the held-out clean images."""
     scan: dict[str, Any] | None = None
@@ -77,15 +79,23 @@ class PurificationReport(BaseReport):
     details: dict[str, Any] = Field(default_factory=dict)
 
     @property
-    def ba_drop(self) -> float:
+    def ba_drop(self) -> float | None:
+        if self.ba_before is None or self.ba_after is None:
+            return None
         return self.ba_before - self.ba_after
 
     def summary(self) -> str:
         """A short human-readable summary."""
         lines = [
             f"strategy {self.strategy}: {self.status} in {self.seconds:.1f}s ({self.steps} steps)",
-            f"  BA (held-out clean) {100 * self.ba_before:.2f}% -> {100 * self.ba_after:.2f}%",
+            f"  BA (held-out clean) {_pct(self.ba_before)} -> {_pct(self.ba_after)}",
         ]
+        pruning = self.details.get("pruning")
+        if isinstance(pruning, dict):
+            lines.append(
+                f"  pruned {pruning['pruned']} of {pruning['total']} {pruning['unit']} channels "
+                f"({100 * pruning['fraction']:.2f}%)"
+            )
         for t in self.trigger_asr:
             lines.append(
                 f"  ASR of the inverted trigger for label {t.label}: "
@@ -93,6 +103,10 @@ class PurificationReport(BaseReport):
             )
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
 class PurificationResult:
@@ -150,7 +164,7 @@ class PurificationResult:
     def __repr__(self) -> str:
         return (
             f"PurificationResult(strategy={self.report.strategy!r}, status={self.status!r}, "
-            f"ba {self.report.ba_before:.3f}->{self.report.ba_after:.3f})"
+            f"ba {_pct(self.report.ba_before)}->{_pct(self.report.ba_after)})"
         )
 
 
@@ -166,7 +180,11 @@ class Purifier:
         runtime: device, seed, input normalization.
         holdout_fraction: share of the clean budget kept out of purification to measure BA
             and the inverted triggers' ASR before and after (ignored with ``holdout_loader``).
+            ``0`` uses every clean image for purification (few-shot budgets such as one
+            image per class); the report's BA fields are then ``None``.
         scan_config: Scanner settings used when a trigger-based strategy must scan first.
+        input_shape: ``(C, H, W)`` of the model input; needed only for data-free runs
+            (``run(None)`` with a strategy such as ``shapley-pruning``).
         progress: a progress callback (default: a tqdm bar on a TTY).
 
     Example:
@@ -188,6 +206,7 @@ class Purifier:
         runtime: RuntimeConfig | dict[str, Any] | None = None,
         holdout_fraction: float = 0.1,
         scan_config: ScanConfig | dict[str, Any] | None = None,
+        input_shape: tuple[int, int, int] | None = None,
         progress: ProgressCallback | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -209,8 +228,15 @@ class Purifier:
             self.strategy = STRATEGIES.get(strategy)(config)
         else:
             raise ConfigError(f"strategy must be a name or a strategy, got {type(strategy)}.")
-        if not 0 < holdout_fraction < 1:
-            raise ConfigError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}.")
+        if not 0 <= holdout_fraction < 1:
+            raise ConfigError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}.")
+        if input_shape is not None and (
+            len(input_shape) != 3 or any(int(d) < 1 for d in input_shape)
+        ):
+            raise ConfigError(
+                f"input_shape must be (C, H, W) with positive sizes, got {input_shape}."
+            )
+        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         self.model = model
         self.runtime = parse_config(RuntimeConfig, runtime)
         self.holdout_fraction = holdout_fraction
@@ -219,7 +245,7 @@ class Purifier:
 
     def run(
         self,
-        clean_loader: BatchSource,
+        clean_loader: BatchSource | None,
         *,
         scan: ScanResult | None = None,
         holdout_loader: BatchSource | None = None,
@@ -230,6 +256,7 @@ class Purifier:
         strategies run the Scanner themselves when it is missing. ``holdout_loader`` —
         separate clean images for the before/after measurements (must not overlap the
         clean loader); by default ``holdout_fraction`` of the clean images is held out.
+        ``clean_loader=None`` runs a data-free strategy (``Purifier(..., input_shape=...)``).
         """
         t_start = time.perf_counter()
         rt = self.runtime
@@ -237,16 +264,20 @@ class Purifier:
         device = rt.resolve_device()
         progress = make_progress(rt.progress, self._progress)
         strat = self.strategy
-        x, y = materialize(
-            clean_loader,
-            input_normalization=rt.input_normalization,
-            device="cpu",
-            where="clean_loader",
-        )
+        if clean_loader is None:
+            x, y = self._no_data(strat)
+        else:
+            x, y = materialize(
+                clean_loader,
+                input_normalization=rt.input_normalization,
+                device="cpu",
+                where="clean_loader",
+            )
+        shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
         original = copy.deepcopy(self.model).to(device).eval()
         original.requires_grad_(False)
-        k = infer_num_classes(original, x[:2].to(device))
-        if int(y.min()) < 0 or int(y.max()) >= k:
+        k = infer_num_classes(original, torch.zeros(2, *shape, device=device))
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
             raise DataError(
                 f"clean_loader has labels in [{int(y.min())}, {int(y.max())}] but the model has "
                 f"{k} classes."
@@ -255,7 +286,7 @@ class Purifier:
         val_frac = strat.validation_fraction
         x_val = x_tr[:0]
         y_val = y_tr[:0]
-        if val_frac > 0:
+        if val_frac > 0 and len(y_tr) and int(torch.bincount(y_tr).min()) >= 2:
             keep, val = stratified_split(y_tr, holdout_fraction=val_frac, seed=rt.seed + 2)
             x_val, y_val = x_tr[val], y_tr[val]
             x_tr, y_tr = x_tr[keep], y_tr[keep]
@@ -276,12 +307,11 @@ class Purifier:
             scan = Scanner(original, k, config=self.scan_config, runtime=rt, progress=progress).run(
                 list(_batches(x_tr, y_tr))
             )
-        triggers = dict(scan.triggers) if scan is not None else {}
-        x_ho_d, y_ho_d = x_ho.to(device), y_ho.to(device)
-        ba_before = evaluate_accuracy(original, x_ho_d, y_ho_d, runtime=rt)
-        asr_before = {
-            lab: trigger_asr(original, t, x_ho_d, y_ho_d, lab, rt) for lab, t in triggers.items()
-        }
+        if len(y_ho) == 0:
+            notes.append(
+                "no held-out clean images: BA and the inverted triggers' ASR were not measured "
+                "here; check the result with hk.Validator on data of your own"
+            )
         work = copy.deepcopy(self.model).to(device)
         budget = Budget(strat.config.max_steps, strat.config.max_seconds)
         if device.type == "cuda":  # pragma: no cover - GPU only
@@ -299,6 +329,7 @@ class Purifier:
             scan=scan,
             budget=budget,
             progress=progress,
+            input_shape=shape,
             notes=notes,
         )
         if strat.needs_trigger and scan is not None and not scan.is_backdoored:
@@ -311,16 +342,24 @@ class Purifier:
         else:
             outcome = strat.run(ctx)
         model = outcome.model.eval()
-        ba_after = evaluate_accuracy(model, x_ho_d, y_ho_d, runtime=rt)
-        asr_rows = [
-            TriggerASR(
-                label=lab,
-                before=asr_before[lab],
-                after=trigger_asr(model, t, x_ho_d, y_ho_d, lab, rt),
-                images=int((y_ho != lab).sum()),
-            )
-            for lab, t in triggers.items()
-        ]
+        if outcome.scan is not None:
+            scan = outcome.scan
+        triggers = dict(scan.triggers) if scan is not None else {}
+        x_ho_d, y_ho_d = x_ho.to(device), y_ho.to(device)
+        ba_before = ba_after = None
+        asr_rows: list[TriggerASR] = []
+        if len(y_ho):
+            ba_before = evaluate_accuracy(original, x_ho_d, y_ho_d, runtime=rt)
+            ba_after = evaluate_accuracy(model, x_ho_d, y_ho_d, runtime=rt)
+            asr_rows = [
+                TriggerASR(
+                    label=lab,
+                    before=trigger_asr(original, t, x_ho_d, y_ho_d, lab, rt),
+                    after=trigger_asr(model, t, x_ho_d, y_ho_d, lab, rt),
+                    images=int((y_ho != lab).sum()),
+                )
+                for lab, t in triggers.items()
+            ]
         peak = {"process_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if device.type == "cuda":  # pragma: no cover - GPU only
             peak["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -360,8 +399,21 @@ class Purifier:
             ba_after=ba_after,
             seconds=report.seconds,
         )
-        shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
         return PurificationResult(model, report, scan, shape)
+
+    def _no_data(self, strat: PurificationStrategy) -> tuple[Tensor, Tensor]:
+        if not strat.data_free:
+            free = [n for n in STRATEGIES.names() if STRATEGIES.get(n).data_free]
+            raise DataError(
+                f"strategy {strat.name!r} needs clean images; clean_loader is None.",
+                hint=f"pass a clean loader, or use a data-free strategy: {free}",
+            )
+        if self.input_shape is None:
+            raise ConfigError(
+                "a data-free run needs the model's input shape.",
+                hint="pass Purifier(..., input_shape=(3, 32, 32))",
+            )
+        return torch.zeros(0, *self.input_shape), torch.zeros(0, dtype=torch.long)
 
     def _holdout(
         self, x: Tensor, y: Tensor, k: int, holdout_loader: BatchSource | None
@@ -381,13 +433,16 @@ class Purifier:
                     hint="the held-out images must never be used for purification",
                 )
             return x, y, x_ho, y_ho
+        if self.holdout_fraction == 0 or len(y) == 0:
+            return x, y, x[:0], y[:0]
         counts = torch.bincount(y, minlength=k)
         if int(counts.min()) < 2:
             few = [c for c, n in enumerate(counts.tolist()) if n < 2]
             raise DataError(
                 f"classes {few[:10]} have fewer than 2 clean images; the Purifier needs at least "
                 "2 per class (one to train on, one held out).",
-                hint="provide more clean images, or pass holdout_loader=",
+                hint="provide more clean images, pass holdout_loader=, or holdout_fraction=0 "
+                "to purify with every image (BA is then not measured)",
             )
         keep, hold = stratified_split(
             y, holdout_fraction=self.holdout_fraction, seed=self.runtime.seed + 1

@@ -72,7 +72,11 @@ def check_strategy(
     * is deterministic under a seed (two runs give the same weights),
     * returns a model with the same input/output contract (class, logits shape),
     * respects a step budget (``max_steps``) and reports the steps it took,
-    * runs on the CPU.
+    * runs on the CPU,
+    * never reads the held-out (test) data: two runs whose ``holdout_loader`` differ — the
+      clean test set, and the same images with the trigger stamped on every one — must give
+      identical weights (held-out data is for the Purifier's before/after measurement only;
+      strategies select on ``ctx.x_val``, a split of the clean budget).
 
     Returns ``{check: True}`` for every check; raises ``AssertionError`` naming the first one
     that fails.
@@ -100,9 +104,9 @@ def check_strategy(
     cfg = {**(config or {}), "max_steps": max_steps}
     results: dict[str, bool] = {}
 
-    def run() -> tuple[torch.nn.Module, Any]:
+    def run(holdout: Any = None) -> tuple[torch.nn.Module, Any]:
         res = Purifier(model, strategy, config=cfg, runtime={"seed": 0, "device": "cpu"}).run(
-            fx.data.train.loader(batch_size=64), scan=scan
+            fx.data.train.loader(batch_size=64), scan=scan, holdout_loader=holdout
         )
         return res.model, res.report
 
@@ -147,5 +151,14 @@ def check_strategy(
     )
     check(
         "reports status", rep1.status in {"purified", "nothing-to-purify", "refused"}, rep1.status
+    )
+    test_x, test_y = fx.data.test.tensors()
+    poisoned = [(bd.trigger(test_x), test_y)]
+    out_clean, _ = run(fx.data.test.loader(batch_size=64))
+    out_poisoned, _ = run(poisoned)
+    check(
+        "reads no held-out data",
+        ModelFingerprint.of(out_clean).sha256 == ModelFingerprint.of(out_poisoned).sha256,
+        "the repaired weights depend on holdout_loader (the test data)",
     )
     return results

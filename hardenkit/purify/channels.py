@@ -1,0 +1,399 @@
+"""Channel-level pruning machinery shared by the pruning strategies.
+
+A *channel group* is one layer whose output (or, for a ``Linear``, input) channels can be
+switched off one by one:
+
+* ``bn`` — a ``BatchNorm`` layer with affine parameters: channel ``c`` is pruned by zeroing
+  ``weight[c]`` and ``bias[c]`` (its output is then exactly 0);
+* ``conv`` — a ``Conv`` layer: pruned by zeroing filter ``c`` and ``bias[c]``;
+* ``linear-in`` — a ``Linear`` layer's input feature ``c``: pruned by zeroing column ``c``.
+
+Pruning is always a **weight edit** (:func:`apply_pruning`), so a pruned model has the
+original architecture, loads with the original code and exports to ONNX with no graph
+surgery. While a strategy searches, :class:`ChannelMask` applies *soft* masks with forward
+hooks instead (the weights stay untouched); a mask of 0 gives exactly the output of the
+weight edit (tested), and a 2-D mask ``(R, C)`` evaluates ``R`` different masks in one
+batched forward pass (the input batch is ``R`` repeats of the same images, mask-major).
+
+Example:
+    >>> import torch
+    >>> from hardenkit.models import SmallCNN
+    >>> from hardenkit.purify.channels import ChannelSet, apply_pruning
+    >>> net = SmallCNN(num_classes=3, width=4).eval()
+    >>> units = ChannelSet.find(net)
+    >>> units.kind, units.total, [g.layer for g in units.groups]
+    ('bn', 28, ['block1.1', 'block2.1', 'block3.1'])
+    >>> rec = apply_pruning(net, units, {"block3.1": [0, 5]})
+    >>> rec.pruned, float(net.block3[1].weight[5])
+    (2, 0.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal, Self
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ..errors import ConfigError, ModelCompatibilityError
+from ..models.features import resolve_layer
+
+__all__ = [
+    "ChannelGroup",
+    "ChannelMask",
+    "ChannelSet",
+    "PruningRecord",
+    "apply_pruning",
+    "keep_pruned",
+]
+
+UnitKind = Literal["bn", "conv", "linear-in"]
+
+_BN = nn.modules.batchnorm._BatchNorm
+_CONV = nn.modules.conv._ConvNd
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """One prunable layer: its ``named_modules()`` name, unit kind and channel count."""
+
+    layer: str
+    kind: UnitKind
+    channels: int
+
+
+def _group_of(name: str, module: nn.Module) -> ChannelGroup:
+    if isinstance(module, _BN):
+        if not module.affine:
+            raise ModelCompatibilityError(
+                f"BatchNorm layer {name!r} has affine=False: it has no scale/shift to zero.",
+                hint="prune the convolution before it instead (name the Conv layer)",
+            )
+        return ChannelGroup(name, "bn", int(module.num_features))
+    if isinstance(module, _CONV):
+        return ChannelGroup(name, "conv", int(module.out_channels))
+    if isinstance(module, nn.Linear):
+        return ChannelGroup(name, "linear-in", int(module.in_features))
+    raise ModelCompatibilityError(
+        f"layer {name!r} is a {type(module).__name__}; prunable layers are BatchNorm "
+        "(channels), Conv (filters) and Linear (input features).",
+        hint="name BatchNorm, Conv or Linear layers",
+    )
+
+
+class ChannelSet:
+    """The prunable channels of a model, flattened to indices ``0 .. total-1``.
+
+    Index ``i`` maps to ``(group, channel)`` in group order; :meth:`split` turns a set of flat
+    indices into the per-layer dict :func:`apply_pruning` takes.
+    """
+
+    def __init__(self, groups: Sequence[ChannelGroup]) -> None:
+        if not groups:
+            raise ModelCompatibilityError(
+                "no prunable channels found.",
+                hint="name BatchNorm, Conv or Linear layers explicitly with layers=[...]",
+            )
+        self.groups = tuple(groups)
+        offsets = [0]
+        for g in self.groups:
+            offsets.append(offsets[-1] + g.channels)
+        self.offsets = tuple(offsets)
+
+    @classmethod
+    def find(
+        cls,
+        model: nn.Module,
+        layers: Sequence[str] | None = None,
+        *,
+        unit: Literal["auto", "bn", "conv"] = "auto",
+    ) -> ChannelSet:
+        """Find prunable channel groups.
+
+        With ``layers`` the named modules are used (BatchNorm, Conv or Linear). Otherwise
+        ``unit="bn"`` takes every affine BatchNorm layer (the ANP/ShapPruning choice: a
+        BN channel is one neuron), ``"conv"`` every Conv layer, and ``"auto"`` BatchNorm
+        channels when the model has any, else Conv filters.
+
+        Raises:
+            ModelCompatibilityError: If a named layer is missing or not prunable, or
+                nothing prunable exists.
+        """
+        if layers is not None:
+            if isinstance(layers, str):
+                layers = [layers]
+            names = list(dict.fromkeys(layers))
+            if not names:
+                raise ConfigError("layers=[] names no layer; omit it to find layers automatically.")
+            return cls([_group_of(n, resolve_layer(model, n)) for n in names])
+        bns = [(n, m) for n, m in model.named_modules() if isinstance(m, _BN) and m.affine]
+        convs = [(n, m) for n, m in model.named_modules() if isinstance(m, _CONV)]
+        chosen = bns if unit == "bn" or (unit == "auto" and bns) else convs
+        if not chosen:
+            raise ModelCompatibilityError(
+                f"{type(model).__name__} has no {'affine BatchNorm' if unit == 'bn' else 'Conv'} "
+                "layer to prune.",
+                hint="name the layers to prune with layers=[...] (BatchNorm, Conv or Linear)",
+            )
+        return cls([_group_of(n, m) for n, m in chosen])
+
+    @property
+    def total(self) -> int:
+        """Number of prunable channels."""
+        return self.offsets[-1]
+
+    @property
+    def kind(self) -> str:
+        """The unit kind when all groups share one, else ``"mixed"``."""
+        kinds = {g.kind for g in self.groups}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    def locate(self, index: int) -> tuple[ChannelGroup, int]:
+        """Return ``(group, channel)`` of flat index ``index``."""
+        if not 0 <= index < self.total:
+            raise IndexError(f"channel index {index} outside [0, {self.total})")
+        for g, lo in zip(self.groups, self.offsets, strict=False):
+            if index < lo + g.channels:
+                return g, index - lo
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def split(self, indices: Sequence[int] | Tensor) -> dict[str, list[int]]:
+        """Map flat indices to ``{layer: sorted channels}`` (layers with none omitted)."""
+        idx = sorted(
+            {int(i) for i in (indices.tolist() if isinstance(indices, Tensor) else indices)}
+        )
+        out: dict[str, list[int]] = {}
+        for i in idx:
+            g, c = self.locate(i)
+            out.setdefault(g.layer, []).append(c)
+        return out
+
+    def flat(self, pruned: Mapping[str, Sequence[int]]) -> list[int]:
+        """Inverse of :meth:`split`."""
+        by_name = {g.layer: (g, lo) for g, lo in zip(self.groups, self.offsets, strict=False)}
+        out: list[int] = []
+        for layer, chans in pruned.items():
+            if layer not in by_name:
+                raise ConfigError(
+                    f"layer {layer!r} is not one of the prunable layers {list(by_name)}."
+                )
+            g, lo = by_name[layer]
+            for c in chans:
+                if not 0 <= int(c) < g.channels:
+                    raise ConfigError(
+                        f"channel {c} is outside layer {layer!r} ({g.channels} channels)."
+                    )
+                out.append(lo + int(c))
+        return sorted(set(out))
+
+    def ones(self, device: torch.device | str = "cpu") -> Tensor:
+        """An all-ones flat mask (nothing pruned)."""
+        return torch.ones(self.total, device=device)
+
+
+class PruningRecord(BaseModel):
+    """Exactly what was pruned (part of a purification report's ``details``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    unit: str
+    """``bn`` (BatchNorm channels), ``conv`` (filters), ``linear-in`` or ``mixed``."""
+    layers: dict[str, list[int]]
+    """Pruned channel indices per layer name."""
+    pruned: int
+    total: int
+    """Prunable channels considered."""
+    fraction: float
+
+
+def _record(units: ChannelSet, pruned: Mapping[str, Sequence[int]]) -> PruningRecord:
+    flat = units.flat(pruned)
+    return PruningRecord(
+        unit=units.kind,
+        layers=units.split(flat),
+        pruned=len(flat),
+        total=units.total,
+        fraction=len(flat) / units.total,
+    )
+
+
+@torch.no_grad()
+def apply_pruning(
+    model: nn.Module, units: ChannelSet, pruned: Mapping[str, Sequence[int]]
+) -> PruningRecord:
+    """Prune ``pruned`` (``{layer: channels}``) of ``model`` **in place** by weight edits.
+
+    Returns the :class:`PruningRecord`. Pruned channels of earlier calls stay pruned.
+    """
+    rec = _record(units, pruned)
+    kinds = {g.layer: g.kind for g in units.groups}
+    for layer, chans in rec.layers.items():
+        module = resolve_layer(model, layer)
+        idx = torch.tensor(chans, dtype=torch.long, device=_device(module))
+        weight = module.weight
+        assert isinstance(weight, Tensor)
+        if kinds[layer] == "linear-in":
+            weight[:, idx] = 0
+            continue
+        weight[idx] = 0
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, Tensor):
+            bias[idx] = 0
+    return rec
+
+
+def _device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")  # pragma: no cover - prunable layers have parameters
+
+
+def keep_pruned(
+    model: nn.Module, units: ChannelSet, pruned: Mapping[str, Sequence[int]]
+) -> list[RemovableHandle]:
+    """Zero the gradients of pruned weights so fine-tuning keeps them exactly 0.
+
+    With SGD (momentum, weight decay) or Adam a zero weight whose gradient is always zero
+    stays zero. Remove the returned handles when training is done.
+    """
+    handles: list[RemovableHandle] = []
+    kinds = {g.layer: g.kind for g in units.groups}
+    for layer, chans in units.split(units.flat(pruned)).items():
+        module = resolve_layer(model, layer)
+        for pname in ("weight", "bias"):
+            param = getattr(module, pname, None)
+            if not isinstance(param, nn.Parameter):
+                continue
+            keep = torch.ones_like(param)
+            if kinds[layer] == "linear-in":
+                if pname == "bias":
+                    continue
+                keep[:, chans] = 0
+            else:
+                keep[chans] = 0
+            handles.append(param.register_hook(_GradMask(keep)))  # type: ignore[no-untyped-call]
+    return handles
+
+
+class _GradMask:
+    def __init__(self, keep: Tensor) -> None:
+        self.keep = keep
+
+    def __call__(self, grad: Tensor) -> Tensor:
+        return grad * self.keep
+
+
+class ChannelMask:
+    """Soft channel masks applied with forward hooks (weights untouched).
+
+    ``mask`` is a flat tensor over :class:`ChannelSet` indices: shape ``(total,)`` for one
+    mask, or ``(R, total)`` for ``R`` masks evaluated together on an input made of ``R``
+    mask-major repeats of the same images. Update it in place (``cm.mask[...] = 0``) or
+    assign a new tensor to ``cm.mask``. Gradients flow to the mask when it requires grad.
+
+    ``scale_noise`` / ``shift_noise`` (flat ``(total,)`` tensors, 1-D masks only) perturb
+    the masked channels multiplicatively, as in adversarial neuron pruning: for ``bn``
+    groups ``out = m·(1+δ)·(γ·x̂) + m·(1+ξ)·β``; other groups get ``out = m·(1+δ)·out``.
+    """
+
+    def __init__(self, model: nn.Module, units: ChannelSet, mask: Tensor | None = None) -> None:
+        self.model = model
+        self.units = units
+        self.mask: Tensor = units.ones(_first_device(model)) if mask is None else mask
+        self.scale_noise: Tensor | None = None
+        self.shift_noise: Tensor | None = None
+        self._handles: list[RemovableHandle] = []
+        try:
+            for gi, g in enumerate(units.groups):
+                module = resolve_layer(model, g.layer)
+                if g.kind == "linear-in":
+                    self._handles.append(module.register_forward_pre_hook(_PreHook(self, gi)))
+                else:
+                    self._handles.append(module.register_forward_hook(_PostHook(self, gi)))
+        except BaseException:
+            self.close()
+            raise
+
+    def _slice(self, t: Tensor, gi: int) -> Tensor:
+        lo, hi = self.units.offsets[gi], self.units.offsets[gi + 1]
+        return t[..., lo:hi]
+
+    def _apply(self, out: Tensor, gi: int, *, bn: nn.Module | None = None) -> Tensor:
+        m = self._slice(self.mask, gi)
+        c = out.shape[1]
+        tail = [1] * (out.dim() - 2)
+        if m.dim() == 1:
+            a = m.view(1, c, *tail)
+            sn = None if self.scale_noise is None else self._slice(self.scale_noise, gi)
+            hn = None if self.shift_noise is None else self._slice(self.shift_noise, gi)
+            if sn is None and hn is None:
+                return out * a
+            scale = a if sn is None else a * (1 + sn.view(1, c, *tail))
+            bias = getattr(bn, "bias", None)
+            if not isinstance(bias, Tensor):  # conv filters / inputs: scale noise only
+                return out * scale
+            beta = bias.view(1, c, *tail)
+            shift = a if hn is None else a * (1 + hn.view(1, c, *tail))
+            return scale * (out - beta) + shift * beta
+        r = m.shape[0]
+        if out.shape[0] % r:
+            raise ModelCompatibilityError(
+                f"a batch of {out.shape[0]} cannot be split into {r} mask groups.",
+                hint="repeat the images once per mask row (mask-major)",
+            )
+        grouped = out.reshape(r, out.shape[0] // r, *out.shape[1:])
+        return (grouped * m.view(r, 1, c, *tail)).reshape(out.shape)
+
+    def close(self) -> None:
+        """Remove the hooks (idempotent)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _first_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class _PostHook:
+    def __init__(self, owner: ChannelMask, gi: int) -> None:
+        self.owner = owner
+        self.gi = gi
+
+    def __call__(self, module: nn.Module, args: tuple[object, ...], out: object) -> Tensor:
+        if not isinstance(out, Tensor):
+            raise ModelCompatibilityError(
+                f"layer {self.owner.units.groups[self.gi].layer!r} returned "
+                f"{type(out).__name__}, not a tensor."
+            )
+        bn = module if isinstance(module, _BN) else None
+        return self.owner._apply(out, self.gi, bn=bn)
+
+
+class _PreHook:
+    def __init__(self, owner: ChannelMask, gi: int) -> None:
+        self.owner = owner
+        self.gi = gi
+
+    def __call__(self, module: nn.Module, args: tuple[object, ...]) -> tuple[object, ...]:
+        x = args[0]
+        assert isinstance(x, Tensor)
+        return (self.owner._apply(x, self.gi), *args[1:])

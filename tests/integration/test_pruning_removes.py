@@ -1,0 +1,157 @@
+"""Pruning strategies on a planted BadNets backdoor (synthetic data, real trigger on the test set).
+
+The model is a SmallCNN of width 32 (224 BatchNorm channels): pruning needs some redundancy,
+and on the width-16 SmallCNN of the other integration tests (112 channels) every channel that
+carries the trigger also carries clean features (one Shapley-selected channel there cost 4.6
+BA points). Clean budget: 100 non-poisoned training images per class.
+
+Measured when the thresholds were set (seed 0, 2 threads; see the assertions' comments).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import hardenkit as hk
+from hardenkit.attacks import BackdooredModel
+from hardenkit.data import SyntheticSplits
+from hardenkit.models import SmallCNN
+from hardenkit.reports import ModelFingerprint
+
+
+@pytest.fixture(scope="module")
+def wide(synthetic: SyntheticSplits) -> BackdooredModel:
+    return hk.make_backdoored_model(
+        "badnets",
+        synthetic.train,
+        test=synthetic.test,
+        arch=lambda: SmallCNN(num_classes=10, width=32),
+        train_config=hk.TrainConfig(epochs=8, batch_size=128, lr=0.05, augment=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def budget(synthetic: SyntheticSplits, wide: BackdooredModel) -> hk.ImageDataset:
+    idx = hk.data.stratified_indices(
+        synthetic.train.labels, per_class=100, exclude=wide.poisoned.poison_indices
+    )
+    return synthetic.train.subset(idx)
+
+
+def _measure(model: object, bd: BackdooredModel, data: SyntheticSplits) -> hk.ValidationReport:
+    return hk.Validator(model).run(data.test.loader(), trigger=bd.trigger, target=bd.target)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def before(wide: BackdooredModel, synthetic: SyntheticSplits) -> hk.ValidationReport:
+    rep = _measure(wide.model, wide, synthetic)
+    assert rep.asr is not None
+    assert rep.asr >= 0.95
+    return rep
+
+
+def test_fine_pruning_removes_badnets(
+    wide: BackdooredModel,
+    budget: hk.ImageDataset,
+    synthetic: SyntheticSplits,
+    before: hk.ValidationReport,
+) -> None:
+    # 20 fine-tuning epochs instead of 100 keep the test short
+    fp = ModelFingerprint.of(wide.model)
+    res = hk.Purifier(wide.model, "fine-pruning", config={"epochs": 20}).run(budget.loader())
+    after = _measure(res.model, wide, synthetic)
+    assert after.asr is not None
+    assert after.asr <= 0.10, res.report.summary()
+    assert before.ba - after.ba <= 0.05, res.report.summary()
+    rec = res.report.details["pruning"]
+    assert rec["unit"] == "linear-in"
+    assert 0 < rec["pruned"] < rec["total"]
+    # the pruned input columns of the last layer are exactly zero after fine-tuning
+    cols = rec["layers"]["linear"]
+    assert float(res.model.linear.weight[:, cols].abs().max()) == 0.0  # type: ignore[union-attr]
+    assert res.report.details["selection"]["on"] == "validation split of the clean budget"
+    assert ModelFingerprint.of(wide.model) == fp
+
+
+def test_anp_removes_badnets_with_oracle_free_threshold(
+    wide: BackdooredModel,
+    budget: hk.ImageDataset,
+    synthetic: SyntheticSplits,
+    before: hk.ValidationReport,
+) -> None:
+    # 300 mask iterations instead of 2,000 keep the test near a minute; measured with them:
+    # threshold 0.55 chosen on the validation split, BA 89.7 -> 86.2, ASR 99.4 -> 0.8
+    res = hk.Purifier(wide.model, "anp", config={"iterations": 300}).run(budget.loader())
+    after = _measure(res.model, wide, synthetic)
+    assert after.asr is not None
+    assert after.asr <= 0.10, res.report.summary()
+    assert before.ba - after.ba <= 0.05, res.report.summary()
+    d = res.report.details
+    assert d["threshold"] is not None
+    assert d["pruning"]["unit"] == "bn"
+    assert d["selection"]["on"] == "validation split of the clean budget"
+
+
+def test_shapley_pruning_with_one_image_per_class(
+    wide: BackdooredModel,
+    synthetic: SyntheticSplits,
+    before: hk.ValidationReport,
+) -> None:
+    # 10 clean images in all; no held-out split (holdout_fraction=0)
+    idx = hk.data.stratified_indices(
+        synthetic.train.labels, per_class=1, exclude=wide.poisoned.poison_indices
+    )
+    shots = synthetic.train.subset(idx)
+    res = hk.Purifier(wide.model, "shapley-pruning", holdout_fraction=0).run(shots.loader())
+    after = _measure(res.model, wide, synthetic)
+    rep = res.report
+    assert res.status == "purified", rep.summary()
+    assert rep.ba_before is None  # nothing held out: not measured, not invented
+    assert rep.clean_images == {"train": 10, "validation": 0, "holdout": 0}
+    assert rep.details["data"] == {"source": "given", "images": 10, "with_augmented_copies": 50}
+    assert rep.details["scan"]["flagged_labels"] == [wide.target]
+    rec = rep.details["pruning"]
+    assert 0 < rec["pruned"] <= 0.05 * rec["total"]
+    assert after.asr is not None
+    assert before.asr is not None
+    # measured: 4 of 224 channels; BA 89.9 -> 84.6, ASR 99.4 -> 13.9 — the known few-shot limit
+    # on this small network (ASR <= 10 % with a BA drop <= 5 points is not met; with the *real*
+    # trigger instead of the inverted one, 6 channels gave ASR 0.1 % at BA 82.6: the cost is
+    # the network's lack of redundancy, not the inversion). See docs/pruning.md.
+    assert after.asr <= 0.25, rep.summary()
+    assert before.ba - after.ba <= 0.08, rep.summary()
+
+
+def test_shapley_pruning_data_free_runs_end_to_end(
+    wide: BackdooredModel,
+    budget: hk.ImageDataset,
+    synthetic: SyntheticSplits,
+    before: hk.ValidationReport,
+) -> None:
+    # shortened synthesis / inversion / estimation to keep the test near a minute; with
+    # max_permutations 50 and the default synthesis and inversion it flagged label 0 from
+    # the 40 synthesised images and pruned 3 of 224 channels: test BA 89.9 -> 89.6, ASR
+    # 99.4 -> 46.4 (a partial repair, reported as such)
+    cfg = {
+        "max_permutations": 30,
+        "synthesis": {"steps": 200},
+        "scan": {"detector_options": {"neural-cleanse": {"epochs": 100}}},
+    }
+    res = hk.Purifier(wide.model, "shapley-pruning", input_shape=(3, 32, 32), config=cfg).run(
+        None, holdout_loader=budget.loader()
+    )
+    rep = res.report
+    data = rep.details["data"]
+    assert data["source"] == "synthesized"
+    assert data["images"] == 40
+    assert rep.clean_images["train"] == 0
+    assert rep.ba_before is not None  # measured on the given held-out images
+    assert any("data-free" in n for n in rep.notes)
+    after = _measure(res.model, wide, synthetic)
+    print(rep.summary(), f"\ntest BA {after.ba:.3f} ASR {after.asr}")
+    if res.status == "nothing-to-purify":
+        assert ModelFingerprint.of(res.model) == ModelFingerprint.of(wide.model)
+        assert rep.details["scan"]["verdict"] != "backdoored"
+    else:
+        assert res.status == "purified"
+        assert rep.details["pruning"]["pruned"] > 0
