@@ -41,6 +41,7 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "d3-10": ("d3", {"lmd": 10.0}),
     "fine-pruning": ("fine-pruning", {}),
     "anp": ("anp", {}),
+    "anp-number": ("anp", {"pruning_by": "number"}),
     "shapley-pruning": ("shapley-pruning", {}),
     "shapley-1shot": ("shapley-pruning", {}),
 }

@@ -221,6 +221,12 @@ class ANPConfig(StrategyConfig):
             chooses it on the clean validation split: the largest threshold of the grid
             ``threshold_step, 2·threshold_step, …, max_threshold`` whose validation
             accuracy stays at or above ``(1 - acc_ratio)`` × the unpruned model's.
+        pruning_by: ``threshold`` — candidates are the mask thresholds of the grid;
+            ``number`` — candidates prune the 1, 2, 3, … neurons with the lowest masks (the
+            original code's ``pruning_by number``; finer, since many masks sit at exactly 0
+            and a threshold step can add dozens of neurons at once). Either way the
+            validation split picks the candidate.
+        max_fraction: ``number`` mode never prunes more than this share of the neurons.
         threshold_step: grid step of that search (original sweep: 0.05).
         max_threshold: largest threshold tried.
         acc_ratio: tolerated relative validation accuracy drop (BackdoorBench: 0.1, but
@@ -240,6 +246,8 @@ class ANPConfig(StrategyConfig):
     mask_lr: Annotated[float, Field(gt=0)] = 0.2
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     threshold: Annotated[float, Field(gt=0, le=1)] | None = None
+    pruning_by: Literal["threshold", "number"] = "threshold"
+    max_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     threshold_step: Annotated[float, Field(gt=0, le=0.5)] = 0.05
     max_threshold: Annotated[float, Field(gt=0, le=1)] = 0.9
     acc_ratio: Annotated[float, Field(ge=0, le=1)] = 0.10
@@ -281,12 +289,18 @@ class ANPStrategy(PurificationStrategy):
             model.eval()
         order = torch.argsort(masks, stable=True).cpu()
         sorted_m = masks[order].cpu()
+        grid: list[float]
         if cfg.threshold is not None:
             grid = [cfg.threshold]
+            cands = [order[: int((sorted_m < cfg.threshold).sum())]]
+        elif cfg.pruning_by == "number":  # one more neuron per candidate, lowest mask first
+            limit = min(units.total - 1, int(cfg.max_fraction * units.total))
+            grid = [float(sorted_m[k - 1]) for k in range(1, limit + 1)]
+            cands = [order[:k] for k in range(1, limit + 1)]
         else:
             n_grid = round(cfg.max_threshold / cfg.threshold_step)
             grid = [round((i + 1) * cfg.threshold_step, 6) for i in range(n_grid)]
-        cands = [order[: int((sorted_m < t).sum())] for t in grid]
+            cands = [order[: int((sorted_m < t).sum())] for t in grid]
         x_val, y_val, where = _validation(ctx)
         if cfg.threshold is not None:
             chosen, base, accs = 0, evaluate_accuracy(model, x_val, y_val, runtime=ctx.runtime), []
@@ -310,6 +324,7 @@ class ANPStrategy(PurificationStrategy):
                 "pruning": record.model_dump(),
                 "iterations": iters,
                 "threshold": grid[chosen] if chosen >= 0 else None,
+                "pruning_by": "threshold" if cfg.threshold is not None else cfg.pruning_by,
                 "selection": {
                     "on": where,
                     "images": len(y_val),

@@ -312,6 +312,14 @@ def test_fine_pruning_and_anp_report_what_they_pruned() -> None:
     assert d["threshold"] == 0.95
     assert d["pruning"]["pruned"] == sum(len(v) for v in d["pruning"]["layers"].values())
     assert set(d["mask_quantiles"]) == {"min", "p01", "p05", "median"}
+    by_number = hk.Purifier(
+        model, "anp", config={"iterations": 20, "pruning_by": "number", "acc_ratio": 1.0}
+    ).run(loader)
+    d = by_number.report.details
+    # no accuracy limit: prunes up to max_fraction (20 %) of the 112 channels, lowest masks first
+    assert d["pruning"]["pruned"] == int(0.2 * 112)
+    assert d["pruning_by"] == "number"
+    assert d["selection"]["thresholds_tried"] == sorted(d["selection"]["thresholds_tried"])
 
 
 def test_anp_on_a_model_without_batchnorm_masks_conv_filters() -> None:
