@@ -3,7 +3,8 @@
     python -m benchmarks.purify_cpu                         # every defence on the 4 attacks
     python -m benchmarks.purify_cpu --defence mcl --only badnets-0.1
     python -m benchmarks.purify_cpu --only badnets-0.1 --defence fine-pruning --defence anp \
-        --defence shapley-pruning --defence shapley-1shot --out purify_cpu_pruning
+        --defence anp-number --defence shapley-pruning --defence shapley-1shot \
+        --out purify_cpu_pruning
 
 Each fixture's clean budget (2,500 non-poisoned training images; the Purifier holds 10 % of it
 out for its own before/after numbers) is the only data a defence sees. Trigger-based defences
