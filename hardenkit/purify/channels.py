@@ -24,7 +24,7 @@ Example:
     >>> units.kind, units.total, [g.layer for g in units.groups]
     ('bn', 28, ['block1.1', 'block2.1', 'block3.1'])
     >>> rec = apply_pruning(net, units, {"block3.1": [0, 5]})
-    >>> rec.pruned, float(net.block3[1].weight[5])
+    >>> rec.pruned, net.block3[1].weight[5].item()
     (2, 0.0)
 """
 
