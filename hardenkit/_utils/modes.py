@@ -1,4 +1,5 @@
-"""Temporarily switch a model to eval mode, restoring every submodule's own flag afterwards."""
+"""Temporarily switch a model to eval mode or freeze its parameters, restoring the exact
+per-submodule / per-parameter flags afterwards."""
 
 from __future__ import annotations
 
@@ -22,3 +23,16 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in flags:
             m.training = flag
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[nn.Module]:
+    """``requires_grad=False`` on every parameter inside the block; each one's flag restored
+    after (optimise inputs or masks through a fixed model)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

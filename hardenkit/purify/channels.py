@@ -248,9 +248,10 @@ def apply_pruning(
 
 
 def _device(module: nn.Module) -> torch.device:
+    """Device of the module's first parameter (CPU for a parameter-free module)."""
     for p in module.parameters():
         return p.device
-    return torch.device("cpu")  # pragma: no cover - prunable layers have parameters
+    return torch.device("cpu")
 
 
 def keep_pruned(
@@ -304,7 +305,7 @@ class ChannelMask:
     def __init__(self, model: nn.Module, units: ChannelSet, mask: Tensor | None = None) -> None:
         self.model = model
         self.units = units
-        self.mask: Tensor = units.ones(_first_device(model)) if mask is None else mask
+        self.mask: Tensor = units.ones(_device(model)) if mask is None else mask
         self.scale_noise: Tensor | None = None
         self.shift_noise: Tensor | None = None
         self._handles: list[RemovableHandle] = []
@@ -365,12 +366,6 @@ class ChannelMask:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _first_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 class _PostHook:

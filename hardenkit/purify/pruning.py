@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from .._utils.modes import frozen_parameters
 from ..config import RuntimeConfig
 from ..logging import get_logger
 from ..models.features import find_last_linear, resolve_layer
@@ -124,7 +125,7 @@ class FinePruningStrategy(PurificationStrategy):
         else:
             group = ChannelSet.find(model, [cfg.layer]).groups[0]
         units = ChannelSet([group])
-        act = _mean_activation(model, group, ctx.x, ctx.runtime)
+        act = _mean_activation(model, group, ctx.x)
         order = torch.argsort(act, stable=True).cpu()  # dormant first
         c = units.total
         step = max(1, round(cfg.step_fraction * c))
@@ -174,9 +175,7 @@ class FinePruningStrategy(PurificationStrategy):
 
 
 @torch.no_grad()
-def _mean_activation(
-    model: nn.Module, group: ChannelGroup, x: Tensor, runtime: RuntimeConfig, batch: int = 256
-) -> Tensor:
+def _mean_activation(model: nn.Module, group: ChannelGroup, x: Tensor, batch: int = 256) -> Tensor:
     """Mean activation per channel of ``group`` over ``x`` (spatial dims averaged)."""
     module = resolve_layer(model, group.layer)
     total = torch.zeros(group.channels, device=x.device)
@@ -200,7 +199,6 @@ def _mean_activation(
             n += len(xb)
     finally:
         h.remove()
-    del runtime
     return total / max(1, n)
 
 
@@ -273,16 +271,13 @@ class ANPStrategy(PurificationStrategy):
         cfg = self.config
         model = ctx.model.eval()
         units = ChannelSet.find(model, cfg.layers)
-        frozen = [p.requires_grad for p in model.parameters()]
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-        model.requires_grad_(False)
         if cfg.bn_mode == "train":
             model.train()
         try:
-            masks, iters = self._optimise(ctx, model, units)
+            with frozen_parameters(model):
+                masks, iters = self._optimise(ctx, model, units)
         finally:
-            for p, f in zip(model.parameters(), frozen, strict=True):
-                p.requires_grad_(f)
             with torch.no_grad():  # batch statistics seen in train mode are discarded
                 for n, b in model.named_buffers():
                     b.copy_(buffers[n])
@@ -303,7 +298,8 @@ class ANPStrategy(PurificationStrategy):
             cands = [order[: int((sorted_m < t).sum())] for t in grid]
         x_val, y_val, where = _validation(ctx)
         if cfg.threshold is not None:
-            chosen, base, accs = 0, evaluate_accuracy(model, x_val, y_val, runtime=ctx.runtime), []
+            chosen = 0
+            base = evaluate_accuracy(model, x_val, y_val, runtime=ctx.runtime)
             accs = [masked_accuracy(model, units, cands[0], x_val, y_val, ctx.runtime)]
         else:
             chosen, base, accs = select_on_validation(

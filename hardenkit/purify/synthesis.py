@@ -28,6 +28,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .._utils.modes import eval_mode, frozen_parameters
 from .._utils.progress import NullProgress, ProgressCallback
 from ..config import HardenkitConfig
 
@@ -104,10 +105,19 @@ def synthesize_class_images(
     """
     cfg = config or SynthesisConfig()
     prog = progress or NullProgress()
-    was_training = model.training
-    model.eval()
-    flags = [p.requires_grad for p in model.parameters()]
-    model.requires_grad_(False)
+    with eval_mode(model), frozen_parameters(model):
+        return _synthesize(model, num_classes, input_shape, cfg, seed, device, prog)
+
+
+def _synthesize(
+    model: nn.Module,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    cfg: SynthesisConfig,
+    seed: int,
+    device: torch.device | str,
+    prog: ProgressCallback,
+) -> tuple[Tensor, Tensor, dict[str, Any]]:
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(num_classes).repeat_interleave(cfg.images_per_class).to(device)
     z = (torch.randn(len(y), *input_shape, generator=g) * 0.5).to(device).requires_grad_(True)
@@ -147,15 +157,9 @@ def synthesize_class_images(
     finally:
         for h in handles:
             h.remove()
-        for p, f in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(f)
-        model.train(was_training)
     with torch.no_grad():
         x = torch.sigmoid(z.detach())
-        model_mode = model.training
-        model.eval()
         pred = model(x).argmax(1)
-        model.train(model_mode)
     info: dict[str, Any] = {
         "images": len(y),
         "batchnorm_layers_matched": len(bns) if cfg.bn_weight > 0 else 0,
