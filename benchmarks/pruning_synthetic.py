@@ -1,18 +1,21 @@
 """Pruning strategies on the synthetic BadNets model of the integration tests (no dataset needed).
 
     python -m benchmarks.pruning_synthetic
+    python -m benchmarks.pruning_synthetic --seeds 5    # one-shot shapley-pruning, 5 seeds
 
 The model is the width-32 ``SmallCNN`` of ``tests/integration/test_pruning_removes.py``
 (10-class synthetic data, 500 training images per class, BadNets 10 %, 8 epochs); the clean
 budget is 100 non-poisoned training images per class. Rows: fine-pruning (default 100 and the
 tests' 20 fine-tuning epochs), anp (the tests' 300 mask iterations), shapley-pruning with one
-image per class (its own inverted trigger, and — as a diagnostic — the *real* trigger given as
-the scan), and data-free shapley-pruning. BA / ASR on the 1,000 synthetic test images with the
+image per class (its own inverted trigger — with the default mean ablation and with zero
+ablation — and, as a diagnostic, the *real* trigger given as the scan), and data-free
+shapley-pruning. BA / ASR on the 1,000 synthetic test images with the
 real trigger. Writes ``benchmarks/results/pruning_synthetic.{json,md}``.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from typing import Any
@@ -29,13 +32,34 @@ ROWS: list[tuple[str, str, dict[str, Any], str]] = [
     ("fine-pruning (20 epochs)", "fine-pruning", {"epochs": 20}, "budget"),
     ("anp (300 iterations)", "anp", {"iterations": 300}, "budget"),
     ("shapley-pruning, 1 image/class", "shapley-pruning", {}, "one-shot"),
+    (
+        "shapley-pruning, 1 image/class, zero ablation",
+        "shapley-pruning",
+        {"ablation": "zero"},
+        "one-shot",
+    ),
     ("shapley-pruning, 1 image/class, real trigger", "shapley-pruning", {}, "one-shot-real"),
     ("shapley-pruning, data-free", "shapley-pruning", {"max_permutations": 50}, "data-free"),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    del argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        default=0,
+        help="instead of the rows above: one-image-per-class shapley-pruning with runtime "
+        "seeds 0..N-1 (the seed changes the augmented copies, the inversion and the estimate), "
+        "written to pruning_synthetic_seeds",
+    )
+    args = ap.parse_args(argv)
+    rows_spec: list[tuple[str, str, dict[str, Any], str, int]] = [(*r, 0) for r in ROWS]
+    if args.seeds:
+        rows_spec = [
+            (f"shapley-pruning, 1 image/class, seed {s}", "shapley-pruning", {}, "one-shot", s)
+            for s in range(args.seeds)
+        ]
     data = hk.make_synthetic_dataset(num_classes=10, train_per_class=500, test_per_class=100)
     torch.manual_seed(0)
     bd = hk.make_backdoored_model(
@@ -61,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = [
         {"defence": "none", "BA %": 100 * ba0, "ASR %": 100 * asr0, "seconds": 0.0}
     ]
-    for label, strategy, cfg, mode in ROWS:
+    for label, strategy, cfg, mode, seed in rows_spec:
+        rt = {"seed": seed}
         print(f"[{time.strftime('%H:%M:%S')}] {label} ...", flush=True)
         t0 = time.perf_counter()
         scan = None
@@ -76,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     model=bd.model,
                     num_classes=10,
                 )
-            res = hk.Purifier(bd.model, strategy, config=cfg, holdout_fraction=0).run(
+            res = hk.Purifier(bd.model, strategy, config=cfg, holdout_fraction=0, runtime=rt).run(
                 shots.loader(), scan=scan
             )
         secs = time.perf_counter() - t0
@@ -90,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
                 "ASR %": 100 * asr,
                 "seconds": secs,
                 "clean images": used["train"] + used["validation"],
-                "pruned": f"{pruning.get('pruned')} of {pruning.get('total')}",
+                "pruned": f"{pruning['pruned']} of {pruning['total']}" if pruning else "-",
                 "status": res.status,
             }
         )
         print(f"  BA {100 * ba:.2f} ASR {100 * asr:.2f} {secs:.0f}s {rows[-1]['pruned']}")
     cols = ["defence", "BA %", "ASR %", "seconds", "clean images", "pruned", "status"]
     write_results(
-        "pruning_synthetic",
+        "pruning_synthetic_seeds" if args.seeds else "pruning_synthetic",
         rows,
         cols,
         {

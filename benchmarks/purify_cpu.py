@@ -4,7 +4,7 @@
     python -m benchmarks.purify_cpu --defence mcl --only badnets-0.1
     python -m benchmarks.purify_cpu --only badnets-0.1 --defence fine-pruning --defence anp \
         --defence anp-number --defence shapley-pruning --defence shapley-1shot \
-        --out purify_cpu_pruning
+        --defence shapley-pruning-zero --defence shapley-1shot-zero --out purify_cpu_pruning
 
 Each fixture's clean budget (2,500 non-poisoned training images; the Purifier holds 10 % of it
 out for its own before/after numbers) is the only data a defence sees. Trigger-based defences
@@ -45,8 +45,10 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "anp-number": ("anp", {"pruning_by": "number"}),
     "shapley-pruning": ("shapley-pruning", {}),
     "shapley-1shot": ("shapley-pruning", {}),
+    "shapley-pruning-zero": ("shapley-pruning", {"ablation": "zero"}),
+    "shapley-1shot-zero": ("shapley-pruning", {"ablation": "zero"}),
 }
-ONE_SHOT = {"shapley-1shot"}
+ONE_SHOT = {"shapley-1shot", "shapley-1shot-zero"}
 """Defences given only one clean image per class (from the clean budget) and no held-out
 split (``holdout_fraction=0``)."""
 SCAN_CFG = scan_config(epochs=40, max_images=500, batch_size=64)

@@ -15,7 +15,7 @@ from .base import (
     StrategyConfig,
     StrategyOutcome,
 )
-from .channels import ChannelMask, ChannelSet, PruningRecord, apply_pruning
+from .channels import ChannelMask, ChannelSet, PruningRecord, ablation_fill, apply_pruning
 from .d3 import D3Config, D3Strategy
 from .finetune import FinetuneConfig, FinetuneStrategy, NCUnlearnConfig, NCUnlearnStrategy
 from .mcl import MCLConfig, MCLStrategy
@@ -62,6 +62,7 @@ __all__ = [
     "StrategyOutcome",
     "SynthesisConfig",
     "TriggerASR",
+    "ablation_fill",
     "apply_pruning",
     "synthesize_class_images",
 ]

@@ -309,12 +309,13 @@ class ANPStrategy(PurificationStrategy):
         if len(prune) == 0:
             ctx.notes.append(
                 "anp pruned nothing: no threshold kept the validation accuracy within acc_ratio "
-                "(or no mask fell below the threshold); the weights are unchanged"
+                "(or no mask fell below the threshold); the weights are unchanged (status refused)"
             )
         record = apply_pruning(model, units, units.split(prune))
         _log.info("purify.pruned", strategy=self.name, pruned=record.pruned, total=units.total)
         return StrategyOutcome(
             model=model,
+            status="purified" if record.pruned else "refused",
             epochs=0,
             details={
                 "pruning": record.model_dump(),

@@ -12,14 +12,16 @@ estimation → mitigation**.
    on those images (:class:`~hardenkit.scan.Scanner`).
 3. *Shapley estimation* (Neuron-Shapley truncated Monte-Carlo): players are channels
    (BatchNorm channels by default); the value of a coalition of removed channels is the
-   backdoor strength under the inverted trigger(s). Channels are removed along a
-   permutation; the marginal of a channel is the drop in value its removal causes; once the
-   inverted-trigger ASR falls to ``truncation_asr`` the rest of the permutation gets
-   marginal 0 unevaluated. Accelerations: after ``discard_after`` permutations, channels
-   whose running estimate is below ``discard_threshold`` leave the game; with probability
-   ``1 − epsilon`` a permutation orders the remaining channels by their current estimate
-   (ε-greedy), otherwise uniformly at random. Prefixes are evaluated in batches (one
-   forward pass scores many masks).
+   backdoor strength under the inverted trigger(s). A removed channel is *mean-ablated* by
+   default: it outputs the constant whose activation is its mean activation on the clean
+   images, so the layers after it keep their input statistics (``ablation="zero"``: 0).
+   Channels are removed along a permutation; the marginal of a channel is the drop in
+   value its removal causes; once the inverted-trigger ASR falls to ``truncation_asr`` the
+   rest of the permutation gets marginal 0 unevaluated. Accelerations: after
+   ``discard_after`` permutations, channels whose running estimate is below
+   ``discard_threshold`` leave the game; with probability ``1 − epsilon`` a permutation
+   orders the remaining channels by their current estimate (ε-greedy), otherwise uniformly
+   at random. Prefixes are evaluated in batches (one forward pass scores many masks).
 4. *Mitigation*: prune channels by decreasing Shapley value until the inverted-trigger ASR
    on the few-shot images is at most ``asr_stop``, stopping before the clean accuracy on the
    defender's images drops by more than ``max_clean_drop`` or more than
@@ -44,7 +46,7 @@ from ..scan import ScanConfig, Scanner, ScanResult
 from ..training import augment_batch, evaluate_accuracy
 from ..triggers import Trigger
 from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
-from .channels import ChannelMask, ChannelSet, apply_pruning
+from .channels import ChannelMask, ChannelSet, ablation_fill, apply_pruning
 from .synthesis import SynthesisConfig, synthesize_class_images
 
 __all__ = ["ShapleyPruningConfig", "ShapleyPruningStrategy", "shapley_estimate"]
@@ -78,6 +80,10 @@ class ShapleyPruningConfig(StrategyConfig):
             key into the default.
         layers: layers whose channels are players (default: every affine BatchNorm, or every
             Conv when the model has none).
+        ablation: how a removed channel is switched off, in the game and in the pruned
+            model — ``mean``: it outputs the constant whose activation is its mean activation
+            on the clean images (BN ``γ = 0``, ``β`` = that constant), so later layers keep
+            their input statistics; ``zero``: it outputs 0 (BN ``γ = β = 0``).
         value: the coalition value — ``target-prob`` (mean target-class probability of the
             triggered images; smooth) or ``asr`` (share classified as the target).
         truncation_asr: truncate a permutation once the inverted-trigger ASR is at most this.
@@ -102,6 +108,7 @@ class ShapleyPruningConfig(StrategyConfig):
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     scan: dict[str, Any] = Field(default_factory=dict)
     layers: tuple[str, ...] | None = None
+    ablation: Literal["mean", "zero"] = "mean"
     value: Literal["target-prob", "asr"] = "target-prob"
     truncation_asr: Annotated[float, Field(ge=0, lt=1)] = 0.05
     epsilon: Annotated[float, Field(ge=0, le=1)] = 0.2
@@ -126,9 +133,11 @@ class _Game:
         targets: Tensor,
         eval_batch: int,
         value: str,
+        fill: Tensor | None = None,
     ) -> None:
         self.model = model
         self.units = units
+        self.fill = fill
         self.xt = xt
         self.targets = targets
         self.rows = max(1, eval_batch // max(1, len(xt)))
@@ -144,7 +153,7 @@ class _Game:
         for i in range(0, len(masks), self.rows):
             m = masks[i : i + self.rows]
             r = len(m)
-            with ChannelMask(self.model, self.units, m):
+            with ChannelMask(self.model, self.units, m, self.fill):
                 logits = self.model(self.xt.repeat(r, *([1] * (self.xt.dim() - 1))))
             self.forwards += 1
             logits = logits.float().view(r, n, -1)
@@ -342,7 +351,13 @@ class ShapleyPruningStrategy(PurificationStrategy):
             tgt_parts.append(torch.full((int(keep.sum()),), label, device=xs_aug.device))
         xt, tg = torch.cat(xt_parts), torch.cat(tgt_parts)
         units = ChannelSet.find(model, cfg.layers)
-        game = _Game(model, units, xt, tg, cfg.eval_batch, cfg.value)
+        fill = None
+        if cfg.ablation == "mean":
+            fill, acts = ablation_fill(model, units, cx)
+            details["ablation"] = {"mode": "mean", "activations": acts, "images": len(cx)}
+        else:
+            details["ablation"] = {"mode": "zero"}
+        game = _Game(model, units, xt, tg, cfg.eval_batch, cfg.value, fill)
         est, count, info = shapley_estimate(game, cfg, g, stop=ctx.budget)
         details["shapley"] = info
         # 4. mitigation
@@ -360,7 +375,8 @@ class ShapleyPruningStrategy(PurificationStrategy):
             for i in top
         ]
         _log.info("purify.pruned", strategy=self.name, pruned=record.pruned, total=units.total)
-        return StrategyOutcome(model=model, details=details, scan=own_scan)
+        status: Literal["purified", "refused"] = "purified" if record.pruned else "refused"
+        return StrategyOutcome(model=model, status=status, details=details, scan=own_scan)
 
     def _mitigate(
         self, ctx: PurifyContext, game: _Game, est: Tensor, cx: Tensor, cy: Tensor
@@ -379,11 +395,17 @@ class ShapleyPruningStrategy(PurificationStrategy):
         reason = "no channel has a positive Shapley value"
         trail: list[dict[str, float]] = []
         best = (a0, 0)
+        if a0 <= cfg.asr_stop:
+            cand = cand[:0]
+            reason = (
+                f"the inverted trigger(s) already fail on the few-shot images (ASR "
+                f"{100 * a0:.1f}% <= asr_stop)"
+            )
         for j in range(len(cand)):
             mask = units.ones(dev)
             mask[cand[: j + 1].to(dev)] = 0
             val, asr = (float(t[0]) for t in game.score(mask[None]))
-            with ChannelMask(model, units, mask):
+            with ChannelMask(model, units, mask, game.fill):
                 clean = evaluate_accuracy(model, cx, cy, runtime=ctx.runtime)
             trail.append({"pruned": j + 1, "asr": asr, "value": val, "clean_accuracy": clean})
             if base_clean - clean > cfg.max_clean_drop + 1e-12:
@@ -412,8 +434,11 @@ class ShapleyPruningStrategy(PurificationStrategy):
                 f"lowest ASR {100 * best[0]:.1f}%"
             )
         if chosen == 0:
-            ctx.notes.append(f"shapley-pruning pruned nothing ({reason}); weights unchanged")
-        record = apply_pruning(model, units, units.split(cand[:chosen]))
+            ctx.notes.append(
+                f"shapley-pruning pruned nothing ({reason}); the weights are unchanged "
+                "(status refused)"
+            )
+        record = apply_pruning(model, units, units.split(cand[:chosen]), game.fill)
         return record, {
             "stop_reason": reason,
             "clean_images": len(cy),

@@ -12,7 +12,13 @@ from torch import nn
 import hardenkit as hk
 from hardenkit.errors import ConfigError, ModelCompatibilityError
 from hardenkit.models import SmallCNN
-from hardenkit.purify.channels import ChannelMask, ChannelSet, apply_pruning, keep_pruned
+from hardenkit.purify.channels import (
+    ChannelMask,
+    ChannelSet,
+    ablation_fill,
+    apply_pruning,
+    keep_pruned,
+)
 from hardenkit.purify.shapley import ShapleyPruningConfig, shapley_estimate
 from hardenkit.purify.synthesis import SynthesisConfig, synthesize_class_images
 from hardenkit.reports import ModelFingerprint
@@ -88,6 +94,7 @@ def test_find_units_rejects_non_affine_bn_and_empty_models() -> None:
         units.flat({"linear": [0]})
 
 
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
 @pytest.mark.parametrize(
     ("make", "layers", "pruned"),
     [
@@ -98,29 +105,102 @@ def test_find_units_rejects_non_affine_bn_and_empty_models() -> None:
     ids=["bn", "conv", "linear-in"],
 )
 def test_soft_mask_equals_weight_edit(
-    make: Any, layers: list[str] | None, pruned: dict[str, list[int]]
+    make: Any, layers: list[str] | None, pruned: dict[str, list[int]], ablation: str
 ) -> None:
     net = make()
     x = torch.rand(6, 3, 16, 16)
     units = ChannelSet.find(net, layers)
+    fill = None
+    if ablation == "mean":
+        fill, _ = ablation_fill(net, units, torch.rand(10, 3, 16, 16))
+        assert bool(fill.ne(0).any())
     mask = units.ones()
     mask[units.flat(pruned)] = 0
-    with ChannelMask(net, units, mask), torch.no_grad():
+    with ChannelMask(net, units, mask, fill), torch.no_grad():
         soft = net(x)
     with torch.no_grad():
         plain = net(x)
     edited = copy.deepcopy(net)
-    rec = apply_pruning(edited, units, pruned)
+    rec = apply_pruning(edited, units, pruned, fill)
     with torch.no_grad():
         hard = edited(x)
     assert torch.allclose(soft, hard, atol=1e-5)
     assert not torch.equal(plain, hard)  # the pruning changed something
+    assert rec.ablation == ablation
     assert rec.pruned == sum(len(v) for v in pruned.values())
     assert rec.fraction == pytest.approx(rec.pruned / units.total)
     assert rec.layers == {k: sorted(v) for k, v in pruned.items()}
     # hooks are gone after the context
     with torch.no_grad():
         assert torch.equal(net(x), plain)
+
+
+class _Mixed(nn.Module):
+    """BN → functional ReLU, BN → LeakyReLU module, BN → residual sum, bias-free conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.b1 = nn.BatchNorm2d(4)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.b2 = nn.BatchNorm2d(4)
+        self.act2 = nn.LeakyReLU(0.2)
+        self.c3 = nn.Conv2d(4, 4, 3, padding=1)
+        self.b3 = nn.BatchNorm2d(4)
+        self.c4 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.relu(self.b1(self.c1(x)))
+        h = self.act2(self.b2(self.c2(h)))
+        h = torch.relu(self.b3(self.c3(h)) + h)
+        h = torch.relu(self.c4(h))
+        return self.head(h.mean((2, 3)))
+
+
+def test_ablation_fill_finds_the_activation_and_keeps_its_mean() -> None:
+    torch.manual_seed(0)
+    net = _Mixed().eval()
+    with torch.no_grad():
+        for b in (net.b1, net.b2, net.b3):
+            b.bias.uniform_(-0.5, 0.5)
+    x = torch.rand(12, 3, 8, 8)
+    units = ChannelSet.find(net, ["b1", "b2", "b3", "c4"])
+    fill, acts = ablation_fill(net, units, x, batch_size=5)
+    assert acts == {"b1": "relu", "b2": "leaky_relu", "b3": "none", "c4": "no bias"}
+    outs: dict[str, torch.Tensor] = {}
+    hooks = [
+        getattr(net, n).register_forward_hook(lambda _m, _a, o, n=n: outs.__setitem__(n, o))
+        for n in ("b1", "b2", "b3")
+    ]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    o = units.offsets
+    f = {g.layer: slice(o[i], o[i + 1]) for i, g in enumerate(units.groups)}
+
+    def chan_mean(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(0, 1).reshape(t.shape[1], -1).mean(1)
+
+    leaky = torch.nn.functional.leaky_relu
+    assert torch.allclose(fill[f["b1"]], chan_mean(outs["b1"].clamp(min=0)), atol=1e-5)
+    assert torch.allclose(leaky(fill[f["b2"]], 0.2), chan_mean(leaky(outs["b2"], 0.2)), atol=1e-5)
+    assert torch.allclose(fill[f["b3"]], chan_mean(outs["b3"]), atol=1e-5)
+    assert torch.equal(fill[f["c4"]], torch.zeros(4))
+    # a mean-ablated channel feeds the next layer its mean activation on every input
+    edited = copy.deepcopy(net)
+    apply_pruning(edited, units, {"b1": [1]}, fill)
+    seen: dict[str, torch.Tensor] = {}
+    hook = edited.c2.register_forward_pre_hook(lambda _m, a: seen.__setitem__("in", a[0]))
+    with torch.no_grad():
+        edited(torch.rand(3, 3, 8, 8))
+    hook.remove()
+    assert torch.allclose(seen["in"][:, 1], fill[f["b1"]][1].expand(3, 8, 8), atol=1e-6)
+    with pytest.raises(ModelCompatibilityError, match="no bias"):
+        apply_pruning(edited, units, {"c4": [0]}, torch.ones(units.total))
+    with pytest.raises(ConfigError, match="at least one image"):
+        ablation_fill(net, units, x[:0])
 
 
 def test_batched_masks_match_one_by_one() -> None:
@@ -175,10 +255,12 @@ def test_keep_pruned_keeps_weights_zero_during_training() -> None:
     assert torch.all(bn.weight[[0, 2]] != 0)
 
 
-def test_pruned_model_exports_to_onnx_with_logit_parity(tmp_path: Any) -> None:
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_pruned_model_exports_to_onnx_with_logit_parity(tmp_path: Any, ablation: str) -> None:
     net = _net()
     units = ChannelSet.find(net)
-    apply_pruning(net, units, {"block1.1": [0], "block2.1": [2, 5], "block3.1": [1]})
+    fill = ablation_fill(net, units, torch.rand(8, 3, 16, 16))[0] if ablation == "mean" else None
+    apply_pruning(net, units, {"block1.1": [0], "block2.1": [2, 5], "block3.1": [1]}, fill)
     x = torch.rand(24, 3, 16, 16)
     y = torch.randint(0, 4, (24,))
     exp = hk.export.to_onnx(net, tmp_path / "pruned.onnx", input_shape=(3, 16, 16))
@@ -346,3 +428,38 @@ def test_scan_overrides_merge_into_the_few_shot_defaults() -> None:
     assert merged["detector_options"]["neural-cleanse"] == {"epochs": 50, "batch_size": 64}
     assert merged["min_images_per_class"] == 1
     assert _FEW_SHOT_SCAN["detector_options"]["neural-cleanse"]["epochs"] == 300  # untouched
+
+
+def test_pruning_nothing_is_reported_as_refused_with_the_weights_unchanged() -> None:
+    from hardenkit.triggers import MaskPatternTrigger
+
+    fx = tiny_backdoored_model(epochs=2)
+    model = fx.backdoored.model
+    before = ModelFingerprint.of(model)
+    loader = fx.data.train.loader(batch_size=64)
+    # no mask falls below a tiny fixed threshold after 3 iterations
+    anp = hk.Purifier(model, "anp", config={"iterations": 3, "threshold": 1e-9}).run(loader)
+    assert anp.status == "refused"
+    assert anp.report.details["pruning"]["pruned"] == 0
+    assert any("anp pruned nothing" in n for n in anp.report.notes)
+    assert ModelFingerprint.of(anp.model) == before
+    # an empty-mask "trigger" does not flip the images: there is nothing to prune
+    _, h, w = fx.data.train.images.shape[1:]
+    inert = MaskPatternTrigger(torch.zeros(h, w), torch.ones(3, h, w))
+    one = fx.data.train.subset(hk.data.stratified_indices(fx.data.train.labels, per_class=2))
+    with torch.no_grad():  # the class the model predicts least often on these images
+        pred = model(one.images.float() / 255).argmax(1)
+    rare = int(torch.bincount(pred, minlength=4).argmin())
+    scan = hk.ScanResult.from_triggers({rare: inert}, model=model, num_classes=4)
+    sp = hk.Purifier(
+        model,
+        "shapley-pruning",
+        config={"max_permutations": 3, "asr_stop": 0.5},
+        holdout_fraction=0,
+    )
+    res = sp.run(one.loader(), scan=scan)
+    assert res.status == "refused"
+    assert res.report.details["pruning"]["pruned"] == 0
+    assert "already fail" in res.report.details["mitigation"]["stop_reason"]
+    assert ModelFingerprint.of(res.model) == before
+    assert ModelFingerprint.of(model) == before
