@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from .._utils.modes import eval_mode
 from ..errors import ConfigError, ModelCompatibilityError
 from ..models.features import resolve_layer
 
@@ -408,9 +409,9 @@ def ablation_fill(
     activation equals the channel's mean *activation* on ``x``, so the next layer sees the
     input it gets on average; otherwise (e.g. a residual sum comes first) it is the mean of
     the output itself. A Linear input's constant is that input's mean. Layers without a bias
-    (which cannot hold a constant) get 0. ``model`` must be in eval mode. Returns the flat
-    ``(total,)`` fill (on the model's device) and, per layer, the activation found (``relu``,
-    ``relu6``, ``leaky_relu``, ``none`` or ``no bias``).
+    (which cannot hold a constant) get 0. The model runs in eval mode (its flags are restored
+    afterwards). Returns the flat ``(total,)`` fill (on the model's device) and, per layer,
+    the activation found (``relu``, ``relu6``, ``leaky_relu``, ``none`` or ``no bias``).
     """
     if len(x) == 0:
         raise ConfigError("ablation_fill needs at least one image.")
@@ -428,7 +429,13 @@ def ablation_fill(
             )
     for module in model.modules():
         if isinstance(module, _ACT_MODULES):
-            kind = {nn.ReLU: "relu", nn.ReLU6: "relu6"}.get(type(module), "leaky_relu")
+            kind = (
+                "relu"
+                if isinstance(module, nn.ReLU)
+                else "relu6"
+                if isinstance(module, nn.ReLU6)
+                else "leaky_relu"
+            )
             slope = float(getattr(module, "negative_slope", 0.0))
             handles.append(
                 module.register_forward_pre_hook(
@@ -437,12 +444,13 @@ def ablation_fill(
             )
     dev = _device(model)
     try:
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(dev)
-            stats.live.clear()
-            with _ActivationSpy(stats):
-                model(xb)
-            stats.count += len(xb)
+        with eval_mode(model):
+            for i in range(0, len(x), batch_size):
+                xb = x[i : i + batch_size].to(dev)
+                stats.live.clear()
+                with _ActivationSpy(stats):
+                    model(xb)
+                stats.count += len(xb)
     finally:
         stats.live.clear()
         for h in handles:
@@ -458,7 +466,11 @@ def ablation_fill(
             parts.append(torch.zeros(g.channels))
             continue
         if act == "none" or post is None:
-            assert pre is not None, f"layer {g.layer!r} never ran"
+            if pre is None:
+                raise ModelCompatibilityError(
+                    f"layer {g.layer!r} never ran in the model's forward pass.",
+                    hint="prune only layers the model uses (the layers argument)",
+                )
             val = pre / stats.count
             act = "none"
         else:
