@@ -41,6 +41,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from .._utils.progress import ProgressCallback
 from ..logging import get_logger
 from ..scan import ScanConfig, Scanner, ScanResult
 from ..training import augment_batch, evaluate_accuracy
@@ -178,10 +179,12 @@ def shapley_estimate(
     cfg: ShapleyPruningConfig,
     generator: torch.Generator,
     stop: Any = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """Truncated Monte-Carlo permutation Shapley values with discarding and ε-greedy order.
 
-    Returns ``(estimates, samples per channel, info)``.
+    ``progress`` is called after every permutation. Returns ``(estimates, samples per
+    channel, info)``.
     """
     p = game.units.total
     dev = game.xt.device
@@ -231,6 +234,8 @@ def shapley_estimate(
         perms += 1
         if t + 1 >= cfg.discard_after:
             active = active[est[active] >= cfg.discard_threshold]
+        if progress is not None:
+            progress("purify[shapley-pruning]", t + 1, cfg.max_permutations, players=len(active))
     info.update(
         permutations=perms,
         greedy_permutations=greedy,
@@ -358,7 +363,7 @@ class ShapleyPruningStrategy(PurificationStrategy):
         else:
             details["ablation"] = {"mode": "zero"}
         game = _Game(model, units, xt, tg, cfg.eval_batch, cfg.value, fill)
-        est, count, info = shapley_estimate(game, cfg, g, stop=ctx.budget)
+        est, count, info = shapley_estimate(game, cfg, g, stop=ctx.budget, progress=ctx.progress)
         details["shapley"] = info
         # 4. mitigation
         record, mit = self._mitigate(ctx, game, est, cx, cy)

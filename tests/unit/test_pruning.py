@@ -463,3 +463,20 @@ def test_pruning_nothing_is_reported_as_refused_with_the_weights_unchanged() -> 
     assert "already fail" in res.report.details["mitigation"]["stop_reason"]
     assert ModelFingerprint.of(res.model) == before
     assert ModelFingerprint.of(model) == before
+
+
+def test_shapley_pruning_reports_progress_per_permutation() -> None:
+    fx = tiny_backdoored_model(epochs=2)
+    bd = fx.backdoored
+    one = fx.data.train.subset(hk.data.stratified_indices(fx.data.train.labels, per_class=2))
+    scan = hk.ScanResult.from_triggers({int(bd.target): bd.trigger}, model=bd.model, num_classes=4)
+    seen: list[tuple[str, int, int]] = []
+    hk.Purifier(
+        bd.model,
+        "shapley-pruning",
+        config={"max_permutations": 4},
+        holdout_fraction=0,
+        progress=lambda phase, step, total, **_: seen.append((phase, step, total)),
+    ).run(one.loader(), scan=scan)
+    steps = [(s, t) for p, s, t in seen if p == "purify[shapley-pruning]"]
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
