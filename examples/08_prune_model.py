@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nexported {Path(exp.path).name}: verification {'PASSED' if ver.passed else 'FAILED'}")
     print(f"wrote {out}/: {sorted(p.name for p in out.iterdir())}")
 
-    ok = fp.purified and sp.status in {"purified", "nothing-to-purify"} and ver.passed
+    ok = fp.purified and sp.status in {"purified", "nothing-to-purify", "unverified"} and ver.passed
     print(
         json.dumps(
             {

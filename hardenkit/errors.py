@@ -28,6 +28,7 @@ __all__ = [
     "HardenkitError",
     "HardenkitWarning",
     "ModelCompatibilityError",
+    "NonFiniteError",
     "ParityError",
     "RegistryError",
     "UnsafeArtifactError",
@@ -68,6 +69,17 @@ class DataError(HardenkitError, ValueError):
 
 class ModelCompatibilityError(HardenkitError, TypeError):
     """The model cannot be used as asked (output size, missing layer, wrong input)."""
+
+
+class NonFiniteError(HardenkitError, ArithmeticError):
+    """A computation produced NaN or infinite values (logits, losses, scores, metrics).
+
+    Raised instead of letting a NaN flow into a verdict: ``argmax`` of NaN logits is class 0,
+    so an unchecked NaN would read as "ASR 0" or "clean". A result that cannot be computed
+    from finite numbers is an error, never an answer (exit code 3).
+    """
+
+    exit_code = 3
 
 
 class RegistryError(HardenkitError, KeyError):

@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from ._utils.finite import ensure_finite_logits
 from ._utils.modes import eval_mode
 from ._utils.progress import NullProgress, ProgressCallback
 from ._utils.seeding import make_generator
 from .config import HardenkitConfig, RuntimeConfig, parse_config
 from .data.datasets import to_float_pixels
-from .errors import DataError, ModelCompatibilityError
+from .errors import DataError, ModelCompatibilityError, NonFiniteError
 from .logging import get_logger
 
 __all__ = [
@@ -170,8 +171,29 @@ def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def check_logits(out: Tensor, n: int, num_classes: int | None) -> None:
-    """Raise ModelCompatibilityError unless ``out`` is (n, K) logits with K >= num_classes."""
+def _type_name(obj: object) -> str:
+    t = type(obj)
+    name = t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+    if isinstance(obj, (tuple, list)):
+        return f"a {name} of {len(obj)} items"
+    if isinstance(obj, dict):
+        return f"a {name} with keys {sorted(map(str, obj))[:5]}"
+    return f"a {name}"
+
+
+def check_logits(out: object, n: int, num_classes: int | None) -> None:
+    """Raise ModelCompatibilityError unless ``out`` is (n, K) logits with K >= num_classes.
+
+    A model returning a tuple, a dict or a ``ModelOutput`` instead of one logits tensor is
+    refused with the type that came back.
+    """
+    if not isinstance(out, Tensor):
+        raise ModelCompatibilityError(
+            f"the model must return one logits tensor (N, K); its forward() returned "
+            f"{_type_name(out)} for a batch of N={n}.",
+            hint="make forward() return the logits tensor, e.g. wrap the model in a module "
+            "whose forward returns out[0] or out['logits']",
+        )
     if out.ndim != 2 or out.shape[0] != n:
         raise ModelCompatibilityError(
             f"the model must map a batch (N, C, H, W) to logits (N, K); got output shape "
@@ -205,6 +227,7 @@ def infer_num_classes(model: nn.Module, probe: Tensor) -> int:
             f"the model must map (N, C, H, W) to logits (N, K); got {shape}.",
             hint="make forward() return class logits",
         )
+    ensure_finite_logits(out, where="model probe")
     return int(out.shape[1])
 
 
@@ -220,12 +243,15 @@ def train_model(
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
     phase: str = "train",
     stop: Callable[[], bool] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> TrainHistory:
     """Train ``model`` **in place** on ``(x, y)`` (pixels uint8 or float [0, 1]).
 
     Callers that must not modify a user's model pass a copy (every public hardenkit entry
     point does). ``loss_fn(model, xb, yb)`` replaces cross-entropy when given. ``stop()`` is
     asked before every step; when it returns True training ends (``history.stopped``).
+    ``on_epoch_end(epoch)`` (1-based) is called after every epoch that made at least one step,
+    e.g. to evaluate and keep a checkpoint.
     """
     cfg = parse_config(TrainConfig, config)
     rt = parse_config(RuntimeConfig, runtime)
@@ -297,7 +323,7 @@ def train_model(
             break
         loss_v = float(tot_loss) / max(1, seen)
         if not math.isfinite(loss_v):
-            raise DataError(
+            raise NonFiniteError(
                 f"training diverged (loss={loss_v}) at epoch {epoch + 1}.",
                 hint="lower the learning rate or check the data",
             )
@@ -313,6 +339,8 @@ def train_model(
         hist.epochs.append(stats)
         _log.debug("train.epoch", phase=phase, **stats.__dict__)
         prog(phase, epoch + 1, cfg.epochs, loss=loss_v, acc=stats.train_accuracy)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
         if hist.stopped:
             break
     hist.seconds = time.perf_counter() - t_start
@@ -329,10 +357,13 @@ def predict(
     batch_size: int = 512,
     runtime: RuntimeConfig | dict[str, Any] | None = None,
     transform: Callable[[Tensor], Tensor] | None = None,
+    where: str = "predict",
 ) -> Tensor:
     """Logits of ``model`` on ``x`` (eval mode restored afterwards), returned on the CPU.
 
-    ``transform`` (e.g. a trigger) is applied to each float pixel batch first.
+    ``transform`` (e.g. a trigger) is applied to each float pixel batch first. NaN or
+    infinite logits raise :class:`~hardenkit.errors.NonFiniteError` (``where`` names the
+    caller in the message).
     """
     rt = parse_config(RuntimeConfig, runtime)
     device = rt.resolve_device()
@@ -345,6 +376,7 @@ def predict(
             with _autocast(device, rt.use_amp(device)):
                 out = model(xb)
             check_logits(out, len(xb), None)
+            ensure_finite_logits(out, where=where)
             outs.append(out.float().cpu())
     return torch.cat(outs) if outs else torch.empty(0)
 

@@ -96,9 +96,27 @@ class Trigger(ABC):
         return self.apply(x)
 
     def apply(self, x: Tensor) -> Tensor:
-        """Return the triggered copy of ``x`` (batch or single image), clamped to [0, 1]."""
+        """Return the triggered copy of ``x`` (batch or single image), clamped to [0, 1].
+
+        The result has ``x``'s dtype; a trigger that produces NaN or infinite pixels raises
+        :class:`~hardenkit.errors.DataError` (clamping would keep the NaN, and a NaN image
+        would be silently counted as a class-0 prediction).
+        """
         xb, single = _batchify(x)
-        out = self._apply(xb).clamp(0.0, 1.0)
+        out = self._apply(xb)
+        if not out.is_floating_point():
+            raise DataError(
+                f"trigger {self.kind!r} returned {out.dtype} pixels; expected float pixels "
+                "in [0, 1].",
+                hint="return x_triggered as a float tensor (e.g. out.float() / 255)",
+            )
+        if not bool(torch.isfinite(out).all()):
+            raise DataError(
+                f"trigger {self.describe().get('name', self.kind)!r} produced NaN or infinite "
+                "pixels.",
+                hint="check the trigger's pattern/mask tensors and its arithmetic",
+            )
+        out = out.to(xb.dtype).clamp(0.0, 1.0)
         return out.squeeze(0) if single else out
 
     @abstractmethod

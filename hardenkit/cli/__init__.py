@@ -1,8 +1,9 @@
 """The ``hardenkit`` command line.
 
-Exit codes: 0 success / gate passed / not flagged, 1 gate failed / backdoor flagged,
-2 usage, config or input error,
-3 runtime or environment error, 70 internal error.
+Exit codes: 0 success / gate passed / not flagged; 1 gate failed / backdoor flagged / a
+verification that ran and failed (ONNX parity); 2 usage, config or input error; 3 runtime or
+environment error (no CUDA, missing ONNX Runtime provider, failed export, NaN results);
+70 internal error; 130 interrupted. Errors are one line ``hardenkit: error: ...`` on stderr.
 
 Example:
     >>> from hardenkit.cli import main
@@ -22,18 +23,26 @@ from collections.abc import Sequence
 from .._version import __version__
 from ..logging import configure_logging
 from . import demo, doctor_cmd, export_cmd, purify_cmd, scan_cmd, validate_cmd
-from ._common import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, run_command
+from ._common import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliParser,
+    run_command,
+)
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="hardenkit",
         description="Find and remove backdoors in PyTorch image classifiers.",
-        epilog="Exit codes: 0 ok/passed, 1 gate failed or backdoor flagged, 2 usage or input "
-        "error, "
-        "3 runtime error, 70 internal error.",
+        epilog="Exit codes: 0 ok/passed, 1 gate failed or backdoor flagged (or an ONNX "
+        "verification that ran and failed), 2 usage or input error (config, files), 3 runtime "
+        "or environment error (no CUDA, missing ONNX Runtime provider, failed export), "
+        "70 internal error, 130 interrupted.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument(
@@ -97,8 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help exits 0, usage errors exit 2
+    except SystemExit as exc:  # argparse: --help exits 0, usage errors exit 2 (one line)
         return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print("hardenkit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.version:
         print(f"hardenkit {__version__}")
         return EXIT_OK

@@ -1,16 +1,34 @@
-"""Shared CLI plumbing: exit codes, error mapping, data/trigger/model argument parsing."""
+"""Shared CLI plumbing: exit codes, error mapping, argument types, data/trigger/model parsing.
+
+Every user error leaves the CLI as one line ``hardenkit: error: ...`` and exit code 2 (usage,
+config or input) or 3 (runtime or environment); never as a traceback.
+
+Example:
+    >>> positive_int("8")
+    8
+    >>> input_shape(" 3, 32,32 ")
+    (3, 32, 32)
+    >>> holdout_fraction("0")
+    0.0
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import logging
+import math
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..data import ImageDataset, load_image_archive, load_image_folder, make_synthetic_dataset
-from ..errors import ConfigError, DataError, HardenkitError
+from ..errors import ConfigError, DataError, ExportError, HardenkitError, ParityError
+from ..logging import get_logger
 from ..triggers import Trigger
 
 if TYPE_CHECKING:
@@ -21,36 +39,240 @@ EXIT_GATE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_RUNTIME = 3
 EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+MAX_EXPORT_MESSAGE = 300
+"""Characters of an exporter failure printed on the console (the rest goes to the debug log)."""
+MAX_MESSAGE = 1000
+"""Characters of any other error message printed on the console."""
+DEBUG_LOG_NOTE = "see the debug log (--log-level DEBUG) for the full exporter output"
+
+_log = get_logger("hardenkit.cli")
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line: ``hardenkit: error: ...`` (exit 2).
+
+    Subparsers created with ``add_subparsers().add_parser`` inherit the class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"hardenkit: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _clip(text: str, limit: int) -> tuple[str, bool]:
+    """The first non-empty line of ``text``, at most ``limit`` characters; True if shortened."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    cut = len(lines) > 1
+    if len(first) > limit:
+        first, cut = first[: limit - 3].rstrip() + "...", True
+    return first, cut
+
+
+def format_error(exc: HardenkitError) -> list[str]:
+    """The console lines of an error: one line, plus a pointer to the debug log if shortened.
+
+    Multi-line messages keep their first line; an exporter failure (an ``ExportError`` raised
+    from a third-party exception) is cut to :data:`MAX_EXPORT_MESSAGE` characters. The full
+    text is logged at DEBUG by :func:`run_command`.
+    """
+    exporter = isinstance(exc, ExportError) and exc.__cause__ is not None
+    limit = MAX_EXPORT_MESSAGE if exporter else MAX_MESSAGE
+    message, cut = _clip(exc.message, limit)
+    line = f"hardenkit: error: {message or type(exc).__name__}"
+    if exc.hint:
+        hint, hint_cut = _clip(exc.hint, limit)
+        cut = cut or hint_cut
+        line += f" Fix: {hint}"
+    if not cut:
+        return [line]
+    note = DEBUG_LOG_NOTE if exporter else DEBUG_LOG_NOTE.replace("exporter output", "message")
+    return [line, f"hardenkit: {note}"]
 
 
 def run_command(fn: Callable[[], int]) -> int:
-    """Run a command body and map exceptions to documented exit codes."""
+    """Run a command body and map exceptions to documented exit codes.
+
+    ``HardenkitError`` → its ``exit_code`` (``ParityError``, a verification that ran and
+    failed, → 1); missing or unreadable files → 2; other ``RuntimeError``/``OSError``/
+    ``MemoryError`` → 3; ``KeyboardInterrupt`` → 130. Anything else propagates (the caller
+    reports an internal error, 70).
+    """
     try:
         return fn()
     except HardenkitError as exc:
-        print(f"hardenkit: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        _log.debug(
+            "cli.error",
+            error=type(exc).__name__,
+            detail=str(exc),
+            traceback="".join(traceback.format_exception(exc)),
+        )
+        for line in format_error(exc):
+            print(line, file=sys.stderr)
+        return EXIT_GATE_FAILED if isinstance(exc, ParityError) else exc.exit_code
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
         print(f"hardenkit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except UnicodeDecodeError as exc:
+        print(f"hardenkit: error: a file is not valid UTF-8 text: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (RuntimeError, MemoryError, OSError) as exc:
-        print(f"hardenkit: runtime error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _log.debug("cli.error", error=type(exc).__name__, traceback=traceback.format_exc())
+        text, _ = _clip(str(exc), MAX_MESSAGE)
+        print(f"hardenkit: runtime error: {type(exc).__name__}: {text}", file=sys.stderr)
         return EXIT_RUNTIME
     except KeyboardInterrupt:
         print("hardenkit: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
-def parse_kv(text: str) -> dict[str, Any]:
-    """``"a=1,b=x,c=0.5"`` → ``{"a": 1, "b": "x", "c": 0.5}`` (JSON scalars where they parse)."""
+@contextlib.contextmanager
+def quiet_exporter(what: str = "onnx_export") -> Iterator[None]:
+    """Keep the exporter's console output (traced graphs, torch warnings) off the terminal.
+
+    ``torch.onnx.export``/``torch.export`` print graph dumps on stdout/stderr and log through
+    their own stream handlers; inside this block both go to a buffer that is logged at DEBUG
+    (event ``cli.exporter_output``) when the block ends, whether it failed or not.
+    """
+    buf = io.StringIO()
+    handlers: dict[int, logging.StreamHandler[Any]] = {}
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.split(".")[0] in {
+            "torch",
+            "onnxscript",
+            "onnx_ir",
+        }:
+            for h in logger.handlers:
+                if type(h) is logging.StreamHandler:
+                    handlers[id(h)] = h
+    old = {key: h.setStream(buf) for key, h in handlers.items()}
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        for key, h in handlers.items():
+            stream = old[key]
+            if stream is not None:
+                h.setStream(stream)
+        text = buf.getvalue().strip()
+        if text:
+            _log.debug("cli.exporter_output", step=what, output=text)
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _int(text, "a positive integer")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer (>= 1), got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds)."""
+    value = _int(text, "an integer >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def class_count(text: str) -> int:
+    """argparse type: a number of classes, an integer >= 2."""
+    value = _int(text, "a number of classes (an integer >= 2)")
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a number of classes >= 2, got {text!r}")
+    return value
+
+
+def _float(text: str, what: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a finite fraction in [0, 1] (0.9 = 90%)."""
+    value = _float(text, "a fraction in [0, 1] such as 0.9")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction in [0, 1] such as 0.9 (for 90%), got {text!r}"
+        )
+    return value
+
+
+def holdout_fraction(text: str) -> float:
+    """argparse type: a holdout fraction in [0, 1); 0 holds nothing out (BA is not measured)."""
+    value = _float(text, "a fraction in [0, 1) such as 0.1")
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction in [0, 1) such as 0.1 (0 = hold nothing out), got {text!r}"
+        )
+    return value
+
+
+def input_shape(text: str) -> tuple[int, int, int]:
+    """argparse type: ``C,H,W`` of one image, three positive integers (e.g. ``3,32,32``)."""
+    parts = text.split(",")
+    try:
+        dims = [int(p.strip()) for p in parts]
+    except ValueError:
+        dims = []
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected C,H,W as three positive integers separated by commas, such as "
+            f"3,32,32, got {text!r}"
+        )
+    return dims[0], dims[1], dims[2]
+
+
+_NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
+def parse_kv(text: str, what: str = "key=value list") -> dict[str, Any]:
+    """``"a=1,b=x,c=0.5"`` → ``{"a": 1, "b": "x", "c": 0.5}`` (JSON scalars where they parse).
+
+    Raises :class:`~hardenkit.errors.ConfigError` (exit 2) for a part without ``=``, an empty
+    key, or a NaN/infinite number, naming ``what`` (e.g. ``"--arch-args"``).
+
+    Example:
+        >>> parse_kv("width=32,name=x,on=true")
+        {'width': 32, 'name': 'x', 'on': True}
+        >>> parse_kv("lr=nan", "--set")
+        Traceback (most recent call last):
+        ...
+        hardenkit.errors.ConfigError: --set: lr=nan is not a finite number. ...
+    """
     out: dict[str, Any] = {}
-    if not text:
+    if not text.strip():
         return out
+    example = "e.g. 'width=32' or 'epochs=10,lr=0.01'"
     for part in text.split(","):
         if "=" not in part:
-            raise ConfigError(f"expected key=value in {text!r}, got {part!r}.")
+            raise ConfigError(
+                f"{what}: expected key=value in {text!r}, got {part!r}.", hint=example
+            )
         k, v = part.split("=", 1)
         k = k.strip().replace("-", "_")
+        if not k:
+            raise ConfigError(f"{what}: empty key in {part!r}.", hint=example)
+        if v.strip().lower() in _NON_FINITE:
+            raise ConfigError(
+                f"{what}: {part.strip()} is not a finite number.", hint="pass a finite value"
+            )
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
@@ -59,28 +281,41 @@ def parse_kv(text: str) -> dict[str, Any]:
 
 
 def parse_target(value: str | None, num_classes: int) -> int | dict[int, int] | None:
-    """``"3"`` → 3; ``"all-to-all"`` → ``{y: (y + 1) % K}``; None stays None."""
+    """``"3"`` → 3; ``"all-to-all"`` → ``{y: (y + 1) % K}``; None stays None.
+
+    A label outside ``0..num_classes-1`` is a :class:`~hardenkit.errors.ConfigError` (exit 2).
+    """
     if value is None:
         return None
     if value.strip().lower() in {"all-to-all", "all2all"}:
         return {c: (c + 1) % num_classes for c in range(num_classes)}
     try:
-        return int(value)
+        target = int(value)
     except ValueError as exc:
         raise ConfigError(
             f"--target must be a class index or 'all-to-all', got {value!r}."
         ) from exc
+    if not 0 <= target < num_classes:
+        raise ConfigError(
+            f"--target {target} is not a class of a {num_classes}-class model "
+            f"(expected 0..{num_classes - 1}).",
+            hint="pass the target label of the trigger, or check --num-classes",
+        )
+    return target
 
 
 def load_trigger_arg(spec: str, *, image_size: int, channels: int) -> Trigger:
-    """A trigger from a ``.safetensors`` file or an attack spec like ``badnets:patch_size=4``."""
+    """A trigger from a file (``.safetensors``, or any existing file) or an attack spec.
+
+    Attack specs look like ``badnets:patch_size=4``.
+    """
     path = Path(spec)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or path.exists():
         return Trigger.load(path)
     from ..attacks import build_attack
 
     name, _, rest = spec.partition(":")
-    cfg = {"image_size": image_size, "channels": channels, **parse_kv(rest)}
+    cfg = {"image_size": image_size, "channels": channels, **parse_kv(rest, "--trigger")}
     return build_attack(name, cfg).trigger
 
 
@@ -113,24 +348,124 @@ def load_data_arg(spec: str, *, split: str) -> ImageDataset:
     return load_image_folder(path)
 
 
+def _read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a file the user named, or a one-line ``ConfigError`` (exit 2)."""
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {name!r} does not exist.", hint="check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"{what} file {name!r} is a directory.", hint=f"pass a JSON or YAML {what} file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} file {name!r} cannot be read: {exc.strerror or exc}.") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} file {name!r} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start} cannot be decoded.",
+            hint=f"save the {what} file as UTF-8 JSON or YAML",
+        ) from None
+
+
+def _reject_non_finite(value: Any, where: str, file: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(
+            f"{file}: {where or 'the value'} is {value}, not a finite number.",
+            hint="pass a finite value",
+        )
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(v, f"{where}.{k}" if where else str(k), file)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_non_finite(v, f"{where}[{i}]", file)
+
+
+def _load_yaml(text: str, name: str, what: str) -> Any:
+    try:
+        import yaml
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"YAML {what} files need PyYAML.", hint='pip install "hardenkit[cli]"'
+        ) from exc
+
+    class StrictLoader(yaml.SafeLoader):
+        """``SafeLoader`` that refuses duplicate keys (the last one would silently win)."""
+
+    def construct_mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        loader.flatten_mapping(node)
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            with contextlib.suppress(TypeError):  # unhashable keys: pydantic rejects them
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or _clip(str(exc), MAX_MESSAGE)[0]
+        raise ConfigError(
+            f"{what} file {name!r} is not valid YAML{where}: {problem}.",
+            hint=f"fix the YAML syntax of the {what} file (a mapping of {what} fields)",
+        ) from None
+
+
+def _no_constant(token: str) -> float:
+    raise ValueError(f"{token} is not a finite number")
+
+
 def load_policy_file(path: Path, what: str = "policy") -> dict[str, Any]:
-    """Read a mapping (a gate policy, a scan config, ...) from JSON or YAML."""
-    text = path.read_text()
-    if path.suffix in {".yaml", ".yml"}:
-        try:
-            import yaml
-        except ModuleNotFoundError as exc:
-            raise ConfigError(
-                f"YAML {what} files need PyYAML.", hint='pip install "hardenkit[cli]"'
-            ) from exc
-        data = yaml.safe_load(text)
+    """Read a mapping (a gate policy, a scan config, ...) from JSON or YAML.
+
+    Every problem is a one-line :class:`~hardenkit.errors.ConfigError` (exit 2) naming the
+    file: missing or unreadable, not UTF-8, a JSON/YAML syntax error (with line and column),
+    a duplicate key, a NaN or infinite number, or a document that is not a mapping.
+    """
+    name = str(path)
+    text = _read_text(path, what)
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        data = _load_yaml(text, name, what)
     else:
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for k, v in items:
+                if k in out:
+                    raise ValueError(f"duplicate key {k!r}")
+                out[k] = v
+            return out
+
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=pairs, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{what} file {str(path)!r} is not valid JSON: {exc}") from exc
+            raise ConfigError(
+                f"{what} file {name!r} is not valid JSON at line {exc.lineno}, column "
+                f"{exc.colno}: {exc.msg}.",
+                hint=f"fix the JSON syntax (a .yaml/.yml {what} file is read as YAML)",
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"{what} file {name!r} is not valid JSON: {exc}.") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} file {str(path)!r} must hold a mapping of {what} fields.")
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(
+            f"{what} file {name!r} must hold a mapping of {what} fields, got {got}.",
+            hint='e.g. {"max_asr": 0.05}' if what == "policy" else None,
+        )
+    _reject_non_finite(data, "", f"{what} file {name!r}")
+    if any(not isinstance(k, str) for k in data):
+        raise ConfigError(f"{what} file {name!r} has a key that is not a string.")
     return data
 
 
@@ -142,7 +477,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="zoo name (see `hardenkit models`) or 'package.module:factory'",
     )
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument(
+        "--num-classes",
+        type=class_count,
+        default=10,
+        help="number of classes, >= 2 (default 10)",
+    )
     p.add_argument("--arch-args", default="", help="extra architecture arguments, e.g. 'width=32'")
 
 
@@ -151,6 +491,6 @@ def load_model_from_args(args: argparse.Namespace) -> nn.Module:
     from ..io import load_model_weights
     from ..models import build_model
 
-    model = build_model(args.arch, args.num_classes, **parse_kv(args.arch_args))
+    model = build_model(args.arch, args.num_classes, **parse_kv(args.arch_args, "--arch-args"))
     load_model_weights(model, args.weights)
     return model.eval()

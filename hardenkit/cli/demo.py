@@ -19,7 +19,7 @@ from ..reports import BaseReport
 from ..scan import Scanner, ScanReport
 from ..training import TrainConfig
 from ..validate import GatePolicy, ValidationReport, Validator
-from ._common import EXIT_OK
+from ._common import EXIT_OK, class_count, nonnegative_int, positive_int, quiet_exporter
 
 
 class DemoStep(BaseModel):
@@ -68,9 +68,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--attack", default="badnets", choices=["badnets", "blended", "sig"], help="attack"
     )
-    p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
-    p.add_argument("--classes", type=int, default=10, help="number of synthetic classes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=positive_int, default=8, help="training epochs (default 8)")
+    p.add_argument(
+        "--classes", type=class_count, default=10, help="number of synthetic classes (>= 2)"
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--no-scan", action="store_true", help="skip the backdoor scan step")
     p.add_argument(
@@ -195,12 +197,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_export:
         t0 = time.perf_counter()
         where = out / ("purified" if purification is not None else "backdoored")
-        export_report = to_onnx(
-            final_model,
-            where / "model.onnx",
-            input_shape=(3, 32, 32),
-            report_id=None if purification is None else purification.report_id,
-        )
+        with quiet_exporter("demo.onnx_export"):
+            export_report = to_onnx(
+                final_model,
+                where / "model.onnx",
+                input_shape=(3, 32, 32),
+                report_id=None if purification is None else purification.report_id,
+            )
         verification = verify_onnx(
             export_report,
             final_model,

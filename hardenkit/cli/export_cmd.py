@@ -13,11 +13,14 @@ from ..reports import BaseReport
 from ._common import (
     EXIT_OK,
     add_model_args,
+    input_shape,
     load_data_arg,
     load_model_from_args,
     load_trigger_arg,
     parse_kv,
     parse_target,
+    positive_int,
+    quiet_exporter,
 )
 
 
@@ -30,16 +33,6 @@ class ExportRunReport(BaseReport):
     passed: bool
 
 
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        dims = tuple(int(p) for p in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,32,32, got {text!r}") from exc
-    if len(dims) != 3 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive ints C,H,W, got {text!r}")
-    return dims
-
-
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "export",
@@ -47,12 +40,16 @@ def add_parser(sub: Any) -> None:
         description="Export a model file to ONNX with the torch.export-based exporter "
         "(dynamic batch axis, normalization inside the graph, float32 NCHW pixels in [0, 1]), "
         "check it, and with --verify compare ONNX Runtime against PyTorch on held-out data. "
-        "Exit 0 = ok, 2 = usage/input error, 3 = export, parity or execution-provider error.",
+        "Exit 0 = ok, 1 = the verification ran and failed (parity), 2 = usage/input error, "
+        "3 = export error or execution-provider (environment) error.",
     )
     add_model_args(p)
     p.add_argument("--output", "-o", type=Path, required=True, help="destination .onnx file")
     p.add_argument(
-        "--input-shape", type=_shape, default=(3, 32, 32), help="C,H,W of one image (3,32,32)"
+        "--input-shape",
+        type=input_shape,
+        default=(3, 32, 32),
+        help="C,H,W of one image: three positive integers separated by commas (3,32,32)",
     )
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 (default) to 23")
     p.add_argument(
@@ -61,7 +58,10 @@ def add_parser(sub: Any) -> None:
         help="export a static batch (of --batch-size-static) instead of a dynamic 'batch' axis",
     )
     p.add_argument(
-        "--batch-size-static", type=int, default=1, help="batch of a --no-dynamic-batch export"
+        "--batch-size-static",
+        type=positive_int,
+        default=1,
+        help="batch of a --no-dynamic-batch export",
     )
     p.add_argument(
         "--external-data",
@@ -90,8 +90,8 @@ def add_parser(sub: Any) -> None:
         choices=["fp32-cpu", "fp32-cuda", "fp16"],
         help="tolerance profile (default: from the provider)",
     )
-    p.add_argument("--max-batches", type=int, help="verify on at most this many batches")
-    p.add_argument("--batch-size", type=int, default=256, help="verification batch size")
+    p.add_argument("--max-batches", type=positive_int, help="verify on at most this many batches")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="verification batch size")
     p.add_argument("--report", type=Path, help="write the JSON report here ('-' = stdout)")
     p.set_defaults(func=run)
 
@@ -106,19 +106,21 @@ def run(args: argparse.Namespace) -> int:
             "--data/--trigger/--target/--providers only apply with --verify.",
             hint="add --verify",
         )
+    meta = {k: str(v) for k, v in parse_kv(args.metadata, "--metadata").items()}
+    target = parse_target(args.target, args.num_classes)
     model = load_model_from_args(args)
-    meta = {k: str(v) for k, v in parse_kv(args.metadata).items()}
-    export = to_onnx(
-        model,
-        args.output,
-        input_shape=args.input_shape,
-        opset=args.opset,
-        dynamic_batch=not args.no_dynamic_batch,
-        external_data=args.external_data,
-        metadata=meta,
-        report_id=args.report_id,
-        example_batch_size=args.batch_size_static if args.no_dynamic_batch else None,
-    )
+    with quiet_exporter("export.onnx_export"):
+        export = to_onnx(
+            model,
+            args.output,
+            input_shape=args.input_shape,
+            opset=args.opset,
+            dynamic_batch=not args.no_dynamic_batch,
+            external_data=args.external_data,
+            metadata=meta,
+            report_id=args.report_id,
+            example_batch_size=args.batch_size_static if args.no_dynamic_batch else None,
+        )
     print(export.summary(), file=sys.stderr)
     verification = None
     if args.verify:
@@ -132,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             data.loader(batch_size=args.batch_size),
             trigger=trigger,
-            target=parse_target(args.target, args.num_classes),
+            target=target,
             providers=args.providers,
             profile=args.profile,
             max_batches=args.max_batches,

@@ -8,16 +8,19 @@ from pathlib import Path
 from typing import Any
 
 from ..config import RuntimeConfig
-from ..errors import ConfigError, ParityError
+from ..errors import ConfigError, HardenkitError, ParityError
 from ..purify import DEFAULT_STRATEGY, Purifier
 from ..scan import ScanResult
 from ._common import (
     EXIT_OK,
     add_model_args,
+    holdout_fraction,
     load_data_arg,
     load_model_from_args,
     load_policy_file,
+    nonnegative_int,
     parse_kv,
+    quiet_exporter,
 )
 
 
@@ -27,8 +30,9 @@ def add_parser(sub: Any) -> None:
         help="remove a backdoor with a purification strategy (mcl, finetune, nc-unlearn, ...)",
         description="Repair a copy of a model with clean images and a purification strategy; "
         "write the repaired weights, the report and (optionally) a verified ONNX export. "
-        "Exit 0 = done (including 'nothing to purify'), 2 = usage/input error, "
-        "3 = runtime error or failed ONNX verification.",
+        "Exit 0 = done (including 'nothing to purify'), 1 = the --onnx verification ran "
+        "and failed, 2 = usage/input error, 3 = runtime or environment error (including a "
+        "failed ONNX export or a missing ONNX Runtime provider).",
     )
     add_model_args(p)
     p.add_argument(
@@ -60,20 +64,21 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--holdout-fraction",
-        type=float,
+        type=holdout_fraction,
         default=0.1,
-        help="clean images held out for the before/after measurements (default 0.1)",
+        help="share of the clean images held out for the before/after measurements, in "
+        "[0, 1) (default 0.1); 0 purifies on every image and does not measure BA",
     )
     p.add_argument("--onnx", action="store_true", help="also export model.onnx and verify it")
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     fields: dict[str, Any] = load_policy_file(args.config, "strategy config") if args.config else {}
-    fields.update(parse_kv(args.settings))
+    fields.update(parse_kv(args.settings, "--set"))
     rt = RuntimeConfig(device=args.device, seed=args.seed)
     purifier = Purifier(
         load_model_from_args(args),
@@ -89,7 +94,16 @@ def run(args: argparse.Namespace) -> int:
                 f"--scan {str(args.scan)!r} is not a directory.",
                 hint="pass the --out directory of `hardenkit scan`",
             )
-        scan = ScanResult.load(args.scan)
+        try:
+            scan = ScanResult.load(args.scan)
+        except (ValueError, TypeError, KeyError) as exc:  # a corrupt directory, not a bug
+            if isinstance(exc, HardenkitError):
+                raise
+            raise ConfigError(
+                f"--scan {str(args.scan)!r} is not a valid scan directory: "
+                f"{type(exc).__name__}: {exc}",
+                hint="pass the --out directory of `hardenkit scan`, unmodified",
+            ) from exc
     data = load_data_arg(args.data, split=args.split)
     result = purifier.run(data.loader(batch_size=512), scan=scan)
     print(result.report.summary(), file=sys.stderr)
@@ -99,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if args.onnx:
         from ..export import verify_onnx
 
-        exp = result.export_onnx(out / "model.onnx")
+        with quiet_exporter("purify.onnx_export"):
+            exp = result.export_onnx(out / "model.onnx")
         ver = verify_onnx(exp, result.model, data.loader(batch_size=512))
         ver.save(out / "onnx_verification.json")
         print(

@@ -14,10 +14,13 @@ from ._common import (
     EXIT_GATE_FAILED,
     EXIT_OK,
     add_model_args,
+    input_shape,
     load_data_arg,
     load_model_from_args,
     load_policy_file,
+    nonnegative_int,
     parse_kv,
+    positive_int,
 )
 
 
@@ -28,7 +31,7 @@ def add_parser(sub: Any) -> None:
         description="Scan a model for a backdoor: per-class trigger inversion (Neural Cleanse, "
         "batched over classes) and/or the data-free max-margin test (MM-BD). Exit 0 = not "
         "flagged, 1 = flagged (verdict at or above --fail-on), 2 = usage/input error, "
-        "3 = runtime error.",
+        "3 = runtime or environment error (e.g. --device cuda without CUDA).",
     )
     add_model_args(p)
     p.add_argument(
@@ -44,16 +47,20 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--input-shape",
-        default="3,32,32",
-        help="C,H,W of the model input for --data-free (default 3,32,32)",
+        type=input_shape,
+        default=(3, 32, 32),
+        help="C,H,W of the model input for --data-free: three positive integers separated by "
+        "commas (default 3,32,32)",
     )
     p.add_argument(
         "--detectors",
         help="comma-separated detectors (default neural-cleanse; e.g. neural-cleanse,mm-bd)",
     )
     p.add_argument("--combine", choices=["any", "all", "mean"], help="how verdicts combine")
-    p.add_argument("--max-images", type=int, help="clean images used for inversion")
-    p.add_argument("--epochs", type=int, help="neural-cleanse: maximum epochs per label")
+    p.add_argument("--max-images", type=positive_int, help="clean images used for inversion")
+    p.add_argument(
+        "--epochs", type=positive_int, help="neural-cleanse: maximum epochs per label (>= 1)"
+    )
     p.add_argument(
         "--option",
         action="append",
@@ -69,7 +76,7 @@ def add_parser(sub: Any) -> None:
         help="lowest verdict that exits 1 (default backdoored)",
     )
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--out", type=Path, help="write report.json, triggers and PNGs here")
     p.add_argument("--output", "-o", type=Path, help="write the JSON report here ('-' = stdout)")
     p.set_defaults(func=run)
@@ -98,7 +105,7 @@ def scan_config_from_args(args: argparse.Namespace) -> ScanConfig:
                 f"--option must look like DETECTOR:key=value, got {spec!r}.",
                 hint="e.g. --option neural-cleanse:batch_size=64",
             )
-        options.setdefault(name.strip(), {}).update(parse_kv(rest))
+        options.setdefault(name.strip(), {}).update(parse_kv(rest, "--option"))
     if options:
         detectors = fields.get("detectors") or list(ScanConfig().detectors)
         fields["detector_options"] = {k: v for k, v in options.items() if k in detectors}
@@ -109,9 +116,6 @@ def scan_config_from_args(args: argparse.Namespace) -> ScanConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = scan_config_from_args(args)
-    rt = RuntimeConfig(device=args.device, seed=args.seed)
-    model = load_model_from_args(args)
     if args.data_free and args.data:
         raise ConfigError("--data-free and --data exclude each other.")
     if not args.data_free and not args.data:
@@ -119,15 +123,15 @@ def run(args: argparse.Namespace) -> int:
             "--data is required (clean images), unless --data-free.",
             hint="e.g. --data clean_images/ or --data-free",
         )
-    shape = tuple(int(s) for s in args.input_shape.split(","))
-    if len(shape) != 3:
-        raise ConfigError(f"--input-shape must be C,H,W, got {args.input_shape!r}.")
+    cfg = scan_config_from_args(args)
+    rt = RuntimeConfig(device=args.device, seed=args.seed)
+    model = load_model_from_args(args)
     scanner = Scanner(
         model,
         args.num_classes,
         config=cfg,
         runtime=rt,
-        input_shape=(shape[0], shape[1], shape[2]),
+        input_shape=args.input_shape,
     )
     if args.data_free:
         result = scanner.run()

@@ -19,6 +19,7 @@ from ._common import (
     load_policy_file,
     load_trigger_arg,
     parse_target,
+    positive_int,
 )
 
 
@@ -28,7 +29,8 @@ def add_parser(sub: Any) -> None:
         help="measure BA/ASR/RA of a model and apply a gate policy",
         description="Measure benign accuracy, attack success rate and robust accuracy of a "
         "model on held-out data and apply a gate policy. Exit 0 = pass, 1 = policy failed, "
-        "2 = usage/input error, 3 = runtime error.",
+        "2 = usage/input error, 3 = runtime or environment error (e.g. --device cuda "
+        "without CUDA).",
     )
     add_model_args(p)
     p.add_argument(
@@ -50,7 +52,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-asr", type=float, help="policy: maximum ASR (fraction)")
     p.add_argument("--max-ba-drop", type=float, help="policy: maximum BA drop vs --baseline-ba")
     p.add_argument("--baseline-ba", type=float, help="BA of the model before repair")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--output", "-o", type=Path, help="write the JSON report here ('-' = stdout)")
     p.set_defaults(func=run)
@@ -59,6 +61,13 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.trigger is None) != (args.target is None):
         raise ConfigError("--trigger and --target go together.", hint="pass both or neither")
+    # cheap checks of the user's inputs first: the policy and the target
+    fields: dict[str, Any] = load_policy_file(args.policy) if args.policy else {}
+    for key in ("min_ba", "max_asr", "max_ba_drop"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    policy = GatePolicy(**fields)
+    target = parse_target(args.target, args.num_classes)
     rt = RuntimeConfig(device=args.device)
     model = load_model_from_args(args)
     data = load_data_arg(args.data, split=args.split)
@@ -66,15 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if args.trigger is not None:
         c, h, _ = data.image_shape
         trigger = load_trigger_arg(args.trigger, image_size=h, channels=c)
-    fields: dict[str, Any] = load_policy_file(args.policy) if args.policy else {}
-    for key in ("min_ba", "max_asr", "max_ba_drop"):
-        if getattr(args, key) is not None:
-            fields[key] = getattr(args, key)
-    policy = GatePolicy(**fields)
     report = Validator(model, num_classes=args.num_classes, runtime=rt, policy=policy).run(
         data.loader(batch_size=args.batch_size),
         trigger=trigger,
-        target=parse_target(args.target, args.num_classes),
+        target=target,
         baseline_ba=args.baseline_ba,
     )
     print(report.summary(), file=sys.stderr)

@@ -120,6 +120,11 @@ def validate_batch(
         )
     if y.is_floating_point() or y.dtype == torch.bool:
         raise DataError(f"{where}: labels must be integer class indices, got {y.dtype}.")
+    if num_classes is None and y.numel() and int(y.min()) < 0:
+        raise DataError(
+            f"{where}: labels must be non-negative class indices, got {int(y.min())}.",
+            hint="map your labels to 0..K-1 (e.g. -1 'ignore' labels must be removed)",
+        )
     if num_classes is not None and y.numel():
         ymin, ymax = int(y.min()), int(y.max())
         if ymin < 0 or ymax >= num_classes:
@@ -150,8 +155,10 @@ def iter_batches(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield validated ``(x float32 [0,1] NCHW, y int64)`` batches from any loader.
 
-    The first batch is fully validated; later batches are checked for shape consistency and
-    (if ``check_all_labels``) label range. An empty loader raises :class:`DataError`.
+    Every batch is validated (dtype, shape consistent with the first batch, finite pixels in
+    [0, 1], 1-D integer labels, and — unless ``check_all_labels=False`` — labels in
+    ``[0, num_classes)``); a bad batch raises :class:`DataError` naming its index. An empty
+    loader raises :class:`DataError`.
     """
     if isinstance(source, ImageDataset):
         source = source.loader()
@@ -167,27 +174,18 @@ def iter_batches(
         x, y = _unpack(batch, where)
         if input_normalization is not None and x.is_floating_point():
             x = _denormalize(x.to(torch.float32), input_normalization)
+        # Every batch gets the full check (dtype, shape, finiteness, pixel range, label dtype,
+        # shape and range): a NaN pixel or a 0..255 batch late in the loader must not be
+        # silently miscounted. The check is a few reductions, cheap next to a forward pass.
+        validate_batch(
+            x,
+            y,
+            num_classes=num_classes if (check_all_labels or first_shape is None) else None,
+            image_shape=first_shape,
+            where=where if first_shape is None else f"{where}: batch {n}",
+        )
         if first_shape is None:
-            validate_batch(x, y, num_classes=num_classes, where=where)
             first_shape = tuple(x.shape[1:])
-        else:
-            if not x.is_floating_point():
-                raise DataError(
-                    f"{where}: batch {n} has {x.dtype} images; the first batch was float.",
-                    hint="make every batch float pixels in [0, 1]",
-                )
-            if tuple(x.shape[1:]) != first_shape or y.shape[:1] != x.shape[:1]:
-                raise DataError(
-                    f"{where}: batch {n} has images {tuple(x.shape)} / labels "
-                    f"{tuple(y.shape)}, unlike the first batch's {first_shape}."
-                )
-            if (
-                check_all_labels
-                and num_classes is not None
-                and y.numel()
-                and (int(y.min()) < 0 or int(y.max()) >= num_classes)
-            ):
-                raise DataError(f"{where}: batch {n} has labels outside [0, {num_classes}).")
         x = x.to(torch.float32)
         y = y.to(torch.int64)
         if device is not None:

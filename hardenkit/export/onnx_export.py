@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from .._utils.imports import require
+from .._utils.model_checks import check_model
 from .._version import __version__
 from ..config import HardenkitConfig
 from ..errors import ConfigError, ExportError, ModelCompatibilityError
@@ -570,8 +571,10 @@ def to_onnx(
     user_meta = _check_metadata(metadata)
     if report_id is not None and not isinstance(report_id, str):
         raise ConfigError(f"report_id must be a string, got {type(report_id).__name__}.")
+    # The exported copy is cast to float32 below, so fp16/bf16/float64 models are accepted.
+    inner = check_model(model, where="to_onnx", require_float32=False)
     x = _example_input(input_shape, example_input, cfg)
-    work = _prepare_model(model)
+    work = _prepare_model(inner)
     fingerprint = ModelFingerprint.of(work)
     with torch.no_grad():
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -15,10 +16,14 @@ from .._utils.progress import ProgressCallback
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
 from ..registry import Registry
 from ..scan import ScanResult
+from ..training import evaluate_accuracy, trigger_asr
+from ..triggers import Trigger
 
 __all__ = [
     "STRATEGIES",
     "Budget",
+    "CheckpointSelector",
+    "PurificationStatus",
     "PurificationStrategy",
     "PurifyContext",
     "StrategyConfig",
@@ -26,17 +31,148 @@ __all__ = [
 ]
 
 
+PurificationStatus = Literal[
+    "purified", "nothing-to-purify", "refused", "degraded", "budget-exhausted", "unverified"
+]
+"""Outcome of a purification. Only ``purified`` means "repaired and checked":
+
+* ``purified`` — the strategy ran to the end of its schedule and held-out (or validation)
+  BA dropped by at most ``max_ba_drop``;
+* ``nothing-to-purify`` / ``refused`` — the model is returned unchanged (no flagged label;
+  the strategy could not run, see the notes);
+* ``degraded`` — the repaired model lost more than ``max_ba_drop`` BA (returned anyway);
+* ``budget-exhausted`` — ``max_steps`` / ``max_seconds`` ended the run before its schedule;
+* ``unverified`` — no held-out or validation image was left to measure BA (e.g.
+  ``holdout_fraction=0`` with one image per class): check it with :class:`hardenkit.Validator`.
+"""
+
+TRUSTED_STATUSES: frozenset[str] = frozenset({"purified", "nothing-to-purify"})
+"""Statuses whose result can be used as reported (the CLI exits 0 only for these)."""
+
+
 class StrategyConfig(HardenkitConfig):
     """Fields every strategy config has.
 
     Attributes:
         max_steps: stop after this many optimisation steps (``None`` = the strategy's
-            schedule decides). The report records whether the budget ended the run.
-        max_seconds: stop after this much wall time (checked between steps).
+            schedule decides). A run the budget cut short has status ``budget-exhausted``.
+        max_seconds: stop after this much wall time (checked between steps); same status.
+        max_ba_drop: the utility guard — the largest loss of benign accuracy (a fraction:
+            0.05 = 5 points) on the held-out split (validation split when nothing is held out)
+            that still counts as ``purified``; more gives status ``degraded``.
+            ``Purifier(max_ba_drop=...)`` overrides it.
     """
 
     max_steps: Annotated[int, Field(ge=1)] | None = None
     max_seconds: Annotated[float, Field(gt=0)] | None = None
+    max_ba_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+
+
+Selection = Literal["final", "best-val", "best-val-ba"]
+"""Which epoch a training strategy returns: ``final`` (the last), ``best-val`` (highest
+validation BA among checkpoints whose inverted triggers' validation ASR is at most the bound;
+without an inverted trigger the last epoch, because BA alone favours epochs where the repair
+has not worked yet), ``best-val-ba`` (highest validation BA, no ASR bound)."""
+
+
+class CheckpointSelector:
+    """Keep the best validated checkpoint of a training strategy (see :data:`Selection`).
+
+    Call :meth:`update` after every epoch and :meth:`finish` at the end; ``finish`` loads the
+    chosen weights into the model and returns a JSON-able record for the report.
+
+    Example:
+        >>> import torch
+        >>> from hardenkit.purify.base import CheckpointSelector
+        >>> CheckpointSelector.rank(ba=0.9, asr=0.05, bound=0.1, epoch=3) > (
+        ...     CheckpointSelector.rank(ba=0.95, asr=0.5, bound=0.1, epoch=4))
+        True
+    """
+
+    def __init__(
+        self,
+        ctx: PurifyContext,
+        mode: Selection,
+        *,
+        max_asr: float = 0.1,
+        triggers: Sequence[tuple[int, Trigger]] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.mode = mode
+        self.max_asr = max_asr
+        if triggers is None:
+            triggers = list(ctx.scan.triggers.items()) if ctx.scan is not None else []
+        self.triggers = list(triggers)
+        self.reason: str | None = None
+        if mode == "final":
+            self.reason = "selection 'final': the last epoch"
+        elif len(ctx.y_val) == 0:
+            self.reason = "no validation images: kept the last epoch"
+        elif mode == "best-val" and not self.triggers:
+            self.reason = (
+                "no inverted trigger to bound the ASR: kept the last epoch (BA alone would "
+                "favour epochs where the repair has not worked yet)"
+            )
+        self.active = self.reason is None
+        self.history: list[dict[str, float]] = []
+        self._best: tuple[tuple[float, ...], int, dict[str, Tensor]] | None = None
+
+    @staticmethod
+    def rank(*, ba: float, asr: float | None, bound: float, epoch: int) -> tuple[float, ...]:
+        """Sort key: checkpoints within the ASR bound first (by BA), then by lowest ASR."""
+        if asr is None or asr <= bound:
+            return (1.0, ba, float(epoch))
+        return (0.0, -asr, ba, float(epoch))
+
+    def update(self, model: nn.Module, epoch: int) -> dict[str, float] | None:
+        """Evaluate ``model`` on the validation split after ``epoch`` (1-based).
+
+        The validation curve is recorded whenever validation images exist (also for
+        ``final``); a checkpoint is kept only when the selection is active.
+        """
+        ctx = self.ctx
+        if len(ctx.y_val) == 0:
+            return None
+        ba = evaluate_accuracy(model, ctx.x_val, ctx.y_val, runtime=ctx.runtime)
+        rec: dict[str, float] = {"epoch": float(epoch), "val_ba": ba}
+        asr: float | None = None
+        if self.triggers:
+            asr = max(
+                trigger_asr(model, t, ctx.x_val, ctx.y_val, lab, ctx.runtime)
+                for lab, t in self.triggers
+            )
+            rec["val_trigger_asr"] = asr
+        self.history.append(rec)
+        if not self.active:
+            return rec
+        bound_asr = asr if self.mode == "best-val" else None
+        key = self.rank(ba=ba, asr=bound_asr, bound=self.max_asr, epoch=epoch)
+        if self._best is None or key > self._best[0]:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self._best = (key, epoch, state)
+        return rec
+
+    def finish(self, model: nn.Module, final_epoch: int) -> dict[str, Any]:
+        """Load the chosen checkpoint into ``model``; return the record for the report."""
+        out: dict[str, Any] = {"mode": self.mode, "final_epoch": final_epoch}
+        if not self.active or self._best is None:
+            out.update(
+                chosen_epoch=final_epoch,
+                reason=self.reason or "no epoch completed",
+                history=self.history,
+            )
+            return out
+        _, epoch, state = self._best
+        if epoch != final_epoch:
+            model.load_state_dict(state)
+        chosen = next(r for r in self.history if int(r["epoch"]) == epoch)
+        out.update(
+            chosen_epoch=epoch,
+            max_val_trigger_asr=self.max_asr if self.mode == "best-val" else None,
+            chosen=chosen,
+            history=self.history,
+        )
+        return out
 
 
 class Budget:
@@ -95,6 +231,8 @@ class StrategyOutcome:
 
     model: nn.Module
     status: Literal["purified", "nothing-to-purify", "refused"] = "purified"
+    """What the strategy itself concluded; the Purifier then applies the utility guard and
+    the budget check (``degraded`` / ``budget-exhausted`` / ``unverified``)."""
     epochs: int = 0
     details: dict[str, Any] = field(default_factory=dict)
     scan: ScanResult | None = None

@@ -8,7 +8,6 @@ is the answer when the Scanner finds nothing or the trigger is not a patch.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Annotated, Literal
 
@@ -21,8 +20,16 @@ from .._utils.seeding import make_generator
 from ..errors import ModelCompatibilityError
 from ..logging import get_logger
 from ..models import find_last_linear, resolve_layer
-from ..training import augment_batch, evaluate_accuracy
-from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
+from ..training import augment_batch
+from .base import (
+    STRATEGIES,
+    CheckpointSelector,
+    PurificationStrategy,
+    PurifyContext,
+    Selection,
+    StrategyConfig,
+    StrategyOutcome,
+)
 
 __all__ = ["D3Config", "D3Strategy", "selected_weights"]
 
@@ -50,8 +57,13 @@ class D3Config(StrategyConfig):
         weight_decay: SGD weight decay (the code's yaml ``wd`` is not used: 0).
         augment: random crop + horizontal flip on the device (BackdoorBench train transform).
         train_mode: BatchNorm statistics update during D3 (the code's default).
-        selection: ``final`` — the last epoch (the code); ``best-val`` — the epoch with the
-            best accuracy on the validation split of the clean budget (never the test set).
+        selection: which epoch is returned (validation split of the clean budget, never
+            the test set): ``best-val`` (default) — the highest validation BA among epochs
+            whose inverted triggers (the scan's, when one was given) reach at most
+            ``selection_max_asr``, and the last epoch when there is no inverted trigger;
+            ``final`` — the last epoch (the code); ``best-val-ba`` — the highest validation
+            BA whatever the ASR.
+        selection_max_asr: the ASR bound of ``best-val`` selection.
     """
 
     lmd: Annotated[float, Field(gt=0)] = 0.5
@@ -67,7 +79,8 @@ class D3Config(StrategyConfig):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     augment: bool = True
     train_mode: bool = True
-    selection: Literal["final", "best-val"] = "final"
+    selection: Selection = "best-val"
+    selection_max_asr: Annotated[float, Field(ge=0, le=1)] = 0.1
 
 
 def selected_weights(model: nn.Module, layers: tuple[str, ...] | None) -> list[tuple[str, Tensor]]:
@@ -116,7 +129,7 @@ class D3Strategy(PurificationStrategy):
         steps = math.ceil(n / bs)
         gen = make_generator(ctx.runtime.seed + 19, ctx.device)
         history: list[dict[str, float]] = []
-        best: tuple[float, int, dict[str, Tensor]] | None = None
+        selector = CheckpointSelector(ctx, cfg.selection, max_asr=cfg.selection_max_asr)
         stopped = False
         for epoch in range(cfg.epochs):
             model.train(cfg.train_mode)
@@ -158,12 +171,9 @@ class D3Strategy(PurificationStrategy):
                 "hinge": tot_h / steps,
                 "distance": tot_d / steps,
             }
-            if len(ctx.y_val):
-                rec["val_accuracy"] = evaluate_accuracy(
-                    model, ctx.x_val, ctx.y_val, runtime=ctx.runtime
-                )
-                if best is None or rec["val_accuracy"] > best[0]:
-                    best = (rec["val_accuracy"], epoch + 1, copy.deepcopy(model.state_dict()))
+            val = selector.update(model, epoch + 1)
+            if val is not None:
+                rec["val_accuracy"] = val["val_ba"]
             history.append(rec)
             ctx.progress("purify[d3]", epoch + 1, cfg.epochs, distance=rec["distance"])
             _log.debug("purify.epoch", strategy=self.name, **rec)
@@ -171,21 +181,23 @@ class D3Strategy(PurificationStrategy):
                 break
         opt.zero_grad(set_to_none=True)
         final_epoch = len(history)
-        chosen = final_epoch
-        if cfg.selection == "best-val" and best is not None:
-            model.load_state_dict(best[2])
-            chosen = best[1]
+        record = selector.finish(model, final_epoch)
         model.eval()
+        val_epochs = [(int(r["epoch"]), r["val_accuracy"]) for r in history if "val_accuracy" in r]
+        best_ba: tuple[int | None, float | None] = (
+            max(val_epochs, key=lambda e: (e[1], e[0])) if val_epochs else (None, None)
+        )
         return StrategyOutcome(
             model=model,
             epochs=final_epoch,
             details={
                 "selected_weights": [name for name, _ in sel],
                 "selection": cfg.selection,
-                "chosen_epoch": chosen,
+                "checkpoint": record,
+                "chosen_epoch": record["chosen_epoch"],
                 "final_epoch": final_epoch,
-                "best_val_epoch": None if best is None else best[1],
-                "best_val_accuracy": None if best is None else best[0],
+                "best_val_epoch": best_ba[0],
+                "best_val_accuracy": best_ba[1],
                 "final_val_accuracy": history[-1].get("val_accuracy") if history else None,
                 "final_distance": history[-1]["distance"] if history else 0.0,
             },

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field
 
+from .._utils.model_checks import require_trainable
 from ..training import TrainConfig, TrainHistory, train_model
-from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
+from ..triggers import Trigger
+from .base import (
+    STRATEGIES,
+    CheckpointSelector,
+    PurificationStrategy,
+    PurifyContext,
+    Selection,
+    StrategyConfig,
+    StrategyOutcome,
+)
 
 __all__ = ["FinetuneConfig", "FinetuneStrategy", "NCUnlearnConfig", "NCUnlearnStrategy"]
 
@@ -23,6 +34,12 @@ class FinetuneConfig(StrategyConfig):
         momentum: SGD momentum.
         weight_decay: L2 penalty.
         augment: random crop + horizontal flip on the device.
+        selection: which epoch is returned (see :data:`hardenkit.purify.base.Selection`):
+            ``best-val`` (default) — the highest validation BA among epochs whose inverted
+            triggers (the scan's) reach at most ``selection_max_asr`` on the validation split;
+            the last epoch when there is no inverted trigger; ``final`` — the last epoch;
+            ``best-val-ba`` — the highest validation BA.
+        selection_max_asr: the ASR bound of ``best-val`` selection.
     """
 
     epochs: Annotated[int, Field(ge=1)] = 100
@@ -31,6 +48,8 @@ class FinetuneConfig(StrategyConfig):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     augment: bool = True
+    selection: Selection = "best-val"
+    selection_max_asr: Annotated[float, Field(ge=0, le=1)] = 0.1
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -54,14 +73,15 @@ class FinetuneStrategy(PurificationStrategy):
 
     name = "finetune"
     config_cls = FinetuneConfig
+    validation_fraction = 0.1
     config: FinetuneConfig
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
-        hist = _fit(ctx, ctx.x, self.config, "purify[finetune]")
+        hist, selection = _fit(ctx, ctx.x, self.config, "purify[finetune]")
         return StrategyOutcome(
             model=ctx.model,
             epochs=len(hist.epochs),
-            details={"final_loss": hist.final_loss},
+            details={"final_loss": hist.final_loss, "checkpoint": selection},
         )
 
 
@@ -89,6 +109,7 @@ class NCUnlearnStrategy(PurificationStrategy):
     name = "nc-unlearn"
     config_cls = NCUnlearnConfig
     needs_trigger = True
+    validation_fraction = 0.1
     config: NCUnlearnConfig
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
@@ -104,7 +125,7 @@ class NCUnlearnStrategy(PurificationStrategy):
         for i, (_, trig) in enumerate(triggers):
             part = chosen[i :: len(triggers)].to(ctx.device)
             x[part] = trig.apply(x[part])
-        hist = _fit(ctx, x, self.config, "purify[nc-unlearn]")
+        hist, selection = _fit(ctx, x, self.config, "purify[nc-unlearn]", triggers=triggers)
         return StrategyOutcome(
             model=ctx.model,
             epochs=len(hist.epochs),
@@ -112,13 +133,30 @@ class NCUnlearnStrategy(PurificationStrategy):
                 "stamped_images": len(chosen),
                 "triggers": [lab for lab, _ in triggers],
                 "final_loss": hist.final_loss,
+                "checkpoint": selection,
             },
         )
 
 
-def _fit(ctx: PurifyContext, x: torch.Tensor, cfg: FinetuneConfig, phase: str) -> TrainHistory:
-    """Fine-tune ``ctx.model`` in place on ``(x, ctx.y)`` within the run's budget."""
-    return train_model(
+def _fit(
+    ctx: PurifyContext,
+    x: torch.Tensor,
+    cfg: FinetuneConfig,
+    phase: str,
+    *,
+    triggers: Sequence[tuple[int, Trigger]] | None = None,
+) -> tuple[TrainHistory, dict[str, Any]]:
+    """Fine-tune ``ctx.model`` in place on ``(x, ctx.y)`` within the run's budget, then load
+    the checkpoint ``cfg.selection`` chooses; returns the history and the selection record."""
+    require_trainable(ctx.model, where=phase)
+    selector = CheckpointSelector(
+        ctx, cfg.selection, max_asr=cfg.selection_max_asr, triggers=triggers
+    )
+
+    def on_epoch_end(epoch: int) -> None:
+        selector.update(ctx.model, epoch)
+
+    hist = train_model(
         ctx.model,
         x,
         ctx.y,
@@ -127,7 +165,11 @@ def _fit(ctx: PurifyContext, x: torch.Tensor, cfg: FinetuneConfig, phase: str) -
         progress=ctx.progress,
         phase=phase,
         stop=ctx.budget,
+        on_epoch_end=on_epoch_end,
     )
+    record = selector.finish(ctx.model, len(hist.epochs))
+    ctx.model.eval()
+    return hist, record
 
 
 STRATEGIES.register(FinetuneStrategy.name, FinetuneStrategy)

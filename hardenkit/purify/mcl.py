@@ -17,11 +17,20 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from .._utils.model_checks import require_trainable
 from ..logging import get_logger
 from ..models import FeatureExtractor
 from ..training import trigger_asr
 from ..triggers import Trigger
-from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
+from .base import (
+    STRATEGIES,
+    CheckpointSelector,
+    PurificationStrategy,
+    PurifyContext,
+    Selection,
+    StrategyConfig,
+    StrategyOutcome,
+)
 
 __all__ = ["MCLConfig", "MCLStrategy"]
 
@@ -48,6 +57,11 @@ class MCLConfig(StrategyConfig):
             held-out clean images reaches this bound (the code's inversion bound is 0.9);
             weaker triggers are skipped with a note, and with none left the model is
             returned unchanged with status ``refused`` (never contrast identical inputs).
+        selection: which epoch is returned: ``best-val`` (default) — the highest validation
+            BA among epochs whose used triggers reach at most ``selection_max_asr`` on the
+            validation split (the lowest ASR when none does); ``final`` — the last epoch (the
+            reference code); ``best-val-ba`` — the highest validation BA.
+        selection_max_asr: the ASR bound of ``best-val`` selection.
     """
 
     temperature: Annotated[float, Field(gt=0)] = 0.5
@@ -59,6 +73,8 @@ class MCLConfig(StrategyConfig):
     ce_weight: Annotated[float, Field(ge=0)] = 0.0
     bn_mode: Literal["triggered", "clean-and-triggered", "frozen"] = "triggered"
     min_trigger_asr: Annotated[float, Field(ge=0, le=1)] = 0.9
+    selection: Selection = "best-val"
+    selection_max_asr: Annotated[float, Field(ge=0, le=1)] = 0.1
 
     @field_validator("lr_schedule")
     @classmethod
@@ -83,6 +99,7 @@ class MCLStrategy(PurificationStrategy):
     name = "mcl"
     config_cls = MCLConfig
     needs_trigger = True
+    validation_fraction = 0.1
     config: MCLConfig
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
@@ -118,6 +135,10 @@ class MCLStrategy(PurificationStrategy):
             _log.warning("purify.refused", strategy=self.name, reason="weak triggers")
             return StrategyOutcome(model=ctx.model, status="refused")
         student = ctx.model
+        require_trainable(student, where="mcl")
+        selector = CheckpointSelector(
+            ctx, cfg.selection, max_asr=cfg.selection_max_asr, triggers=usable
+        )
         teacher = ctx.original
         fx_s = FeatureExtractor(student, penultimate=True)
         fx_t = FeatureExtractor(teacher, penultimate=True)
@@ -161,6 +182,7 @@ class MCLStrategy(PurificationStrategy):
                     break
                 last_loss = tot / max(1, steps)
                 epochs_done += 1
+                selector.update(student, epochs_done)
                 ctx.progress("purify[mcl]", epoch + 1, cfg.epochs, loss=last_loss)
                 _log.debug("purify.epoch", strategy=self.name, epoch=epoch + 1, loss=last_loss)
                 if stopped:
@@ -169,11 +191,16 @@ class MCLStrategy(PurificationStrategy):
             fx_s.close()
             fx_t.close()
             opt.zero_grad(set_to_none=True)
+        record = selector.finish(student, epochs_done)
         student.eval()
         return StrategyOutcome(
             model=student,
             epochs=epochs_done,
-            details={"triggers": [lab for lab, _ in usable], "final_loss": last_loss},
+            details={
+                "triggers": [lab for lab, _ in usable],
+                "final_loss": last_loss,
+                "checkpoint": record,
+            },
         )
 
     def _loss(

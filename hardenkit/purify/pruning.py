@@ -152,7 +152,7 @@ class FinePruningStrategy(PurificationStrategy):
         _log.info("purify.pruned", strategy=self.name, pruned=n_pruned, channels=c)
         handles = keep_pruned(model, units, pruned)
         try:
-            hist = _fit(ctx, ctx.x, cfg, "purify[fine-pruning]")
+            hist, checkpoint = _fit(ctx, ctx.x, cfg, "purify[fine-pruning]")
         finally:
             for h in handles:
                 h.remove()
@@ -170,6 +170,7 @@ class FinePruningStrategy(PurificationStrategy):
                     "accuracies": accs,
                 },
                 "final_loss": hist.final_loss,
+                "checkpoint": checkpoint,
             },
         )
 

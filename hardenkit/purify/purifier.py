@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from .._utils.model_checks import check_model
 from .._utils.progress import ProgressCallback, make_progress
 from .._utils.seeding import seed_everything
 from ..config import RuntimeConfig, parse_config
@@ -25,9 +26,24 @@ from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..scan import ScanConfig, Scanner, ScanResult
 from ..training import evaluate_accuracy, infer_num_classes, trigger_asr
-from .base import STRATEGIES, Budget, PurificationStrategy, PurifyContext, StrategyOutcome
+from .base import (
+    STRATEGIES,
+    TRUSTED_STATUSES,
+    Budget,
+    PurificationStatus,
+    PurificationStrategy,
+    PurifyContext,
+    StrategyOutcome,
+)
 
-__all__ = ["DEFAULT_STRATEGY", "PurificationReport", "PurificationResult", "Purifier", "TriggerASR"]
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "PurificationReport",
+    "PurificationResult",
+    "Purifier",
+    "TriggerASR",
+    "UtilityGuard",
+]
 
 _log = get_logger("purify")
 
@@ -48,12 +64,30 @@ class TriggerASR(BaseModel):
     images: int
 
 
+class UtilityGuard(BaseModel):
+    """The utility guard's measurement: BA before/after on the split it judged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    split: Literal["holdout", "validation", "none"]
+    """``holdout`` (never seen by the strategy), ``validation`` (used by the strategy for
+    model selection; only when nothing is held out) or ``none`` (no image to judge on)."""
+    images: int
+    ba_before: float | None
+    ba_after: float | None
+    max_ba_drop: float
+    passed: bool | None
+    """``None`` when nothing could be measured."""
+
+
 class PurificationReport(BaseReport):
     """What a purification did and measured (held-out split of the clean budget)."""
 
     report_type: str = "purification"
     strategy: str
-    status: Literal["purified", "nothing-to-purify", "refused"]
+    status: PurificationStatus
+    """``purified`` only when the run finished its schedule and passed the utility guard;
+    see :data:`hardenkit.purify.base.PurificationStatus` for the others."""
     config: dict[str, Any]
     runtime: dict[str, Any]
     num_classes: int
@@ -77,6 +111,14 @@ class PurificationReport(BaseReport):
     output_model: ModelFingerprint
     notes: list[str] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict)
+    utility_guard: UtilityGuard | None = None
+    """How the repaired model's benign accuracy was judged (``None`` in reports written
+    before the guard existed)."""
+
+    @property
+    def trusted(self) -> bool:
+        """True for ``purified`` and ``nothing-to-purify``: the result can be used as reported."""
+        return self.status in TRUSTED_STATUSES
 
     @property
     def ba_drop(self) -> float | None:
@@ -90,6 +132,17 @@ class PurificationReport(BaseReport):
             f"strategy {self.strategy}: {self.status} in {self.seconds:.1f}s ({self.steps} steps)",
             f"  BA (held-out clean) {_pct(self.ba_before)} -> {_pct(self.ba_after)}",
         ]
+        g = self.utility_guard
+        if g is not None and g.passed is False:
+            lines.insert(
+                1,
+                f"  WARNING: the repair lost {_pct((g.ba_before or 0) - (g.ba_after or 0))} BA on "
+                f"the {g.split} split (> max_ba_drop {_pct(g.max_ba_drop)}): DEGRADED",
+            )
+        elif self.status == "budget-exhausted":
+            lines.insert(1, "  WARNING: the budget ended the run before its schedule finished")
+        elif self.status == "unverified":
+            lines.insert(1, "  WARNING: BA could not be measured (no held-out images): UNVERIFIED")
         pruning = self.details.get("pruning")
         if isinstance(pruning, dict):
             lines.append(
@@ -137,6 +190,11 @@ class PurificationResult:
     @property
     def purified(self) -> bool:
         return self.report.status == "purified"
+
+    @property
+    def trusted(self) -> bool:
+        """``purified`` or ``nothing-to-purify``: usable as reported (see the report's notes)."""
+        return self.report.trusted
 
     def save(self, directory: str | Path) -> Path:
         """Write ``model.safetensors``, ``report.json`` and (if any) the scan to ``scan/``."""
@@ -186,6 +244,15 @@ class Purifier:
         input_shape: ``(C, H, W)`` of the model input; needed only for data-free runs
             (``run(None)`` with a strategy such as ``shapley-pruning``).
         progress: a progress callback (default: a tqdm bar on a TTY).
+        max_ba_drop: the utility guard (default: the strategy config's ``max_ba_drop``,
+            0.05): a repair that loses more benign accuracy than this on the held-out split
+            (the validation split when nothing is held out) gets status ``degraded``. The
+            model is still returned; the report and the CLI exit code say it failed.
+
+    Statuses: ``purified`` only when the strategy finished its schedule and passed the
+    guard; ``budget-exhausted`` when ``max_steps``/``max_seconds`` cut it short;
+    ``unverified`` when no image was left to measure BA; ``nothing-to-purify``/``refused``
+    when the model is returned unchanged.
 
     Example:
         >>> import hardenkit as hk
@@ -208,12 +275,14 @@ class Purifier:
         scan_config: ScanConfig | dict[str, Any] | None = None,
         input_shape: tuple[int, int, int] | None = None,
         progress: ProgressCallback | None = None,
+        max_ba_drop: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ModelCompatibilityError(
                 f"Purifier needs a torch.nn.Module, got {type(model).__name__}.",
                 hint="load the architecture in code, then its weights",
             )
+        model = check_model(model, where="Purifier")
         if isinstance(strategy, PurificationStrategy):
             if config is not None:
                 raise ConfigError("pass config only together with a strategy *name*.")
@@ -236,6 +305,14 @@ class Purifier:
             raise ConfigError(
                 f"input_shape must be (C, H, W) with positive sizes, got {input_shape}."
             )
+        if max_ba_drop is not None and not 0 <= max_ba_drop <= 1:
+            raise ConfigError(
+                f"max_ba_drop must be a fraction in [0, 1], got {max_ba_drop}.",
+                hint="0.05 allows a 5-point drop of benign accuracy",
+            )
+        self.max_ba_drop = (
+            self.strategy.config.max_ba_drop if max_ba_drop is None else float(max_ba_drop)
+        )
         self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         self.model = model
         self.runtime = parse_config(RuntimeConfig, runtime)
@@ -360,12 +437,21 @@ class Purifier:
                 )
                 for lab, t in triggers.items()
             ]
+        status, guard = self._judge(
+            outcome.status,
+            budget,
+            model,
+            original,
+            (x_ho_d, y_ho_d, ba_before, ba_after),
+            (ctx.x_val, ctx.y_val),
+            notes,
+        )
         peak = {"process_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         if device.type == "cuda":  # pragma: no cover - GPU only
             peak["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
         report = PurificationReport(
             strategy=strat.name,
-            status=outcome.status,
+            status=status,
             config=strat.config.model_dump(mode="json"),
             runtime=rt.model_dump(mode="json"),
             num_classes=k,
@@ -390,16 +476,77 @@ class Purifier:
             output_model=ModelFingerprint.of(model),
             notes=notes,
             details=outcome.details,
+            utility_guard=guard,
         )
         _log.info(
             "purify.done",
             strategy=strat.name,
-            status=outcome.status,
+            status=status,
             ba_before=ba_before,
             ba_after=ba_after,
             seconds=report.seconds,
         )
         return PurificationResult(model, report, scan, shape)
+
+    def _judge(
+        self,
+        status: str,
+        budget: Budget,
+        model: nn.Module,
+        original: nn.Module,
+        holdout: tuple[Tensor, Tensor, float | None, float | None],
+        validation: tuple[Tensor, Tensor],
+        notes: list[str],
+    ) -> tuple[PurificationStatus, UtilityGuard]:
+        """Apply the utility guard and the budget check to a strategy's own status."""
+        _, y_ho, ba_before, ba_after = holdout
+        x_val, y_val = validation
+        split: Literal["holdout", "validation", "none"] = "none"
+        images = 0
+        if ba_before is not None and ba_after is not None:
+            split, images = "holdout", len(y_ho)
+        elif len(y_val):
+            split, images = "validation", len(y_val)
+            ba_before = evaluate_accuracy(original, x_val, y_val, runtime=self.runtime)
+            ba_after = evaluate_accuracy(model, x_val, y_val, runtime=self.runtime)
+        passed: bool | None = None
+        if ba_before is not None and ba_after is not None:
+            passed = ba_before - ba_after <= self.max_ba_drop + 1e-12
+        guard = UtilityGuard(
+            split=split,
+            images=images,
+            ba_before=ba_before,
+            ba_after=ba_after,
+            max_ba_drop=self.max_ba_drop,
+            passed=passed,
+        )
+        if status != "purified":  # the model came back unchanged
+            return status, guard  # type: ignore[return-value]
+        if passed is False and ba_before is not None and ba_after is not None:
+            notes.append(
+                f"DEGRADED: benign accuracy on the {split} split fell from "
+                f"{100 * ba_before:.2f}% to {100 * ba_after:.2f}% ({images} images), more than "
+                f"max_ba_drop={100 * self.max_ba_drop:.1f} points; do not ship this model "
+                "without review (try another strategy, more clean images, or a gentler config)"
+            )
+            _log.warning("purify.degraded", ba_before=ba_before, ba_after=ba_after)
+            return "degraded", guard
+        if budget.exhausted:
+            notes.append(
+                f"BUDGET EXHAUSTED after {budget.steps} step(s): max_steps="
+                f"{budget.max_steps}, max_seconds={budget.max_seconds} ended the run before its "
+                "schedule finished; the repair is incomplete"
+                + (" (no optimisation step was made)" if budget.steps == 0 else "")
+            )
+            return "budget-exhausted", guard
+        if passed is None:
+            notes.append(
+                "UNVERIFIED: no held-out or validation images were left to measure benign "
+                "accuracy; measure the repaired model with hk.Validator on clean data of your "
+                "own before trusting it"
+            )
+            return "unverified", guard
+        return "purified", guard
 
     def _no_data(self, strat: PurificationStrategy) -> tuple[Tensor, Tensor]:
         if not strat.data_free:

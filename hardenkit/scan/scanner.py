@@ -13,6 +13,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from .._utils.finite import ensure_finite_values
+from .._utils.model_checks import check_model
 from .._utils.progress import ProgressCallback, make_progress
 from .._utils.seeding import seed_everything
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
@@ -409,16 +411,12 @@ class Scanner:
         input_shape: tuple[int, int, int] | None = None,
         progress: ProgressCallback | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise ModelCompatibilityError(
-                f"Scanner needs a torch.nn.Module, got {type(model).__name__}.",
-                hint="load the architecture in code, then its weights",
-            )
+        inner = check_model(model, where="Scanner")
         if num_classes is not None and num_classes < 3:
             raise ConfigError(
                 f"num_classes must be >= 3 for an outlier test across classes, got {num_classes}."
             )
-        self.model = model
+        self.model = inner  # unwrapped from torch.compile / DataParallel; copied in run()
         self.num_classes = num_classes
         self.config = parse_config(ScanConfig, config)
         self.runtime = parse_config(RuntimeConfig, runtime)
@@ -633,6 +631,16 @@ class Scanner:
     ) -> ScanReport:
         cfg = self.config
         det_reports: list[DetectorReport] = []
+        for out in outputs:
+            # Fail closed: a NaN statistic compares False with every threshold, which would
+            # read as "not anomalous" — a detector with non-finite numbers has no verdict.
+            ensure_finite_values(
+                [out.values[y] for y in labels], what=f"scan: {out.detector} per-label statistic"
+            )
+            ensure_finite_values(
+                [out.score, out.anomaly_index, out.evidence],
+                what=f"scan: {out.detector} score / anomaly index / evidence",
+            )
         for det, out in zip(self.detectors, outputs, strict=True):
             v = _verdict(out.score, out.flagged, cfg.suspicious_score)
             det_reports.append(

@@ -71,7 +71,8 @@ def check_strategy(
     * leaves the caller's model untouched (weights, train/eval flags, ``requires_grad``),
     * is deterministic under a seed (two runs give the same weights),
     * returns a model with the same input/output contract (class, logits shape),
-    * respects a step budget (``max_steps``) and reports the steps it took,
+    * respects a step budget (``max_steps``) and reports the steps it took, and never calls
+      a run that the budget cut short ``purified`` (``budget-exhausted``),
     * runs on the CPU,
     * never reads the held-out (test) data: two runs whose ``holdout_loader`` differ — the
       clean test set, and the same images with the trigger stamped on every one — must give
@@ -84,9 +85,12 @@ def check_strategy(
     >>> check_strategy("finetune", config={"epochs": 1})["deterministic"]
     True
     """
+    from typing import get_args
+
     import torch
 
     from ..purify import Purifier
+    from ..purify.base import PurificationStatus
     from ..reports import ModelFingerprint
     from ..scan import ScanResult
 
@@ -149,8 +153,12 @@ def check_strategy(
         all(p.device.type == "cpu" for p in out1.parameters()),
         "output parameters are not on the CPU",
     )
+    statuses = set(get_args(PurificationStatus))
+    check("reports status", rep1.status in statuses, rep1.status)
     check(
-        "reports status", rep1.status in {"purified", "nothing-to-purify", "refused"}, rep1.status
+        "honest status",
+        not (rep1.budget_exhausted and rep1.status == "purified"),
+        f"status {rep1.status!r} although the step budget ended the run",
     )
     test_x, test_y = fx.data.test.tensors()
     poisoned = [(bd.trigger(test_x), test_y)]

@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from .._utils.finite import ensure_finite_logits
 from .._utils.modes import eval_mode
 from ..config import RuntimeConfig, parse_config
 from ..data.loaders import BatchSource, iter_batches
@@ -163,6 +164,7 @@ def evaluate_counts(
             with torch.autocast(device.type, torch.bfloat16, enabled=rt.use_amp(device)):
                 logits = model(x)
             check_logits(logits, len(y), None)
+            ensure_finite_logits(logits, where=where)
             k = logits.shape[1]
             if counts is None:
                 if num_classes is not None and k != num_classes:
@@ -193,7 +195,10 @@ def evaluate_counts(
                     if not isinstance(xt, Tensor) or xt.shape != x[keep].shape:
                         raise DataError("the trigger must return a batch of the same shape.")
                     with torch.autocast(device.type, torch.bfloat16, enabled=rt.use_amp(device)):
-                        pt = model(xt).argmax(1)
+                        lt = model(xt)
+                    check_logits(lt, len(xt), None)
+                    ensure_finite_logits(lt, where=f"{where} (triggered images)")
+                    pt = lt.argmax(1)
                     counts.asr_hits += int((pt == tgt[keep]).sum())
                     counts.ra_hits += int((pt == y[keep]).sum())
                     counts.triggered += int(keep.sum())

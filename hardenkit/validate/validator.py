@@ -20,9 +20,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from .._utils.model_checks import check_model
 from ..config import RuntimeConfig, parse_config
 from ..data.loaders import BatchSource
-from ..errors import ConfigError, DataError, ModelCompatibilityError
+from ..errors import ConfigError, DataError
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..triggers import Trigger, as_trigger
@@ -103,7 +104,8 @@ class Validator:
     """Measure a model on held-out data: BA, and with a trigger ASR and RA.
 
     Args:
-        model: any ``nn.Module`` mapping a [0, 1] pixel batch to logits. It is put in eval
+        model: any ``nn.Module`` mapping a [0, 1] pixel batch to logits (float32 parameters;
+            a ``torch.compile``d or ``DataParallel`` model is unwrapped). It is put in eval
             mode during ``run()`` and restored afterwards; its weights are never changed.
         num_classes: expected number of classes (checked against the model's output).
         runtime: device, seed, input normalization (see :class:`~hardenkit.RuntimeConfig`).
@@ -118,14 +120,12 @@ class Validator:
         runtime: RuntimeConfig | dict[str, Any] | None = None,
         policy: GatePolicy | dict[str, Any] | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise ModelCompatibilityError(
-                f"Validator needs a torch.nn.Module, got {type(model).__name__}.",
-                hint="load the architecture in code, then its weights",
-            )
+        inner = check_model(model, where="Validator")
         if num_classes is not None and num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {num_classes}.")
-        self.model = model
+        # The plain module inside a torch.compile / DataParallel wrapper (shared, not copied):
+        # run() puts it in eval mode and restores every flag, and never changes its weights.
+        self.model = inner
         self.num_classes = num_classes
         self.runtime = parse_config(RuntimeConfig, runtime)
         self.policy = None if policy is None else parse_config(GatePolicy, policy)

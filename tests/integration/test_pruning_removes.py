@@ -105,7 +105,9 @@ def test_shapley_pruning_with_one_image_per_class(
     res = hk.Purifier(wide.model, "shapley-pruning", holdout_fraction=0).run(shots.loader())
     after = _measure(res.model, wide, synthetic)
     rep = res.report
-    assert res.status == "purified", rep.summary()
+    # nothing held out and one image per class (no validation split): BA is not measured,
+    # so the repair is honest about it; the test set below measures it
+    assert res.status == "unverified", rep.summary()
     assert rep.ba_before is None  # nothing held out: not measured, not invented
     assert rep.clean_images == {"train": 10, "validation": 0, "holdout": 0}
     assert rep.details["data"] == {"source": "given", "images": 10, "with_augmented_copies": 50}

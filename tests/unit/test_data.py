@@ -207,13 +207,13 @@ def test_iter_batches_dict_with_unknown_keys() -> None:
 def test_iter_batches_later_batch_checks() -> None:
     x, y = _batch()
     bad_shape = [(x, y), (torch.rand(4, 3, 16, 16), y)]
-    with pytest.raises(DataError, match="batch 1 has images"):
+    with pytest.raises(DataError, match=r"batch 1: expected images of shape \(3, 8, 8\)"):
         list(iter_batches(bad_shape))
     misaligned = [(x, y), (x, y[:2])]
     with pytest.raises(DataError, match="batch 1"):
         list(iter_batches(misaligned))
     bad_labels = [(x, y), (x, torch.tensor([0, 1, 2, 5]))]
-    with pytest.raises(DataError, match=r"batch 1 has labels outside \[0, 3\)"):
+    with pytest.raises(DataError, match=r"batch 1: labels must lie in \[0, 3\)"):
         list(iter_batches(bad_labels, num_classes=3))
     assert len(list(iter_batches(bad_labels, num_classes=3, check_all_labels=False))) == 2
 

@@ -90,12 +90,17 @@ def test_report_contents(fx: BackdoorFixture, scan: ScanResult) -> None:
     assert rep.status == "purified"
     assert res.purified
     assert rep.config["epochs"] == 2
-    assert rep.clean_images["train"] + rep.clean_images["holdout"] == 400
-    assert rep.clean_images["holdout"] == 40  # 10 % held out, stratified
+    ci = rep.clean_images
+    assert ci["train"] + ci["validation"] + ci["holdout"] == 400
+    assert ci["holdout"] == 40  # 10 % held out, stratified
+    assert ci["validation"] == 36  # 10 % of the rest for checkpoint selection
+    assert rep.utility_guard is not None
+    assert rep.utility_guard.split == "holdout"
+    assert rep.utility_guard.passed
     assert rep.trigger_asr[0].label == 0
     assert rep.trigger_asr[0].images == 30
     assert 0 <= rep.ba_after <= 1
-    assert rep.steps == rep.epochs  # 360 training images // batch 256 = 1 step per epoch
+    assert rep.steps == rep.epochs  # 324 training images // batch 256 = 1 step per epoch
     assert rep.input_model.sha256 != rep.output_model.sha256
     assert rep.input_model == ModelFingerprint.of(fx.backdoored.model)
     assert rep.peak_memory_mb["process_rss"] > 0
@@ -204,7 +209,7 @@ def test_holdout_loader_and_overlap_guard(fx: BackdoorFixture) -> None:
     res = hk.Purifier(fx.backdoored.model, "finetune", config={"epochs": 1}).run(
         train.loader(), holdout_loader=test.loader()
     )
-    assert res.report.clean_images == {"train": 400, "validation": 0, "holdout": 100}
+    assert res.report.clean_images == {"train": 360, "validation": 40, "holdout": 100}
     with pytest.raises(DataError, match="appear in both"):
         hk.Purifier(fx.backdoored.model, "finetune").run(
             train.loader(), holdout_loader=train.subset(torch.arange(5)).loader()
@@ -286,7 +291,10 @@ def test_d3_warm_starts(warm: str, fx: BackdoorFixture) -> None:
     res = hk.Purifier(
         fx.backdoored.model, "d3", config={"epochs": 1, "warm_start": warm, "max_steps": 1}
     ).run(_loader(fx))
-    assert res.status == "purified"
+    # one step of a 1-epoch schedule cut by max_steps: never "purified" (issue: d3 with
+    # max_steps=1 dropped BA to chance and still said purified)
+    assert res.status in {"budget-exhausted", "degraded"}
+    assert res.report.budget_exhausted
     assert res.report.steps == 1
 
 
@@ -294,7 +302,7 @@ def test_d3_best_val_selection_and_layers(fx: BackdoorFixture) -> None:
     res = hk.Purifier(
         fx.backdoored.model,
         "d3",
-        config={"epochs": 3, "selection": "best-val", "layers": ["block3"], "lmd": 10.0},
+        config={"epochs": 3, "selection": "best-val-ba", "layers": ["block3"], "lmd": 10.0},
     ).run(_loader(fx))
     d = res.report.details
     assert d["chosen_epoch"] == d["best_val_epoch"]
@@ -333,7 +341,8 @@ def test_auto_runs_mcl_on_a_recovered_trigger(fx: BackdoorFixture) -> None:
 
 def test_auto_falls_back_to_d3(fx: BackdoorFixture, scan: ScanResult) -> None:
     clean_report = scan.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
-    res = hk.Purifier(fx.backdoored.model, "auto", config=AUTO_MCL_D3).run(
+    # one D3 epoch costs BA on this tiny model: the guard is widened to test the branch
+    res = hk.Purifier(fx.backdoored.model, "auto", config=AUTO_MCL_D3, max_ba_drop=1.0).run(
         _loader(fx), scan=ScanResult(clean_report, {})
     )
     assert res.status == "purified"  # a negative scan is not a silent no-op

@@ -13,7 +13,13 @@ from torch import nn
 
 from hardenkit.config import RuntimeConfig
 from hardenkit.data import SyntheticSplits
-from hardenkit.errors import ConfigError, DataError, DeviceError, ModelCompatibilityError
+from hardenkit.errors import (
+    ConfigError,
+    DataError,
+    DeviceError,
+    ModelCompatibilityError,
+    NonFiniteError,
+)
 from hardenkit.models import create_model
 from hardenkit.training import (
     TrainConfig,
@@ -298,7 +304,7 @@ def test_train_model_divergence_raises() -> None:
     def nan_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return model(xb).sum() * float("nan")
 
-    with pytest.raises(DataError, match="diverged"):
+    with pytest.raises(NonFiniteError, match="diverged"):
         train_model(
             _linear_model(),
             x,

@@ -1,0 +1,214 @@
+"""Repairs that cannot be trusted say so: utility guard, budget stops, unmeasured BA, NaN.
+
+Each case is one that used to come back ``purified`` (issue: "Never a silent wrong answer").
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hardenkit as hk
+from hardenkit.data import stratified_indices
+from hardenkit.errors import ConfigError, NonFiniteError
+from hardenkit.purify.base import CheckpointSelector
+from hardenkit.scan import ScanResult
+from hardenkit.testing import BackdoorFixture
+
+from .conftest import unchanged
+
+CPU = {"seed": 0, "device": "cpu"}
+
+
+def _loader(fx: BackdoorFixture) -> object:
+    return fx.data.train.loader(batch_size=64)
+
+
+def test_d3_short_schedule_that_destroys_accuracy_is_degraded(tiny_fx: BackdoorFixture) -> None:
+    model = tiny_fx.backdoored.model
+    with unchanged(model):
+        res = hk.Purifier(model, "d3", config={"epochs": 1}, runtime=CPU).run(_loader(tiny_fx))
+    g = res.report.utility_guard
+    assert g is not None
+    assert g.split == "holdout"
+    assert g.images == 40
+    assert g.ba_before is not None
+    assert g.ba_after is not None
+    assert g.ba_before - g.ba_after > 0.05
+    assert g.passed is False
+    assert res.status == "degraded"
+    assert not res.purified
+    assert not res.trusted
+    assert "DEGRADED" in res.report.summary()
+    assert any(n.startswith("DEGRADED") for n in res.report.notes)
+    assert res.model is not model  # the repaired copy is still returned
+
+
+def test_max_ba_drop_is_configurable_in_purifier_and_config(tiny_fx: BackdoorFixture) -> None:
+    model = tiny_fx.backdoored.model
+    loose = hk.Purifier(model, "d3", config={"epochs": 1}, runtime=CPU, max_ba_drop=1.0)
+    assert loose.run(_loader(tiny_fx)).status == "purified"
+    via_config = hk.Purifier(model, "d3", config={"epochs": 1, "max_ba_drop": 1.0}, runtime=CPU)
+    assert via_config.max_ba_drop == 1.0
+    with pytest.raises(ConfigError, match="max_ba_drop"):
+        hk.Purifier(model, "d3", max_ba_drop=1.5)
+    with pytest.raises(ConfigError):
+        hk.Purifier(model, "d3", config={"max_ba_drop": -0.1})
+
+
+def test_finetune_with_no_time_does_no_step_and_says_so(tiny_fx: BackdoorFixture) -> None:
+    model = tiny_fx.backdoored.model
+    res = hk.Purifier(
+        model, "finetune", config={"epochs": 5, "max_seconds": 1e-9}, runtime=CPU
+    ).run(_loader(tiny_fx))
+    assert res.report.steps == 0
+    assert res.status == "budget-exhausted"
+    assert res.report.budget_exhausted
+    assert any("no optimisation step" in n for n in res.report.notes)
+    assert res.report.input_model.sha256 == res.report.output_model.sha256
+
+
+def test_d3_with_one_step_is_never_purified(tiny_fx: BackdoorFixture) -> None:
+    res = hk.Purifier(tiny_fx.backdoored.model, "d3", config={"max_steps": 1}, runtime=CPU).run(
+        _loader(tiny_fx)
+    )
+    assert res.report.steps == 1
+    assert res.status in {"budget-exhausted", "degraded"}
+
+
+def test_no_image_to_judge_on_is_unverified(tiny_fx: BackdoorFixture) -> None:
+    train = tiny_fx.data.train
+    shots = train.subset(stratified_indices(train.labels, per_class=1, seed=0))
+    res = hk.Purifier(
+        tiny_fx.backdoored.model,
+        "finetune",
+        config={"epochs": 1},
+        runtime=CPU,
+        holdout_fraction=0,
+    ).run(shots.loader())
+    assert res.report.clean_images == {"train": 4, "validation": 0, "holdout": 0}
+    assert res.status == "unverified"
+    assert res.report.utility_guard is not None
+    assert res.report.utility_guard.split == "none"
+    assert res.report.utility_guard.passed is None
+    assert "UNVERIFIED" in res.report.summary()
+
+
+def test_validation_split_judges_when_nothing_is_held_out(tiny_fx: BackdoorFixture) -> None:
+    res = hk.Purifier(
+        tiny_fx.backdoored.model,
+        "finetune",
+        config={"epochs": 1},
+        runtime=CPU,
+        holdout_fraction=0,
+    ).run(_loader(tiny_fx))
+    g = res.report.utility_guard
+    assert g is not None
+    assert g.split == "validation"
+    assert g.images == 40
+    assert res.report.ba_before is None  # nothing held out: the report's BA fields stay empty
+    assert res.status in {"purified", "degraded"}
+
+
+def test_best_checkpoint_respects_the_trigger_asr_bound(tiny_fx: BackdoorFixture) -> None:
+    bd = tiny_fx.backdoored
+    scan = ScanResult.from_triggers({0: bd.trigger}, model=bd.model, num_classes=4)
+    res = hk.Purifier(bd.model, "nc-unlearn", config={"epochs": 4}, runtime=CPU).run(
+        _loader(tiny_fx), scan=scan
+    )
+    ck = res.report.details["checkpoint"]
+    assert ck["mode"] == "best-val"
+    hist = ck["history"]
+    assert [int(r["epoch"]) for r in hist] == [1, 2, 3, 4]
+    assert all("val_trigger_asr" in r for r in hist)
+    best = max(
+        hist,
+        key=lambda r: CheckpointSelector.rank(
+            ba=r["val_ba"], asr=r["val_trigger_asr"], bound=0.1, epoch=int(r["epoch"])
+        ),
+    )
+    assert ck["chosen_epoch"] == int(best["epoch"])
+    # the returned weights are that epoch's: re-measure on the validation split's numbers
+    assert ck["chosen"] == best
+
+
+def test_selection_rank_prefers_the_bound_then_accuracy() -> None:
+    r = CheckpointSelector.rank
+    assert r(ba=0.80, asr=0.05, bound=0.1, epoch=1) > r(ba=0.95, asr=0.50, bound=0.1, epoch=2)
+    assert r(ba=0.90, asr=0.05, bound=0.1, epoch=1) > r(ba=0.80, asr=0.00, bound=0.1, epoch=2)
+    assert r(ba=0.90, asr=0.30, bound=0.1, epoch=1) > r(ba=0.99, asr=0.60, bound=0.1, epoch=2)
+    assert r(ba=0.9, asr=None, bound=0.1, epoch=2) > r(ba=0.9, asr=None, bound=0.1, epoch=1)
+
+
+class _NaNAfter(nn.Module):
+    """Wraps a model; its logits become NaN (all, or only on images with a bright corner)."""
+
+    def __init__(self, inner: nn.Module, only_triggered: bool = False) -> None:
+        super().__init__()
+        self.inner = inner
+        self.only_triggered = only_triggered
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if self.only_triggered:
+            bright = (x[:, :, -3:, -3:].amin(dim=(1, 2, 3)) > 0.99).view(-1, 1)
+            return torch.where(bright, torch.full_like(out, float("nan")), out)
+        return out * float("nan")
+
+
+def test_nan_logits_never_pass_the_gate(tiny_fx: BackdoorFixture) -> None:
+    bd = tiny_fx.backdoored
+    nan_model = _NaNAfter(bd.model)
+    with unchanged(nan_model), pytest.raises(NonFiniteError, match="NaN or infinite logits"):
+        hk.Validator(nan_model, policy=hk.GatePolicy(max_asr=0.05)).run(
+            tiny_fx.data.test.loader(), trigger=bd.trigger, target=bd.target
+        )
+    # NaN only on triggered inputs: argmax(NaN) = 0 = the target would read as "ASR 0"
+    sneaky = _NaNAfter(bd.model, only_triggered=True)
+    with pytest.raises(NonFiniteError, match="triggered images"):
+        hk.Validator(sneaky, policy=hk.GatePolicy(max_asr=0.05)).run(
+            tiny_fx.data.test.loader(), trigger=bd.trigger, target=bd.target
+        )
+
+
+def test_nan_logits_stop_scan_and_purify(tiny_fx: BackdoorFixture) -> None:
+    nan_model = _NaNAfter(tiny_fx.backdoored.model)
+    cfg = {"detector_options": {"neural-cleanse": {"epochs": 1}}, "max_images": 40}
+    with unchanged(nan_model), pytest.raises(NonFiniteError):
+        hk.Scanner(nan_model, 4, config=cfg, runtime=CPU).run(_loader(tiny_fx))
+    with unchanged(nan_model), pytest.raises(NonFiniteError):
+        hk.Purifier(nan_model, "finetune", config={"epochs": 1}, runtime=CPU).run(_loader(tiny_fx))
+
+
+def test_nan_detector_statistic_can_never_say_clean(
+    tiny_fx: BackdoorFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hardenkit.scan import neural_cleanse
+
+    real = neural_cleanse.NeuralCleanse.detect
+
+    def nan_norms(self: object, ctx: object) -> object:
+        out = real(self, ctx)  # type: ignore[arg-type]
+        out.values = {k: float("nan") for k in out.values}
+        return out
+
+    monkeypatch.setattr(neural_cleanse.NeuralCleanse, "detect", nan_norms)
+    cfg = {"detector_options": {"neural-cleanse": {"epochs": 1}}, "max_images": 40}
+    with pytest.raises(NonFiniteError, match="per-label statistic"):
+        hk.Scanner(tiny_fx.backdoored.model, 4, config=cfg, runtime=CPU).run(_loader(tiny_fx))
+
+
+def test_nan_and_float64_triggers(tiny_fx: BackdoorFixture) -> None:
+    bd = tiny_fx.backdoored
+    test = tiny_fx.data.test.loader()
+    with pytest.raises(hk.DataError, match="NaN or infinite pixels"):
+        hk.Validator(bd.model).run(test, trigger=lambda x: x * float("nan"), target=0)
+    ref = hk.Validator(bd.model).run(test, trigger=bd.trigger, target=0)
+    as64 = hk.Validator(bd.model).run(
+        test, trigger=lambda x: bd.trigger(x).to(torch.float64), target=0
+    )
+    assert as64.asr == ref.asr
+    assert as64.ra == ref.ra
+    with pytest.raises(hk.DataError, match="float pixels"):
+        hk.Validator(bd.model).run(test, trigger=lambda x: (x * 255).to(torch.uint8), target=0)
