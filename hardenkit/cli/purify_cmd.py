@@ -12,6 +12,7 @@ from ..errors import ConfigError, HardenkitError, ParityError
 from ..purify import DEFAULT_STRATEGY, Purifier
 from ..scan import ScanResult
 from ._common import (
+    EXIT_GATE_FAILED,
     EXIT_OK,
     add_model_args,
     holdout_fraction,
@@ -69,6 +70,14 @@ def add_parser(sub: Any) -> None:
         help="share of the clean images held out for the before/after measurements, in "
         "[0, 1) (default 0.1); 0 purifies on every image and does not measure BA",
     )
+    p.add_argument(
+        "--max-ba-drop",
+        type=float,
+        default=None,
+        help="utility guard: the largest benign-accuracy loss (fraction, e.g. 0.05) that still "
+        "counts as purified; more gives status 'degraded' and exit 1 (default: the strategy "
+        "config's max_ba_drop, 0.05)",
+    )
     p.add_argument("--onnx", action="store_true", help="also export model.onnx and verify it")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=nonnegative_int, default=0)
@@ -86,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         config=fields or None,
         runtime=rt,
         holdout_fraction=args.holdout_fraction,
+        max_ba_drop=args.max_ba_drop,
     )
     scan = None
     if args.scan is not None:
@@ -128,4 +138,13 @@ def run(args: argparse.Namespace) -> int:
                 + ", ".join(c.name for c in ver.failed_checks),
                 hint=f"see {out / 'onnx_verification.json'} for values and thresholds",
             )
+    if not result.trusted:
+        # fail closed: the model and report are written, but a pipeline must not read this
+        # run as a successful repair (degraded / budget-exhausted / unverified / refused)
+        print(
+            f"hardenkit: purification status {result.status!r} is not a trusted repair "
+            f"(see the notes in {out}/report.json); exit {EXIT_GATE_FAILED}",
+            file=sys.stderr,
+        )
+        return EXIT_GATE_FAILED
     return EXIT_OK

@@ -154,12 +154,14 @@ def evaluate_counts(
     counts: Counts | None = None
     table: Tensor | None = None
     with eval_mode(model):
-        for x, y in iter_batches(
-            loader,
-            num_classes=num_classes,
-            input_normalization=rt.input_normalization,
-            device=device,
-            where=where,
+        for batch_index, (x, y) in enumerate(
+            iter_batches(
+                loader,
+                num_classes=num_classes,
+                input_normalization=rt.input_normalization,
+                device=device,
+                where=where,
+            )
         ):
             with torch.autocast(device.type, torch.bfloat16, enabled=rt.use_amp(device)):
                 logits = model(x)
@@ -180,7 +182,11 @@ def evaluate_counts(
                 if target is not None:
                     table = _target_table(target, k).to(device)
             if int(y.max()) >= k:
-                raise DataError(f"{where}: label {int(y.max())} but the model has {k} classes.")
+                raise DataError(
+                    f"{where}: batch {batch_index} has label {int(y.max())} but the model has "
+                    f"{k} classes.",
+                    hint="check num_classes and the label encoding of your dataset",
+                )
             pred = logits.argmax(1)
             ok = pred == y
             counts.correct += int(ok.sum())

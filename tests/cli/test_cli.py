@@ -922,7 +922,7 @@ def test_strategies_command(capsys: pytest.CaptureFixture[str]) -> None:
         (["--strategy", "mcl", "--set", "temperature=-1"], "temperature"),
         (["--strategy", "mcl", "--set", "nope"], "key=value"),
         (["--scan", "/nonexistent"], "not a directory"),
-        (["--holdout-fraction", "2"], "holdout_fraction"),
+        (["--holdout-fraction", "2"], "--holdout-fraction"),
     ],
 )
 def test_purify_usage_errors_exit_2(

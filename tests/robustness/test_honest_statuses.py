@@ -5,6 +5,9 @@ Each case is one that used to come back ``purified`` (issue: "Never a silent wro
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -212,3 +215,35 @@ def test_nan_and_float64_triggers(tiny_fx: BackdoorFixture) -> None:
     assert as64.ra == ref.ra
     with pytest.raises(hk.DataError, match="float pixels"):
         hk.Validator(bd.model).run(test, trigger=lambda x: (x * 255).to(torch.uint8), target=0)
+
+
+def test_cli_purify_exits_1_on_an_untrusted_status(
+    tiny_fx: BackdoorFixture, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hardenkit.cli import main
+    from hardenkit.io import save_state_dict
+
+    weights = save_state_dict(tiny_fx.backdoored.model, tmp_path / "m.safetensors")
+    common = [
+        "purify",
+        "--weights",
+        str(weights),
+        "--arch",
+        "small-cnn",
+        "--num-classes",
+        "4",
+        "--data",
+        "synthetic:num_classes=4,train_per_class=100,test_per_class=25",
+        "--strategy",
+        "d3",
+        "--set",
+        "epochs=1",
+    ]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 1
+    err = capsys.readouterr().err
+    assert "DEGRADED" in err
+    assert "not a trusted repair" in err
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["status"] == "degraded"
+    assert (tmp_path / "a" / "model.safetensors").is_file()  # nothing is lost
+    assert main([*common, "--max-ba-drop", "1", "--out", str(tmp_path / "b")]) == 0
