@@ -113,7 +113,13 @@ class ExecutionProviderError(ExportError):
 
 
 class ParityError(ExportError):
-    """The exported model's outputs differ from PyTorch beyond the tolerance profile."""
+    """The exported model's outputs differ from PyTorch beyond the tolerance profile.
+
+    A verification that ran and failed is a failed check (exit code 1), not an environment
+    error: the answer is "no", not "unknown".
+    """
+
+    exit_code = 1
 
 
 class HardenkitWarning(UserWarning):

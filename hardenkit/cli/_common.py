@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..data import ImageDataset, load_image_archive, load_image_folder, make_synthetic_dataset
-from ..errors import ConfigError, DataError, ExportError, HardenkitError, ParityError
+from ..errors import ConfigError, DataError, ExportError, HardenkitError
 from ..logging import get_logger
 from ..triggers import Trigger
 
@@ -95,7 +95,8 @@ def run_command(fn: Callable[[], int]) -> int:
     """Run a command body and map exceptions to documented exit codes.
 
     ``HardenkitError`` → its ``exit_code`` (``ParityError``, a verification that ran and
-    failed, → 1); missing or unreadable files → 2; other ``RuntimeError``/``OSError``/
+    failed, → 1); missing, unreadable or unwritable paths (and a file where a directory
+    goes) → 2; other ``RuntimeError``/``OSError``/
     ``MemoryError`` → 3; ``KeyboardInterrupt`` → 130. Anything else propagates (the caller
     reports an internal error, 70).
     """
@@ -110,8 +111,14 @@ def run_command(fn: Callable[[], int]) -> int:
         )
         for line in format_error(exc):
             print(line, file=sys.stderr)
-        return EXIT_GATE_FAILED if isinstance(exc, ParityError) else exc.exit_code
-    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+        return exc.exit_code
+    except (
+        FileNotFoundError,
+        FileExistsError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+    ) as exc:  # a path the user gave: missing, unwritable, or a file where a directory goes
         print(f"hardenkit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except UnicodeDecodeError as exc:

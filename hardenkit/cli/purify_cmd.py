@@ -15,6 +15,7 @@ from ._common import (
     EXIT_GATE_FAILED,
     EXIT_OK,
     add_model_args,
+    fraction,
     holdout_fraction,
     load_data_arg,
     load_model_from_args,
@@ -72,7 +73,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--max-ba-drop",
-        type=float,
+        type=fraction,
         default=None,
         help="utility guard: the largest benign-accuracy loss (fraction, e.g. 0.05) that still "
         "counts as purified; more gives status 'degraded' and exit 1 (default: the strategy "

@@ -77,9 +77,11 @@ def test_every_exported_error_is_a_hardenkit_error() -> None:
 
 
 def test_export_error_family_has_runtime_exit_code() -> None:
-    for cls in (ExportError, ExecutionProviderError, ParityError):
+    for cls in (ExportError, ExecutionProviderError):
         assert issubclass(cls, ExportError)
         assert cls("x").exit_code == 3
+    assert issubclass(ParityError, ExportError)
+    assert ParityError("x").exit_code == 1  # a check that ran and failed
     assert UnsafeArtifactError("x").exit_code == 2
     assert issubclass(HardenkitWarning, UserWarning)
 
