@@ -9,6 +9,7 @@ Example:
 
 from .anomaly import AnomalyStats, gamma_max_pvalue, logistic_score, mad_anomaly
 from .base import DETECTORS, Detector, DetectorConfig, DetectorContext, DetectorOutput
+from .budget import SCAN_BUDGETS, estimate_scan_seconds, scan_config_for_budget
 from .mm_bd import MaxMarginConfig, MaxMarginDetector
 from .neural_cleanse import NeuralCleanse, NeuralCleanseConfig
 from .scanner import (
@@ -24,6 +25,7 @@ from .scanner import (
 
 __all__ = [
     "DETECTORS",
+    "SCAN_BUDGETS",
     "AnomalyStats",
     "ClassScan",
     "Detector",
@@ -41,7 +43,9 @@ __all__ = [
     "ScanResult",
     "Scanner",
     "Verdict",
+    "estimate_scan_seconds",
     "gamma_max_pvalue",
     "logistic_score",
     "mad_anomaly",
+    "scan_config_for_budget",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
@@ -45,6 +46,13 @@ class DetectorContext:
     labels: list[int]
     """Candidate target labels to examine (all classes unless the user restricted them)."""
     progress: ProgressCallback
+    deadline: float | None = None
+    """``time.perf_counter()`` value after which a detector stops optimising (the scan's
+    ``max_seconds``); it then sets ``info["budget_exhausted"] = True`` in its output."""
+
+    def out_of_time(self) -> bool:
+        """True once the scan's wall-time budget is used up."""
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
 
 @dataclass

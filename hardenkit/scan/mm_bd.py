@@ -73,7 +73,11 @@ class MaxMarginDetector(Detector):
         tgt = torch.tensor(labels, device=ctx.device)
         chunk = max(1, cfg.max_images_per_step // cfg.starts)
         margins = torch.zeros(len(labels), cfg.starts, device=ctx.device)
+        cut = False
         for step in range(cfg.steps):
+            if ctx.out_of_time():
+                cut = True
+                break
             opt.zero_grad(set_to_none=False)
             for c0 in range(0, len(labels), chunk):
                 xs = x[c0 : c0 + chunk]
@@ -113,7 +117,13 @@ class MaxMarginDetector(Detector):
             score=logistic_score(evidence, threshold, cfg.score_slope),
             seconds=time.perf_counter() - t0,
             p_value=p,
-            info={"alpha": cfg.alpha, "median": stats.median, "mad": stats.mad},
+            info={
+                "alpha": cfg.alpha,
+                "median": stats.median,
+                "mad": stats.mad,
+                "budget_exhausted": cut,
+                "steps_done": step + 1 if not cut else step,
+            },
         )
 
     @staticmethod

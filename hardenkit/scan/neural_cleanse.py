@@ -153,6 +153,7 @@ class NeuralCleanse(Detector):
             groups = [[i] for i in range(len(labels))]
         masks = torch.empty(len(labels), h, w)
         patterns = torch.empty(len(labels), c, h, w)
+        self._cut = False
         state = _LabelState.new(len(labels), cfg.init_cost)
         for gi, group in enumerate(groups):
             m, p = self._invert(ctx, labels, group, mask0, pattern0, state, gi, len(groups))
@@ -189,7 +190,12 @@ class NeuralCleanse(Detector):
             seconds=time.perf_counter() - t0,
             triggers=triggers,
             per_label=per_label,
-            info={"median": stats.median, "mad": stats.mad, "mode": cfg.mode},
+            info={
+                "median": stats.median,
+                "mad": stats.mad,
+                "mode": cfg.mode,
+                "budget_exhausted": self._cut,
+            },
         )
 
     # ------------------------------------------------------------------ optimisation
@@ -225,6 +231,9 @@ class NeuralCleanse(Detector):
         for epoch in range(cfg.epochs):
             act = local[state.active[idx]]
             if len(act) == 0:
+                break
+            if ctx.out_of_time():
+                self._cut = True
                 break
             perm = torch.randperm(n, generator=order_gen)
             acc_sum = torch.zeros(len(group), dtype=torch.float64)

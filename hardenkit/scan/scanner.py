@@ -65,6 +65,11 @@ class ScanConfig(HardenkitConfig):
         min_images_per_class: fewer clean images than this in any class is an error.
         suspicious_score: scores in ``[suspicious_score, 0.5)`` give the verdict
             ``suspicious``; ``>= 0.5`` with a flagged label gives ``backdoored``.
+        max_seconds: wall-time budget of the detectors together (checked between epochs /
+            steps). A scan it cuts short has ``budget_exhausted = true`` in its report and a
+            warning in its summary: a ``clean`` verdict from it is not conclusive (the CLI
+            exits 1). ``None`` = the detectors' schedules decide. See
+            :func:`hardenkit.scan.budget.scan_config_for_budget` for the CLI presets.
     """
 
     detectors: tuple[str, ...] = ("neural-cleanse",)
@@ -76,6 +81,7 @@ class ScanConfig(HardenkitConfig):
     max_holdout_images: Annotated[int | None, Field(ge=1)] = 1000
     min_images_per_class: Annotated[int, Field(ge=1)] = 5
     suspicious_score: Annotated[float, Field(gt=0, lt=0.5)] = 0.25
+    max_seconds: Annotated[float, Field(gt=0)] | None = None
 
     @field_validator("detectors")
     @classmethod
@@ -158,10 +164,18 @@ class ScanReport(BaseReport):
     runtime: dict[str, Any]
     model: ModelFingerprint
     timings: dict[str, float]
+    budget_exhausted: bool = False
+    """``max_seconds`` stopped a detector before its schedule ended: a verdict other than
+    ``backdoored`` is then not conclusive."""
 
     @property
     def is_backdoored(self) -> bool:
         return self.verdict == "backdoored"
+
+    @property
+    def conclusive(self) -> bool:
+        """False when a budget cut the scan short and it did not flag the model."""
+        return self.verdict == "backdoored" or not self.budget_exhausted
 
     def summary(self) -> str:
         """A short human-readable summary."""
@@ -177,6 +191,11 @@ class ScanReport(BaseReport):
             )
             lines.append(
                 f"  {d.detector}: {d.verdict}, {evidence}, score {d.score:.3f}, {d.seconds:.1f}s"
+            )
+        if self.budget_exhausted:
+            lines.append(
+                "  WARNING: the time budget (max_seconds) cut the scan short"
+                + ("" if self.verdict == "backdoored" else ": this verdict is NOT conclusive")
             )
         return "\n".join(lines)
 
@@ -508,6 +527,7 @@ class Scanner:
             y=y_inv,
             labels=labels,
             progress=progress,
+            deadline=None if self.config.max_seconds is None else t_start + self.config.max_seconds,
         )
         outputs = [det.detect(ctx) for det in self.detectors]
         asr: dict[int, float] = {}
@@ -725,6 +745,7 @@ class Scanner:
                 "total_seconds": time.perf_counter() - t_start,
                 **{f"{d.detector}_seconds": d.seconds for d in det_reports},
             },
+            budget_exhausted=any(bool(o.info.get("budget_exhausted")) for o in outputs),
         )
 
 

@@ -1,0 +1,138 @@
+"""Scan budgets: named presets (``quick`` / ``standard`` / ``thorough``) or seconds, and an
+up-front estimate of how long a scan may take.
+
+The presets scale the Neural Cleanse inversion (images and epochs per label); a budget in
+seconds uses the ``standard`` preset plus ``ScanConfig.max_seconds``, which stops the detectors
+when the time is up and marks the report ``budget_exhausted`` (a ``clean`` verdict is then not
+conclusive).
+
+Example:
+    >>> from hardenkit.scan.budget import scan_config_for_budget
+    >>> cfg = scan_config_for_budget("quick")
+    >>> cfg.max_images, cfg.detector_options["neural-cleanse"]["epochs"]
+    (200, 15)
+    >>> scan_config_for_budget("90").max_seconds
+    90.0
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import parse_config
+from ..errors import ConfigError
+from .neural_cleanse import NeuralCleanseConfig
+from .scanner import ScanConfig
+
+__all__ = ["SCAN_BUDGETS", "estimate_scan_seconds", "scan_config_for_budget"]
+
+SCAN_BUDGETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "max_images": 200,
+        "max_holdout_images": 200,
+        "detector_options": {"neural-cleanse": {"epochs": 15, "batch_size": 32}},
+    },
+    "standard": {
+        "max_images": 300,
+        "max_holdout_images": 500,
+        "detector_options": {"neural-cleanse": {"epochs": 30, "batch_size": 32}},
+    },
+    "thorough": {},  # the published Neural Cleanse settings: 1,000 images, 80 epochs
+}
+"""ScanConfig overrides per preset (``thorough`` = the ``ScanConfig`` defaults)."""
+
+
+def scan_config_for_budget(
+    budget: str | float, base: ScanConfig | dict[str, Any] | None = None
+) -> ScanConfig:
+    """``base`` with the preset's settings; a number (or numeric string) of seconds gives the
+    ``standard`` preset with ``max_seconds``. Keys already set in ``base`` win over the preset.
+    """
+    seconds: float | None = None
+    name: str
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        seconds, name = float(budget), "standard"
+    else:
+        text = str(budget).strip().lower()
+        try:
+            seconds, name = float(text.rstrip("s")), "standard"
+        except ValueError:
+            name = text
+    if name not in SCAN_BUDGETS:
+        raise ConfigError(
+            f"unknown scan budget {budget!r}.",
+            hint=f"use one of {sorted(SCAN_BUDGETS)} or a number of seconds, e.g. 120",
+        )
+    if seconds is not None and (not math.isfinite(seconds) or seconds <= 0):
+        raise ConfigError(f"a scan budget in seconds must be > 0, got {budget!r}.")
+    preset = SCAN_BUDGETS[name]
+    given = parse_config(ScanConfig, base).model_dump(exclude_unset=True)
+    merged: dict[str, Any] = {**preset, **given}
+    nc = {
+        **preset.get("detector_options", {}).get("neural-cleanse", {}),
+        **given.get("detector_options", {}).get("neural-cleanse", {}),
+    }
+    if nc:
+        merged["detector_options"] = {**merged.get("detector_options", {}), "neural-cleanse": nc}
+    if seconds is not None and "max_seconds" not in given:
+        merged["max_seconds"] = seconds
+    return ScanConfig(**merged)
+
+
+def estimate_scan_seconds(
+    model: nn.Module,
+    config: ScanConfig,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    clean_images: int | None,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Upper estimate of a scan's wall time, from one timed forward/backward pass.
+
+    Neural Cleanse's cost is ``epochs × steps × labels`` passes of ``batch_size`` images
+    (early stopping usually ends labels sooner, so the real time is often lower); the cost of
+    one image is measured on ``model`` here. MM-BD adds ``steps × starts × labels`` images.
+    ``config.max_seconds`` caps the result.
+    """
+    dev = torch.device(device)
+    probe_n = 32
+    x = torch.rand(probe_n, *input_shape, device=dev, requires_grad=True)
+    was_training = model.training
+    model.eval()
+    try:
+        per_image = math.inf
+        for _ in range(2):  # the first pass warms up allocators and kernels
+            t0 = time.perf_counter()
+            out = model(x)
+            loss = F.cross_entropy(out, torch.zeros(probe_n, dtype=torch.long, device=dev))
+            loss.backward()  # type: ignore[no-untyped-call]
+            per_image = min(per_image, (time.perf_counter() - t0) / probe_n)
+            x.grad = None
+            model.zero_grad(set_to_none=True)
+    finally:
+        model.train(was_training)
+    labels = len(config.labels) if config.labels is not None else num_classes
+    total = 0.0
+    if "neural-cleanse" in config.detectors:
+        nc = parse_config(NeuralCleanseConfig, config.detector_options.get("neural-cleanse"))
+        n = clean_images if clean_images is not None else 0
+        if config.max_images is not None:
+            n = min(n, config.max_images)
+        n = max(1, round(n * (1 - config.holdout_fraction)))
+        steps = math.ceil(n / min(nc.batch_size, n))
+        total += nc.epochs * steps * labels * min(nc.batch_size, n) * per_image
+    if "mm-bd" in config.detectors:
+        from .mm_bd import MaxMarginConfig
+
+        mm = parse_config(MaxMarginConfig, config.detector_options.get("mm-bd"))
+        total += mm.steps * mm.starts * labels * per_image
+    if config.max_seconds is not None:
+        total = min(total, config.max_seconds)
+    return total
