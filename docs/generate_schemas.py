@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from hardenkit.cli.demo import DemoReport
+from hardenkit.cli._demo_report import DemoReport
 from hardenkit.config import RuntimeConfig
 from hardenkit.purify import PurificationReport
 from hardenkit.scan import ScanConfig, ScanReport

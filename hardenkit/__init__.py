@@ -15,54 +15,155 @@ Example:
     True
 """
 
-from . import attacks, data, export, models, purify, scan, triggers, validate
-from ._utils.progress import ProgressCallback
+# The names below are imported on first use (PEP 562), so that ``import hardenkit`` (and the
+# ``hardenkit`` console script, whose ``--help`` must stay fast) does not import torch.
+# ``hk.Purifier``, ``from hardenkit import Purifier`` and ``dir(hardenkit)`` work as before.
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .attacks import BackdooredModel, build_attack, make_backdoored_model
-from .config import HardenkitConfig, Normalization, RuntimeConfig
-from .data import ImageDataset, make_synthetic_dataset
-from .errors import (
-    ConfigError,
-    DataError,
-    DeviceError,
-    ExecutionProviderError,
-    ExportError,
-    HardenkitError,
-    HardenkitWarning,
-    ModelCompatibilityError,
-    NonFiniteError,
-    ParityError,
-    RegistryError,
-    UnsafeArtifactError,
-)
-from .export import ExportReport, VerificationReport, to_onnx, verify_onnx
-from .io import load_model_weights, load_state_dict, save_state_dict
-from .logging import configure_logging, get_logger
-from .models import build_model, create_model, list_models, with_normalization
-from .purify import PurificationReport, PurificationResult, Purifier
-from .registry import Registry
-from .reports import BaseReport, EnvironmentInfo, ModelFingerprint
-from .scan import ScanConfig, Scanner, ScanReport, ScanResult
-from .training import TrainConfig, train_model
-from .triggers import (
-    AdditiveTrigger,
-    BlendTrigger,
-    CallableTrigger,
-    MaskPatternTrigger,
-    PatchTrigger,
-    Trigger,
-    WarpTrigger,
-)
-from .validate import (
-    GateDecision,
-    GatePolicy,
-    ValidationReport,
-    Validator,
-    attack_success_rate,
-    benign_accuracy,
-    der,
-    robust_accuracy,
-)
+
+if TYPE_CHECKING:
+    from . import attacks, data, export, models, purify, scan, triggers, validate
+    from ._utils.progress import ProgressCallback
+    from .attacks import BackdooredModel, build_attack, make_backdoored_model
+    from .config import HardenkitConfig, Normalization, RuntimeConfig
+    from .data import ImageDataset, make_synthetic_dataset
+    from .errors import (
+        ConfigError,
+        DataError,
+        DeviceError,
+        ExecutionProviderError,
+        ExportError,
+        HardenkitError,
+        HardenkitWarning,
+        ModelCompatibilityError,
+        NonFiniteError,
+        ParityError,
+        RegistryError,
+        UnsafeArtifactError,
+    )
+    from .export import ExportReport, VerificationReport, to_onnx, verify_onnx
+    from .io import load_model_weights, load_state_dict, save_state_dict
+    from .logging import configure_logging, get_logger
+    from .models import build_model, create_model, list_models, with_normalization
+    from .purify import PurificationReport, PurificationResult, Purifier
+    from .registry import Registry
+    from .reports import BaseReport, EnvironmentInfo, ModelFingerprint
+    from .scan import ScanConfig, Scanner, ScanReport, ScanResult
+    from .training import TrainConfig, train_model
+    from .triggers import (
+        AdditiveTrigger,
+        BlendTrigger,
+        CallableTrigger,
+        MaskPatternTrigger,
+        PatchTrigger,
+        Trigger,
+        WarpTrigger,
+    )
+    from .validate import (
+        GateDecision,
+        GatePolicy,
+        ValidationReport,
+        Validator,
+        attack_success_rate,
+        benign_accuracy,
+        der,
+        robust_accuracy,
+    )
+
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "AdditiveTrigger": (".triggers", "AdditiveTrigger"),
+    "attack_success_rate": (".validate", "attack_success_rate"),
+    "attacks": (".attacks", None),
+    "BackdooredModel": (".attacks", "BackdooredModel"),
+    "BaseReport": (".reports", "BaseReport"),
+    "benign_accuracy": (".validate", "benign_accuracy"),
+    "BlendTrigger": (".triggers", "BlendTrigger"),
+    "build_attack": (".attacks", "build_attack"),
+    "build_model": (".models", "build_model"),
+    "CallableTrigger": (".triggers", "CallableTrigger"),
+    "ConfigError": (".errors", "ConfigError"),
+    "configure_logging": (".logging", "configure_logging"),
+    "create_model": (".models", "create_model"),
+    "data": (".data", None),
+    "DataError": (".errors", "DataError"),
+    "der": (".validate", "der"),
+    "DeviceError": (".errors", "DeviceError"),
+    "EnvironmentInfo": (".reports", "EnvironmentInfo"),
+    "ExecutionProviderError": (".errors", "ExecutionProviderError"),
+    "export": (".export", None),
+    "ExportError": (".errors", "ExportError"),
+    "ExportReport": (".export", "ExportReport"),
+    "GateDecision": (".validate", "GateDecision"),
+    "GatePolicy": (".validate", "GatePolicy"),
+    "get_logger": (".logging", "get_logger"),
+    "HardenkitConfig": (".config", "HardenkitConfig"),
+    "HardenkitError": (".errors", "HardenkitError"),
+    "HardenkitWarning": (".errors", "HardenkitWarning"),
+    "ImageDataset": (".data", "ImageDataset"),
+    "list_models": (".models", "list_models"),
+    "load_model_weights": (".io", "load_model_weights"),
+    "load_state_dict": (".io", "load_state_dict"),
+    "make_backdoored_model": (".attacks", "make_backdoored_model"),
+    "make_synthetic_dataset": (".data", "make_synthetic_dataset"),
+    "MaskPatternTrigger": (".triggers", "MaskPatternTrigger"),
+    "ModelCompatibilityError": (".errors", "ModelCompatibilityError"),
+    "ModelFingerprint": (".reports", "ModelFingerprint"),
+    "models": (".models", None),
+    "NonFiniteError": (".errors", "NonFiniteError"),
+    "Normalization": (".config", "Normalization"),
+    "ParityError": (".errors", "ParityError"),
+    "PatchTrigger": (".triggers", "PatchTrigger"),
+    "ProgressCallback": ("._utils.progress", "ProgressCallback"),
+    "PurificationReport": (".purify", "PurificationReport"),
+    "PurificationResult": (".purify", "PurificationResult"),
+    "Purifier": (".purify", "Purifier"),
+    "purify": (".purify", None),
+    "Registry": (".registry", "Registry"),
+    "RegistryError": (".errors", "RegistryError"),
+    "robust_accuracy": (".validate", "robust_accuracy"),
+    "RuntimeConfig": (".config", "RuntimeConfig"),
+    "save_state_dict": (".io", "save_state_dict"),
+    "scan": (".scan", None),
+    "ScanConfig": (".scan", "ScanConfig"),
+    "Scanner": (".scan", "Scanner"),
+    "ScanReport": (".scan", "ScanReport"),
+    "ScanResult": (".scan", "ScanResult"),
+    "to_onnx": (".export", "to_onnx"),
+    "train_model": (".training", "train_model"),
+    "TrainConfig": (".training", "TrainConfig"),
+    "Trigger": (".triggers", "Trigger"),
+    "triggers": (".triggers", None),
+    "UnsafeArtifactError": (".errors", "UnsafeArtifactError"),
+    "validate": (".validate", None),
+    "ValidationReport": (".validate", "ValidationReport"),
+    "Validator": (".validate", "Validator"),
+    "VerificationReport": (".export", "VerificationReport"),
+    "verify_onnx": (".export", "verify_onnx"),
+    "WarpTrigger": (".triggers", "WarpTrigger"),
+    "with_normalization": (".models", "with_normalization"),
+}
+"""Public name -> (submodule, attribute); attribute None means the submodule itself."""
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    mod = importlib.import_module(module, __name__)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "AdditiveTrigger",

@@ -24,10 +24,10 @@ import re
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -38,6 +38,8 @@ __all__ = [
     "file_sha256",
     "load_model_weights",
     "load_state_dict",
+    "model_metadata",
+    "read_model_metadata",
     "save_state_dict",
     "scan_pickle_globals",
 ]
@@ -86,6 +88,61 @@ def save_state_dict(
     save_file(tensors, str(tmp), metadata=dict(metadata or {}))
     tmp.replace(path)
     return path
+
+
+META_ARCH = "hardenkit.arch"
+META_NUM_CLASSES = "hardenkit.num_classes"
+META_ARCH_ARGS = "hardenkit.arch_args"
+
+
+def model_metadata(
+    arch: str, num_classes: int, arch_args: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The safetensors metadata that lets ``hardenkit`` commands rebuild the architecture.
+
+    ``hardenkit.arch`` (a zoo name or ``package.module:factory``), ``hardenkit.num_classes``
+    and ``hardenkit.arch_args`` (a JSON object of extra :func:`~hardenkit.models.build_model`
+    arguments). Pass it as ``save_state_dict(..., metadata=...)``; then ``hardenkit
+    validate``/``export``/``scan``/``purify`` need no ``--arch``/``--num-classes``.
+
+    Example:
+        >>> meta = model_metadata("small-cnn", 10, {"width": 32})
+        >>> meta["hardenkit.arch"], meta["hardenkit.num_classes"], meta["hardenkit.arch_args"]
+        ('small-cnn', '10', '{"width": 32}')
+    """
+    return {
+        META_ARCH: str(arch),
+        META_NUM_CLASSES: str(int(num_classes)),
+        META_ARCH_ARGS: json.dumps(dict(arch_args or {}), sort_keys=True),
+    }
+
+
+def read_model_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (``{}`` for ``.pt``/``.pth`` files).
+
+    Reads only the file's header (no tensors). A missing file or a file that is not
+    safetensors raises :class:`~hardenkit.errors.DataError`.
+
+    Example:
+        >>> import tempfile, torch
+        >>> path = save_state_dict(torch.nn.Linear(2, 2), tempfile.mkdtemp() + "/m.safetensors",
+        ...                        metadata=model_metadata("small-cnn", 4))
+        >>> read_model_metadata(path)["hardenkit.num_classes"]
+        '4'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Weights file {str(path)!r} does not exist.", hint="check the path")
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError(
+            f"{str(path)!r} is not a readable safetensors file: {exc}",
+            hint="re-save the weights with hardenkit.io.save_state_dict",
+        ) from exc
 
 
 def _strip_wrapper_prefixes(

@@ -168,9 +168,7 @@ class HeartbeatProgress:
         elapsed = max(0.0, now - st.t0)
         done = step - st.step0
         eta: float | None = None
-        if step < total and (
-            done >= _MIN_ETA_STEPS or (done >= 1 and elapsed >= _MIN_ETA_SECONDS)
-        ):
+        if step < total and (done >= _MIN_ETA_STEPS or (done >= 1 and elapsed >= _MIN_ETA_SECONDS)):
             eta = (total - step) * elapsed / done
         pct = 100.0 * step / total if total > 0 else 100.0
         parts = [f"[hardenkit] {phase} {step}/{total} ({pct:.0f}%) elapsed {_duration(elapsed)}"]
@@ -206,7 +204,7 @@ class HeartbeatProgress:
 
 
 def heartbeat_interval() -> float:
-    """Seconds between heartbeat lines: ``HARDENKIT_HEARTBEAT_SECONDS`` or 10 (``0`` = every step)."""
+    """Seconds between heartbeat lines: ``HARDENKIT_HEARTBEAT_SECONDS``, else 10 (0: every step)."""
     raw = os.environ.get(HEARTBEAT_ENV, "").strip()
     if not raw:
         return DEFAULT_HEARTBEAT_SECONDS
@@ -219,7 +217,7 @@ def heartbeat_interval() -> float:
 
 def _duration(seconds: float) -> str:
     """``7s``, ``3m40s``, ``2h05m``."""
-    s = int(round(seconds))
+    s = round(seconds)
     if s < 60:
         return f"{s}s"
     if s < 3600:
@@ -228,7 +226,7 @@ def _duration(seconds: float) -> str:
 
 
 def _short(v: Any) -> Any:
-    if isinstance(v, bool) or isinstance(v, numbers.Integral):
+    if isinstance(v, (bool, numbers.Integral)):
         return v
     if isinstance(v, numbers.Real):
         return f"{float(v):.4g}"

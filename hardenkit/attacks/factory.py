@@ -28,7 +28,7 @@ from ..config import RuntimeConfig, parse_config
 from ..data.datasets import ImageDataset
 from ..data.poisoned import PoisonedDataset
 from ..errors import ConfigError
-from ..io import save_state_dict, write_json
+from ..io import model_metadata, save_state_dict, write_json
 from ..logging import get_logger
 from ..training import TrainConfig, TrainHistory, train_model
 from ..triggers import Trigger
@@ -63,7 +63,10 @@ class BackdooredModel:
         """Write ``model.safetensors``, ``trigger.safetensors`` and ``attack.json``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        save_state_dict(self.model, d / "model.safetensors", metadata={"arch": self.arch})
+        meta = model_metadata(  # lets `hardenkit validate --weights` run without --arch
+            self.arch, self.poisoned.num_classes, {"in_channels": self.poisoned.image_shape[0]}
+        )
+        save_state_dict(self.model, d / "model.safetensors", metadata={"arch": self.arch, **meta})
         self.trigger.save(d / "trigger.safetensors")
         write_json(
             d / "attack.json",

@@ -5,6 +5,9 @@ verification that ran and failed (ONNX parity); 2 usage, config or input error; 
 environment error (no CUDA, missing ONNX Runtime provider, failed export, NaN results);
 70 internal error; 130 interrupted. Errors are one line ``hardenkit: error: ...`` on stderr.
 
+Importing this package (and ``hardenkit --help``, ``hardenkit scan --help``) does not import
+torch: each command imports what it needs when it runs.
+
 Example:
     >>> from hardenkit.cli import main
     >>> main(["--version"])  # doctest: +ELLIPSIS
@@ -21,7 +24,6 @@ import traceback
 from collections.abc import Sequence
 
 from .._version import __version__
-from ..logging import configure_logging
 from . import demo, doctor_cmd, export_cmd, purify_cmd, scan_cmd, validate_cmd
 from ._common import (
     EXIT_INTERNAL,
@@ -29,6 +31,8 @@ from ._common import (
     EXIT_OK,
     EXIT_USAGE,
     CliParser,
+    HelpFormatter,
+    add_command,
     run_command,
 )
 
@@ -43,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "verification that ran and failed), 2 usage or input error (config, files), 3 runtime "
         "or environment error (no CUDA, missing ONNX Runtime provider, failed export), "
         "70 internal error, 130 interrupted.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument(
@@ -50,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("HARDENKIT_LOG_LEVEL", "WARNING").upper(),
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-        help="log level of the JSON/console event log on stderr (default WARNING)",
+        help="log level of the JSON/console event log on stderr ($HARDENKIT_LOG_LEVEL "
+        "sets the default)",
     )
     parser.add_argument(
         "--log-format",
@@ -65,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
     doctor_cmd.add_parser(sub)
-    models = sub.add_parser("models", help="list the model zoo")
+    models = add_command(sub, "models", help="list the model zoo")
     models.set_defaults(func=_list_models)
-    strategies = sub.add_parser(
-        "strategies", help="list the purification strategies and scan detectors (plugins too)"
+    strategies = add_command(
+        sub,
+        "strategies",
+        help="list the purification strategies and scan detectors (plugins too)",
     )
     strategies.set_defaults(func=_list_strategies)
     return parser
@@ -86,6 +94,7 @@ def _list_strategies(args: argparse.Namespace) -> int:
     from ..purify import STRATEGIES
     from ..scan import DETECTORS
 
+    rows: list[tuple[str, str, str]] = []
     for name in STRATEGIES.names():
         cls = STRATEGIES.get(name)
         if cls.needs_trigger:
@@ -94,11 +103,32 @@ def _list_strategies(args: argparse.Namespace) -> int:
             kind = "scans first, trigger-free fallback"
         else:
             kind = "trigger-free"
-        print(f"strategy  {name:<14} {kind}")
+        rows.append(("strategy", name, kind))
     for name in DETECTORS.names():
         det = DETECTORS.get(name)
-        print(f"detector  {name:<14} {'needs clean data' if det.needs_data else 'data-free'}")
+        rows.append(("detector", name, "needs clean data" if det.needs_data else "data-free"))
+    print(format_table(rows), end="")
     return EXIT_OK
+
+
+def format_table(rows: Sequence[Sequence[str]], gap: int = 2) -> str:
+    """Left-aligned columns as wide as their longest cell (the last column is not padded).
+
+    Example:
+        >>> rows = [("strategy", "a-very-long-plugin-name", "x"), ("detector", "b", "y")]
+        >>> print(format_table(rows))
+        strategy  a-very-long-plugin-name  x
+        detector  b                        y
+        <BLANKLINE>
+    """
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for r in rows:
+        cells = [c.ljust(w + gap) for c, w in zip(r[:-1], widths, strict=True)]
+        lines.append("".join(cells) + r[-1])
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from ..logging import configure_logging
+
     configure_logging(args.log_format, args.log_level)
     try:
         return run_command(lambda: int(args.func(args)))

@@ -16,23 +16,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import json
 import logging
 import math
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from ..data import ImageDataset, load_image_archive, load_image_folder, make_synthetic_dataset
 from ..errors import ConfigError, DataError, ExportError, HardenkitError
-from ..logging import get_logger
-from ..triggers import Trigger
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: `hardenkit --help` must not import torch
     from torch import nn
+
+    from ..data import ImageDataset
+    from ..triggers import Trigger
 
 EXIT_OK = 0
 EXIT_GATE_FAILED = 1
@@ -47,17 +48,142 @@ MAX_MESSAGE = 1000
 """Characters of any other error message printed on the console."""
 DEBUG_LOG_NOTE = "see the debug log (--log-level DEBUG) for the full exporter output"
 
-_log = get_logger("hardenkit.cli")
+
+def _log() -> Any:
+    from ..logging import get_logger
+
+    return get_logger("hardenkit.cli")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every default: ``(default: X)`` after each option that has one.
+
+    Options without a default (``None``, off switches, empty lists and strings) get no
+    ``(default: ...)`` suffix, and neither do help texts that already mention their default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            default is None
+            or default is False
+            or default == ""
+            or default == []
+            or default is argparse.SUPPRESS
+            or "%(default)" in help_text
+            or "(default" in help_text
+        ):
+            return action.help
+        if isinstance(default, tuple | list):  # --input-shape (3, 32, 32) -> 3,32,32
+            sep = " " if isinstance(action.nargs, int) or action.nargs in {"+", "*"} else ","
+            shown = sep.join(str(v) for v in default).replace("%", "%%")
+            return f"{help_text} (default: {shown})"
+        return super()._get_help_string(action)
 
 
 class CliParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose usage errors are one line: ``hardenkit: error: ...`` (exit 2).
 
-    Subparsers created with ``add_subparsers().add_parser`` inherit the class.
+    Its help uses :class:`HelpFormatter` (every default shown) unless told otherwise.
+    Subparsers created with ``add_subparsers().add_parser`` inherit the class, and so the
+    formatter.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"hardenkit: error: {message} (see `{self.prog} --help`)\n")
+
+
+def add_command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """``sub.add_parser(name, ...)`` with :class:`HelpFormatter` (every default in ``--help``)."""
+    kwargs.setdefault("formatter_class", HelpFormatter)
+    parser: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    return parser
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old option spelling: stores into the new option's ``dest`` and warns once on stderr."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        self.new = kwargs.pop("new")
+        self.store_const = kwargs.pop("store_const", None)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"hardenkit: warning: {option_string} is deprecated, use {self.new}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, self.store_const if self.nargs == 0 else values)
+
+
+def add_deprecated_alias(
+    p: argparse.ArgumentParser, *old: str, new: str, dest: str, **kwargs: Any
+) -> None:
+    """Accept ``old`` spellings of ``new`` (same ``dest``; hidden from ``--help``).
+
+    Using one prints ``hardenkit: warning: --x is deprecated, use --y`` on stderr. ``kwargs``
+    (``type``, ``metavar``, ``nargs``...) should match the new option's.
+    """
+    p.add_argument(
+        *old,
+        dest=dest,
+        action=_DeprecatedAlias,
+        new=new,
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+        **kwargs,
+    )
+
+
+def add_report_arg(
+    p: argparse.ArgumentParser, what: str, *, deprecated: Sequence[str] = ()
+) -> None:
+    """``--report PATH``: write the command's JSON report to a file (``-`` = stdout)."""
+    p.add_argument(
+        "--report", type=Path, metavar="PATH", help=f"write the {what} JSON here ('-' = stdout)"
+    )
+    if deprecated:
+        add_deprecated_alias(p, *deprecated, new="--report", dest="report", type=Path)
+
+
+def write_report(report: Any, path: Path | None) -> None:
+    """Write a report to ``--report PATH`` (stdout for ``-``; nothing for None)."""
+    if path is None:
+        return
+    if str(path) == "-":
+        print(report.to_json())
+    else:
+        report.save(path)
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def lazy_attr(namespace: dict[str, Any], name: str, spec: Mapping[str, str]) -> Any:
+    """A module-level name imported on first use (PEP 562 helper for the command modules).
+
+    ``spec`` maps a name to ``"package.module"`` (relative to ``hardenkit``) or
+    ``"package.module:attr"``. The value is cached in ``namespace`` (the module's globals),
+    so ``monkeypatch.setattr(module, name, ...)`` keeps working.
+    """
+    if name in namespace:
+        return namespace[name]
+    if name not in spec:
+        raise AttributeError(f"module {namespace.get('__name__')!r} has no attribute {name!r}")
+    module, _, attr = spec[name].partition(":")
+    mod = importlib.import_module(module, "hardenkit")
+    value = getattr(mod, attr or name)
+    namespace[name] = value
+    return value
 
 
 def _clip(text: str, limit: int) -> tuple[str, bool]:
@@ -103,7 +229,7 @@ def run_command(fn: Callable[[], int]) -> int:
     try:
         return fn()
     except HardenkitError as exc:
-        _log.debug(
+        _log().debug(
             "cli.error",
             error=type(exc).__name__,
             detail=str(exc),
@@ -125,7 +251,7 @@ def run_command(fn: Callable[[], int]) -> int:
         print(f"hardenkit: error: a file is not valid UTF-8 text: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (RuntimeError, MemoryError, OSError) as exc:
-        _log.debug("cli.error", error=type(exc).__name__, traceback=traceback.format_exc())
+        _log().debug("cli.error", error=type(exc).__name__, traceback=traceback.format_exc())
         text, _ = _clip(str(exc), MAX_MESSAGE)
         print(f"hardenkit: runtime error: {type(exc).__name__}: {text}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -164,7 +290,7 @@ def quiet_exporter(what: str = "onnx_export") -> Iterator[None]:
                 h.setStream(stream)
         text = buf.getvalue().strip()
         if text:
-            _log.debug("cli.exporter_output", step=what, output=text)
+            _log().debug("cli.exporter_output", step=what, output=text)
 
 
 # ----------------------------------------------------------------------------- argument types
@@ -318,6 +444,8 @@ def load_trigger_arg(spec: str, *, image_size: int, channels: int) -> Trigger:
     """
     path = Path(spec)
     if path.suffix == ".safetensors" or path.exists():
+        from ..triggers import Trigger
+
         return Trigger.load(path)
     from ..attacks import build_attack
 
@@ -326,12 +454,40 @@ def load_trigger_arg(spec: str, *, image_size: int, channels: int) -> Trigger:
     return build_attack(name, cfg).trigger
 
 
-def load_data_arg(spec: str, *, split: str) -> ImageDataset:
-    """Dataset from ``synthetic[:k=v,...]``, a ``.tar.gz`` archive, or a directory."""
+def add_image_size_arg(p: argparse.ArgumentParser) -> None:
+    """``--image-size H W``: resize the images of ``--data`` on load."""
+    p.add_argument(
+        "--image-size",
+        nargs=2,
+        type=positive_int,
+        metavar=("H", "W"),
+        help="resize every image of --data to H x W pixels on load (needed when the images "
+        "have different sizes); default: keep the files' size",
+    )
+
+
+def load_data_arg(
+    spec: str, *, split: str, image_size: Sequence[int] | None = None
+) -> ImageDataset:
+    """Dataset from ``synthetic[:k=v,...]``, a ``.tar.gz`` archive, or a directory.
+
+    ``image_size`` (``--image-size H W``) resizes the images of a folder or an archive on
+    load; for synthetic data it sets the spec's ``image_size`` (square sizes only).
+    """
+    from ..data import load_image_archive, load_image_folder, make_synthetic_dataset
+
+    size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
     if spec == "synthetic" or spec.startswith("synthetic:"):
         if split not in {"train", "test"}:
             raise ConfigError(f"synthetic data has splits 'train' and 'test', not {split!r}.")
         kv = parse_kv(spec.partition(":")[2])
+        if size is not None and "image_size" not in kv:
+            if size[0] != size[1]:
+                raise ConfigError(
+                    f"synthetic images are square, got --image-size {size[0]} {size[1]}.",
+                    hint="pass --image-size N N, or synthetic:image_size=N",
+                )
+            kv["image_size"] = size[0]
         try:
             splits = make_synthetic_dataset(**kv)
         except (TypeError, ValueError) as exc:
@@ -348,11 +504,18 @@ def load_data_arg(spec: str, *, split: str) -> ImageDataset:
             f"data path {spec!r} does not exist.",
             hint="pass an ImageFolder directory, a .tar.gz archive, or 'synthetic'",
         )
-    if path.is_file():
-        return load_image_archive(path, splits=(split,))[split]
-    if (path / split).is_dir():
-        return load_image_folder(path / split)
-    return load_image_folder(path)
+    try:
+        if path.is_file():
+            return load_image_archive(path, splits=(split,), image_size=size)[split]
+        if (path / split).is_dir():
+            return load_image_folder(path / split, image_size=size)
+        return load_image_folder(path, image_size=size)
+    except DataError as exc:
+        if exc.hint and "image_size=" in exc.hint:  # the loader's Python-API hint
+            raise DataError(
+                exc.message, hint="pass --image-size H W to resize them on load"
+            ) from exc
+        raise
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -477,20 +640,95 @@ def load_policy_file(path: Path, what: str = "policy") -> dict[str, Any]:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The model arguments shared by commands that load a model file."""
-    p.add_argument("--weights", type=Path, required=True, help=".safetensors or state-dict .pt")
+    """The model arguments shared by commands that load a model file.
+
+    ``--arch``, ``--num-classes`` and ``--arch-args`` default to what the weights file
+    records (``hardenkit.*`` safetensors metadata, see :func:`hardenkit.io.model_metadata`);
+    explicit flags win. See :func:`resolve_model_args`.
+    """
+    p.add_argument(
+        "--weights",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help=".safetensors or state-dict .pt",
+    )
     p.add_argument(
         "--arch",
-        required=True,
-        help="zoo name (see `hardenkit models`) or 'package.module:factory'",
+        help="zoo name (see `hardenkit models`) or 'package.module:factory'; default: the "
+        "architecture recorded in the weights file (files written by hardenkit record it)",
     )
     p.add_argument(
         "--num-classes",
         type=class_count,
-        default=10,
-        help="number of classes, >= 2 (default 10)",
+        metavar="K",
+        help=f"number of classes, >= 2; default: recorded in the weights file, else "
+        f"{DEFAULT_NUM_CLASSES}",
     )
-    p.add_argument("--arch-args", default="", help="extra architecture arguments, e.g. 'width=32'")
+    p.add_argument(
+        "--arch-args",
+        default="",
+        metavar="K=V,...",
+        help="extra architecture arguments, e.g. 'width=32'; default: recorded in the weights "
+        "file (with its architecture)",
+    )
+
+
+DEFAULT_NUM_CLASSES = 10
+"""``--num-classes`` when neither the flag nor the weights file's metadata gives it."""
+
+
+def resolve_model_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill ``args.arch``, ``args.num_classes`` and ``args.arch_kwargs`` (explicit flags win).
+
+    Missing values come from the weights file's ``hardenkit.arch``/``hardenkit.num_classes``/
+    ``hardenkit.arch_args`` metadata; recorded ``arch_args`` apply only to the recorded
+    architecture. Without ``--arch`` and without a recorded one: ``ConfigError`` (exit 2).
+    Idempotent (a second call changes nothing).
+    """
+    if getattr(args, "_model_args_resolved", False):
+        return args
+    from ..io import META_ARCH, META_ARCH_ARGS, META_NUM_CLASSES, read_model_metadata
+
+    meta = read_model_metadata(args.weights)
+    recorded_arch = meta.get(META_ARCH) or meta.get("arch")  # "arch": hardenkit <= 0.1 demo
+    if args.arch is None:
+        if not recorded_arch:
+            raise ConfigError(
+                f"--arch is required: the weights file {str(args.weights)!r} does not record "
+                "its architecture.",
+                hint="pass --arch (e.g. --arch small-cnn; `hardenkit models` lists the zoo) and "
+                "--num-classes; files saved by hardenkit (purify, demo, "
+                "save_state_dict(metadata=model_metadata(...))) record both",
+            )
+        args.arch = recorded_arch
+        args.arch_from_metadata = True
+    if args.num_classes is None:
+        recorded = meta.get(META_NUM_CLASSES)
+        try:
+            args.num_classes = class_count(recorded) if recorded else DEFAULT_NUM_CLASSES
+        except argparse.ArgumentTypeError as exc:
+            raise ConfigError(
+                f"the weights file {str(args.weights)!r} records an invalid number of classes: "
+                f"{exc}.",
+                hint="pass --num-classes",
+            ) from None
+    kwargs = parse_kv(args.arch_args, "--arch-args")
+    if not args.arch_args and recorded_arch == args.arch and meta.get(META_ARCH_ARGS):
+        try:
+            recorded_kwargs = json.loads(meta[META_ARCH_ARGS])
+        except json.JSONDecodeError:
+            recorded_kwargs = None
+        if not isinstance(recorded_kwargs, dict):
+            raise ConfigError(
+                f"the weights file {str(args.weights)!r} records invalid architecture "
+                f"arguments {meta[META_ARCH_ARGS]!r}.",
+                hint="pass --arch-args (an empty string for none)",
+            )
+        kwargs = recorded_kwargs
+    args.arch_kwargs = kwargs
+    args._model_args_resolved = True
+    return args
 
 
 def load_model_from_args(args: argparse.Namespace) -> nn.Module:
@@ -498,6 +736,24 @@ def load_model_from_args(args: argparse.Namespace) -> nn.Module:
     from ..io import load_model_weights
     from ..models import build_model
 
-    model = build_model(args.arch, args.num_classes, **parse_kv(args.arch_args, "--arch-args"))
+    resolve_model_args(args)
+    try:
+        model = build_model(args.arch, args.num_classes, **args.arch_kwargs)
+    except HardenkitError as exc:
+        if not getattr(args, "arch_from_metadata", False):
+            raise
+        raise ConfigError(
+            f"cannot build the architecture {args.arch!r} recorded in the weights file: "
+            f"{exc.message}",
+            hint="pass --arch (and --arch-args) to override it",
+        ) from exc
     load_model_weights(model, args.weights)
     return model.eval()
+
+
+def model_metadata_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """The ``hardenkit.*`` safetensors metadata of the model the command loaded."""
+    from ..io import model_metadata
+
+    resolve_model_args(args)
+    return model_metadata(args.arch, args.num_classes, args.arch_kwargs)

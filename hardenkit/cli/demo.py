@@ -1,4 +1,8 @@
-"""``hardenkit demo``: the end-to-end tour on built-in synthetic data."""
+"""``hardenkit demo``: the end-to-end tour on built-in synthetic data.
+
+The heavy imports (torch, the SDK) happen inside :func:`run`, so ``hardenkit --help`` stays
+fast. The demo checks its own claims and exits 1 when one fails (see ``DemoReport.passed``).
+"""
 
 from __future__ import annotations
 
@@ -6,53 +10,43 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from ._common import (
+    EXIT_GATE_FAILED,
+    EXIT_OK,
+    class_count,
+    nonnegative_int,
+    positive_int,
+    quiet_exporter,
+)
 
-from ..attacks import make_backdoored_model
-from ..config import RuntimeConfig
-from ..data import make_synthetic_dataset, stratified_indices
-from ..export import ExportReport, VerificationReport, to_onnx, verify_onnx
-from ..purify import DEFAULT_STRATEGY, STRATEGIES, PurificationReport, Purifier
-from ..reports import BaseReport
-from ..scan import Scanner, ScanReport
-from ..training import TrainConfig
-from ..validate import GatePolicy, ValidationReport, Validator
-from ._common import EXIT_OK, class_count, nonnegative_int, positive_int, quiet_exporter
+if TYPE_CHECKING:
+    pass
 
-
-class DemoStep(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    seconds: float
-
-
-class DemoReport(BaseReport):
-    """What ``hardenkit demo`` did and measured."""
-
-    report_type: Literal["demo"] = "demo"
-    dataset: dict[str, Any]
-    attack: dict[str, Any]
-    arch: str
-    train_epochs: int
-    validation: ValidationReport
-    scan: ScanReport | None = None
-    purification: PurificationReport | None = None
-    validation_after: ValidationReport | None = None
-    """The repaired model on the same test set and real trigger (``baseline_ba`` = before)."""
-    export: ExportReport | None = None
-    verification: VerificationReport | None = None
-    steps: list[DemoStep]
-    seconds: float
-
+DEFAULT_STRATEGY = "auto"
+"""The Purifier's default (``hardenkit.purify.DEFAULT_STRATEGY``), repeated here so the parser
+needs no torch import; a test checks the two agree."""
 
 DEMO_SCAN: dict[str, Any] = {
     "max_images": 300,
     "detector_options": {"neural-cleanse": {"epochs": 30, "batch_size": 32}},
 }
 """A CPU-sized Neural Cleanse run (300 inversion images, at most 30 epochs per label)."""
+
+DEMO_GATE_ASR = 0.10
+"""The repaired model's gate: ASR with the real trigger at most 10 %."""
+DEMO_MAX_BA_DROP = 0.05
+DEMO_MIN_PLANTED_ASR = 0.5
+"""Below this ASR before repair the backdoor was not planted and the demo proves nothing."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in {"DemoReport", "DemoStep"}:
+        from . import _demo_report
+
+        return getattr(_demo_report, name)
+    raise AttributeError(name)
 
 
 def add_parser(sub: Any) -> None:
@@ -88,6 +82,18 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..attacks import make_backdoored_model
+    from ..config import RuntimeConfig
+    from ..data import make_synthetic_dataset, stratified_indices
+    from ..export import to_onnx, verify_onnx
+    from ..purify import STRATEGIES, Purifier
+    from ..scan import Scanner
+    from ..training import TrainConfig
+    from ..validate import GatePolicy, Validator
+    from ._demo_report import DemoReport, DemoStep
+
     t_all = time.perf_counter()
     steps: list[DemoStep] = []
     rt = RuntimeConfig(device=args.device, seed=args.seed, progress="auto")
@@ -135,12 +141,22 @@ def run(args: argparse.Namespace) -> int:
 
     # The defender's clean budget: 20 % of the training images (100 per class), none of them
     # poisoned. (With 10 %, 7 instead of 14 MCL steps per epoch, MCL left ASR at 19 %.)
-    budget = data.train.subset(
+    budget_idx = stratified_indices(
+        data.train.labels,
+        fraction=0.2,
+        seed=args.seed,
+        exclude=bd.poisoned.poison_indices,
+    )
+    budget = data.train.subset(budget_idx)
+    # Separate clean images for the repair's utility guard (BA before/after): 10 % of the
+    # training set, disjoint from the budget and the poison. 100 held-out images (10 % of the
+    # budget) made a 5-point guard too noisy to be a fair judge of a 1-point change.
+    guard = data.train.subset(
         stratified_indices(
             data.train.labels,
-            fraction=0.2,
-            seed=args.seed,
-            exclude=bd.poisoned.poison_indices,
+            fraction=0.1,
+            seed=args.seed + 1,
+            exclude=torch.cat([torch.as_tensor(bd.poisoned.poison_indices), budget_idx]),
         )
     )
     scan = None
@@ -172,12 +188,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_purify and not (needs_trigger and scan is None):
         t0 = time.perf_counter()
         res = Purifier(bd.model, args.strategy, runtime=rt).run(
-            budget.loader(batch_size=500), scan=scan
+            budget.loader(batch_size=500), scan=scan, holdout_loader=guard.loader(batch_size=500)
         )
         res.save(out / "purified")
         purification = res.report
         final_model = res.model
-        after = Validator(final_model, runtime=rt, policy=GatePolicy(max_asr=0.10)).run(
+        after = Validator(
+            final_model,
+            runtime=rt,
+            policy=GatePolicy(max_asr=DEMO_GATE_ASR, max_ba_drop=DEMO_MAX_BA_DROP),
+        ).run(
             data.test.loader(batch_size=500),
             trigger=bd.trigger,
             target=bd.target,
@@ -220,6 +240,25 @@ def run(args: argparse.Namespace) -> int:
             f"BA {100 * (om.benign_accuracy.value or 0):.2f}%, "
             f"ASR {100 * (onnx_asr or 0.0):.2f}%"
         )
+    failures: list[str] = []
+    if (report.asr or 0.0) < DEMO_MIN_PLANTED_ASR:
+        failures.append(
+            f"the backdoor was not planted: ASR {100 * (report.asr or 0.0):.1f}% < "
+            f"{100 * DEMO_MIN_PLANTED_ASR:.0f}% before any repair, so the demo proves nothing "
+            "(train longer with --epochs, e.g. the default 8, or use more --classes)"
+        )
+    if purification is not None and after is not None:
+        if purification.status not in {"purified", "nothing-to-purify"}:
+            failures.append(
+                f"the repair's status is {purification.status!r} (see {out}/purified/report.json)"
+            )
+        if not after.passed and after.decision is not None:
+            failures.append(
+                "the repaired model failed its gate: "
+                + "; ".join(r.message for r in after.decision.failed_rules)
+            )
+    if verification is not None and not verification.passed:
+        failures.append("the ONNX export failed its verification (parity or BA/ASR on ORT)")
     demo = DemoReport(
         dataset={
             "kind": "synthetic",
@@ -239,6 +278,8 @@ def run(args: argparse.Namespace) -> int:
         verification=verification,
         steps=steps,
         seconds=time.perf_counter() - t_all,
+        passed=not failures,
+        failures=failures,
     )
     demo.save(out / "report.json")
     dirs = ", ".join(
@@ -255,10 +296,15 @@ def run(args: argparse.Namespace) -> int:
                 "flagged_labels": None if scan is None else scan.flagged_labels,
                 "ba_after": None if after is None else round(after.ba, 4),
                 "asr_after": None if after is None else round(after.asr or 0.0, 4),
+                "passed": not failures,
                 "report": str(out / "report.json"),
             }
         )
     )
+    if failures:
+        say("demo      FAILED: " + "\n          FAILED: ".join(failures))
+        return EXIT_GATE_FAILED
+    say("demo      PASSED: backdoor planted, repaired model passed its gate, ONNX verified")
     return EXIT_OK
 
 

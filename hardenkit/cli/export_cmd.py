@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import ConfigError, ParityError
-from ..export import ExportReport, VerificationReport, to_onnx, verify_onnx
-from ..reports import BaseReport
 from ._common import (
     EXIT_OK,
+    add_command,
+    add_image_size_arg,
     add_model_args,
+    add_report_arg,
     input_shape,
+    lazy_attr,
     load_data_arg,
     load_model_from_args,
     load_trigger_arg,
@@ -21,20 +24,48 @@ from ._common import (
     parse_target,
     positive_int,
     quiet_exporter,
+    resolve_model_args,
+    write_report,
 )
 
+# torch, pydantic and the exporter are imported on first use: `--help` must stay fast
 
-class ExportRunReport(BaseReport):
-    """What ``hardenkit export`` wrote (and, with ``--verify``, how the file verified)."""
+_LAZY = {
+    "ExportReport": ".export",
+    "VerificationReport": ".export",
+    "to_onnx": ".export",
+    "verify_onnx": ".export",
+}
 
-    report_type: Literal["export_run"] = "export_run"
-    export: ExportReport
-    verification: VerificationReport | None = None
-    passed: bool
+
+def __getattr__(name: str) -> Any:
+    if name == "ExportRunReport":
+        return _export_run_report()
+    return lazy_attr(globals(), name, _LAZY)
+
+
+@functools.cache
+def _export_run_report() -> Any:
+    """The ``ExportRunReport`` model (defined on first use: pydantic and torch are slow)."""
+    from ..export import ExportReport, VerificationReport
+    from ..reports import BaseReport
+
+    class ExportRunReport(BaseReport):
+        """What ``hardenkit export`` wrote (and, with ``--verify``, how the file verified)."""
+
+        report_type: Literal["export_run"] = "export_run"
+        export: ExportReport
+        verification: VerificationReport | None = None
+        passed: bool
+
+    ExportRunReport.__qualname__ = "ExportRunReport"
+    ExportRunReport.__module__ = __name__
+    return ExportRunReport
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    p = add_command(
+        sub,
         "export",
         help="export a model to ONNX (and verify it on ONNX Runtime)",
         description="Export a model file to ONNX with the torch.export-based exporter "
@@ -44,14 +75,21 @@ def add_parser(sub: Any) -> None:
         "3 = export error or execution-provider (environment) error.",
     )
     add_model_args(p)
-    p.add_argument("--output", "-o", type=Path, required=True, help="destination .onnx file")
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the destination .onnx file (the primary output; a .data sidecar goes next to it)",
+    )
     p.add_argument(
         "--input-shape",
         type=input_shape,
         default=(3, 32, 32),
-        help="C,H,W of one image: three positive integers separated by commas (3,32,32)",
+        help="C,H,W of one image: three positive integers separated by commas",
     )
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 (default) to 23")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 to 23")
     p.add_argument(
         "--no-dynamic-batch",
         action="store_true",
@@ -77,7 +115,8 @@ def add_parser(sub: Any) -> None:
         "--verify", action="store_true", help="verify the export on ONNX Runtime against PyTorch"
     )
     p.add_argument("--data", help="held-out data for --verify (directory, .tar.gz, 'synthetic')")
-    p.add_argument("--split", default="test", help="split folder inside --data (default test)")
+    p.add_argument("--split", default="test", help="split folder inside --data")
+    add_image_size_arg(p)
     p.add_argument("--trigger", help="trigger .safetensors or attack spec (ASR on both backends)")
     p.add_argument("--target", help="target label of the trigger, or 'all-to-all'")
     p.add_argument(
@@ -92,7 +131,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--max-batches", type=positive_int, help="verify on at most this many batches")
     p.add_argument("--batch-size", type=positive_int, default=256, help="verification batch size")
-    p.add_argument("--report", type=Path, help="write the JSON report here ('-' = stdout)")
+    add_report_arg(p, "export_run report (export + verification)")
     p.set_defaults(func=run)
 
 
@@ -107,10 +146,13 @@ def run(args: argparse.Namespace) -> int:
             hint="add --verify",
         )
     meta = {k: str(v) for k, v in parse_kv(args.metadata, "--metadata").items()}
+    resolve_model_args(args)  # --num-classes may come from the weights file
     target = parse_target(args.target, args.num_classes)
     model = load_model_from_args(args)
+    to_onnx_ = lazy_attr(globals(), "to_onnx", _LAZY)
+    verify_onnx_ = lazy_attr(globals(), "verify_onnx", _LAZY)
     with quiet_exporter("export.onnx_export"):
-        export = to_onnx(
+        export = to_onnx_(
             model,
             args.output,
             input_shape=args.input_shape,
@@ -124,12 +166,12 @@ def run(args: argparse.Namespace) -> int:
     print(export.summary(), file=sys.stderr)
     verification = None
     if args.verify:
-        data = load_data_arg(args.data, split=args.split)
+        data = load_data_arg(args.data, split=args.split, image_size=args.image_size)
         trigger = None
         if args.trigger is not None:
             c, h, _ = data.image_shape
             trigger = load_trigger_arg(args.trigger, image_size=h, channels=c)
-        verification = verify_onnx(
+        verification = verify_onnx_(
             export,
             model,
             data.loader(batch_size=args.batch_size),
@@ -141,13 +183,8 @@ def run(args: argparse.Namespace) -> int:
         )
         print(verification.summary(), file=sys.stderr)
     passed = verification is None or verification.passed
-    report = ExportRunReport(export=export, verification=verification, passed=passed)
-    if args.report is not None:
-        if str(args.report) == "-":
-            print(report.to_json())
-        else:
-            report.save(args.report)
-            print(f"wrote {args.report}", file=sys.stderr)
+    report = _export_run_report()(export=export, verification=verification, passed=passed)
+    write_report(report, args.report)
     if verification is not None and not verification.passed:
         raise ParityError(
             "the exported model failed verification: "

@@ -7,27 +7,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import RuntimeConfig
 from ..errors import ConfigError, HardenkitError, ParityError
-from ..purify import DEFAULT_STRATEGY, Purifier
-from ..scan import ScanResult
 from ._common import (
     EXIT_GATE_FAILED,
     EXIT_OK,
+    add_command,
+    add_image_size_arg,
     add_model_args,
+    add_report_arg,
     fraction,
     holdout_fraction,
     load_data_arg,
     load_model_from_args,
     load_policy_file,
+    model_metadata_from_args,
     nonnegative_int,
     parse_kv,
     quiet_exporter,
+    resolve_model_args,
+    write_report,
 )
+
+DEFAULT_STRATEGY = "auto"
+"""``--strategy`` default; equals ``hardenkit.purify.DEFAULT_STRATEGY`` (a test checks), kept
+here so that ``hardenkit purify --help`` does not import torch."""
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    p = add_command(
+        sub,
         "purify",
         help="remove a backdoor with a purification strategy (mcl, finetune, nc-unlearn, ...)",
         description="Repair a copy of a model with clean images and a purification strategy; "
@@ -43,12 +51,12 @@ def add_parser(sub: Any) -> None:
         help="clean images: ImageFolder directory, .tar.gz archive (ImageFolder layout) "
         "or 'synthetic'",
     )
-    p.add_argument("--split", default="train", help="split folder inside --data (default train)")
+    p.add_argument("--split", default="train", help="split folder inside --data")
+    add_image_size_arg(p)
     p.add_argument(
         "--strategy",
         default=DEFAULT_STRATEGY,
-        help=f"purification strategy (default {DEFAULT_STRATEGY}); `hardenkit strategies` "
-        "lists them",
+        help="purification strategy; `hardenkit strategies` lists them",
     )
     p.add_argument(
         "--set",
@@ -69,7 +77,7 @@ def add_parser(sub: Any) -> None:
         type=holdout_fraction,
         default=0.1,
         help="share of the clean images held out for the before/after measurements, in "
-        "[0, 1) (default 0.1); 0 purifies on every image and does not measure BA",
+        "[0, 1); 0 purifies on every image and does not measure BA",
     )
     p.add_argument(
         "--max-ba-drop",
@@ -80,13 +88,32 @@ def add_parser(sub: Any) -> None:
         "config's max_ba_drop, 0.05)",
     )
     p.add_argument("--onnx", action="store_true", help="also export model.onnx and verify it")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--seed",
+        type=nonnegative_int,
+        default=0,
+        help="seed of the holdout split, the scan, batch order and augmentation",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="output directory: model.safetensors (with its architecture in the metadata), "
+        "report.json, scan/, model.onnx",
+    )
+    add_report_arg(p, "PurificationReport (also written to DIR/report.json)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import RuntimeConfig
+    from ..io import save_state_dict
+    from ..purify import Purifier
+    from ..scan import ScanResult
+
+    resolve_model_args(args)
     fields: dict[str, Any] = load_policy_file(args.config, "strategy config") if args.config else {}
     fields.update(parse_kv(args.settings, "--set"))
     rt = RuntimeConfig(device=args.device, seed=args.seed)
@@ -115,11 +142,17 @@ def run(args: argparse.Namespace) -> int:
                 f"{type(exc).__name__}: {exc}",
                 hint="pass the --out directory of `hardenkit scan`, unmodified",
             ) from exc
-    data = load_data_arg(args.data, split=args.split)
+    data = load_data_arg(args.data, split=args.split, image_size=args.image_size)
     result = purifier.run(data.loader(batch_size=512), scan=scan)
     print(result.report.summary(), file=sys.stderr)
     out: Path = args.out
     result.save(out)
+    # record the architecture, so `validate`/`export --weights DIR/model.safetensors` need
+    # no --arch/--num-classes (PurificationResult.save does not know them)
+    save_state_dict(
+        result.model, out / "model.safetensors", metadata=model_metadata_from_args(args)
+    )
+    write_report(result.report, args.report)
     print(f"wrote {out}/model.safetensors and {out}/report.json", file=sys.stderr)
     if args.onnx:
         from ..export import verify_onnx

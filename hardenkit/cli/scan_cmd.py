@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config import RuntimeConfig
 from ..errors import ConfigError
-from ..scan import ScanConfig, Scanner
 from ._common import (
     EXIT_GATE_FAILED,
     EXIT_OK,
+    add_command,
+    add_deprecated_alias,
+    add_image_size_arg,
     add_model_args,
+    add_report_arg,
     input_shape,
     load_data_arg,
     load_model_from_args,
@@ -21,11 +23,17 @@ from ._common import (
     nonnegative_int,
     parse_kv,
     positive_int,
+    resolve_model_args,
+    write_report,
 )
+
+if TYPE_CHECKING:  # torch and the scanners are imported in run(): `--help` stays fast
+    from ..scan import ScanConfig
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    p = add_command(
+        sub,
         "scan",
         help="detect a backdoor (Neural Cleanse, data-free MM-BD) and recover its trigger",
         description="Scan a model for a backdoor: per-class trigger inversion (Neural Cleanse, "
@@ -39,7 +47,8 @@ def add_parser(sub: Any) -> None:
         help="clean images: ImageFolder directory, .tar.gz archive (ImageFolder layout) "
         "or 'synthetic'; omit with --data-free",
     )
-    p.add_argument("--split", default="train", help="split folder inside --data (default train)")
+    p.add_argument("--split", default="train", help="split folder inside --data")
+    add_image_size_arg(p)
     p.add_argument(
         "--data-free",
         action="store_true",
@@ -50,11 +59,12 @@ def add_parser(sub: Any) -> None:
         type=input_shape,
         default=(3, 32, 32),
         help="C,H,W of the model input for --data-free: three positive integers separated by "
-        "commas (default 3,32,32)",
+        "commas",
     )
     p.add_argument(
         "--detectors",
-        help="comma-separated detectors (default neural-cleanse; e.g. neural-cleanse,mm-bd)",
+        help="comma-separated detectors, e.g. neural-cleanse,mm-bd; default: neural-cleanse "
+        "(mm-bd with --data-free)",
     )
     p.add_argument("--combine", choices=["any", "all", "mean"], help="how verdicts combine")
     p.add_argument("--max-images", type=positive_int, help="clean images used for inversion")
@@ -73,17 +83,24 @@ def add_parser(sub: Any) -> None:
         "--fail-on",
         choices=["backdoored", "suspicious"],
         default="backdoored",
-        help="lowest verdict that exits 1 (default backdoored)",
+        help="lowest verdict that exits 1",
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--out", type=Path, help="write report.json, triggers and PNGs here")
-    p.add_argument("--output", "-o", type=Path, help="write the JSON report here ('-' = stdout)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of subsampling and random starts"
+    )
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="write report.json, triggers and PNGs here"
+    )
+    add_report_arg(p, "ScanReport")
+    add_deprecated_alias(p, "--output", "-o", new="--report", dest="report", type=Path)
     p.set_defaults(func=run)
 
 
 def scan_config_from_args(args: argparse.Namespace) -> ScanConfig:
     """Merge ``--config`` with the command-line overrides into one :class:`ScanConfig`."""
+    from ..scan import ScanConfig
+
     fields: dict[str, Any] = load_policy_file(args.config, "scan config") if args.config else {}
     if args.detectors:
         fields["detectors"] = [d.strip() for d in args.detectors.split(",") if d.strip()]
@@ -123,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
             "--data is required (clean images), unless --data-free.",
             hint="e.g. --data clean_images/ or --data-free",
         )
+    from ..config import RuntimeConfig
+    from ..scan import Scanner
+
+    resolve_model_args(args)
     cfg = scan_config_from_args(args)
     rt = RuntimeConfig(device=args.device, seed=args.seed)
     model = load_model_from_args(args)
@@ -136,17 +157,12 @@ def run(args: argparse.Namespace) -> int:
     if args.data_free:
         result = scanner.run()
     else:
-        data = load_data_arg(args.data, split=args.split)
+        data = load_data_arg(args.data, split=args.split, image_size=args.image_size)
         result = scanner.run(data.loader(batch_size=512))
     print(result.report.summary(), file=sys.stderr)
     if args.out is not None:
         result.save(args.out)
         print(f"wrote {args.out}/", file=sys.stderr)
-    if args.output is not None:
-        if str(args.output) == "-":
-            print(result.report.to_json())
-        else:
-            result.report.save(args.output)
-            print(f"wrote {args.output}", file=sys.stderr)
+    write_report(result.report, args.report)
     failing = {"backdoored"} if args.fail_on == "backdoored" else {"backdoored", "suspicious"}
     return EXIT_GATE_FAILED if result.verdict in failing else EXIT_OK

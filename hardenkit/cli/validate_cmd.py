@@ -7,24 +7,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import RuntimeConfig
 from ..errors import ConfigError
-from ..validate import GatePolicy, Validator
 from ._common import (
     EXIT_GATE_FAILED,
     EXIT_OK,
+    add_command,
+    add_deprecated_alias,
+    add_image_size_arg,
     add_model_args,
+    add_report_arg,
     load_data_arg,
     load_model_from_args,
     load_policy_file,
     load_trigger_arg,
     parse_target,
     positive_int,
+    resolve_model_args,
+    write_report,
 )
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    p = add_command(
+        sub,
         "validate",
         help="measure BA/ASR/RA of a model and apply a gate policy",
         description="Measure benign accuracy, attack success rate and robust accuracy of a "
@@ -38,7 +43,8 @@ def add_parser(sub: Any) -> None:
         required=True,
         help="ImageFolder directory, .tar.gz archive in ImageFolder layout, or 'synthetic'",
     )
-    p.add_argument("--split", default="test", help="split folder inside --data (default test)")
+    p.add_argument("--split", default="test", help="split folder inside --data")
+    add_image_size_arg(p)
     p.add_argument(
         "--trigger",
         help="trigger .safetensors file, or attack spec such as 'badnets:patch_size=3'",
@@ -52,13 +58,17 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-asr", type=float, help="policy: maximum ASR (fraction)")
     p.add_argument("--max-ba-drop", type=float, help="policy: maximum BA drop vs --baseline-ba")
     p.add_argument("--baseline-ba", type=float, help="BA of the model before repair")
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--output", "-o", type=Path, help="write the JSON report here ('-' = stdout)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_report_arg(p, "ValidationReport")
+    add_deprecated_alias(p, "--output", "-o", new="--report", dest="report", type=Path)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import RuntimeConfig
+    from ..validate import GatePolicy, Validator
+
     if (args.trigger is None) != (args.target is None):
         raise ConfigError("--trigger and --target go together.", hint="pass both or neither")
     # cheap checks of the user's inputs first: the policy and the target
@@ -67,10 +77,11 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     policy = GatePolicy(**fields)
+    resolve_model_args(args)  # --num-classes may come from the weights file
     target = parse_target(args.target, args.num_classes)
     rt = RuntimeConfig(device=args.device)
     model = load_model_from_args(args)
-    data = load_data_arg(args.data, split=args.split)
+    data = load_data_arg(args.data, split=args.split, image_size=args.image_size)
     trigger = None
     if args.trigger is not None:
         c, h, _ = data.image_shape
@@ -82,10 +93,5 @@ def run(args: argparse.Namespace) -> int:
         baseline_ba=args.baseline_ba,
     )
     print(report.summary(), file=sys.stderr)
-    if args.output is not None:
-        if str(args.output) == "-":
-            print(report.to_json())
-        else:
-            report.save(args.output)
-            print(f"wrote {args.output}", file=sys.stderr)
+    write_report(report, args.report)
     return EXIT_OK if report.passed else EXIT_GATE_FAILED

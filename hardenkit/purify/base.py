@@ -119,9 +119,12 @@ class CheckpointSelector:
 
     @staticmethod
     def rank(*, ba: float, asr: float | None, bound: float, epoch: int) -> tuple[float, ...]:
-        """Sort key: checkpoints within the ASR bound first (by BA), then by lowest ASR."""
-        if asr is None or asr <= bound:
-            return (1.0, ba, float(epoch))
+        """Sort key: checkpoints within the ASR bound first — by BA, then by lower ASR, then
+        the later epoch — otherwise by lowest ASR, then BA."""
+        if asr is None:
+            return (1.0, ba, 0.0, float(epoch))
+        if asr <= bound:
+            return (1.0, ba, -asr, float(epoch))
         return (0.0, -asr, ba, float(epoch))
 
     def update(self, model: nn.Module, epoch: int) -> dict[str, float] | None:

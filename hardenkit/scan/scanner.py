@@ -275,14 +275,32 @@ class ScanResult:
         return None if row is None else row.trigger_asr
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``report.json``, ``triggers/label_<y>.safetensors`` and a PNG per flagged label."""
+        """Write ``report.json``, ``triggers/label_<y>.safetensors`` and the PNG figures.
+
+        Figures: ``flagged_label_<y>.png`` (the recovered trigger of each flagged label) and
+        ``anomaly_<detector>.png`` (each detector's per-label bar chart); see docs/scanning.md.
+        """
+        from .figures import detector_chart, figure_name
+
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         for y, trig in self.all_triggers.items():
             trig.save(d / "triggers" / f"label_{y}.safetensors")
+        mask_l1 = {c.label: c.mask_l1 for c in self.report.classes}
         for y in self.flagged_labels:
             if y in self.all_triggers:
-                _save_png(self.all_triggers[y], self._example, d / f"flagged_label_{y}.png")
+                _save_png(
+                    self.all_triggers[y],
+                    self._example,
+                    d / f"flagged_label_{y}.png",
+                    label=y,
+                    mask_l1=mask_l1.get(y),
+                    asr=self.trigger_asr(y),
+                )
+        for det in self.report.detectors:
+            chart = detector_chart(det)
+            if chart is not None:
+                chart.save(d / figure_name(det.detector))
         self.report.save(d / "report.json")
         return d
 
@@ -363,28 +381,19 @@ class ScanResult:
         )
 
 
-def _save_png(trigger: Trigger, example: Tensor | None, path: Path) -> None:
-    """Panels: mask | pattern | mask*pattern | stamped example (upscaled, nearest)."""
-    from PIL import Image
+def _save_png(
+    trigger: Trigger,
+    example: Tensor | None,
+    path: Path,
+    *,
+    label: int | None = None,
+    mask_l1: float | None = None,
+    asr: float | None = None,
+) -> None:
+    """Labelled panels of ``trigger`` (:func:`hardenkit.scan.figures.trigger_figure`)."""
+    from .figures import trigger_figure
 
-    tensors = trigger.tensors()
-    if "mask" not in tensors or "pattern" not in tensors:
-        return
-    mask = tensors["mask"].float().clamp(0, 1)
-    pattern = tensors["pattern"].float().clamp(0, 1)
-    c, h, w = pattern.shape
-    panels = [mask.unsqueeze(0).expand(c, h, w), pattern, mask.unsqueeze(0) * pattern]
-    if example is not None:
-        panels.append(trigger.apply(example.unsqueeze(0).cpu())[0])
-    sep = torch.ones(c, h, 2)
-    row = torch.cat([t for p in panels for t in (p, sep)][:-1], dim=2)
-    if c == 1:
-        row = row.expand(3, *row.shape[1:])
-    arr = (row[:3].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    scale = max(1, 128 // h)
-    img = Image.fromarray(arr).resize(
-        (arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST
-    )
+    img = trigger_figure(trigger, example, label=label, mask_l1=mask_l1, asr=asr)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
