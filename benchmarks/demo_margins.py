@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         "exit",
         "seconds",
     ]
-    cmd = "python -m benchmarks.demo_margins " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = "python -m benchmarks.demo_margins " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     print(write_results(args.name, rows, cols, {"command": cmd.strip(), "gate_asr": GATE_ASR}))
     return 0
 

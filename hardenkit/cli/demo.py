@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ._common import (
     EXIT_GATE_FAILED,
     EXIT_OK,
+    add_command,
     class_count,
     nonnegative_int,
     positive_int,
@@ -50,7 +51,8 @@ def __getattr__(name: str) -> Any:
 
 
 def add_parser(sub: Any) -> None:
-    p: argparse.ArgumentParser = sub.add_parser(
+    p: argparse.ArgumentParser = add_command(
+        sub,
         "demo",
         help="train a backdoored model on synthetic data and measure it (built-in default)",
         description="Train a backdoored model on built-in synthetic data, validate it "
@@ -62,7 +64,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--attack", default="badnets", choices=["badnets", "blended", "sig"], help="attack"
     )
-    p.add_argument("--epochs", type=positive_int, default=8, help="training epochs (default 8)")
+    p.add_argument("--epochs", type=positive_int, default=8, help="training epochs")
     p.add_argument(
         "--classes", type=class_count, default=10, help="number of synthetic classes (>= 2)"
     )
@@ -72,7 +74,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--strategy",
         default=DEFAULT_STRATEGY,
-        help=f"purification strategy of the purify step (default {DEFAULT_STRATEGY})",
+        help="purification strategy of the purify step",
     )
     p.add_argument("--no-purify", action="store_true", help="skip the purification step")
     p.add_argument(
@@ -82,12 +84,12 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..attacks import make_backdoored_model
     from ..config import RuntimeConfig
     from ..data import make_synthetic_dataset, stratified_indices
     from ..export import to_onnx, verify_onnx
+    from ..io import model_metadata, save_state_dict
     from ..purify import STRATEGIES, Purifier
     from ..scan import Scanner
     from ..training import TrainConfig
@@ -148,17 +150,6 @@ def run(args: argparse.Namespace) -> int:
         exclude=bd.poisoned.poison_indices,
     )
     budget = data.train.subset(budget_idx)
-    # Separate clean images for the repair's utility guard (BA before/after): 10 % of the
-    # training set, disjoint from the budget and the poison. 100 held-out images (10 % of the
-    # budget) made a 5-point guard too noisy to be a fair judge of a 1-point change.
-    guard = data.train.subset(
-        stratified_indices(
-            data.train.labels,
-            fraction=0.1,
-            seed=args.seed + 1,
-            exclude=torch.cat([torch.as_tensor(bd.poisoned.poison_indices), budget_idx]),
-        )
-    )
     scan = None
     if not args.no_scan and args.classes < 3:
         say("scan      skipped: the outlier test across classes needs >= 3 classes")
@@ -188,9 +179,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_purify and not (needs_trigger and scan is None):
         t0 = time.perf_counter()
         res = Purifier(bd.model, args.strategy, runtime=rt).run(
-            budget.loader(batch_size=500), scan=scan, holdout_loader=guard.loader(batch_size=500)
+            budget.loader(batch_size=500),
+            scan=scan,
+            # The utility guard's BA before/after on the 1,000 test images: never used for the
+            # repair, and not images the backdoored model was trained on (its accuracy on
+            # those is inflated, which made a fair 2-point drop read as 5 on 500 of them).
+            holdout_loader=data.test.loader(batch_size=500),
         )
         res.save(out / "purified")
+        save_state_dict(  # arch + class count, so later commands need no --arch
+            res.model,
+            out / "purified" / "model.safetensors",
+            metadata=model_metadata(bd.arch, args.classes, {"in_channels": 3}),
+        )
         purification = res.report
         final_model = res.model
         after = Validator(
@@ -304,7 +305,12 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         say("demo      FAILED: " + "\n          FAILED: ".join(failures))
         return EXIT_GATE_FAILED
-    say("demo      PASSED: backdoor planted, repaired model passed its gate, ONNX verified")
+    proved = ["the backdoor was planted"]
+    if after is not None:
+        proved.append("the repaired model passed its gate")
+    if verification is not None:
+        proved.append("the ONNX export verified")
+    say("demo      PASSED: " + ", ".join(proved))
     return EXIT_OK
 
 

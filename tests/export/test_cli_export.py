@@ -175,7 +175,8 @@ def test_doctor_json(capsys: pytest.CaptureFixture[str]) -> None:
         # listed by the build, but a session on it silently runs on the CPU
         assert checks["CUDAExecutionProvider"]["active"] is False
         assert checks["CUDAExecutionProvider"]["active_providers"] == ["CPUExecutionProvider"]
-        assert any("CUDAExecutionProvider" in i for i in data["issues"])
+        # expected on a host without a GPU: an info note, not an issue
+        assert any("CUDAExecutionProvider" in i for i in data["issues"] + data["notes"])
     assert [d["name"] for d in ort_info["distributions"]]
 
 
