@@ -11,14 +11,16 @@ non-poisoned training images per class (50 per class = 10 %, 100 per class = 20 
 training set). Its own scan is CPU-sized like the demo's (300 inversion images, at most 30
 Neural Cleanse epochs per label, batch 32) instead of the Scanner's defaults. With one image
 per class the Purifier runs with ``holdout_fraction=0``; its scan then refuses (the Scanner
-needs ``min_images_per_class`` = 5 images per class: a ``DataError``, recorded as a row) and
-runs again with the scan's ``min_images_per_class=1`` and ``holdout_fraction=0``;
+needs ``min_images_per_class`` = 5 images per class after its own 20 % holdout: a
+``DataError``, recorded as a row) and runs again with the scan's ``min_images_per_class=1``
+and ``holdout_fraction=0``; the same happens at 5 per class (then only the minimum is lowered);
 ``shapley-pruning`` (its one-image-per-class mode, which scans on augmented copies of the few
 images) runs too.
 
 Every run gets the same separate ``holdout_loader``: 50 clean training images per class,
 disjoint from every budget and from the poison, so the utility guard (BA before/after,
-``degraded`` above a 5-point drop) judges on 500 images whatever the budget. BA and ASR are
+``degraded`` above a 5-point drop) judges on 500 images whatever the budget (images the model
+was trained on, so the guard's BA reads higher than the test set's). BA and ASR are
 measured on the 1,000 synthetic test images with the **real** trigger (ASR over the 900
 non-target images), in %. Rows are written after every run to
 ``benchmarks/results/clean_budget.{json,md}`` (``--out`` renames them).
@@ -138,14 +140,14 @@ def main(argv: list[str] | None = None) -> int:
         except DataError as e:
             # The Scanner needs ScanConfig.min_images_per_class (5) images per class, and 2
             # while its own holdout_fraction is > 0: record the refusal, then run again with
-            # the minimum lowered to the budget (and, below 2 per class, no scan holdout).
+            # the minimum lowered to 1 (and, below 2 per class, no scan holdout).
             print(f"  DataError: {e}", flush=True)
             rows.append(_row(label, k, len(budget), "DataError", "-", None, None, t0))
             rows[-1]["error"] = str(e)
             if scan_cfg is None:
                 continue
-            scan_cfg = {**scan_cfg, "min_images_per_class": k}
-            label = f"{strategy} (min_images_per_class={k}"
+            scan_cfg = {**scan_cfg, "min_images_per_class": 1}
+            label = f"{strategy} (scan min_images_per_class=1"
             if k < 2:
                 scan_cfg["holdout_fraction"] = 0.0
                 label += ", scan holdout_fraction=0"

@@ -1,0 +1,426 @@
+"""Every ``hardenkit ...`` command shown in README.md and docs/*.md is a real command.
+
+The commands are the lines starting with ``hardenkit `` in fenced ```bash blocks (``\\``
+continuations joined, a trailing ``# comment`` kept apart). Each one is parsed with the real
+parser, so a renamed or removed flag fails here. The cheap ones (``models``, ``strategies``,
+``doctor``, ``--version``, ``--help``, ``validate``, ``export``) are also *run* in-process on
+tiny stand-ins of the files they name, and their exit code must be the documented one
+(``# exit N`` after the command, or one of the codes an ``echo $?  # ...`` line lists). The
+slow ones (training, scans, repairs) are only parsed: :data:`PARSED_ONLY` says why.
+
+The ``$ hardenkit models`` / ``$ hardenkit strategies`` output blocks must equal the real
+output.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+PARSED_ONLY: dict[str, str] = {
+    "hardenkit demo": "trains a backdoored model, scans, repairs and exports it: minutes",
+    "hardenkit scan": "Neural Cleanse / MM-BD on a real model: minutes",
+    "hardenkit purify": "a repair run (and a scan without --scan): minutes",
+    "hardenkit doctor --format json --require CUDAExecutionProvider": "its exit code (0 or 3) "
+    "depends on whether the host has a usable CUDA GPU",
+}
+"""Command prefixes that are parsed but not run, with the reason (the longest prefix wins)."""
+
+RUN: tuple[str, ...] = (
+    "hardenkit --version",
+    "hardenkit --help",
+    "hardenkit models",
+    "hardenkit strategies",
+    "hardenkit doctor",
+    "hardenkit validate",
+    "hardenkit export",
+)
+"""Subcommands run in-process (after the global options are dropped)."""
+
+HEAVY_ARCHS = {"preact-resnet18", "resnet18", "vgg16-bn"}
+"""Zoo models replaced by ``small-cnn`` when a command is run (same code path, seconds less)."""
+
+TINY = "train_per_class=1,test_per_class=5"
+"""What ``--data synthetic[:...]`` becomes when a command is run."""
+
+FENCE = re.compile(r"^[ \t]*```bash[^\n]*\n(.*?)^[ \t]*```", re.M | re.S)
+OUTPUT_FENCE = re.compile(r"^```[a-z]*\n\$ (hardenkit [^\n]*)\n(.*?)^```", re.M | re.S)
+EXIT_COMMENT = re.compile(r"^exit (\d+)\b")
+
+
+@dataclass
+class DocCommand:
+    where: str
+    command: str
+    comment: str = ""
+    exit_codes: set[int] = field(default_factory=set)
+    """Documented exit codes: ``# exit N``, or the codes an ``echo $?`` comment lists."""
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.command)[1:]
+
+    @property
+    def key(self) -> str:
+        """``hardenkit <subcommand>`` without global options (``--log-format json`` ...)."""
+        argv = self.argv
+        rest: list[str] = []
+        i = 0
+        while i < len(argv):
+            if argv[i] in {"--log-format", "--log-level"}:
+                i += 2
+                continue
+            rest = argv[i:]
+            break
+        return " ".join(["hardenkit", *rest])
+
+
+def _strip_comment(line: str) -> tuple[str, str]:
+    """``cmd  # comment`` → (cmd, comment); a ``#`` inside quotes is not a comment."""
+    in_quote: str | None = None
+    for i, ch in enumerate(line):
+        if in_quote:
+            if ch == in_quote:
+                in_quote = None
+        elif ch in "'\"":
+            in_quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip(), line[i + 1 :].strip()
+    return line.rstrip(), ""
+
+
+def _echo_codes(comment: str) -> set[int]:
+    """``0 ok; 1 verification failed, 2 usage error`` → {0, 1, 2}."""
+    return {int(m) for m in re.findall(r"(?:^|[;,])\s*(\d+)\b", comment)}
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
+def extract_commands(files: list[Path] = DOC_FILES) -> list[DocCommand]:
+    out: list[DocCommand] = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        for block in FENCE.finditer(text):
+            first_line = text.count("\n", 0, block.start(1)) + 1
+            lines = block.group(1).splitlines()
+            i = 0
+            last: DocCommand | None = None
+            while i < len(lines):
+                start = i
+                raw = lines[i]
+                code, comment = _strip_comment(raw)
+                comments = [comment] if comment else []
+                while code.endswith("\\") and i + 1 < len(lines):
+                    i += 1
+                    nxt, c = _strip_comment(lines[i])
+                    code = code[:-1].rstrip() + " " + nxt.strip()
+                    if c:
+                        comments.append(c)
+                i += 1
+                stripped = code.strip()
+                if stripped.startswith("hardenkit "):
+                    cmd = DocCommand(
+                        where=f"{_rel(path)}:{first_line + start}",
+                        command=" ".join(stripped.split()),
+                        comment=" ".join(comments),
+                    )
+                    m = EXIT_COMMENT.match(cmd.comment)
+                    if m:
+                        cmd.exit_codes = {int(m.group(1))}
+                    out.append(cmd)
+                    last = cmd
+                elif stripped.startswith("echo $?") and last is not None:
+                    # the comment may go on over the next comment-only lines
+                    text_ = " ".join(comments)
+                    while i < len(lines) and lines[i].strip().startswith("#"):
+                        text_ += " " + lines[i].strip().lstrip("#").strip()
+                        i += 1
+                    if not last.exit_codes:
+                        last.exit_codes = _echo_codes(text_)
+                elif stripped:
+                    last = None
+    return out
+
+
+COMMANDS = extract_commands()
+UNIQUE: dict[str, DocCommand] = {}
+for _c in COMMANDS:
+    UNIQUE.setdefault(_c.command, _c)
+
+
+def parsed_only_reason(cmd: DocCommand) -> str | None:
+    hits = [p for p in PARSED_ONLY if cmd.key == p or cmd.key.startswith(p + " ")]
+    return PARSED_ONLY[max(hits, key=len)] if hits else None
+
+
+def is_run(cmd: DocCommand) -> bool:
+    if parsed_only_reason(cmd) is not None:
+        return False
+    return any(cmd.key == p or cmd.key.startswith(p + " ") for p in RUN) or any(
+        a in {"-h", "--help"} for a in cmd.argv
+    )
+
+
+def test_commands_were_found() -> None:
+    # the manual shows dozens; a broken extractor would make every other test vacuous
+    assert len(COMMANDS) >= 20, [c.command for c in COMMANDS]
+    keys = {c.key.split()[1] for c in COMMANDS if len(c.key.split()) > 1}
+    assert {"demo", "scan", "purify", "validate", "export", "doctor", "models"} <= keys
+
+
+def test_every_command_is_run_or_parsed_only() -> None:
+    uncovered = [
+        f"{c.where}: {c.command}"
+        for c in COMMANDS
+        if not is_run(c) and parsed_only_reason(c) is None
+    ]
+    assert not uncovered, "add these to RUN or PARSED_ONLY (with a reason):\n" + "\n".join(
+        uncovered
+    )
+
+
+@pytest.mark.parametrize("cmd", list(UNIQUE.values()), ids=lambda c: c.where)
+def test_documented_command_parses(cmd: DocCommand, capsys: pytest.CaptureFixture[str]) -> None:
+    from hardenkit.cli import build_parser
+
+    wants_help = any(a in {"-h", "--help"} for a in cmd.argv)
+    try:
+        build_parser().parse_args(cmd.argv)
+    except SystemExit as exc:
+        if wants_help and not exc.code:
+            return
+        err = capsys.readouterr().err.strip()
+        pytest.fail(f"{cmd.where}: `{cmd.command}` does not parse (exit {exc.code}): {err}")
+    assert not wants_help, f"{cmd.where}: --help did not exit"
+
+
+# --- running the cheap ones -------------------------------------------------------------------
+
+
+def _option(argv: list[str], *names: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a in names and i + 1 < len(argv):
+            return argv[i + 1]
+        for n in names:
+            if n.startswith("--") and a.startswith(n + "="):
+                return a.split("=", 1)[1]
+    return None
+
+
+def _set_option(argv: list[str], name: str, value: str) -> None:
+    i = argv.index(name)
+    argv[i + 1] = value
+
+
+def _synthetic_classes(spec: str) -> int | None:
+    m = re.search(r"num_classes=(\d+)", spec)
+    return int(m.group(1)) if m else None
+
+
+def _write_images(root: Path, classes: int, per_class: int = 1) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            pixels = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / f"class{c}" / f"{j}.png")
+
+
+def _write_archive(path: Path, split: str, classes: int, tmp: Path) -> None:
+    staging = tmp / "_archive" / split
+    _write_images(staging, classes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(staging, arcname=split)
+
+
+def _stand_in_model(arch: str, num_classes: int, arch_args: str, path: Path) -> None:
+    """A model that always predicts class 0: a planted backdoor's worst case (ASR 100 %)."""
+    import torch
+
+    from hardenkit.cli._common import parse_kv
+    from hardenkit.io import model_metadata, save_state_dict
+    from hardenkit.models import build_model
+
+    kwargs = parse_kv(arch_args, "--arch-args")
+    model = build_model(arch, num_classes, **kwargs)
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+        linear.bias[0] = 10.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_state_dict(model, path, metadata=model_metadata(arch, num_classes, kwargs))
+
+
+def _user_package(root: Path) -> None:
+    """``my_project.models:build_net`` of docs/models.md."""
+    pkg = root / "my_project"
+    pkg.mkdir(exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(
+        "from torch import nn\n\n\n"
+        "def build_net(num_classes=10, width=16):\n"
+        "    return nn.Sequential(\n"
+        "        nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),\n"
+        "        nn.Flatten(), nn.Linear(width, num_classes)\n"
+        "    )\n"
+    )
+
+
+def _policy_from_docs() -> str:
+    """The ``# policy.yaml`` example of docs/cli.md."""
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    m = re.search(r"```yaml\n(# policy\.yaml\n.*?)```", text, re.S)
+    assert m, "docs/cli.md lost its policy.yaml example"
+    return m.group(1)
+
+
+def prepare(cmd: DocCommand, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Create the files ``cmd`` names under ``tmp``; return the argv to run (shrunk)."""
+    argv = cmd.argv
+    # absolute /tmp/... paths of the examples go below tmp
+    argv = [str(tmp / a[len("/tmp/") :]) if a.startswith("/tmp/") else a for a in argv]
+    arch = _option(argv, "--arch")
+    if arch in HEAVY_ARCHS:
+        _set_option(argv, "--arch", "small-cnn")
+        arch = "small-cnn"
+    data = _option(argv, "--data")
+    classes = int(_option(argv, "--num-classes") or 0) or None
+    if data is not None and data.startswith("synthetic"):
+        classes = classes or _synthetic_classes(data) or 10
+        _set_option(argv, "--data", f"synthetic:num_classes={classes},{TINY}")
+    classes = classes or 10
+    if data is not None and not data.startswith("synthetic"):
+        split = _option(argv, "--split") or ("train" if "scan" in argv[:3] else "test")
+        if data.endswith((".tar.gz", ".tgz")):
+            _write_archive(tmp / data, split, classes, tmp)
+        else:
+            _write_images(tmp / data, classes)
+    if arch is not None and ":" in arch:
+        _user_package(tmp)
+        monkeypatch.syspath_prepend(str(tmp))
+        for name in [m for m in sys.modules if m == "my_project" or m.startswith("my_project.")]:
+            monkeypatch.delitem(sys.modules, name)
+    weights = _option(argv, "--weights")
+    if weights is not None:
+        _stand_in_model(
+            arch or "small-cnn", classes, _option(argv, "--arch-args") or "", tmp / weights
+        )
+    trigger = _option(argv, "--trigger")
+    if trigger is not None and trigger.endswith(".safetensors"):
+        from hardenkit.attacks import build_attack
+
+        (tmp / trigger).parent.mkdir(parents=True, exist_ok=True)
+        build_attack("badnets", {"image_size": 32, "channels": 3}).trigger.save(tmp / trigger)
+    policy = _option(argv, "--policy")
+    if policy is not None:
+        (tmp / policy).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / policy).write_text(_policy_from_docs())
+    return argv
+
+
+RUNNABLE = [c for c in UNIQUE.values() if is_run(c)]
+
+
+@pytest.mark.parametrize("cmd", RUNNABLE, ids=lambda c: c.where)
+def test_documented_command_runs(
+    cmd: DocCommand,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hardenkit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    argv = prepare(cmd, tmp_path, monkeypatch)
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    context = f"{cmd.where}: `{cmd.command}` (ran as {argv}) exited {rc}\n{err[-2000:]}"
+    if cmd.exit_codes:
+        assert rc in cmd.exit_codes, context
+    else:  # a documented example with its files present is no usage or runtime error
+        assert rc in {0, 1}, context
+    assert rc not in {2, 3, 70}, context
+    if cmd.key == "hardenkit --version" and cmd.comment.startswith("hardenkit "):
+        assert out.strip() == cmd.comment, f"{cmd.where}: --version prints {out.strip()!r}"
+
+
+def test_run_and_parsed_only_counts() -> None:
+    run = [c for c in UNIQUE.values() if is_run(c)]
+    parsed = [c for c in UNIQUE.values() if not is_run(c)]
+    assert len(run) + len(parsed) == len(UNIQUE)
+    assert run, "no documented command is run"
+    assert all(parsed_only_reason(c) for c in parsed)
+
+
+# --- documented output --------------------------------------------------------------------
+
+
+def _output_blocks() -> list[tuple[str, str, str]]:
+    found = []
+    for path in DOC_FILES:
+        text = path.read_text(encoding="utf-8")
+        for m in OUTPUT_FENCE.finditer(text):
+            line = text.count("\n", 0, m.start()) + 1
+            found.append((f"{_rel(path)}:{line}", m.group(1), m.group(2)))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("where", "command", "shown"),
+    [
+        pytest.param(*b, id=b[0])
+        for b in _output_blocks()
+        if b[1] in {"hardenkit models", "hardenkit strategies"}
+    ],
+)
+def test_documented_output_is_real(
+    where: str, command: str, shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hardenkit.cli import main
+
+    assert main(shlex.split(command)[1:]) == 0
+    real = capsys.readouterr().out
+    assert shown.strip() == real.strip(), f"{where}: the output of `{command}` changed:\n{real}"
+
+
+def test_extractor_handles_continuations_and_comments(tmp_path: Path) -> None:
+    doc = tmp_path / "x.md"
+    doc.write_text(
+        "```bash\n"
+        "hardenkit scan --weights m.safetensors \\\n"
+        "    --data d/ --out s/   # exit 1: flagged\n"
+        "hardenkit validate --weights m.safetensors --data 'a #b'\n"
+        "echo $?     # 0 passed, 1 failed,\n"
+        "            # 2 usage error\n"
+        "python -m something\n"
+        "```\n"
+        "```python\nhardenkit models\n```\n"
+    )
+    cmds = extract_commands([doc])
+    assert [c.command for c in cmds] == [
+        "hardenkit scan --weights m.safetensors --data d/ --out s/",
+        "hardenkit validate --weights m.safetensors --data 'a #b'",
+    ]
+    assert cmds[0].exit_codes == {1}
+    assert cmds[1].exit_codes == {0, 1, 2}
+    assert cmds[1].argv[-1] == "a #b"
