@@ -40,9 +40,11 @@ def add_parser(sub: Any) -> None:
         help="remove a backdoor with a purification strategy (mcl, finetune, nc-unlearn, ...)",
         description="Repair a copy of a model with clean images and a purification strategy; "
         "write the repaired weights, the report and (optionally) a verified ONNX export. "
-        "Exit 0 = done (including 'nothing to purify'), 1 = the --onnx verification ran "
-        "and failed, 2 = usage/input error, 3 = runtime or environment error (including a "
-        "failed ONNX export or a missing ONNX Runtime provider).",
+        "Exit 0 = a trusted result (purified, or nothing to purify), 1 = an untrusted status "
+        "(degraded, budget-exhausted, unverified, refused; model and report are still "
+        "written) or a failed --onnx verification, 2 = usage/input error, 3 = runtime or "
+        "environment error (including a failed ONNX export, a missing ONNX Runtime provider "
+        "or NaN results).",
     )
     add_model_args(p)
     p.add_argument(
@@ -69,8 +71,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--scan",
         type=Path,
-        help="directory written by `hardenkit scan --out` (default: scan when the strategy "
-        "needs a trigger)",
+        help="directory written by `hardenkit scan --out` (default: the Purifier scans first "
+        "when the strategy uses one: auto, mcl, nc-unlearn)",
     )
     p.add_argument(
         "--holdout-fraction",
