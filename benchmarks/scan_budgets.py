@@ -24,6 +24,9 @@ from hardenkit.scan import estimate_scan_seconds, scan_config_for_budget
 
 from .common import torch_threads, write_results
 
+COLUMNS = ["budget", "images", "epochs", "estimate_s", "seconds", "verdict", "flagged",
+           "anomaly_index", "cut_short"]  # fmt: skip
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         runtime=rt,
     )
     rows: list[dict[str, Any]] = []
+    cmd = "python -m benchmarks.scan_budgets " + " ".join(sys.argv[1:] if argv is None else argv)
+    meta = {"command": cmd.strip(), "torch_threads": torch_threads(), "model_ba_asr": bd.metrics}
+    path = None
     for budget in args.budgets:
         cfg = scan_config_for_budget(budget)
         est = estimate_scan_seconds(
@@ -62,11 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         print(rows[-1], file=sys.stderr, flush=True)
-    cols = ["budget", "images", "epochs", "estimate_s", "seconds", "verdict", "flagged",
-            "anomaly_index", "cut_short"]  # fmt: skip
-    cmd = "python -m benchmarks.scan_budgets " + " ".join(sys.argv[1:] if argv is None else argv)
-    meta = {"command": cmd.strip(), "torch_threads": torch_threads(), "model_ba_asr": bd.metrics}
-    print(write_results("scan_budgets", rows, cols, meta))
+        # written after every budget: a long `thorough` run that is stopped keeps the others
+        path = write_results("scan_budgets", rows, COLUMNS, meta)
+    print(path)
     return 0
 
 

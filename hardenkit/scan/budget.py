@@ -108,7 +108,7 @@ def estimate_scan_seconds(
     model.eval()
     try:
         per_image = math.inf
-        for _ in range(2):  # the first pass warms up allocators and kernels
+        for _ in range(5):  # the minimum of 5: the first warms up; load from others inflates some
             t0 = time.perf_counter()
             out = model(x)
             loss = F.cross_entropy(out, torch.zeros(probe_n, dtype=torch.long, device=dev))
