@@ -2,7 +2,7 @@
 
 Exit codes (documented in ``hardenkit --help``): 0 ok/passed, 1 gate failed, 2 usage or
 input error, 3 runtime error, 70 internal error. The demo runs once per module
-(``--epochs 3 --classes 4``) and its saved model feeds the ``validate`` tests.
+(``--classes 4``, 8 epochs) and its saved model feeds the ``validate`` tests.
 """
 
 from __future__ import annotations
@@ -64,7 +64,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     handlers, level = list(logger.handlers), logger.level
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = main(
-            ["demo", "--epochs", "3", "--classes", "4", "--device", "cpu", "--out", str(out)]
+            # 8 epochs (the default): fewer do not plant the backdoor on 4 classes, and the
+            # demo then exits 1 (tests/cli/test_demo_proves_itself.py)
+            ["demo", "--classes", "4", "--device", "cpu", "--out", str(out)]
         )
     logger.handlers[:] = handlers
     logger.setLevel(level)
@@ -187,7 +189,9 @@ def test_demo_report_json(demo: DemoRun) -> None:
     report = json.loads((demo.out / "report.json").read_text())
     assert report["report_type"] == "demo"
     assert report["arch"] == "small-cnn"
-    assert report["train_epochs"] == 3
+    assert report["train_epochs"] == 8
+    assert report["passed"] is True
+    assert report["failures"] == []
     assert report["dataset"]["classes"] == 4
     assert report["attack"]["attack"] == "badnets"
     val = report["validation"]
@@ -205,9 +209,9 @@ def test_demo_report_json(demo: DemoRun) -> None:
         "purify_validate",
         "export_verify",
     ]
-    # The purify step repaired a copy (MCL on the scan's trigger) and re-validated it.
+    # The purify step repaired a copy (auto: nc-unlearn on the scan's trigger), re-validated it.
     assert report["purification"]["strategy"] == "auto"
-    assert report["purification"]["status"] in {"purified", "nothing-to-purify", "refused"}
+    assert report["purification"]["status"] == "purified"
     assert report["validation_after"]["report_type"] == "validation"
     assert (demo.out / "purified" / "model.safetensors").is_file()
     # The scan step ran Neural Cleanse on the backdoored model and saved its result.
@@ -237,6 +241,7 @@ def test_demo_stdout_last_line_is_json(demo: DemoRun) -> None:
         "flagged_labels",
         "ba_after",
         "asr_after",
+        "passed",
         "report",
     }
     assert (
@@ -251,10 +256,12 @@ def test_demo_stdout_last_line_is_json(demo: DemoRun) -> None:
         report["validation"]["attack_success_rate"]["value"], abs=1e-4
     )
     assert Path(summary["report"]) == demo.out / "report.json"
-    # Three epochs on 4 synthetic classes learn the task; the backdoor is only partly
-    # planted after 3 epochs (measured ASR ~8%), so only its range is checked.
+    # Eight epochs on 4 synthetic classes plant the backdoor (measured ASR 94 %) and the
+    # repair removes it (measured 5 %): the demo's own gate passed.
     assert summary["ba"] > 0.5
-    assert 0.0 <= summary["asr"] <= 1.0
+    assert summary["asr"] >= 0.5
+    assert summary["asr_after"] <= 0.10
+    assert summary["passed"] is True
 
 
 @pytest.mark.parametrize(
