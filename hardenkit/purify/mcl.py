@@ -60,11 +60,9 @@ class MCLConfig(StrategyConfig):
         selection: which epoch is returned: ``final`` (default) — the last epoch (the
             reference code); ``best-val`` — the highest validation BA among epochs whose used
             triggers reach at most ``selection_max_asr`` on the validation split (the lowest
-            ASR when none does); ``best-val-ba`` — the highest validation BA. ``final`` stays
-            the default because on the synthetic BadNets model of the integration tests
-            ``best-val`` picked an early epoch: the inverted trigger was already below the
-            bound (2.2 %) but the real trigger still reached 18.2 % ASR, against 0.7 % for
-            the last epoch (``tests/integration/test_purify_removes.py``).
+            ASR when none does); ``best-val-ba`` — the highest validation BA. MCL keeps no
+            validation split (``validation_fraction = 0``: every clean image trains, as in
+            the reference code), so ``best-val`` falls back to the last epoch.
         selection_max_asr: the ASR bound of ``best-val`` selection.
     """
 
@@ -103,7 +101,7 @@ class MCLStrategy(PurificationStrategy):
     name = "mcl"
     config_cls = MCLConfig
     needs_trigger = True
-    validation_fraction = 0.1
+    validation_fraction = 0.0  # every clean image trains: see MCLConfig.selection
     config: MCLConfig
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
