@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_hardenkit_logging() -> Iterator[None]:
+    """CLI tests call ``main()``, which configures the ``hardenkit`` logger with a handler on
+    the (captured) stderr of that test; restore the library default afterwards so a later
+    test does not log into a closed stream."""
+    import logging
+
+    logger = logging.getLogger("hardenkit")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture(autouse=True)

@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_model_args(args)
     cfg = scan_config_from_args(args)
     rt = RuntimeConfig(device=args.device, seed=args.seed)
+    rt.resolve_device()  # an unusable --device fails here (exit 3), before the estimate
     model = load_model_from_args(args)
     scanner = Scanner(
         model,

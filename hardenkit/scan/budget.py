@@ -78,8 +78,13 @@ def scan_config_for_budget(
         **preset.get("detector_options", {}).get("neural-cleanse", {}),
         **given.get("detector_options", {}).get("neural-cleanse", {}),
     }
-    if nc:
-        merged["detector_options"] = {**merged.get("detector_options", {}), "neural-cleanse": nc}
+    detectors = merged.get("detectors", ScanConfig().detectors)
+    opts = {
+        k: v for k, v in dict(merged.get("detector_options", {})).items() if k in detectors
+    } | dict(given.get("detector_options", {}).items())
+    if nc and "neural-cleanse" in detectors:
+        opts["neural-cleanse"] = nc
+    merged["detector_options"] = opts
     if seconds is not None and "max_seconds" not in given:
         merged["max_seconds"] = seconds
     return ScanConfig(**merged)

@@ -211,6 +211,7 @@ def test_tqdm_bar_on_a_terminal_stays_and_has_no_first_step_rate(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytest.importorskip("tqdm")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # CI sets it; this test needs the bar
     tty = _FakeTty()
     monkeypatch.setattr(sys, "stderr", tty)
     prog = make_progress("auto")
