@@ -30,16 +30,6 @@ from hardenkit.validate import ValidationReport
 DATA = "synthetic:num_classes=4,train_per_class=10,test_per_class=30"
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures the 'hardenkit' logger; leave it as the other tests expect it."""
-    logger = logging.getLogger("hardenkit")
-    handlers, level = list(logger.handlers), logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
-
-
 @dataclass(frozen=True)
 class DemoRun:
     out: Path

@@ -7,11 +7,9 @@ Run in-process through ``hardenkit.cli.main`` (one subprocess checks the imports
 from __future__ import annotations
 
 import json
-import logging
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +23,6 @@ from hardenkit.io import model_metadata, read_model_metadata, save_state_dict
 
 DATA = "synthetic:num_classes=4,train_per_class=10,test_per_class=5"
 LENIENT = ["--max-asr", "1.0", "--min-ba", "0.0"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures the 'hardenkit' logger; leave it as the other tests expect it."""
-    logger = logging.getLogger("hardenkit")
-    handlers, level = list(logger.handlers), logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
 
 
 def _model(num_classes: int = 4) -> torch.nn.Module:

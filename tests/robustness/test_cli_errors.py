@@ -9,11 +9,9 @@ offending file or flag. Exit codes: 0 ok, 1 a check ran and failed, 2 usage/conf
 from __future__ import annotations
 
 import json
-import logging
 import math
 import re
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +25,6 @@ from hardenkit.errors import ConfigError, DeviceError, ExecutionProviderError, P
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DATA = "synthetic:num_classes=4,train_per_class=10,test_per_class=5"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """main() configures the 'hardenkit' logger; leave it as the other tests expect it."""
-    logger = logging.getLogger("hardenkit")
-    handlers, level = list(logger.handlers), logger.level
-    yield
-    logger.handlers[:] = handlers
-    logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")
