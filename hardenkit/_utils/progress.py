@@ -54,6 +54,10 @@ class NullProgress:
         return None
 
 
+def _tqdm_disabled() -> bool:
+    return os.environ.get("TQDM_DISABLE", "") not in {"", "0"}
+
+
 class TqdmProgress:
     """One tqdm bar per phase on stderr; TQDM_* environment variables keep working.
 
@@ -82,6 +86,9 @@ class TqdmProgress:
                     file=sys.stderr,
                     leave=True,
                     postfix=postfix or None,
+                    # tqdm reads TQDM_* once, when it is imported; read TQDM_DISABLE now so
+                    # the bar follows the environment of this call, not of the first import.
+                    disable=_tqdm_disabled(),
                 )
                 self._bars[phase] = bar
             else:
@@ -244,7 +251,7 @@ def make_progress(
     """
     if callback is not None:
         return callback
-    if mode == "off" or os.environ.get("TQDM_DISABLE", "") not in {"", "0"}:
+    if mode == "off" or _tqdm_disabled():
         return NullProgress()
     tqdm_ok = is_available("tqdm")
     if mode == "on":
