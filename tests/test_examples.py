@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,21 @@ def test_examples_exist() -> None:
     ]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_runs(script: Path, tmp_path: Path) -> None:
+@dataclass
+class ExampleRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    cwd: Path
+    out: Path
+
+
+CONCURRENT = 2
+"""Examples run single-threaded (``OMP_NUM_THREADS=1``), two at a time: one per core."""
+
+
+def _run_example(script: Path, base: Path) -> ExampleRun:
     env = {
         **os.environ,
         "TQDM_DISABLE": "1",
@@ -38,29 +52,58 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
         # tiny models on a shared 2-core machine run several times faster single-threaded
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
+    cwd = base / script.stem / "cwd"
+    cwd.mkdir(parents=True)
+    out = base / script.stem / "out"
     args = [sys.executable, str(script)]
     if '"--out"' in script.read_text():
-        args += ["--out", str(tmp_path / "out")]  # keep the outputs inside tmp_path
+        args += ["--out", str(out)]  # keep the outputs inside the test's folder
     t0 = time.perf_counter()
-    proc = subprocess.run(
-        args,
-        cwd=cwd,  # examples must not depend on (or write to) the working directory
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    try:
+        proc = subprocess.run(
+            args,
+            cwd=cwd,  # examples must not depend on (or write to) the working directory
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc, stdout, stderr = -9, str(exc.stdout or ""), f"timed out after {exc.timeout}s"
+    return ExampleRun(rc, stdout, stderr, time.perf_counter() - t0, cwd, out)
+
+
+@pytest.fixture(scope="session")
+def example_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, ExampleRun]:
+    """The selected examples, run once per session, :data:`CONCURRENT` at a time."""
+    base = tmp_path_factory.mktemp("examples")
+    selected = {
+        item.callspec.params["script"]
+        for item in request.session.items
+        if isinstance(item, pytest.Function) and item.originalname == "test_example_runs"
+    }
+    # 08, 07, 06 are the slow ones: start them first
+    order = sorted(selected, key=lambda p: p.name, reverse=True)
+    with ThreadPoolExecutor(max_workers=CONCURRENT) as pool:
+        futures = {p.stem: pool.submit(_run_example, p, base) for p in order}
+        return {name: f.result() for name, f in futures.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_runs(script: Path, example_runs: dict[str, ExampleRun]) -> None:
+    run = example_runs[script.stem]
+    assert run.returncode == 0, (
+        f"{script.name} exited {run.returncode} after {run.seconds:.1f}s\n"
+        f"--- stdout ---\n{run.stdout[-4000:]}\n--- stderr ---\n{run.stderr[-4000:]}"
     )
-    seconds = time.perf_counter() - t0
-    assert proc.returncode == 0, (
-        f"{script.name} exited {proc.returncode} after {seconds:.1f}s\n"
-        f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
-    )
-    assert list(cwd.iterdir()) == [], f"{script.name} wrote into the working directory"
+    assert list(run.cwd.iterdir()) == [], f"{script.name} wrote into the working directory"
     if '"--out"' in script.read_text():
-        assert any((tmp_path / "out").rglob("*.json")), f"{script.name} wrote no JSON report"
+        assert any(run.out.rglob("*.json")), f"{script.name} wrote no JSON report"
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
