@@ -243,6 +243,7 @@ def anomaly_chart(
     *,
     statistic: str = "value",
     side: Literal["low", "high"] = "low",
+    log: bool = False,
 ) -> Image.Image:
     """A bar chart of one detector's per-label statistic.
 
@@ -262,6 +263,8 @@ def anomaly_chart(
         title: the title line.
         statistic: the y-axis label.
         side: which side of the median is suspicious.
+        log: the MAD test ran on the logarithms of ``values`` (Neural Cleanse's ``log-l1``
+            statistic): the lines are drawn where that test puts them, on the raw scale.
 
     Returns:
         An RGB image, at least 360 pixels wide (about 480 for up to 16 labels).
@@ -279,7 +282,14 @@ def anomaly_chart(
 
     median: float | None = None
     cut: float | None = None
-    if len(finite) >= 3:
+    if len(finite) >= 3 and log:
+        logs = [math.log(max(v, 1e-3)) for v in finite]
+        stats = mad_anomaly(logs, side=side, threshold=threshold or 2.0)
+        median = math.exp(stats.median)
+        if threshold is not None:
+            spread = threshold * stats.mad
+            cut = math.exp(stats.median - spread if side == "low" else stats.median + spread)
+    elif len(finite) >= 3:
         stats = mad_anomaly(finite, side=side, threshold=threshold or 2.0)
         median = stats.median
         if threshold is not None:
@@ -451,6 +461,7 @@ def detector_chart(report: DetectorReport) -> Image.Image | None:
         f"{report.detector}: {report.statistic} per label · {report.verdict} ({decision})",
         statistic=report.statistic,
         side=report.suspicious_side,
+        log=report.info.get("statistic") == "log-l1",
     )
 
 

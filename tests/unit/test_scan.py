@@ -429,3 +429,73 @@ def test_labels_flagged_only_by_a_trigger_free_detector_get_no_trigger() -> None
     assert other.flagged_labels == [1]
     assert other.triggers == {}
     assert other.trigger is None
+
+
+# ----------------------------------------------------------------------------- NC statistic
+
+# A wide spread of natural norms (as on short-trained CIFAR models), a target at an eighth of
+# the median and a second, naturally small label: the raw-L1 MAD misses the target.
+SPREAD_L1 = [20.0, 60.0, 35.0, 80.0, 45.0, 30.0, 70.0, 5.0, 12.0, 50.0]
+
+
+def _scan_with_norms(
+    monkeypatch: pytest.MonkeyPatch, l1: list[float], tmp_path: Path, **nc: object
+) -> ScanResult:
+    """A real Scanner run whose Neural Cleanse inversion returns masks with the given norms."""
+
+    def fake_invert(
+        self: NeuralCleanse, ctx: DetectorContext, labels: list[int], group: list[int], *a: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        c, h, w = ctx.image_shape
+        masks = torch.stack([torch.full((h, w), l1[i] / (h * w)) for i in group])
+        return masks, torch.zeros(len(group), c, h, w)
+
+    monkeypatch.setattr(NeuralCleanse, "_invert", fake_invert)
+    model = hk.create_model("small-cnn", num_classes=10, normalization=None).eval()
+    data = hk.make_synthetic_dataset(num_classes=10, train_per_class=8, test_per_class=1)
+    cfg = {"detectors": ["neural-cleanse"], **_nc(**nc)}
+    scan = hk.Scanner(model, 10, config=cfg, runtime={"device": "cpu"}).run(data.train.loader())
+    scan.save(tmp_path / "scan")  # the anomaly chart draws the statistic's own threshold line
+    assert (tmp_path / "scan" / "anomaly_neural-cleanse.png").is_file()
+    return scan
+
+
+def test_published_raw_l1_statistic_misses_a_tiny_trigger_among_spread_norms(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    scan = _scan_with_norms(monkeypatch, SPREAD_L1, tmp_path)
+    det = scan.report.detectors[0]
+    assert det.info["statistic"] == "l1"
+    assert det.flagged_labels == []  # index (40 - 5) / 29.7 = 1.18 < 2
+    assert det.anomaly_index == pytest.approx(35 / (1.4826 * 20), rel=1e-6)
+
+
+def test_log_l1_statistic_flags_the_tiny_trigger_not_the_naturally_small_label(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    scan = _scan_with_norms(monkeypatch, SPREAD_L1, tmp_path, statistic="log-l1")
+    det = scan.report.detectors[0]
+    assert det.info["statistic"] == "log-l1"
+    assert det.flagged_labels == [7]
+    logs = [math.log(v) for v in SPREAD_L1]
+    stats = mad_anomaly(logs, side="low")
+    assert det.anomaly_index == pytest.approx(stats.index, rel=1e-6)
+    assert stats.per_label[8] < 2.0  # the naturally small label (12) stays below the threshold
+    # the table still reports the norms themselves
+    assert [c.mask_l1 for c in sorted(scan.report.classes, key=lambda c: c.label)] == (
+        pytest.approx(SPREAD_L1, rel=1e-5)
+    )
+
+
+def test_log_l1_statistic_does_not_flag_an_even_spread(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    even = [20.0, 60.0, 35.0, 80.0, 45.0, 30.0, 70.0, 25.0, 40.0, 50.0]
+    scan = _scan_with_norms(monkeypatch, even, tmp_path, statistic="log-l1")
+    assert scan.report.detectors[0].flagged_labels == []
+    assert scan.verdict != "backdoored"
+
+
+def test_unknown_statistic_is_a_config_error(tiny_model: nn.Module) -> None:
+    with pytest.raises(ConfigError, match="statistic"):
+        hk.Scanner(tiny_model, 4, config=_nc(statistic="l2"))
