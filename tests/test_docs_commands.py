@@ -8,8 +8,9 @@ tiny stand-ins of the files they name, and their exit code must be the documente
 (``# exit N`` after the command, or one of the codes an ``echo $?  # ...`` line lists). The
 slow ones (``demo``, ``scan``, ``purify``) run too, on tiny budgets: the scan presets shrink
 to a few inversion epochs (:data:`TINY_SCAN`), the demo's synthetic data and training to a
-few seconds (:data:`TINY_DEMO`). The few commands that cannot run here are in
-:data:`PARSED_ONLY`, with the reason.
+few seconds (:data:`TINY_DEMO`), repairs to a few epochs (:data:`TINY_REPAIR`). A command
+that cannot run here would go in :data:`PARSED_ONLY`, with the reason (none at present; the
+CUDA doctor check runs and must exit 3 on a host without CUDA).
 
 The ``$ hardenkit models`` / ``$ hardenkit strategies`` output blocks must equal the real
 output.
@@ -32,10 +33,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-PARSED_ONLY: dict[str, str] = {
-    "hardenkit doctor --format json --require CUDAExecutionProvider": "its exit code (0 or 3) "
-    "depends on whether the host has a usable CUDA GPU",
-}
+PARSED_ONLY: dict[str, str] = {}
 """Command prefixes that are parsed but not run, with the reason (the longest prefix wins)."""
 
 RUN: tuple[str, ...] = (
@@ -476,6 +474,13 @@ def test_documented_command_runs(
     rc = main(argv)
     out, err = capsys.readouterr()
     context = f"{cmd.where}: `{cmd.command}` (ran as {argv}) exited {rc}\n{err[-2000:]}"
+    if "--require" in argv and "CUDAExecutionProvider" in argv:
+        import torch
+
+        # "CI: exit 3 if CUDA does not run": 3 on a host without CUDA, 0 or 3 with one
+        # (the CUDA provider of ONNX Runtime may still fail to load there)
+        assert rc in ({0, 3} if torch.cuda.is_available() else {3}), context
+        return
     if cmd.exit_codes:
         assert rc in cmd.exit_codes, context
     else:  # a documented example with its files present is no usage or runtime error
