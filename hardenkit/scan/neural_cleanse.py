@@ -61,7 +61,7 @@ class NeuralCleanseConfig(DetectorConfig):
             published rule); ``log-l1`` — their logarithms, so the index measures how many
             *times* smaller a label's trigger is than the others' rather than how many pixels
             (on raw norms a second, naturally small label inflates the MAD and can hide a
-            trigger a tenth of the median; ``benchmarks/results/scan_statistic.md``).
+            trigger at 1/12 of the median; ``benchmarks/results/scan_statistic.md``).
     """
 
     mode: Literal["batched", "sequential"] = "batched"
