@@ -402,7 +402,12 @@ def _shrink_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in budget.SCAN_BUDGETS:
         monkeypatch.setitem(budget.SCAN_BUDGETS, name, dict(TINY_SCAN))
-    monkeypatch.setattr(demo, "DEMO_SCAN", dict(TINY_SCAN))
+    # the demo's scan is Neural Cleanse alone: only that detector's options (others are an error)
+    nc_only = {k: v for k, v in TINY_SCAN.items() if k != "detector_options"}
+    nc_only["detector_options"] = {
+        "neural-cleanse": TINY_SCAN["detector_options"]["neural-cleanse"]
+    }  # type: ignore[index]
+    monkeypatch.setattr(demo, "DEMO_SCAN", nc_only)
     real = hardenkit.data.make_synthetic_dataset
 
     def tiny_synthetic(*args: object, **kwargs: object) -> object:
