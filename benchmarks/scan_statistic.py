@@ -39,30 +39,19 @@ from torch import nn
 
 import hardenkit as hk
 from hardenkit.data import stratified_indices
+from hardenkit.models.normalization import CIFAR10_MEAN, CIFAR10_STD, Normalize
 from hardenkit.scan.anomaly import mad_anomaly
 
 from .common import RESULTS, load_cifar10, write_results
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 LOCATIONS = ["bottom-right", "bottom-left", "top-left", "top-right", "center"]
 PATTERNS = ["random", "white", "black", "checkerboard"]
-
-
-class Normalize(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(CIFAR_STD).view(1, 3, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
 
 
 def user_sequential() -> nn.Module:
     """What a user writes: normalization as the first layer, no hardenkit base class."""
     return nn.Sequential(
-        Normalize(),
+        Normalize(CIFAR10_MEAN, CIFAR10_STD),
         nn.Conv2d(3, 32, 3, padding=1),
         nn.BatchNorm2d(32),
         nn.ReLU(),
@@ -106,7 +95,7 @@ class TinyResNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.norm = Normalize()
+        self.norm = Normalize(CIFAR10_MEAN, CIFAR10_STD)
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32))
         self.layers = nn.Sequential(_Block(32, 32, 1), _Block(32, 64, 2), _Block(64, 64, 2))
         self.head = nn.Linear(64, 10)
