@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from torch import nn
 import hardenkit as hk
 from hardenkit.data import stratified_indices
 from hardenkit.models.normalization import CIFAR10_MEAN, CIFAR10_STD, Normalize
-from hardenkit.scan.anomaly import mad_anomaly
+from hardenkit.scan.anomaly import log_values, mad_anomaly
 
 from .common import RESULTS, load_cifar10, write_results
 
@@ -120,7 +119,7 @@ def rule_flags(l1: list[float], asr: list[float], rule: str) -> list[int]:
     if rule == "mad-l1":
         return mad_anomaly(l1, side="low", threshold=2.0).flagged
     if rule == "mad-log-l1":
-        return mad_anomaly([math.log(max(v, 1e-6)) for v in l1], side="low").flagged
+        return mad_anomaly(log_values(l1), side="low").flagged
     if rule == "mad-log-l1+asr":
         return [y for y in rule_flags(l1, asr, "mad-log-l1") if asr[y] >= 0.9]
     if rule == "ratio":

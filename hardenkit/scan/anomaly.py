@@ -17,15 +17,20 @@ from typing import Literal
 import torch
 
 __all__ = [
+    "LOG_FLOOR",
     "MAD_CONSISTENCY",
     "AnomalyStats",
     "gamma_max_pvalue",
+    "log_values",
     "logistic_score",
     "mad_anomaly",
 ]
 
 MAD_CONSISTENCY = 1.4826
 """Makes the MAD a consistent estimator of the standard deviation of a normal distribution."""
+
+LOG_FLOOR = 1e-3
+"""Values below this are taken at it before a logarithm (a zero mask norm stays finite)."""
 
 _INDEX_CAP = 1e6  # a finite stand-in for "infinitely anomalous" (MAD == 0), JSON-safe
 
@@ -83,6 +88,15 @@ def mad_anomaly(
         index=index,
         flagged=[names[i] for i in flagged],
     )
+
+
+def log_values(values: Sequence[float]) -> list[float]:
+    """``log(max(v, LOG_FLOOR))`` of each value: the scale of Neural Cleanse's ``log-l1`` test.
+
+    >>> [round(v, 3) for v in log_values([1.0, 0.0])]
+    [0.0, -6.908]
+    """
+    return [math.log(max(float(v), LOG_FLOOR)) for v in values]
 
 
 def _median(v: torch.Tensor) -> float:

@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from ..triggers import Trigger
-from .anomaly import mad_anomaly
+from .anomaly import log_values, mad_anomaly
 
 if TYPE_CHECKING:
     from .scanner import DetectorReport
@@ -282,19 +282,16 @@ def anomaly_chart(
 
     median: float | None = None
     cut: float | None = None
-    if len(finite) >= 3 and log:
-        logs = [math.log(max(v, 1e-3)) for v in finite]
-        stats = mad_anomaly(logs, side=side, threshold=threshold or 2.0)
-        median = math.exp(stats.median)
+    if len(finite) >= 3:
+        # the test's own scale (log for Neural Cleanse's log-l1), lines drawn back on the raw one
+        back = math.exp if log else float
+        stats = mad_anomaly(
+            log_values(finite) if log else finite, side=side, threshold=threshold or 2.0
+        )
+        median = back(stats.median)
         if threshold is not None:
             spread = threshold * stats.mad
-            cut = math.exp(stats.median - spread if side == "low" else stats.median + spread)
-    elif len(finite) >= 3:
-        stats = mad_anomaly(finite, side=side, threshold=threshold or 2.0)
-        median = stats.median
-        if threshold is not None:
-            spread = threshold * stats.mad
-            cut = median - spread if side == "low" else median + spread
+            cut = back(stats.median - spread if side == "low" else stats.median + spread)
     elif finite:
         median = sorted(finite)[len(finite) // 2]
 

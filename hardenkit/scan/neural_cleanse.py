@@ -22,14 +22,13 @@ from torch import Tensor
 
 from ..logging import get_logger
 from ..triggers import MaskPatternTrigger, Trigger
-from .anomaly import logistic_score, mad_anomaly
+from .anomaly import log_values, logistic_score, mad_anomaly
 from .base import DETECTORS, Detector, DetectorConfig, DetectorContext, DetectorOutput
 
 __all__ = ["NeuralCleanse", "NeuralCleanseConfig"]
 
 _log = get_logger("scan.neural_cleanse")
 _EPS = 1e-7
-_MIN_L1 = 1e-3  # log of a zero mask norm: a finite floor (a thousandth of a pixel)
 
 
 class NeuralCleanseConfig(DetectorConfig):
@@ -167,7 +166,7 @@ class NeuralCleanse(Detector):
             masks[group] = m
             patterns[group] = p
         l1 = [float(masks[i].sum()) for i in range(len(labels))]
-        tested = l1 if cfg.statistic == "l1" else [math.log(max(v, _MIN_L1)) for v in l1]
+        tested = l1 if cfg.statistic == "l1" else log_values(l1)
         stats = mad_anomaly(tested, side="low", threshold=cfg.anomaly_threshold, labels=labels)
         triggers: dict[int, Trigger] = {
             y: MaskPatternTrigger(masks[i].clone(), patterns[i].clone())
