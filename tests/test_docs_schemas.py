@@ -35,7 +35,7 @@ from hardenkit.purify import (
     ShapleyPruningConfig,
 )
 from hardenkit.purify.synthesis import SynthesisConfig
-from hardenkit.scan import MaxMarginConfig, NeuralCleanseConfig, ScanConfig
+from hardenkit.scan import MaxMarginConfig, NeuralCleanseConfig, PixelConfig, ScanConfig
 from hardenkit.training import TrainConfig
 from hardenkit.validate import GatePolicy
 
@@ -155,6 +155,7 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     # the base DetectorConfig field (score_slope) is listed in both detector tables
     (NeuralCleanseConfig, "scanning.md", "### NeuralCleanseConfig", set()),
     (MaxMarginConfig, "scanning.md", "### MaxMarginConfig", set()),
+    (PixelConfig, "scanning.md", "### PixelConfig", set()),
     # the StrategyConfig fields (max_steps, max_seconds) and, for NCUnlearnConfig, the
     # FinetuneConfig fields are listed in every strategy table
     (FinetuneConfig, "purification.md", "### FinetuneConfig", set()),

@@ -1,10 +1,11 @@
-"""Model-level backdoor scanning: Neural Cleanse (batched over classes) and data-free MM-BD.
+"""Model-level backdoor scanning: trigger inversion batched over classes (Neural Cleanse,
+PixelBackdoor) and data-free MM-BD.
 
 Example:
     >>> import hardenkit as hk
     >>> from hardenkit.scan import DETECTORS
     >>> DETECTORS.names()
-    ['mm-bd', 'neural-cleanse']
+    ['mm-bd', 'neural-cleanse', 'pixel']
 """
 
 from .anomaly import AnomalyStats, gamma_max_pvalue, logistic_score, mad_anomaly
@@ -12,6 +13,7 @@ from .base import DETECTORS, Detector, DetectorConfig, DetectorContext, Detector
 from .budget import SCAN_BUDGETS, estimate_scan_seconds, scan_config_for_budget
 from .mm_bd import MaxMarginConfig, MaxMarginDetector
 from .neural_cleanse import NeuralCleanse, NeuralCleanseConfig
+from .pixel import PixelConfig, PixelDetector
 from .scanner import (
     ClassScan,
     DetectorClassRow,
@@ -38,6 +40,8 @@ __all__ = [
     "MaxMarginDetector",
     "NeuralCleanse",
     "NeuralCleanseConfig",
+    "PixelConfig",
+    "PixelDetector",
     "ScanConfig",
     "ScanReport",
     "ScanResult",

@@ -20,6 +20,8 @@ __all__ = [
     "LOG_FLOOR",
     "MAD_CONSISTENCY",
     "AnomalyStats",
+    "gamma3_fit",
+    "gamma3_max_pvalue",
     "gamma_max_pvalue",
     "log_values",
     "logistic_score",
@@ -139,6 +141,122 @@ def gamma_max_pvalue(values: Sequence[float]) -> tuple[float, int]:
     k1 = len(v) - 1
     p = -math.expm1(k1 * math.log(cdf)) if cdf > 0 else 1.0
     return min(max(p, 0.0), 1.0) + 0.0, arg  # + 0.0 turns -0.0 into 0.0
+
+
+def _gamma_shape(d: float) -> float:
+    """Solve ``log(a) - digamma(a) = d`` (d > 0) for the gamma shape ``a`` (Minka's start,
+    then Newton steps on the log scale)."""
+    a = (3 - d + math.sqrt((d - 3) ** 2 + 24 * d)) / (12 * d)
+    for _ in range(50):
+        t = torch.tensor(a, dtype=torch.float64)
+        f = math.log(a) - float(torch.special.digamma(t)) - d
+        fp = 1 / a - float(torch.special.polygamma(1, t))
+        step = f / (fp * a)  # Newton on log(a): stays positive
+        a = a * math.exp(-max(min(step, 5.0), -5.0))
+        if abs(step) < 1e-12:
+            break
+    return a
+
+
+def _gamma_loglik(y: torch.Tensor, a: float, scale: float) -> float:
+    n = len(y)
+    return float(
+        (a - 1) * torch.log(y).sum()
+        - y.sum() / scale
+        - n * a * math.log(scale)
+        - n * math.lgamma(a)
+    )
+
+
+def gamma3_fit(values: Sequence[float], *, min_shape: float = 1.0) -> tuple[float, float, float]:
+    """Maximum-likelihood fit of a 3-parameter gamma (``shape``, ``loc``, ``scale``).
+
+    MM-BD's reference fits its null with ``scipy.stats.gamma.fit`` (all three parameters by
+    maximum likelihood). For a fixed ``loc`` the likelihood's maximum over shape and scale has
+    a closed form up to one equation (``log a − ψ(a) = log ȳ − mean(log y)``, ``scale = ȳ / a``
+    with ``y = x − loc``), so the fit searches the profile likelihood over ``loc < min(x)``: a
+    log-spaced grid of distances below the minimum, then golden-section refinement. The
+    likelihood is unbounded as ``loc`` approaches the minimum with ``shape < 1`` (the density
+    diverges there), so the fit takes the best *interior* local maximum with ``shape >
+    min_shape`` (1) — the regular solution a local optimiser such as the reference's finds —
+    and, when there is none, the best point with the shape held at ``min_shape``.
+    Returns ``(shape, loc, scale)``.
+
+    >>> g = torch.distributions.Gamma(torch.tensor(3.0), torch.tensor(1 / 1.5))
+    >>> _ = torch.manual_seed(0)
+    >>> a, loc, scale = gamma3_fit((g.sample((4000,)) + 2.0).tolist())
+    >>> round(a), round(loc), round(scale, 1)
+    (3, 2, 1.5)
+    """
+    x = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if len(x) < 3:
+        raise ValueError(f"need >= 3 values for a gamma fit, got {len(x)}")
+    lo = float(x.min())
+    spread = float(x.std(unbiased=True))
+    if not spread > 0:  # all equal: a point mass; any tiny scale describes it
+        return 1e6, lo - 1e-6, 1e-12
+
+    def profile(t: float) -> tuple[float, float, float, float]:
+        loc = lo - spread * math.exp(t)
+        y = x - loc
+        d = math.log(float(y.mean())) - float(torch.log(y).mean())
+        a = _gamma_shape(max(d, 1e-12))
+        if a < min_shape:
+            a = min_shape
+        scale = float(y.mean()) / a
+        return _gamma_loglik(y, a, scale), a, loc, scale
+
+    grid = [-12 + 0.1 * i for i in range(181)]  # loc from min − 6e-6·sd to min − 6e2·sd
+    prof = [profile(t) for t in grid]
+    vals = [p[0] for p in prof]
+    # interior local maxima (shape above the bound): the regular solutions a local optimiser
+    # such as the reference's finds; without one, the best point of the grid (at the bound)
+    interior = [
+        j
+        for j in range(1, len(grid) - 1)
+        if prof[j][1] > min_shape and vals[j] >= vals[j - 1] and vals[j] >= vals[j + 1]
+    ]
+    i = max(interior or range(len(grid)), key=lambda j: vals[j])
+    lo_t, hi_t = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    g = (math.sqrt(5) - 1) / 2
+    for _ in range(60):  # golden-section search on the bracket around that grid point
+        c1, c2 = hi_t - g * (hi_t - lo_t), lo_t + g * (hi_t - lo_t)
+        if profile(c1)[0] >= profile(c2)[0]:
+            hi_t = c2
+        else:
+            lo_t = c1
+    _, a, loc, scale = profile((lo_t + hi_t) / 2)
+    return a, loc, scale
+
+
+def gamma3_max_pvalue(values: Sequence[float], *, exponent: int | None = None) -> tuple[float, int]:
+    """MM-BD's reference test: ``1 - F(max) ** K`` under a 3-parameter gamma fitted by maximum
+    likelihood (:func:`gamma3_fit`) to the values other than the largest; ``K`` = the number of
+    values (the reference's exponent) unless ``exponent`` is given. Returns ``(p, argmax)``.
+
+    >>> p, arg = gamma3_max_pvalue([1.0, 1.2, 0.9, 1.1, 1.05, 0.95, 1.15, 9.0])
+    >>> arg, p < 1e-6
+    (7, True)
+    """
+    v = [float(x) for x in values]
+    if len(v) < 4:
+        raise ValueError(f"need >= 4 values (3 for the null fit), got {len(v)}")
+    arg = max(range(len(v)), key=lambda i: v[i])
+    rest = v[:arg] + v[arg + 1 :]
+    a, loc, scale = gamma3_fit(rest)
+    z = (v[arg] - loc) / scale
+    cdf = (
+        float(
+            torch.special.gammainc(
+                torch.tensor(a, dtype=torch.float64), torch.tensor(z, dtype=torch.float64)
+            )
+        )
+        if z > 0
+        else 0.0
+    )
+    k = len(v) if exponent is None else exponent
+    p = -math.expm1(k * math.log(cdf)) if cdf > 0 else 1.0
+    return min(max(p, 0.0), 1.0) + 0.0, arg
 
 
 def logistic_score(evidence: float, threshold: float, slope: float = 2.0) -> float:

@@ -74,16 +74,15 @@ def scan_config_for_budget(
     preset = SCAN_BUDGETS[name]
     given = parse_config(ScanConfig, base).model_dump(exclude_unset=True)
     merged: dict[str, Any] = {**preset, **given}
-    nc = {
-        **preset.get("detector_options", {}).get("neural-cleanse", {}),
-        **given.get("detector_options", {}).get("neural-cleanse", {}),
-    }
     detectors = merged.get("detectors", ScanConfig().detectors)
-    opts = {
-        k: v for k, v in dict(merged.get("detector_options", {})).items() if k in detectors
-    } | dict(given.get("detector_options", {}).items())
-    if nc and "neural-cleanse" in detectors:
-        opts["neural-cleanse"] = nc
+    preset_opts: dict[str, dict[str, Any]] = preset.get("detector_options", {})
+    given_opts: dict[str, dict[str, Any]] = given.get("detector_options", {})
+    opts: dict[str, dict[str, Any]] = {}
+    for name in detectors:  # per detector: the preset's options, then the caller's on top
+        both = {**preset_opts.get(name, {}), **given_opts.get(name, {})}
+        if both:
+            opts[name] = both
+    opts |= {k: v for k, v in given_opts.items() if k not in opts}  # the Scanner reports these
     merged["detector_options"] = opts
     if seconds is not None and "max_seconds" not in given:
         merged["max_seconds"] = seconds
@@ -101,9 +100,10 @@ def estimate_scan_seconds(
 ) -> float:
     """Upper estimate of a scan's wall time, from one timed forward/backward pass.
 
-    Neural Cleanse's cost is ``epochs × steps × labels`` passes of ``batch_size`` images
-    (early stopping usually ends labels sooner, so the real time is often lower); the cost of
-    one image is measured on ``model`` here. MM-BD adds ``steps × starts × labels`` images.
+    Neural Cleanse's and PixelBackdoor's cost is ``epochs × steps × labels`` passes of
+    ``batch_size`` images (early stopping usually ends labels sooner, so the real time is
+    often lower); the cost of one image is measured on ``model`` here. MM-BD adds
+    ``steps × starts × labels`` images.
     ``config.max_seconds`` caps the result.
     """
     dev = torch.device(device)
@@ -133,6 +133,18 @@ def estimate_scan_seconds(
         n = max(1, round(n * (1 - config.holdout_fraction)))
         steps = math.ceil(n / min(nc.batch_size, n))
         total += nc.epochs * steps * labels * min(nc.batch_size, n) * per_image
+    if "pixel" in config.detectors:
+        from .pixel import PixelConfig
+
+        px = parse_config(PixelConfig, config.detector_options.get("pixel"))
+        n = clean_images if clean_images is not None else 0
+        if config.max_images is not None:
+            n = min(n, config.max_images)
+        n = max(1, round(n * (1 - config.holdout_fraction)))
+        if px.max_images is not None:
+            n = min(n, px.max_images)
+        bs = min(px.batch_size, n)
+        total += px.epochs * max(1, n // bs) * labels * bs * per_image
     if "mm-bd" in config.detectors:
         from .mm_bd import MaxMarginConfig
 

@@ -141,6 +141,10 @@ class ClassScan(BaseModel):
     """Attack success rate of the recovered trigger on held-out clean non-``label`` images."""
     reached_threshold: bool | None = None
     max_margin: float | None = None
+    trigger_pixels: float | None = None
+    """PixelBackdoor's (``pixel``) smallest additive trigger size, in perturbed pixels."""
+    trigger_source: str | None = None
+    """The detector whose recovered trigger ``trigger_asr`` measures (and purifiers get)."""
 
 
 class ScanReport(BaseReport):
@@ -539,18 +543,13 @@ class Scanner:
             deadline=None if self.config.max_seconds is None else t_start + self.config.max_seconds,
         )
         outputs = [det.detect(ctx) for det in self.detectors]
+        all_triggers, sources = _choose_triggers(outputs)
         asr: dict[int, float] = {}
         eval_x, eval_y = (x_hold, y_hold) if x_hold is not None else (x_inv, y_inv)
-        for out in outputs:
-            if eval_x is not None and eval_y is not None:
-                for lab, trig in out.triggers.items():
-                    if lab not in asr:
-                        asr[lab] = trigger_asr(model, trig, eval_x, eval_y, lab, rt)
-        report = self._report(outputs, k, labels, x_inv, x_hold, asr, t_start)
-        all_triggers: dict[int, Trigger] = {}
-        for out in outputs:
-            for lab, trig in out.triggers.items():
-                all_triggers.setdefault(lab, trig)
+        if eval_x is not None and eval_y is not None:
+            for lab, trig in all_triggers.items():
+                asr[lab] = trigger_asr(model, trig, eval_x, eval_y, lab, rt)
+        report = self._report(outputs, k, labels, x_inv, x_hold, asr, t_start, sources)
         example = None
         if eval_x is not None:
             example = eval_x[0].detach().cpu()
@@ -657,6 +656,7 @@ class Scanner:
         x_hold: Tensor | None,
         asr: dict[int, float],
         t_start: float,
+        sources: dict[int, str],
     ) -> ScanReport:
         cfg = self.config
         det_reports: list[DetectorReport] = []
@@ -729,8 +729,13 @@ class Scanner:
                     row["reached_threshold"] = cell.extra.get("reached_threshold")
                 elif d.statistic == "max_margin":
                     row["max_margin"] = cell.value
+                elif d.detector == "pixel":
+                    row["trigger_pixels"] = cell.extra.get("pixels")
+                    if "reached_threshold" not in row:
+                        row["reached_threshold"] = cell.extra.get("reached_threshold")
             if y in asr:
                 row["trigger_asr"] = asr[y]
+                row["trigger_source"] = sources.get(y)
             classes.append(ClassScan(**row))
         return ScanReport(
             verdict=verdict,
@@ -756,6 +761,23 @@ class Scanner:
             },
             budget_exhausted=any(bool(o.info.get("budget_exhausted")) for o in outputs),
         )
+
+
+def _choose_triggers(outputs: list[DetectorOutput]) -> tuple[dict[int, Trigger], dict[int, str]]:
+    """One recovered trigger per label: from the first detector that *flagged* the label,
+    else from the first detector that recovered one (Neural Cleanse before PixelBackdoor in
+    the default order). Returns the triggers and the name of the detector each came from."""
+    chosen: dict[int, Trigger] = {}
+    source: dict[int, str] = {}
+    for out in outputs:
+        for lab in out.flagged:
+            if lab in out.triggers and lab not in chosen:
+                chosen[lab], source[lab] = out.triggers[lab], out.detector
+    for out in outputs:
+        for lab, trig in out.triggers.items():
+            if lab not in chosen:
+                chosen[lab], source[lab] = trig, out.detector
+    return chosen, source
 
 
 def _ordered_union(groups: Any) -> list[int]:
