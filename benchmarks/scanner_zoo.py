@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                 assert index[m["id"]]["ba"] == m["ba"]
                 print(f"{m['id']:28s} mm-bd p={m['mm_bd_p']:.3g} flags {m['mm_bd_flags']} "
                       f"({m['mm_bd_s']:.0f}s)", flush=True)  # fmt: skip
+                # progress survives an interruption: re-run the same command to resume
+                args.from_json.write_text(json.dumps({"models": models}))
     else:
         data = load_cifar10()
         partial = RESULTS / f"{args.name}.partial.json"

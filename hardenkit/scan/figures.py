@@ -458,7 +458,7 @@ def detector_chart(report: DetectorReport) -> Image.Image | None:
         f"{report.detector}: {report.statistic} per label · {report.verdict} ({decision})",
         statistic=report.statistic,
         side=report.suspicious_side,
-        log=report.info.get("statistic") == "log-l1",
+        log=str(report.info.get("statistic", "")).startswith("log-"),
     )
 
 

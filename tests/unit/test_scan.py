@@ -463,7 +463,7 @@ def _scan_with_norms(
 def test_published_raw_l1_statistic_misses_a_tiny_trigger_among_spread_norms(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    scan = _scan_with_norms(monkeypatch, SPREAD_L1, tmp_path)
+    scan = _scan_with_norms(monkeypatch, SPREAD_L1, tmp_path)  # the default: the published rule
     det = scan.report.detectors[0]
     assert det.info["statistic"] == "l1"
     assert det.flagged_labels == []  # index (40 - 5) / 29.7 = 1.18 < 2
