@@ -16,7 +16,14 @@ from ..config import HardenkitConfig, parse_config
 from ..registry import Registry
 from ..triggers import Trigger
 
-__all__ = ["DETECTORS", "Detector", "DetectorConfig", "DetectorContext", "DetectorOutput"]
+__all__ = [
+    "DETECTORS",
+    "Detector",
+    "DetectorConfig",
+    "DetectorContext",
+    "DetectorOutput",
+    "images_per_pass",
+]
 
 
 class DetectorConfig(HardenkitConfig):
@@ -98,6 +105,18 @@ class Detector(ABC):
     @abstractmethod
     def detect(self, ctx: DetectorContext) -> DetectorOutput:
         """Examine ``ctx.model`` and return the evidence (never modifies the model)."""
+
+
+def images_per_pass(setting: int | Literal["auto"], device: torch.device) -> int:
+    """A detector's ``max_images_per_step``: ``"auto"`` is 4,096 on CUDA and 128 on CPU, where
+    convolution throughput falls for larger batches (benchmarks/results/scanner_cpu_*.md).
+
+    >>> images_per_pass("auto", torch.device("cpu")), images_per_pass(64, torch.device("cpu"))
+    (128, 64)
+    """
+    if setting == "auto":
+        return 4096 if device.type == "cuda" else 128
+    return int(setting)
 
 
 DETECTORS: Registry[type[Detector]] = Registry("detector", entry_point_group="hardenkit.detectors")

@@ -125,24 +125,20 @@ def estimate_scan_seconds(
         model.train(was_training)
     labels = len(config.labels) if config.labels is not None else num_classes
     total = 0.0
+    n_inv = clean_images if clean_images is not None else 0  # the inversion images
+    if config.max_images is not None:
+        n_inv = min(n_inv, config.max_images)
+    n_inv = max(1, round(n_inv * (1 - config.holdout_fraction)))
     if "neural-cleanse" in config.detectors:
         nc = parse_config(NeuralCleanseConfig, config.detector_options.get("neural-cleanse"))
-        n = clean_images if clean_images is not None else 0
-        if config.max_images is not None:
-            n = min(n, config.max_images)
-        n = max(1, round(n * (1 - config.holdout_fraction)))
+        n = n_inv
         steps = math.ceil(n / min(nc.batch_size, n))
         total += nc.epochs * steps * labels * min(nc.batch_size, n) * per_image
     if "pixel" in config.detectors:
         from .pixel import PixelConfig
 
         px = parse_config(PixelConfig, config.detector_options.get("pixel"))
-        n = clean_images if clean_images is not None else 0
-        if config.max_images is not None:
-            n = min(n, config.max_images)
-        n = max(1, round(n * (1 - config.holdout_fraction)))
-        if px.max_images is not None:
-            n = min(n, px.max_images)
+        n = n_inv if px.max_images is None else min(n_inv, px.max_images)
         bs = min(px.batch_size, n)
         total += px.epochs * max(1, n // bs) * labels * bs * per_image
     if "mm-bd" in config.detectors:

@@ -23,7 +23,14 @@ from torch import Tensor
 from ..logging import get_logger
 from ..triggers import MaskPatternTrigger, Trigger
 from .anomaly import log_values, logistic_score, mad_anomaly
-from .base import DETECTORS, Detector, DetectorConfig, DetectorContext, DetectorOutput
+from .base import (
+    DETECTORS,
+    Detector,
+    DetectorConfig,
+    DetectorContext,
+    DetectorOutput,
+    images_per_pass,
+)
 
 __all__ = ["NeuralCleanse", "NeuralCleanseConfig"]
 
@@ -249,7 +256,7 @@ class NeuralCleanse(Detector):
             acc_sum = torch.zeros(len(group), dtype=torch.float64)
             reg_sum = torch.zeros(len(group), dtype=torch.float64)
             cost_dev = state.cost[idx].to(dev, torch.float32)
-            chunk = max(1, self._max_images(ctx.device) // bs)
+            chunk = max(1, images_per_pass(self.config.max_images_per_step, ctx.device) // bs)
             for s in range(steps):
                 bidx = perm[s * bs : (s + 1) * bs].to(dev)
                 xb = x_all[bidx]
@@ -296,12 +303,6 @@ class NeuralCleanse(Detector):
                 best_mask[li] = _to_unit(mask_t.detach()).cpu()[li, 0]
                 best_pattern[li] = _to_unit(pattern_t.detach()).cpu()[li]
         return best_mask, best_pattern
-
-    def _max_images(self, device: torch.device) -> int:
-        m = self.config.max_images_per_step
-        if m == "auto":
-            return 4096 if device.type == "cuda" else 128
-        return int(m)
 
     def _step(
         self,

@@ -46,7 +46,14 @@ from ..data.sampling import stratified_indices
 from ..logging import get_logger
 from ..triggers import AdditiveTrigger, Trigger
 from .anomaly import log_values, logistic_score, mad_anomaly
-from .base import DETECTORS, Detector, DetectorConfig, DetectorContext, DetectorOutput
+from .base import (
+    DETECTORS,
+    Detector,
+    DetectorConfig,
+    DetectorContext,
+    DetectorOutput,
+    images_per_pass,
+)
 
 __all__ = ["PixelConfig", "PixelDetector"]
 
@@ -179,7 +186,7 @@ class PixelDetector(Detector):
         bs = min(cfg.batch_size, n)
         steps = max(1, n // bs)  # the reference drops the last partial batch
         order = torch.Generator().manual_seed(ctx.seed + 1)
-        chunk = max(1, self._max_images(ctx.device) // bs)
+        chunk = max(1, images_per_pass(self.config.max_images_per_step, ctx.device) // bs)
         thr = 1.0 / 255.0
         cut = False
         for epoch in range(cfg.epochs):
@@ -300,12 +307,6 @@ class PixelDetector(Detector):
                 "budget_exhausted": cut,
             },
         )
-
-    def _max_images(self, device: torch.device) -> int:
-        m = self.config.max_images_per_step
-        if m == "auto":
-            return 4096 if device.type == "cuda" else 128
-        return int(m)
 
     def _step(
         self,
