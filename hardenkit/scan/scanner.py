@@ -49,8 +49,9 @@ class ScanConfig(HardenkitConfig):
 
     Attributes:
         detectors: registered detector names, run in order (``hardenkit.scan.DETECTORS``):
-            ``neural-cleanse`` (trigger inversion, needs clean data) and ``mm-bd``
-            (data-free max-margin test).
+            ``neural-cleanse`` (mask trigger inversion, needs clean data), ``pixel``
+            (additive trigger inversion, needs clean data) and ``mm-bd`` (data-free
+            max-margin test).
         detector_options: per-detector config overrides, e.g.
             ``{"neural-cleanse": {"epochs": 40}}``.
         combine: how several detectors' verdicts merge: ``any`` (the most severe verdict,
