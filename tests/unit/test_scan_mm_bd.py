@@ -119,10 +119,11 @@ def test_sgd_stops_a_class_once_its_loss_is_flat() -> None:
     # a class whose images all left the [0, 1] box (the model sees them clamped) has a flat
     # loss: it stops; with tolerance 0 every class runs every step
     cfg = {"starts": 2, "steps": 60, "lr": 5.0}
-    steps = MaxMarginDetector(cfg).detect(_ctx(MarginModel())).info["steps_per_label"]
+    out = MaxMarginDetector(cfg).detect(_ctx(MarginModel()))
+    steps = {y: row["steps"] for y, row in out.per_label.items()}
     assert sum(s < 60 for s in steps.values()) >= 3, steps
     flat = MaxMarginDetector({**cfg, "tolerance": 0}).detect(_ctx(MarginModel()))
-    assert set(flat.info["steps_per_label"].values()) == {60}
+    assert {row["steps"] for row in flat.per_label.values()} == {60}
 
 
 def test_three_labels_fall_back_to_the_moments_fit() -> None:
@@ -130,3 +131,20 @@ def test_three_labels_fall_back_to_the_moments_fit() -> None:
     ctx.labels = [0, 1, 2]
     out = MaxMarginDetector({"starts": 2, "steps": 5}).detect(ctx)
     assert out.info["fit"] == "moments"
+
+
+def test_report_with_mm_bd_and_pixel_round_trips(tmp_path: object) -> None:
+    from pathlib import Path
+
+    import hardenkit as hk
+
+    model = hk.create_model("small-cnn", num_classes=4, normalization=None).eval()
+    data = hk.make_synthetic_dataset(num_classes=4, train_per_class=12, test_per_class=1)
+    cfg = {
+        "detectors": ["pixel", "mm-bd"],
+        "detector_options": {"pixel": {"epochs": 2}, "mm-bd": {"steps": 3, "starts": 2}},
+    }
+    scan = hk.Scanner(model, 4, config=cfg, runtime={"device": "cpu"}).run(data.train.loader())
+    again = hk.ScanResult.load(scan.save(Path(str(tmp_path)) / "scan"))
+    assert again.report == scan.report
+    assert set(again.all_triggers) == set(scan.all_triggers)
