@@ -131,9 +131,8 @@ def estimate_scan_seconds(
     n_inv = max(1, round(n_inv * (1 - config.holdout_fraction)))
     if "neural-cleanse" in config.detectors:
         nc = parse_config(NeuralCleanseConfig, config.detector_options.get("neural-cleanse"))
-        n = n_inv
-        steps = math.ceil(n / min(nc.batch_size, n))
-        total += nc.epochs * steps * labels * min(nc.batch_size, n) * per_image
+        bs = min(nc.batch_size, n_inv)
+        total += nc.epochs * math.ceil(n_inv / bs) * labels * bs * per_image
     if "pixel" in config.detectors:
         from .pixel import PixelConfig
 
