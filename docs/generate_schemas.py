@@ -17,29 +17,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from hardenkit.cli._demo_report import DemoReport
-from hardenkit.config import RuntimeConfig
-from hardenkit.purify import PurificationReport
-from hardenkit.scan import ScanConfig, ScanReport
-from hardenkit.training import TrainConfig
-from hardenkit.validate import GatePolicy, ValidationReport
+from hardenkit.schemas import JSON_SCHEMA_DIALECT, schema_models
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
-JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
-
-MODELS: dict[str, type[BaseModel]] = {
-    "validation-report": ValidationReport,
-    "scan-report": ScanReport,
-    "purification-report": PurificationReport,
-    "demo-report": DemoReport,
-    "gate-policy": GatePolicy,
-    "runtime-config": RuntimeConfig,
-    "train-config": TrainConfig,
-    "scan-config": ScanConfig,
-}
-"""File stem -> pydantic model. Reports describe JSON that hardenkit writes; configs describe
-JSON/YAML that hardenkit reads (e.g. a ``--policy`` file is a GatePolicy, a ``hardenkit scan
---config`` file a ScanConfig)."""
+MODELS: dict[str, type[BaseModel]] = schema_models()
+"""File stem -> pydantic model (``hardenkit.schemas``). Reports describe JSON that hardenkit
+writes; configs describe JSON/YAML that hardenkit reads (a ``hardenkit gate --policy`` file is
+a gate-policy, a ``hardenkit validate --policy`` file a validation-policy, a ``hardenkit scan
+--config`` file a scan-config)."""
 
 
 def generate() -> dict[str, dict[str, Any]]:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from . import attacks, data, export, models, purify, scan, triggers, validate
+    from . import attacks, data, export, gate, models, purify, robust, scan, triggers, validate
     from ._utils.progress import ProgressCallback
     from .attacks import BackdooredModel, build_attack, make_backdoored_model
     from .config import HardenkitConfig, Normalization, RuntimeConfig
@@ -47,12 +47,14 @@ if TYPE_CHECKING:
         UnsafeArtifactError,
     )
     from .export import ExportReport, VerificationReport, to_onnx, verify_onnx
+    from .gate import DeploymentPolicy, Gate, GateReport, GateResult
     from .io import load_model_weights, load_state_dict, save_state_dict
     from .logging import configure_logging, get_logger
     from .models import build_model, create_model, list_models, with_normalization
     from .purify import PurificationReport, PurificationResult, Purifier
     from .registry import Registry
     from .reports import BaseReport, EnvironmentInfo, ModelFingerprint
+    from .robust import RobustTrainer, TrainingReport, TrainingResult
     from .scan import ScanConfig, Scanner, ScanReport, ScanResult
     from .training import TrainConfig, train_model
     from .triggers import (
@@ -98,8 +100,13 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "export": (".export", None),
     "ExportError": (".errors", "ExportError"),
     "ExportReport": (".export", "ExportReport"),
+    "DeploymentPolicy": (".gate", "DeploymentPolicy"),
+    "Gate": (".gate", "Gate"),
+    "gate": (".gate", None),
     "GateDecision": (".validate", "GateDecision"),
     "GatePolicy": (".validate", "GatePolicy"),
+    "GateReport": (".gate", "GateReport"),
+    "GateResult": (".gate", "GateResult"),
     "get_logger": (".logging", "get_logger"),
     "HardenkitConfig": (".config", "HardenkitConfig"),
     "HardenkitError": (".errors", "HardenkitError"),
@@ -125,6 +132,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "purify": (".purify", None),
     "Registry": (".registry", "Registry"),
     "RegistryError": (".errors", "RegistryError"),
+    "robust": (".robust", None),
+    "RobustTrainer": (".robust", "RobustTrainer"),
     "robust_accuracy": (".validate", "robust_accuracy"),
     "RuntimeConfig": (".config", "RuntimeConfig"),
     "save_state_dict": (".io", "save_state_dict"),
@@ -136,6 +145,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "to_onnx": (".export", "to_onnx"),
     "train_model": (".training", "train_model"),
     "TrainConfig": (".training", "TrainConfig"),
+    "TrainingReport": (".robust", "TrainingReport"),
+    "TrainingResult": (".robust", "TrainingResult"),
     "Trigger": (".triggers", "Trigger"),
     "triggers": (".triggers", None),
     "UnsafeArtifactError": (".errors", "UnsafeArtifactError"),
@@ -173,13 +184,17 @@ __all__ = [
     "CallableTrigger",
     "ConfigError",
     "DataError",
+    "DeploymentPolicy",
     "DeviceError",
     "EnvironmentInfo",
     "ExecutionProviderError",
     "ExportError",
     "ExportReport",
+    "Gate",
     "GateDecision",
     "GatePolicy",
+    "GateReport",
+    "GateResult",
     "HardenkitConfig",
     "HardenkitError",
     "HardenkitWarning",
@@ -197,12 +212,15 @@ __all__ = [
     "Purifier",
     "Registry",
     "RegistryError",
+    "RobustTrainer",
     "RuntimeConfig",
     "ScanConfig",
     "ScanReport",
     "ScanResult",
     "Scanner",
     "TrainConfig",
+    "TrainingReport",
+    "TrainingResult",
     "Trigger",
     "UnsafeArtifactError",
     "ValidationReport",
@@ -220,6 +238,7 @@ __all__ = [
     "data",
     "der",
     "export",
+    "gate",
     "get_logger",
     "list_models",
     "load_model_weights",
@@ -228,6 +247,7 @@ __all__ = [
     "make_synthetic_dataset",
     "models",
     "purify",
+    "robust",
     "robust_accuracy",
     "save_state_dict",
     "scan",

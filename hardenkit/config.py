@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -31,11 +32,31 @@ __all__ = ["HardenkitConfig", "Normalization", "RuntimeConfig", "parse_config"]
 C = TypeVar("C", bound="HardenkitConfig")
 
 
-def _format_validation_error(name: str, exc: ValidationError) -> ConfigError:
+def _valid_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the (nested) model that holds the key at ``loc``."""
+    model: Any = cls
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _format_validation_error(
+    name: str, exc: ValidationError, cls: type[BaseModel] | None = None
+) -> ConfigError:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ())) or "(root)"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
+        msg = f"{loc}: {err.get('msg', 'invalid')} (got {err.get('input')!r})"
+        key = err.get("loc", ())[-1:] or ("",)
+        if err.get("type") == "extra_forbidden" and cls is not None and isinstance(key[0], str):
+            close = difflib.get_close_matches(key[0], _valid_keys(cls, err["loc"]), n=1)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
+        parts.append(msg)
     return ConfigError(
         f"Invalid {name}: " + "; ".join(parts),
         hint=f"see the {name} field table in the docs, or {name}.model_json_schema()",
@@ -55,7 +76,7 @@ class HardenkitConfig(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise _format_validation_error(type(self).__name__, exc) from exc
+            raise _format_validation_error(type(self).__name__, exc, type(self)) from exc
 
     def with_updates(self: C, **changes: Any) -> C:
         """Return a validated copy with ``changes`` applied."""

@@ -47,6 +47,9 @@ RUN: tuple[str, ...] = (
     "hardenkit demo",
     "hardenkit scan",
     "hardenkit purify",
+    "hardenkit train",
+    "hardenkit gate",
+    "hardenkit schema",
 )
 """Subcommands run in-process (after the global options are dropped)."""
 
@@ -261,10 +264,12 @@ def _synthetic_classes(spec: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _write_images(root: Path, classes: int, per_class: int = IMAGES_PER_CLASS) -> None:
+def _write_images(
+    root: Path, classes: int, per_class: int = IMAGES_PER_CLASS, seed: int = 0
+) -> None:
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for c in range(classes):
         (root / f"class{c}").mkdir(parents=True, exist_ok=True)
         for j in range(per_class):
@@ -322,6 +327,14 @@ def _policy_from_docs() -> str:
     return m.group(1)
 
 
+def _gate_policy_from_docs() -> str:
+    """The ``# gate-policy.yaml`` example of docs/gate.md."""
+    text = (ROOT / "docs" / "gate.md").read_text(encoding="utf-8")
+    m = re.search(r"```yaml\n(# gate-policy\.yaml\n.*?)```", text, re.S)
+    assert m, "docs/gate.md lost its gate-policy.yaml example"
+    return m.group(1)
+
+
 def _backdoored_stand_in(model: Any, path: Path) -> None:
     """The session's BadNets SmallCNN (10 classes, target 0): what the docs' scans should flag."""
     from hardenkit.io import model_metadata, save_state_dict
@@ -361,13 +374,23 @@ def prepare(
             _write_archive(tmp / data, split, classes, tmp)
         else:
             _write_images(tmp / data, classes)
+    holdout = _option(argv, "--holdout")  # hardenkit gate's held-out images: other pixels
+    if holdout is not None and not holdout.startswith("synthetic"):
+        _write_images(tmp / holdout, classes, seed=1)
+    test_data = _option(argv, "--test-data")  # hardenkit train's clean held-out images
+    if test_data is not None and not test_data.startswith("synthetic"):
+        _write_images(tmp / test_data, classes)
+    poison_file = _option(argv, "--poison-indices")
+    if poison_file is not None:
+        (tmp / poison_file).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / poison_file).write_text("[0, 1, 2]")
     if arch is not None and ":" in arch:
         _user_package(tmp)
         monkeypatch.syspath_prepend(str(tmp))
         for name in [m for m in sys.modules if m == "my_project" or m.startswith("my_project.")]:
             monkeypatch.delitem(sys.modules, name)
     weights = _option(argv, "--weights")
-    scans = bool(argv) and argv[0] in {"scan", "purify"}
+    scans = bool(argv) and argv[0] in {"scan", "purify", "gate"}
     plain = (arch or "small-cnn") == "small-cnn" and classes == 10
     if weights is not None and scans and plain and backdoored is not None:
         _backdoored_stand_in(backdoored(), tmp / weights)
@@ -384,7 +407,8 @@ def prepare(
     policy = _option(argv, "--policy")
     if policy is not None:
         (tmp / policy).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / policy).write_text(_policy_from_docs())
+        gate = bool(argv) and argv[0] == "gate"
+        (tmp / policy).write_text(_gate_policy_from_docs() if gate else _policy_from_docs())
     _shrink_budgets(monkeypatch)
     scan_dir = _option(argv, "--scan")
     if scan_dir is not None and not (tmp / scan_dir).exists():

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from hardenkit.attacks import AttackConfig, BadNetsConfig, BlendedConfig, SIGConfig, WaNetConfig
 from hardenkit.config import Normalization, RuntimeConfig
+from hardenkit.gate import DeploymentPolicy
 from hardenkit.purify import (
     ANPConfig,
     AutoConfig,
@@ -35,6 +36,7 @@ from hardenkit.purify import (
     ShapleyPruningConfig,
 )
 from hardenkit.purify.synthesis import SynthesisConfig
+from hardenkit.robust import ABLConfig, DLPConfig, PlainConfig
 from hardenkit.scan import MaxMarginConfig, NeuralCleanseConfig, PixelConfig, ScanConfig
 from hardenkit.training import TrainConfig
 from hardenkit.validate import GatePolicy
@@ -63,11 +65,14 @@ def test_expected_schemas_are_generated() -> None:
     assert sorted(GENERATED) == [
         "demo-report.schema.json",
         "gate-policy.schema.json",
+        "gate-report.schema.json",
         "purification-report.schema.json",
         "runtime-config.schema.json",
         "scan-config.schema.json",
         "scan-report.schema.json",
         "train-config.schema.json",
+        "training-report.schema.json",
+        "validation-policy.schema.json",
         "validation-report.schema.json",
     ]
 
@@ -145,7 +150,12 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     (RuntimeConfig, "configuration.md", "## RuntimeConfig", set()),
     (Normalization, "configuration.md", "## Normalization", set()),
     (TrainConfig, "training.md", "## TrainConfig", set()),
+    # robust training: every table lists the shared RobustConfig fields too
+    (PlainConfig, "training.md", "### PlainConfig", set()),
+    (ABLConfig, "training.md", "### ABLConfig", set()),
+    (DLPConfig, "training.md", "### DLPConfig", set()),
     (GatePolicy, "validation.md", "## GatePolicy", set()),
+    (DeploymentPolicy, "gate.md", "## DeploymentPolicy", set()),
     (AttackConfig, "attacks.md", "### Fields shared by every attack", set()),
     (BadNetsConfig, "attacks.md", "### BadNets", set(AttackConfig.model_fields)),
     (BlendedConfig, "attacks.md", "### Blended", set(AttackConfig.model_fields)),

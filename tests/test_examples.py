@@ -27,6 +27,8 @@ def test_examples_exist() -> None:
         "06_purify_model.py",
         "07_trigger_free_d3.py",
         "08_prune_model.py",
+        "09_train_untrusted.py",
+        "10_gate.py",
     ]
 
 

@@ -24,7 +24,16 @@ import traceback
 from collections.abc import Sequence
 
 from .._version import __version__
-from . import demo, doctor_cmd, export_cmd, purify_cmd, scan_cmd, validate_cmd
+from . import (
+    demo,
+    doctor_cmd,
+    export_cmd,
+    gate_cmd,
+    purify_cmd,
+    scan_cmd,
+    train_cmd,
+    validate_cmd,
+)
 from ._common import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -68,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     scan_cmd.add_parser(sub)
     purify_cmd.add_parser(sub)
+    train_cmd.add_parser(sub)
     validate_cmd.add_parser(sub)
     export_cmd.add_parser(sub)
+    gate_cmd.add_parser(sub)
     doctor_cmd.add_parser(sub)
     models = add_command(sub, "models", help="list the model zoo")
     models.set_defaults(func=_list_models)

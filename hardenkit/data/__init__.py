@@ -19,7 +19,7 @@ from .datasets import (
 )
 from .loaders import BatchSource, iter_batches, materialize, validate_batch
 from .poisoned import PoisonedDataset
-from .sampling import stratified_indices, stratified_split
+from .sampling import balanced_subsample, stratified_indices, stratified_split
 from .synthetic import SyntheticSplits, make_synthetic_dataset, synthetic_prototypes
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "PoisonedDataset",
     "SyntheticSplits",
     "TensorLoader",
+    "balanced_subsample",
     "from_arrays",
     "iter_batches",
     "load_image_archive",

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import DataError
 
-__all__ = ["stratified_indices", "stratified_split"]
+__all__ = ["balanced_subsample", "stratified_indices", "stratified_split"]
 
 
 def _as_index(t: Tensor | Sequence[int] | None) -> Tensor:
@@ -98,3 +98,36 @@ def stratified_split(
         hold.append(pool[:m])
         keep.append(pool[m:])
     return torch.sort(torch.cat(keep)).values, torch.sort(torch.cat(hold)).values
+
+
+def balanced_subsample(labels: Tensor, n: int, *, seed: int = 0) -> Tensor:
+    """At most ``n`` random indices that cover the classes as evenly as they allow (sorted).
+
+    Unlike ``x[:n]`` this does not depend on the order of the data: class-sorted data (an
+    ImageFolder, a concatenation of per-class shots) still gives every class its share. Each
+    class contributes ``n // k`` or one more, and a class with fewer samples gives all it has
+    (the rest is filled from the larger classes).
+
+    Example:
+        >>> import torch
+        >>> idx = balanced_subsample(torch.arange(100) // 10, 20, seed=0)
+        >>> torch.bincount(torch.arange(100)[idx] // 10).tolist()
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+    """
+    if n < 1:
+        raise DataError(f"n must be >= 1, got {n}.")
+    labels = labels.to("cpu", torch.int64).flatten()
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(labels), generator=g)
+    lab = labels[perm]
+    # rank of each sample within its class, in random order: take rank 0 of every class
+    # first, then rank 1, ... (a stable sort by label keeps the random order inside a class)
+    by_label = torch.sort(lab, stable=True).indices
+    sorted_lab = lab[by_label]
+    starts = torch.searchsorted(sorted_lab, sorted_lab, right=False)
+    rank = torch.empty_like(lab)
+    rank[by_label] = torch.arange(len(lab)) - starts
+    order = torch.sort(rank, stable=True).indices
+    return torch.sort(perm[order[:n]]).values

@@ -28,6 +28,8 @@ __all__ = [
     "PurifyContext",
     "StrategyConfig",
     "StrategyOutcome",
+    "TriggerLabels",
+    "select_triggers",
 ]
 
 
@@ -66,6 +68,37 @@ class StrategyConfig(HardenkitConfig):
     max_steps: Annotated[int, Field(ge=1)] | None = None
     max_seconds: Annotated[float, Field(gt=0)] | None = None
     max_ba_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+
+
+TriggerLabels = Literal["most-anomalous", "all-flagged"]
+"""Which flagged labels' recovered triggers a trigger-based strategy repairs against:
+``most-anomalous`` (default) — only the most anomalous flagged label's, ``all-flagged`` — every
+flagged label's. Detectors often flag a naturally small label next to the target (a
+"bird"-like feature); repairing against it teaches the model to ignore a real feature and
+costs accuracy, while the true target is almost always the most anomalous label."""
+
+
+def select_triggers(scan: ScanResult | None, which: TriggerLabels) -> list[tuple[int, Trigger]]:
+    """The ``(label, trigger)`` pairs a strategy uses, most anomalous first (see
+    :data:`TriggerLabels`); empty when the scan recovered no trigger for a flagged label.
+
+    Triggers you supplied yourself (:meth:`ScanResult.from_triggers`, no detector ranked
+    them) are all used.
+
+    Example:
+        >>> import hardenkit as hk
+        >>> from hardenkit.scan import ScanResult
+        >>> m = hk.create_model("small-cnn", 10)
+        >>> t = hk.PatchTrigger.square(3)
+        >>> scan = ScanResult.from_triggers({3: t, 5: t}, model=m, num_classes=10)
+        >>> [y for y, _ in select_triggers(scan, "most-anomalous")]
+        [3, 5]
+    """
+    if scan is None:
+        return []
+    pairs = list(scan.triggers.items())
+    ranked = bool(scan.report.detectors)
+    return pairs[:1] if which == "most-anomalous" and ranked else pairs
 
 
 Selection = Literal["final", "best-val", "best-val-ba"]

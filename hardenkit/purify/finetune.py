@@ -19,6 +19,8 @@ from .base import (
     Selection,
     StrategyConfig,
     StrategyOutcome,
+    TriggerLabels,
+    select_triggers,
 )
 
 __all__ = ["FinetuneConfig", "FinetuneStrategy", "NCUnlearnConfig", "NCUnlearnStrategy"]
@@ -93,17 +95,23 @@ class NCUnlearnConfig(FinetuneConfig):
             keeping their true label (BackdoorBench: 0.2).
         epochs: fine-tuning passes (hardenkit default 20; the NC paper used 1 epoch on 10 %
             of the training data).
+        trigger_labels: ``most-anomalous`` (default) — stamp the most anomalous flagged
+            label's trigger only; ``all-flagged`` — split the stamped images across every
+            flagged label's trigger. Triggers you supply with ``ScanResult.from_triggers``
+            are all used.
     """
 
     epochs: Annotated[int, Field(ge=1)] = 20
     unlearning_ratio: Annotated[float, Field(gt=0, le=1)] = 0.2
+    trigger_labels: TriggerLabels = "most-anomalous"
 
 
 class NCUnlearnStrategy(PurificationStrategy):
     """Stamp the scan's inverted trigger(s) on a fraction of the clean images, keep their
     true labels, and fine-tune: the model learns that the trigger means nothing.
 
-    With several flagged labels the stamped images are split evenly across their triggers.
+    With several triggers (``trigger_labels="all-flagged"``) the stamped images are split
+    evenly across them.
     """
 
     name = "nc-unlearn"
@@ -114,7 +122,7 @@ class NCUnlearnStrategy(PurificationStrategy):
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         assert ctx.scan is not None
-        triggers = list(ctx.scan.triggers.items())
+        triggers = select_triggers(ctx.scan, self.config.trigger_labels)
         if not triggers:
             ctx.notes.append("the scan flagged labels but recovered no trigger: nothing to unlearn")
             return StrategyOutcome(model=ctx.model, status="refused")

@@ -10,7 +10,7 @@ original's feature of the triggered image (negative), with an InfoNCE loss at te
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,8 @@ from .base import (
     Selection,
     StrategyConfig,
     StrategyOutcome,
+    TriggerLabels,
+    select_triggers,
 )
 
 __all__ = ["MCLConfig", "MCLStrategy"]
@@ -60,10 +62,21 @@ class MCLConfig(StrategyConfig):
         selection: which epoch is returned: ``final`` (default) — the last epoch (the
             reference code); ``best-val`` — the highest validation BA among epochs whose used
             triggers reach at most ``selection_max_asr`` on the validation split (the lowest
-            ASR when none does); ``best-val-ba`` — the highest validation BA. MCL keeps no
-            validation split (``validation_fraction = 0``: every clean image trains, as in
-            the reference code), so ``best-val`` falls back to the last epoch.
+            ASR when none does); ``best-val-ba`` — the highest validation BA. Both need a
+            validation split (``validation_fraction`` > 0); without one they keep the last
+            epoch.
         selection_max_asr: the ASR bound of ``best-val`` selection.
+        trigger_labels: ``most-anomalous`` (default) — contrast against the most anomalous
+            flagged label's trigger only; ``all-flagged`` — against every flagged label's
+            (the reference code, which had one target; a falsely flagged label's trigger
+            teaches the model to ignore a natural feature). Triggers you supply with
+            ``ScanResult.from_triggers`` are all used.
+        validation_fraction: share of the purification images held out (stratified) as the
+            validation split of ``best-val`` selection; 0 (default, the reference code):
+            every clean image trains.
+        anchor_weight: weight of a clean-feature anchor ``1 − cos(φ_student(x), φ_orig(x))``
+            on the clean images of each batch (0, the reference code: none). The contrastive
+            loss alone only constrains triggered images, so clean features can drift.
     """
 
     temperature: Annotated[float, Field(gt=0)] = 0.5
@@ -77,6 +90,9 @@ class MCLConfig(StrategyConfig):
     min_trigger_asr: Annotated[float, Field(ge=0, le=1)] = 0.9
     selection: Selection = "final"
     selection_max_asr: Annotated[float, Field(ge=0, le=1)] = 0.1
+    trigger_labels: TriggerLabels = "most-anomalous"
+    validation_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    anchor_weight: Annotated[float, Field(ge=0)] = 0.0
 
     @field_validator("lr_schedule")
     @classmethod
@@ -95,14 +111,19 @@ class MCLConfig(StrategyConfig):
 class MCLStrategy(PurificationStrategy):
     """Model-contrastive fine-tuning on the scan's inverted trigger(s) (needs a flagged label).
 
-    With several flagged labels each triggered image gets one of their triggers in turn.
+    With several triggers (``trigger_labels="all-flagged"``) each triggered image gets one of
+    them in turn.
     """
 
     name = "mcl"
     config_cls = MCLConfig
     needs_trigger = True
-    validation_fraction = 0.0  # every clean image trains: see MCLConfig.selection
     config: MCLConfig
+
+    def __init__(self, config: StrategyConfig | dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        # 0 by default (the reference code): every clean image trains; see MCLConfig
+        self.validation_fraction = self.config.validation_fraction
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         cfg = self.config
@@ -115,7 +136,7 @@ class MCLStrategy(PurificationStrategy):
                 "flagged them); the model is returned unchanged. Use a trigger-free strategy."
             )
             return StrategyOutcome(model=ctx.model, status="refused")
-        for label, trig in ctx.scan.triggers.items():
+        for label, trig in select_triggers(ctx.scan, cfg.trigger_labels):
             asr = ctx.scan.trigger_asr(label)
             where = "held-out clean images (scan)"
             if asr is None:
@@ -214,10 +235,11 @@ class MCLStrategy(PurificationStrategy):
         yb: torch.Tensor,
     ) -> torch.Tensor:
         cfg = self.config
-        both = cfg.bn_mode == "clean-and-triggered" or cfg.ce_weight > 0
+        both = cfg.bn_mode == "clean-and-triggered" or cfg.ce_weight > 0 or cfg.anchor_weight > 0
         if both:
             logits, feats = fx_s(torch.cat([xt, xb]))
             z = feats["penultimate"][: len(xt)]
+            z_clean = feats["penultimate"][len(xt) :]
             clean_logits = logits[len(xt) :]
         else:
             _, feats = fx_s(xt)
@@ -231,6 +253,9 @@ class MCLStrategy(PurificationStrategy):
         loss = F.cross_entropy(logits_c, torch.zeros(len(z), dtype=torch.long, device=z.device))
         if cfg.ce_weight > 0:
             loss = loss + cfg.ce_weight * F.cross_entropy(clean_logits, yb)
+        if cfg.anchor_weight > 0:
+            anchor = 1 - F.cosine_similarity(z_clean, pos_f["penultimate"], dim=1)
+            loss = loss + cfg.anchor_weight * anchor.mean()
         return loss
 
 

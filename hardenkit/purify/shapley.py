@@ -42,11 +42,20 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from .._utils.progress import ProgressCallback
+from ..data.sampling import balanced_subsample
 from ..logging import get_logger
 from ..scan import ScanConfig, Scanner, ScanResult
 from ..training import augment_batch, evaluate_accuracy
 from ..triggers import Trigger
-from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
+from .base import (
+    STRATEGIES,
+    PurificationStrategy,
+    PurifyContext,
+    StrategyConfig,
+    StrategyOutcome,
+    TriggerLabels,
+    select_triggers,
+)
 from .channels import ChannelMask, ChannelSet, ablation_fill, apply_pruning
 from .synthesis import SynthesisConfig, synthesize_class_images
 
@@ -99,8 +108,13 @@ class ShapleyPruningConfig(StrategyConfig):
             (112–224 BatchNorm channels) 1 % is one or two channels, too few, so the cap is 5 %.
         max_clean_drop: mitigation stops before the clean accuracy (on the defender's
             images, or the synthetic ones) drops by more than this (absolute).
-        max_clean_images: cap on the clean images used for that check.
+        max_clean_images: cap on the clean images used for that check (and for the mean
+            ablation fill): a class-balanced random subsample, whatever the data's order.
         eval_batch: images per batched forward pass when scoring masks.
+        trigger_labels: ``most-anomalous`` (default) — estimate Shapley values for the most
+            anomalous flagged label's trigger only; ``all-flagged`` — for all flagged labels'
+            triggers together. Triggers you supply with ``ScanResult.from_triggers`` are all
+            used.
     """
 
     data: Literal["auto", "given", "synthesize"] = "auto"
@@ -121,6 +135,7 @@ class ShapleyPruningConfig(StrategyConfig):
     max_clean_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
     max_clean_images: Annotated[int, Field(ge=1)] = 512
     eval_batch: Annotated[int, Field(ge=1)] = 1024
+    trigger_labels: TriggerLabels = "most-anomalous"
 
 
 class _Game:
@@ -322,10 +337,14 @@ class ShapleyPruningStrategy(PurificationStrategy):
         details["data"]["with_augmented_copies"] = len(ys_aug)
         # clean-accuracy check images: the defender's real images when there are more of them
         # than few-shot images with their augmented copies, else the latter
+        # (a class-balanced random subsample: the images are often class-sorted, and a
+        # prefix would judge clean accuracy on two or three classes)
         if len(ctx.y) >= len(ys_aug) and cfg.data != "synthesize":
-            cx, cy = ctx.x[: cfg.max_clean_images], ctx.y[: cfg.max_clean_images]
+            cx, cy = ctx.x, ctx.y
         else:
-            cx, cy = xs_aug[: cfg.max_clean_images], ys_aug[: cfg.max_clean_images]
+            cx, cy = xs_aug, ys_aug
+        sub = balanced_subsample(cy, cfg.max_clean_images, seed=rt.seed + 31).to(cy.device)
+        cx, cy = cx[sub], cy[sub]
         # 2. trigger reverse + detection
         scan = ctx.scan
         own_scan: ScanResult | None = None
@@ -347,7 +366,7 @@ class ShapleyPruningStrategy(PurificationStrategy):
             return StrategyOutcome(
                 model=model, status="nothing-to-purify", details=details, scan=own_scan
             )
-        triggers: dict[int, Trigger] = dict(scan.triggers)
+        triggers: dict[int, Trigger] = dict(select_triggers(scan, cfg.trigger_labels))
         # 3. Shapley estimation on the triggered few-shot images
         xt_parts, tgt_parts = [], []
         for label, trig in triggers.items():

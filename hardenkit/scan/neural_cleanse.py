@@ -63,13 +63,14 @@ class NeuralCleanseConfig(DetectorConfig):
             (measured on 2 cores: 128 images per pass made batched inversion 1.07× faster than
             sequential, 640 made it 0.54×; benchmarks/results/scanner_cpu_speedup_*.md).
         anomaly_threshold: MAD anomaly index at and above which the model is backdoored (2).
-        statistic: what the MAD outlier test runs on: ``l1`` (default) — the mask L1 norms
-            (the published rule; a second, naturally small label inflates the MAD and can hide
-            a trigger at 1/12 of the median); ``log-l1`` — their logarithms, so the index
-            measures how many *times* smaller a label's trigger is than the others' rather
-            than how many pixels. Measured on 12 clean and 7 patch/blend-backdoored CIFAR-10
-            models: log-l1 found 7/7, raw 3/7, 0/12 clean flagged by either
-            (``benchmarks/results/scan_statistic.md``, ``scanner_zoo.md``); recommended.
+        statistic: what the MAD outlier test runs on: ``log-l1`` (default) — the
+            logarithms of the mask L1 norms, so the index measures how many *times* smaller
+            a label's trigger is than the others' rather than how many pixels; ``l1`` — the
+            norms themselves (the published rule; a wide natural spread of norms inflates
+            the MAD and can hide a trigger at 1/12 of the median). Measured on 12 clean and
+            7 patch/blend-backdoored CIFAR-10 models: log-l1 found 7/7, raw 3/7, 0/12 clean
+            flagged by either (``benchmarks/results/scan_statistic.md``,
+            ``scanner_zoo.md``).
     """
 
     mode: Literal["batched", "sequential"] = "batched"
@@ -86,7 +87,7 @@ class NeuralCleanseConfig(DetectorConfig):
     early_stop_patience: Annotated[int, Field(ge=1)] = 25
     max_images_per_step: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     anomaly_threshold: Annotated[float, Field(gt=0)] = 2.0
-    statistic: Literal["l1", "log-l1"] = "l1"
+    statistic: Literal["l1", "log-l1"] = "log-l1"
 
 
 def _to_unit(t: Tensor) -> Tensor:

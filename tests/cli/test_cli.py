@@ -734,7 +734,8 @@ def test_scan_flags_backdoor_exit_1(
     assert code == 1, captured.err
     report = json.loads(captured.out)
     assert report["verdict"] == "backdoored"
-    assert report["flagged_labels"] == [0]
+    # the target is the most anomalous flagged label (log-l1 may flag a natural one after it)
+    assert report["flagged_labels"][0] == 0
     assert report["detectors"][0]["config"]["epochs"] == 30
     assert report["detectors"][0]["config"]["batch_size"] == 32
     assert report["clean_images"]["inversion"] == 300
@@ -880,7 +881,8 @@ def test_purify_with_scan_dir_and_onnx(
     report = json.loads((out / "report.json").read_text())
     assert report["strategy"] == "nc-unlearn"
     assert report["config"]["epochs"] == 2
-    assert report["scan"]["flagged_labels"] == [0]
+    assert report["scan"]["flagged_labels"][0] == 0  # the most anomalous: the target
+    assert report["details"]["triggers"] == [0]  # only its trigger is unlearned
     assert report["status"] == "purified"
     assert (out / "model.safetensors").is_file()
     assert (out / "model.onnx").is_file()

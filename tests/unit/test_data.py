@@ -20,6 +20,7 @@ from hardenkit.data import (
     PoisonedDataset,
     SyntheticSplits,
     TensorLoader,
+    balanced_subsample,
     from_arrays,
     iter_batches,
     load_image_archive,
@@ -556,6 +557,26 @@ def test_stratified_indices_fraction_is_proportional() -> None:
     labels = torch.cat([torch.zeros(50), torch.ones(10)]).long()
     idx = stratified_indices(labels, fraction=0.2)
     assert Counter(labels[idx].tolist()) == {0: 10, 1: 2}
+
+
+def test_balanced_subsample_ignores_the_data_order() -> None:
+    labels = torch.arange(1000) // 100  # class-sorted, as an ImageFolder or per-class shots
+    idx = balanced_subsample(labels, 50, seed=1)
+    assert len(idx) == 50
+    assert len(set(idx.tolist())) == 50
+    assert Counter(labels[idx].tolist()) == dict.fromkeys(range(10), 5)
+    assert torch.equal(idx, torch.sort(idx).values)
+    assert torch.equal(idx, balanced_subsample(labels, 50, seed=1))
+    assert not torch.equal(idx, balanced_subsample(labels, 50, seed=2))
+    # a small class gives all it has; the rest comes from the others
+    skewed = torch.cat([torch.zeros(2), torch.ones(100), torch.full((100,), 2.0)]).long()
+    counts = Counter(skewed[balanced_subsample(skewed, 30)].tolist())
+    assert counts[0] == 2
+    assert counts[1] + counts[2] == 28
+    assert abs(counts[1] - counts[2]) <= 1
+    assert torch.equal(balanced_subsample(labels[:7], 50), torch.arange(7))
+    with pytest.raises(DataError, match="n must be"):
+        balanced_subsample(labels, 0)
 
 
 def test_stratified_indices_exclude() -> None:

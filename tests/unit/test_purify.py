@@ -164,6 +164,81 @@ def test_mcl_with_several_triggers_and_options(fx: BackdoorFixture) -> None:
         assert [t.label for t in res.report.trigger_asr] == [0, 1]
 
 
+def _ranked_scan(fx: BackdoorFixture) -> ScanResult:
+    """A scan that *detected* labels 0 (most anomalous) and 1, as a detector ranks them."""
+    from hardenkit.scan.scanner import DetectorReport
+
+    bd = fx.backdoored
+    known = ScanResult.from_triggers(
+        {0: bd.trigger, 1: hk.PatchTrigger.square(3, location="top-left")},
+        model=bd.model,
+        num_classes=4,
+        trigger_asr={0: 1.0, 1: 0.95},
+    )
+    det = DetectorReport(
+        detector="neural-cleanse",
+        statistic="mask_l1",
+        suspicious_side="low",
+        verdict="backdoored",
+        score=1.0,
+        anomaly_index=5.0,
+        evidence=5.0,
+        threshold=2.0,
+        flagged_labels=[0, 1],
+        seconds=0.0,
+        config={},
+        produces_triggers=True,
+        classes=[],
+    )
+    report = known.report.model_copy(update={"detectors": [det]})
+    return ScanResult(report, known.all_triggers)
+
+
+@pytest.mark.parametrize("name", ["mcl", "nc-unlearn"])
+def test_trigger_strategies_use_the_most_anomalous_label_by_default(
+    name: str, fx: BackdoorFixture
+) -> None:
+    scan = _ranked_scan(fx)
+    bd = fx.backdoored
+    res = hk.Purifier(bd.model, name, config={"epochs": 1}).run(_loader(fx), scan=scan)
+    assert res.report.details["triggers"] == [0]
+    both = hk.Purifier(bd.model, name, config={"epochs": 1, "trigger_labels": "all-flagged"}).run(
+        _loader(fx), scan=scan
+    )
+    assert both.report.details["triggers"] == [0, 1]
+    # every flagged label's trigger is still measured in the report
+    assert [t.label for t in res.report.trigger_asr] == [0, 1]
+
+
+def test_select_triggers_keeps_every_known_trigger(fx: BackdoorFixture) -> None:
+    from hardenkit.purify.base import select_triggers
+
+    ranked = _ranked_scan(fx)
+    assert [y for y, _ in select_triggers(ranked, "most-anomalous")] == [0]
+    assert [y for y, _ in select_triggers(ranked, "all-flagged")] == [0, 1]
+    known = ScanResult(ranked.report.model_copy(update={"detectors": []}), ranked.all_triggers)
+    assert [y for y, _ in select_triggers(known, "most-anomalous")] == [0, 1]
+    assert select_triggers(None, "all-flagged") == []
+
+
+def test_mcl_anchor_and_validation_split(fx: BackdoorFixture) -> None:
+    bd = fx.backdoored
+    scan = ScanResult.from_triggers(
+        {0: bd.trigger}, model=bd.model, num_classes=4, trigger_asr={0: 1.0}
+    )
+    cfg = {"epochs": 2, "anchor_weight": 1.0, "validation_fraction": 0.2, "selection": "best-val"}
+    res = hk.Purifier(bd.model, "mcl", config=cfg).run(_loader(fx), scan=scan)
+    ckpt = res.report.details["checkpoint"]
+    assert ckpt["mode"] == "best-val"
+    assert "reason" not in ckpt  # a real choice on the validation split, not the fallback
+    assert [int(r["epoch"]) for r in ckpt["history"]] == [1, 2]
+    assert res.report.clean_images["validation"] > 0
+    # the default keeps every clean image for training (the reference code)
+    plain = hk.Purifier(bd.model, "mcl", config={"epochs": 1}).run(_loader(fx), scan=scan)
+    assert plain.report.clean_images["validation"] == 0
+    assert "reason" in plain.report.details["checkpoint"]
+
+
 def test_mcl_config_validation() -> None:
     with pytest.raises(ConfigError, match="start at epoch 0"):
         MCLConfig(lr_schedule=((1, 0.1),))

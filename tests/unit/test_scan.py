@@ -463,7 +463,7 @@ def _scan_with_norms(
 def test_published_raw_l1_statistic_misses_a_tiny_trigger_among_spread_norms(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    scan = _scan_with_norms(monkeypatch, SPREAD_L1, tmp_path)  # the default: the published rule
+    scan = _scan_with_norms(monkeypatch, SPREAD_L1, tmp_path, statistic="l1")  # the published rule
     det = scan.report.detectors[0]
     assert det.info["statistic"] == "l1"
     assert det.flagged_labels == []  # index (40 - 5) / 29.7 = 1.18 < 2
@@ -473,7 +473,7 @@ def test_published_raw_l1_statistic_misses_a_tiny_trigger_among_spread_norms(
 def test_log_l1_statistic_flags_the_tiny_trigger_not_the_naturally_small_label(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    scan = _scan_with_norms(monkeypatch, SPREAD_L1, tmp_path, statistic="log-l1")
+    scan = _scan_with_norms(monkeypatch, SPREAD_L1, tmp_path)  # the default
     det = scan.report.detectors[0]
     assert det.info["statistic"] == "log-l1"
     assert det.flagged_labels == [7]

@@ -1,0 +1,28 @@
+"""The pre-deployment gate: scan → repair → re-scan → measure → export → verify → decide.
+
+Example:
+    >>> from hardenkit.gate import Gate, DeploymentPolicy
+    >>> gate = Gate(DeploymentPolicy(repair="never"))
+    >>> gate.policy.max_asr
+    0.1
+"""
+
+from __future__ import annotations
+
+from .gate import RULES, Gate, GateReport, GateResult, GateRule, TriggerMeasurement, image_hashes
+from .outputs import junit_xml, markdown_summary, sarif_log
+from .policy import DeploymentPolicy
+
+__all__ = [
+    "RULES",
+    "DeploymentPolicy",
+    "Gate",
+    "GateReport",
+    "GateResult",
+    "GateRule",
+    "TriggerMeasurement",
+    "image_hashes",
+    "junit_xml",
+    "markdown_summary",
+    "sarif_log",
+]

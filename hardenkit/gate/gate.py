@@ -1,0 +1,878 @@
+"""The pre-deployment gate: from a model of unknown provenance to a deploy decision with proof.
+
+Pipeline (:meth:`Gate.run`): check the data (held-out images must not overlap the clean
+images, by content hash) → scan → repair when the policy allows and the scan is not clean →
+re-scan the repaired model → measure the model that would ship on held-out images (BA, BA drop
+against the input model, ASR of every recovered and known trigger) → export to ONNX and verify
+it on ONNX Runtime with the policy's provider → one rule per check, fail closed.
+
+The decision never depends on the true trigger (unknown in a real gate); ``known_triggers``
+(a red team's triggers) add rules, they never remove any.
+
+Example:
+    >>> import hardenkit as hk
+    >>> from hardenkit.gate import Gate
+    >>> Gate().policy.repair
+    'if-flagged'
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from .._utils.model_checks import check_model
+from .._utils.progress import ProgressCallback
+from ..config import RuntimeConfig, parse_config
+from ..data import TensorLoader, materialize
+from ..data.loaders import BatchSource
+from ..data.sampling import stratified_split
+from ..errors import (
+    ConfigError,
+    DataError,
+    ExecutionProviderError,
+    ExportError,
+    NonFiniteError,
+    ParityError,
+)
+from ..logging import get_logger
+from ..reports import BaseReport, ModelFingerprint
+from ..scan import ScanResult
+from ..triggers import Trigger, as_trigger
+from ..validate.metrics import TriggerLike
+from .policy import DeploymentPolicy
+
+__all__ = ["Gate", "GateReport", "GateResult", "GateRule", "image_hashes"]
+
+_log = get_logger("gate")
+
+RuleStatus = Literal["pass", "fail", "skipped"]
+Cause = Literal["policy", "evaluation", "environment"]
+
+EXIT_PASS, EXIT_FAILED, EXIT_ENVIRONMENT = 0, 1, 3
+
+RULES: dict[str, str] = {
+    "HK-DATA-001": "held-out images: enough to measure the shipped model",
+    "HK-SCAN-001": "the model that ships scans clean",
+    "HK-SCAN-002": "every scan is conclusive (finished, finite)",
+    "HK-REPAIR-001": "the repair is trusted (purified, within its utility guard)",
+    "HK-BA-001": "benign accuracy of the shipped model at least min_ba",
+    "HK-BA-002": "benign-accuracy drop against the input model at most max_ba_drop",
+    "HK-ASR-001": "every recovered trigger's ASR on the shipped model at most max_asr",
+    "HK-ASR-002": "every known trigger's ASR on the shipped model at most max_asr",
+    "HK-ONNX-001": "the ONNX export matches the shipped model on ONNX Runtime",
+    "HK-ONNX-002": "ONNX Runtime ran on the policy's execution provider",
+}
+"""Every rule id the gate can report, with what it checks (docs/gate.md)."""
+
+
+class GateRule(BaseModel):
+    """One check of the gate: what was measured, against what, and the outcome.
+
+    ``cause`` says why a failed rule failed: ``policy`` (a measured value broke its
+    threshold), ``evaluation`` (it could not be evaluated: non-finite numbers, an exhausted
+    budget, a failed export, missing data) or ``environment`` (an execution provider or
+    package is missing: the CLI exits 3).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    rule_id: str
+    description: str
+    status: RuleStatus
+    value: float | str | None = None
+    threshold: float | str | None = None
+    comparison: str | None = None
+    message: str
+    cause: Cause | None = None
+
+
+class TriggerMeasurement(BaseModel):
+    """ASR of one trigger (recovered by a scan, or known) before and after the gate."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    """``scan`` (input-model scan), ``rescan`` (repaired-model scan) or ``known:<name>``."""
+    label: int
+    input_asr: float | None
+    output_asr: float | None
+    images: int
+
+
+class GateReport(BaseReport):
+    """``gate.json``: the decision, every rule, and the evidence behind it."""
+
+    report_type: Literal["gate"] = "gate"
+    passed: bool
+    exit_code: int
+    """0 passed, 1 a rule failed, 3 a rule failed for an environment reason."""
+    rules: list[GateRule]
+    policy: dict[str, Any]
+    input_model: ModelFingerprint
+    output_model: ModelFingerprint
+    repaired: bool
+    strategy: str | None = None
+    purification_status: str | None = None
+    repair_rounds: list[dict[str, Any]] = Field(default_factory=list)
+    """One entry per repair round: the labels repaired against, the status, the re-scan."""
+    input_scan: dict[str, Any] | None = None
+    rescan: dict[str, Any] | None = None
+    input_ba: float | None = None
+    output_ba: float | None = None
+    output_ba_ci: tuple[float, float] | None = None
+    triggers: list[TriggerMeasurement] = Field(default_factory=list)
+    onnx: dict[str, Any] | None = None
+    data: dict[str, Any]
+    """Images each step saw and how the held-out set was obtained."""
+    timings: dict[str, float]
+    notes: list[str] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict)
+    """sha256 of every file :meth:`GateResult.save` wrote beside ``gate.json``."""
+
+    @property
+    def failed_rules(self) -> list[GateRule]:
+        return [r for r in self.rules if r.status == "fail"]
+
+    def summary(self) -> str:
+        """A few lines for a terminal."""
+        head = "PASSED" if self.passed else "FAILED"
+        lines = [f"gate {head} ({len(self.failed_rules)} of {len(self.rules)} rules failed)"]
+        for r in self.rules:
+            lines.append(f"  [{r.status:>7}] {r.rule_id} {r.message}")
+        return "\n".join(lines)
+
+
+def image_hashes(x: Tensor) -> list[str]:
+    """A content hash per image (its pixels quantised to 8 bits), for overlap checks.
+
+    Quantising first makes an image and its float/uint8 round trip hash the same.
+    """
+    q = (x.detach().to("cpu", torch.float32).clamp(0, 1) * 255).round().to(torch.uint8)
+    return [hashlib.sha256(img.contiguous().numpy().tobytes()).hexdigest() for img in q]
+
+
+class GateResult:
+    """What :meth:`Gate.run` returns: the decision, the model that would ship, the report."""
+
+    def __init__(
+        self,
+        report: GateReport,
+        model: nn.Module,
+        artefacts: dict[str, Any],
+        workdir: Path | None,
+    ) -> None:
+        self.report = report
+        self.model = model
+        self._artefacts = artefacts
+        self._workdir = workdir
+
+    @property
+    def passed(self) -> bool:
+        return self.report.passed
+
+    @property
+    def exit_code(self) -> int:
+        return self.report.exit_code
+
+    @property
+    def scan(self) -> ScanResult | None:
+        """The scan of the input model (pass it to another ``Gate.run(scan=...)``)."""
+        out: ScanResult | None = self._artefacts.get("scan")
+        return out
+
+    @property
+    def rescan(self) -> ScanResult | None:
+        """The re-scan of the repaired model (None without a repair)."""
+        out: ScanResult | None = self._artefacts.get("rescan")
+        return out
+
+    def save(self, directory: str | Path) -> Path:
+        """Write every output into ``directory`` and return the ``gate.json`` path.
+
+        ``gate.json`` (with the sha256 of every other file), ``junit.xml``, ``gate.sarif``,
+        ``summary.md``, ``model.safetensors`` (the model that would ship), ``model.onnx``
+        (when exported), ``scan/`` and ``rescan/`` (the scans) and ``purification.json``.
+        """
+        from ..io import file_sha256, save_state_dict
+        from .outputs import junit_xml, markdown_summary, sarif_log
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        meta = {"hardenkit_gate_report_id": self.report.report_id}
+        meta.update(self._artefacts.get("weights_metadata", {}))
+        written.append(save_state_dict(self.model, d / "model.safetensors", metadata=meta))
+        if self._workdir is not None:
+            for f in sorted(self._workdir.glob("model.onnx*")):
+                shutil.copy2(f, d / f.name)
+                written.append(d / f.name)
+        scan = self._artefacts.get("scan")
+        if scan is not None:
+            scan.save(d / "scan")
+        rescan = self._artefacts.get("rescan")
+        if rescan is not None:
+            rescan.save(d / "rescan")
+        purification = self._artefacts.get("purification")
+        if purification is not None:
+            written.append(purification.save(d / "purification.json"))
+        verification = self._artefacts.get("verification")
+        if verification is not None:
+            written.append(verification.save(d / "onnx_verification.json"))
+        (d / "junit.xml").write_text(junit_xml(self.report))
+        (d / "gate.sarif").write_text(sarif_log(self.report))
+        (d / "summary.md").write_text(markdown_summary(self.report))
+        written += [d / "junit.xml", d / "gate.sarif", d / "summary.md"]
+        files = {p.name: file_sha256(p) for p in written}
+        self.report = self.report.model_copy(update={"files": files})
+        return self.report.save(d / "gate.json")
+
+    def __repr__(self) -> str:
+        return (
+            f"GateResult(passed={self.passed}, "
+            f"failed={[r.rule_id for r in self.report.failed_rules]}, "
+            f"repaired={self.report.repaired})"
+        )
+
+
+class _Rules:
+    """Collects rules; a rule that cannot be evaluated is ``fail`` (fail closed) or
+    ``skipped`` by the policy's ``fail_on_skipped``."""
+
+    def __init__(self, fail_on_skipped: bool) -> None:
+        self.fail_on_skipped = fail_on_skipped
+        self.rules: list[GateRule] = []
+
+    def check(
+        self,
+        rule_id: str,
+        value: float | None,
+        threshold: float,
+        comparison: Literal["<=", ">="],
+        what: str,
+    ) -> None:
+        if value is None or not math.isfinite(value):
+            self.unevaluated(rule_id, f"{what} could not be measured", "evaluation")
+            return
+        ok = value <= threshold if comparison == "<=" else value >= threshold
+        self.add(
+            rule_id,
+            "pass" if ok else "fail",
+            f"{what} = {_pct(value)} {'meets' if ok else 'violates'} {comparison} "
+            f"{_pct(threshold)}",
+            value=value,
+            threshold=threshold,
+            comparison=comparison,
+            cause=None if ok else "policy",
+        )
+
+    def unevaluated(self, rule_id: str, reason: str, cause: Cause = "evaluation") -> None:
+        status: RuleStatus = "fail" if self.fail_on_skipped or cause == "environment" else "skipped"
+        self.add(rule_id, status, reason, cause=cause if status == "fail" else None)
+
+    def add(
+        self,
+        rule_id: str,
+        status: RuleStatus,
+        message: str,
+        *,
+        value: float | str | None = None,
+        threshold: float | str | None = None,
+        comparison: str | None = None,
+        cause: Cause | None = None,
+    ) -> None:
+        self.rules.append(
+            GateRule(
+                rule_id=rule_id,
+                description=RULES[rule_id],
+                status=status,
+                value=value,
+                threshold=threshold,
+                comparison=comparison,
+                message=message,
+                cause=cause,
+            )
+        )
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+KnownTriggers = Mapping[str, tuple[Trigger | TriggerLike, int]]
+
+
+class Gate:
+    """A pre-deployment gate under a :class:`DeploymentPolicy` (the default one when None).
+
+    Args:
+        policy: a :class:`DeploymentPolicy`, a dict of its fields, or None (the default
+            policy: quick scan, repair with ``auto`` when flagged, re-scan must be clean,
+            BA drop ≤ 3 points, recovered-trigger ASR ≤ 10 %, ONNX verified on CPU).
+        runtime: device, seed, input normalization of the loaders.
+        progress: optional callback ``(phase, step, total, **info)``.
+    """
+
+    def __init__(
+        self,
+        policy: DeploymentPolicy | dict[str, Any] | None = None,
+        *,
+        runtime: RuntimeConfig | dict[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        self.policy = parse_config(DeploymentPolicy, policy)
+        self.runtime = parse_config(RuntimeConfig, runtime)
+        self.progress = progress
+
+    # ------------------------------------------------------------------------------ run
+    def run(
+        self,
+        model: nn.Module,
+        clean_loader: BatchSource,
+        holdout_loader: BatchSource | None = None,
+        *,
+        known_triggers: KnownTriggers | None = None,
+        num_classes: int | None = None,
+        scan: ScanResult | None = None,
+        weights_metadata: Mapping[str, str] | None = None,
+    ) -> GateResult:
+        """Run the gate on ``model`` (never modified) and return the decision.
+
+        Args:
+            model: the candidate model (float32 ``nn.Module`` mapping [0, 1] pixels to logits).
+            clean_loader: clean images you trust, for scanning and repairing.
+            holdout_loader: held-out clean images for the measurements; None splits
+                ``policy.holdout_fraction`` off ``clean_loader``. Images that also appear in
+                ``clean_loader`` (same content) are refused.
+            known_triggers: ``{name: (trigger, target_label)}`` of a red team: rule
+                ``HK-ASR-002`` bounds their ASR on the shipped model.
+            num_classes: expected number of classes (checked against the model).
+            scan: a scan of this model you already ran (e.g. ``hk.ScanResult.load(dir)``)
+                instead of the gate's first scan; the re-scan of a repaired model always
+                runs with the policy's settings.
+            weights_metadata: extra metadata stored in the saved ``model.safetensors``.
+
+        Raises:
+            DataError / ConfigError / ModelCompatibilityError: bad input (exit 2), before any
+                long step runs.
+        """
+        t0 = time.perf_counter()
+        pol = self.policy
+        inner = check_model(model, where="Gate")
+        original = copy.deepcopy(inner).eval()
+        rt = self.runtime
+        pixel_rt = rt.model_copy(update={"input_normalization": None})
+        timings: dict[str, float] = {}
+        notes: list[str] = []
+        rules = _Rules(pol.fail_on_skipped)
+        artefacts: dict[str, Any] = {"weights_metadata": dict(weights_metadata or {})}
+
+        # 1. data ------------------------------------------------------------------------
+        t = time.perf_counter()
+        known = self._known(known_triggers)
+        x, y = materialize(
+            clean_loader,
+            num_classes=num_classes,
+            input_normalization=rt.input_normalization,
+            device="cpu",
+            where="clean_loader",
+        )
+        data: dict[str, Any] = {"clean_images": len(y)}
+        if holdout_loader is not None:
+            xh, yh = materialize(
+                holdout_loader,
+                num_classes=num_classes,
+                input_normalization=rt.input_normalization,
+                device="cpu",
+                where="holdout_loader",
+            )
+            overlap = set(image_hashes(x)) & set(image_hashes(xh))
+            hold_hashes = image_hashes(xh)
+            n_over = sum(h in overlap for h in hold_hashes)
+            if n_over:
+                raise DataError(
+                    f"{n_over} of the {len(yh)} held-out images also appear in the clean data "
+                    "(same pixels): measurements on them would not be held out.",
+                    hint="pass disjoint clean and held-out sets (or no holdout_loader: the "
+                    "gate then splits the clean images itself)",
+                )
+            x_tr, y_tr, x_ho, y_ho = x, y, xh, yh
+            data["holdout_source"] = "holdout_loader"
+        else:
+            keep, hold = stratified_split(y, holdout_fraction=pol.holdout_fraction, seed=rt.seed)
+            x_tr, y_tr, x_ho, y_ho = x[keep], y[keep], x[hold], y[hold]
+            train_h = set(image_hashes(x_tr))
+            fresh = torch.tensor([h not in train_h for h in image_hashes(x_ho)], dtype=torch.bool)
+            if not bool(fresh.all()):
+                dup = int((~fresh).sum())
+                notes.append(
+                    f"{dup} held-out image(s) duplicate a clean image and were dropped from "
+                    "the measurements"
+                )
+                x_ho, y_ho = x_ho[fresh], y_ho[fresh]
+            data["holdout_source"] = f"split of clean_loader ({pol.holdout_fraction:.0%})"
+        data.update(scan_repair_images=len(y_tr), holdout_images=len(y_ho))
+        k = num_classes or _num_classes(original, x_tr[:2], rt)
+        image_shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+        timings["data_seconds"] = time.perf_counter() - t
+        if len(y_ho) < pol.min_holdout_images:
+            rules.add(
+                "HK-DATA-001",
+                "fail",
+                f"{len(y_ho)} held-out images < min_holdout_images {pol.min_holdout_images}",
+                value=float(len(y_ho)),
+                threshold=float(pol.min_holdout_images),
+                comparison=">=",
+                cause="evaluation",
+            )
+        else:
+            rules.add(
+                "HK-DATA-001",
+                "pass",
+                f"{len(y_ho)} held-out images (>= {pol.min_holdout_images})",
+                value=float(len(y_ho)),
+                threshold=float(pol.min_holdout_images),
+                comparison=">=",
+            )
+
+        # 2. scan ------------------------------------------------------------------------
+        from ..scan import Scanner
+        from ..scan.budget import scan_config_for_budget
+
+        scan_cfg = scan_config_for_budget(pol.scan_budget, pol.scan)
+        train_loader = TensorLoader(x_tr, y_tr, batch_size=512)
+
+        def do_scan(m: nn.Module, what: str) -> ScanResult | None:
+            t = time.perf_counter()
+            try:
+                return Scanner(m, k, config=scan_cfg, runtime=pixel_rt, progress=self.progress).run(
+                    train_loader
+                )
+            except NonFiniteError as exc:
+                notes.append(f"{what} failed: {exc}")
+                return None
+            finally:
+                timings[f"{what.replace(' ', '_')}_seconds"] = time.perf_counter() - t
+
+        if scan is None:
+            scan = do_scan(original, "scan")
+        else:
+            if scan.report.num_classes != k:
+                raise ConfigError(
+                    f"the given scan is of a {scan.report.num_classes}-class model; this model "
+                    f"has {k} classes.",
+                    hint="pass the scan of this model, or no scan (the gate scans itself)",
+                )
+            notes.append(f"used the given scan (report {scan.report.report_id})")
+        artefacts["scan"] = scan
+        input_scan = None if scan is None else _scan_summary(scan)
+
+        # 3. repair, 4. re-scan (another round while the re-scan flags the repaired model)
+        shipped: nn.Module = original
+        repaired = False
+        purification = None
+        rescan = None
+        rounds: list[dict[str, Any]] = []
+        flagged = scan is not None and scan.verdict != "clean"
+        want_repair = pol.repair == "always" or (pol.repair == "if-flagged" and flagged)
+        repair_ok: bool | None = None
+        repair_msg = ""
+        if scan is not None and want_repair:
+            from ..purify import Purifier
+
+            current_scan = scan
+            used: dict[int, Trigger] = {}
+            used_asr: dict[int, float] = {}
+            for rnd in range(1, pol.max_repair_rounds + 1):
+                t = time.perf_counter()
+                try:
+                    purification = Purifier(
+                        shipped,
+                        pol.strategy,
+                        config=pol.strategy_config or None,
+                        runtime=pixel_rt,
+                        progress=self.progress,
+                        max_ba_drop=pol.max_ba_drop,
+                    ).run(train_loader, scan=current_scan)
+                except NonFiniteError as exc:
+                    notes.append(f"the repair (round {rnd}) failed: {exc}")
+                    purification = None
+                timings["repair_seconds"] = timings.get("repair_seconds", 0.0) + (
+                    time.perf_counter() - t
+                )
+                if purification is None:
+                    repair_ok, repair_msg = None, f"round {rnd} failed (non-finite values)"
+                    break
+                artefacts["purification"] = purification.report
+                shipped, repaired = purification.model.eval(), True
+                record: dict[str, Any] = {
+                    "round": rnd,
+                    "against_labels": current_scan.flagged_labels,
+                    "status": purification.status,
+                    "report_id": purification.report.report_id,
+                }
+                rounds.append(record)
+                repair_ok = purification.trusted if repair_ok in (None, True) else False
+                repair_msg = f"{pol.strategy}: status {purification.status!r}" + (
+                    f" in round {rnd}" if rnd > 1 else ""
+                )
+                if not purification.trusted or not pol.rescan:
+                    break
+                rescan = do_scan(shipped, "rescan")
+                artefacts["rescan"] = rescan
+                record["rescan_verdict"] = None if rescan is None else rescan.verdict
+                if rescan is None or rescan.verdict == "clean" or rnd == pol.max_repair_rounds:
+                    break
+                # the next round repairs against every trigger used so far *and* the new ones:
+                # fine-tuning against the new label alone let the first backdoor come back
+                # (measured on the synthetic BadNets model: real-trigger ASR 1 % -> 22 %)
+                if current_scan.target is not None and current_scan.trigger is not None:
+                    lab = current_scan.target
+                    used[lab] = current_scan.trigger
+                    used_asr[lab] = current_scan.trigger_asr(lab) or 1.0
+                for lab, trig in rescan.triggers.items():
+                    used.setdefault(lab, trig)
+                    used_asr.setdefault(lab, rescan.trigger_asr(lab) or 1.0)
+                if not rescan.triggers:
+                    break  # nothing to repair against (flagged by a trigger-free detector)
+                notes.append(
+                    f"round {rnd}: the re-scan flagged {rescan.flagged_labels}; repairing again "
+                    f"against the triggers of labels {sorted(used)}"
+                )
+                current_scan = ScanResult.from_triggers(
+                    used, model=shipped, num_classes=k, trigger_asr=used_asr
+                )
+            if repair_ok is None:
+                rules.unevaluated("HK-REPAIR-001", f"the repair failed: {repair_msg}")
+            else:
+                rules.add(
+                    "HK-REPAIR-001",
+                    "pass" if repair_ok else "fail",
+                    repair_msg
+                    + (
+                        ""
+                        if repair_ok
+                        else " is not a trusted repair (see purification.json notes)"
+                    ),
+                    value=purification.status if purification is not None else None,
+                    threshold="purified",
+                    comparison="==",
+                    cause=None if repair_ok else "policy",
+                )
+        shipped = shipped.eval()
+        judged = rescan if repaired else scan
+        judged_name = "re-scan of the repaired model" if repaired else "scan of the input model"
+        if repaired and not pol.rescan:
+            rules.unevaluated(
+                "HK-SCAN-001", "the repaired model was not re-scanned (rescan: false)"
+            )
+        elif judged is None:
+            rules.unevaluated("HK-SCAN-001", f"the {judged_name} failed (non-finite values)")
+        elif repaired and not pol.rescan_must_be_clean:
+            rules.add(
+                "HK-SCAN-001",
+                "skipped",
+                f"{judged_name}: verdict {judged.verdict} (not judged: rescan_must_be_clean "
+                "is false)",
+                value=judged.verdict,
+            )
+        else:
+            ok = judged.verdict == "clean"
+            flagged_txt = (
+                f", flagged labels {judged.flagged_labels}" if judged.flagged_labels else ""
+            )
+            rules.add(
+                "HK-SCAN-001",
+                "pass" if ok else "fail",
+                f"{judged_name}: verdict {judged.verdict} (score {judged.score:.3f}{flagged_txt})"
+                + (
+                    "" if ok or repaired or pol.repair != "never" else "; the policy forbids repair"
+                ),
+                value=judged.verdict,
+                threshold="clean",
+                comparison="==",
+                cause=None if ok else "policy",
+            )
+        scans = [s for s in (scan, rescan) if s is not None]
+        if len(scans) < 1 + int(repaired and pol.rescan and bool(repair_ok)):
+            rules.unevaluated("HK-SCAN-002", "a scan did not produce a result")
+        else:
+            cut = [s for s in scans if not s.report.conclusive]
+            if cut:
+                rules.add(
+                    "HK-SCAN-002",
+                    "fail",
+                    "a scan's time budget ended before its schedule: its verdict is not conclusive",
+                    cause="evaluation",
+                )
+            else:
+                rules.add("HK-SCAN-002", "pass", f"{len(scans)} scan(s) ran to the end")
+
+        # 5. measure on held-out images --------------------------------------------------
+        t = time.perf_counter()
+        hold_loader = TensorLoader(x_ho, y_ho, batch_size=512)
+        measured_ok = len(y_ho) > 0
+        in_ba = out_ba = None
+        out_ci: tuple[float, float] | None = None
+        measurements: list[TriggerMeasurement] = []
+        if measured_ok:
+            from ..validate import Validator
+
+            try:
+                v_in = Validator(original, num_classes=k, runtime=pixel_rt).run(hold_loader)
+                v_out = Validator(shipped, num_classes=k, runtime=pixel_rt).run(hold_loader)
+                in_ba = v_in.benign_accuracy.value
+                out_ba = v_out.benign_accuracy.value
+                out_ci = (v_out.benign_accuracy.ci_low, v_out.benign_accuracy.ci_high)
+                candidates: list[tuple[str, int, Trigger]] = []
+                for src, s in (("scan", scan), ("rescan", rescan)):
+                    if s is not None:
+                        candidates += [(src, lab, trig) for lab, trig in s.triggers.items()]
+                candidates += [(f"known:{n}", tgt, trig) for n, (trig, tgt) in known.items()]
+                for src, lab, trig in candidates:
+                    a_in = Validator(original, num_classes=k, runtime=pixel_rt).run(
+                        hold_loader, trigger=trig, target=lab
+                    )
+                    a_out = Validator(shipped, num_classes=k, runtime=pixel_rt).run(
+                        hold_loader, trigger=trig, target=lab
+                    )
+                    measurements.append(
+                        TriggerMeasurement(
+                            source=src,
+                            label=lab,
+                            input_asr=None if a_in.attack_success_rate is None else a_in.asr,
+                            output_asr=None if a_out.attack_success_rate is None else a_out.asr,
+                            images=a_out.triggered_samples,
+                        )
+                    )
+            except NonFiniteError as exc:
+                notes.append(f"measuring on the held-out images failed: {exc}")
+                measured_ok = False
+        timings["measure_seconds"] = time.perf_counter() - t
+        if pol.min_ba is not None:
+            rules.check(
+                "HK-BA-001", out_ba if measured_ok else None, pol.min_ba, ">=", "benign accuracy"
+            )
+        drop = None if in_ba is None or out_ba is None else max(0.0, in_ba - out_ba)
+        rules.check("HK-BA-002", drop, pol.max_ba_drop, "<=", "benign-accuracy drop")
+        recovered = [m for m in measurements if not m.source.startswith("known:")]
+        if not measured_ok:
+            rules.unevaluated("HK-ASR-001", "the held-out measurements failed")
+        elif not recovered:
+            rules.add(
+                "HK-ASR-001",
+                "pass",
+                "no scan recovered a trigger for a flagged label: nothing to measure",
+                threshold=pol.max_asr,
+                comparison="<=",
+            )
+        else:
+            self._asr_rule(rules, "HK-ASR-001", recovered, pol.max_asr)
+        if known:
+            if not measured_ok:
+                rules.unevaluated("HK-ASR-002", "the held-out measurements failed")
+            else:
+                mine = [m for m in measurements if m.source.startswith("known:")]
+                self._asr_rule(rules, "HK-ASR-002", mine, pol.max_asr)
+
+        # 6. ONNX ------------------------------------------------------------------------
+        workdir: Path | None = None
+        onnx_info: dict[str, Any] | None = None
+        if pol.export_onnx:
+            workdir = Path(tempfile.mkdtemp(prefix="hardenkit-gate-"))
+            t = time.perf_counter()
+            onnx_info = self._onnx(shipped, image_shape, hold_loader, workdir, rules, artefacts)
+            timings["onnx_seconds"] = time.perf_counter() - t
+        else:
+            rules.unevaluated("HK-ONNX-001", "ONNX export is off in the policy (export_onnx)")
+
+        # 7. decision --------------------------------------------------------------------
+        failed = [r for r in rules.rules if r.status == "fail"]
+        passed = not failed
+        exit_code = EXIT_PASS
+        if failed:
+            exit_code = (
+                EXIT_ENVIRONMENT if any(r.cause == "environment" for r in failed) else EXIT_FAILED
+            )
+        timings["total_seconds"] = time.perf_counter() - t0
+        report = GateReport(
+            passed=passed,
+            exit_code=exit_code,
+            rules=rules.rules,
+            policy=pol.model_dump(mode="json"),
+            input_model=ModelFingerprint.of(original),
+            output_model=ModelFingerprint.of(shipped),
+            repaired=repaired,
+            strategy=pol.strategy if repaired else None,
+            purification_status=None if purification is None else purification.status,
+            repair_rounds=rounds,
+            input_scan=input_scan,
+            rescan=None if rescan is None else _scan_summary(rescan),
+            input_ba=in_ba,
+            output_ba=out_ba,
+            output_ba_ci=out_ci,
+            triggers=measurements,
+            onnx=onnx_info,
+            data=data,
+            timings=timings,
+            notes=notes,
+        )
+        _log.info(
+            "gate.done",
+            passed=passed,
+            failed=[r.rule_id for r in failed],
+            repaired=repaired,
+            seconds=timings["total_seconds"],
+        )
+        return GateResult(report, shipped, artefacts, workdir)
+
+    # ------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _known(known: KnownTriggers | None) -> dict[str, tuple[Trigger, int]]:
+        if known is None:
+            return {}
+        if not isinstance(known, Mapping):
+            raise ConfigError(
+                f"known_triggers must be a mapping {{name: (trigger, target)}}, got "
+                f"{type(known).__name__}.",
+                hint="e.g. known_triggers={'patch': (hk.PatchTrigger.square(3), 0)}",
+            )
+        out: dict[str, tuple[Trigger, int]] = {}
+        for name, pair in known.items():
+            if not isinstance(pair, Sequence) or len(pair) != 2:
+                raise ConfigError(
+                    f"known_triggers[{name!r}] must be a (trigger, target_label) pair.",
+                    hint="e.g. (hk.PatchTrigger.square(3), 0)",
+                )
+            out[str(name)] = (as_trigger(pair[0]), int(pair[1]))
+        return out
+
+    @staticmethod
+    def _asr_rule(
+        rules: _Rules, rule_id: str, rows: list[TriggerMeasurement], bound: float
+    ) -> None:
+        values = [m.output_asr for m in rows]
+        if any(v is None for v in values):
+            rules.unevaluated(rule_id, "a trigger's ASR could not be measured (no eligible image)")
+            return
+        worst = max(rows, key=lambda m: m.output_asr or 0.0)
+        rules.check(
+            rule_id,
+            worst.output_asr,
+            bound,
+            "<=",
+            f"highest ASR ({worst.source}, label {worst.label})",
+        )
+
+    def _onnx(
+        self,
+        model: nn.Module,
+        image_shape: tuple[int, int, int],
+        hold_loader: TensorLoader,
+        workdir: Path,
+        rules: _Rules,
+        artefacts: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        from ..export import to_onnx, verify_onnx
+
+        pol = self.policy
+        providers: list[str] | None
+        if pol.onnx_provider == "cpu":
+            providers = ["CPUExecutionProvider"]
+        elif pol.onnx_provider == "cuda":
+            providers = ["CUDAExecutionProvider"]
+        else:
+            providers = None
+        try:
+            exp = to_onnx(model, workdir / "model.onnx", input_shape=image_shape)
+        except (ExportError, RuntimeError) as exc:
+            rules.unevaluated("HK-ONNX-001", f"the ONNX export failed: {exc}")
+            return None
+        info: dict[str, Any] = {
+            "path": "model.onnx",
+            "sha256": exp.files[0].sha256,
+            "files": {f.name: f.sha256 for f in exp.files},
+            "opset": exp.opset,
+        }
+        try:
+            ver = verify_onnx(
+                exp, model, hold_loader, providers=providers, config=pol.parity or None
+            )
+        except ImportError as exc:
+            rules.unevaluated(
+                "HK-ONNX-001", f"ONNX Runtime is not installed: {exc}", cause="environment"
+            )
+            return info
+        except ExecutionProviderError as exc:
+            rules.unevaluated(
+                "HK-ONNX-002",
+                f"ONNX Runtime could not run on {pol.onnx_provider}: {exc}",
+                cause="environment",
+            )
+            return info
+        except (NonFiniteError, ParityError, ExportError) as exc:
+            rules.unevaluated("HK-ONNX-001", f"the ONNX verification failed: {exc}")
+            return info
+        artefacts["verification"] = ver
+        active = ver.providers_active[0] if ver.providers_active else "?"
+        info.update(
+            provider=active,
+            verification_passed=ver.passed,
+            onnx_ba=ver.onnx_metrics.benign_accuracy.value,
+            torch_ba=ver.torch_metrics.benign_accuracy.value,
+            checks=[c.model_dump() for c in ver.checks],
+        )
+        failed = [c.name for c in ver.failed_checks]
+        rules.add(
+            "HK-ONNX-001",
+            "pass" if ver.passed else "fail",
+            "ONNX Runtime matches PyTorch: "
+            + ("every check passed" if ver.passed else f"failed {', '.join(failed)}")
+            + f" ({ver.samples} images)",
+            value="passed" if ver.passed else "failed",
+            threshold="passed",
+            comparison="==",
+            cause=None if ver.passed else "policy",
+        )
+        want = providers[0] if providers else active
+        ok = active == want
+        rules.add(
+            "HK-ONNX-002",
+            "pass" if ok else "fail",
+            f"ONNX Runtime ran on {active}" + ("" if ok else f", the policy requires {want}"),
+            value=active,
+            threshold=want,
+            comparison="==",
+            cause=None if ok else "environment",
+        )
+        return info
+
+
+def _num_classes(model: nn.Module, probe: Tensor, rt: RuntimeConfig) -> int:
+    from ..training import infer_num_classes
+
+    device = rt.resolve_device()
+    m = copy.deepcopy(model).to(device).eval()
+    return infer_num_classes(m, probe.to(device))
+
+
+def _scan_summary(scan: Any) -> dict[str, Any]:
+    return {
+        "verdict": scan.verdict,
+        "score": scan.score,
+        "flagged_labels": scan.flagged_labels,
+        "conclusive": scan.report.conclusive,
+        "report_id": scan.report.report_id,
+        "detectors": [d.detector for d in scan.report.detectors],
+    }

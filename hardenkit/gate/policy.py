@@ -1,0 +1,110 @@
+"""The deployment policy of :class:`~hardenkit.gate.Gate`: what a model must show to ship.
+
+A policy is a pydantic model (frozen, unknown keys rejected with the nearest valid key
+suggested), read from YAML or JSON by ``hardenkit gate --policy``; ``hardenkit schema
+gate-policy`` prints its JSON Schema. Rates are fractions in [0, 1].
+
+Example:
+    >>> from hardenkit.gate import DeploymentPolicy
+    >>> p = DeploymentPolicy(repair="never", max_asr=0.05)
+    >>> p.repair, p.max_ba_drop, p.onnx_provider
+    ('never', 0.03, 'cpu')
+    >>> DeploymentPolicy(max_asrr=0.05)
+    Traceback (most recent call last):
+    ...
+    hardenkit.errors.ConfigError: Invalid DeploymentPolicy: max_asrr: ...did you mean 'max_asr'?...
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+
+from ..config import HardenkitConfig
+
+__all__ = ["DeploymentPolicy"]
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class DeploymentPolicy(HardenkitConfig):
+    """What the gate checks and how strictly (the default is the documented default policy).
+
+    Attributes:
+        policy_version: the policy file format (1).
+        scan_budget: Scanner preset for the scans (``quick``, ``standard``, ``thorough``; see
+            ``hardenkit.scan.budget``).
+        scan: ``ScanConfig`` fields that override the preset (e.g. ``{"detectors":
+            ["neural-cleanse", "pixel"]}``).
+        repair: ``if-flagged`` (default) — repair a model whose scan is not ``clean`` with
+            ``strategy``; ``never`` — a flagged model fails; ``always`` — repair every model.
+        strategy: the purification strategy of a repair (``hardenkit strategies``).
+        strategy_config: that strategy's config fields.
+        rescan: re-scan the repaired model; with ``rescan_must_be_clean`` it must scan
+            ``clean`` to ship (rule ``HK-SCAN-001`` judges the model that ships).
+        max_repair_rounds: when the re-scan of a repaired model flags a label again, repair
+            it once more against every trigger used so far plus the re-scan's, and re-scan,
+            up to this many rounds in all (1: no second round). Not the default: on the
+            synthetic BadNets model a second ``auto`` round brought the planted backdoor
+            back (real-trigger ASR 7 % -> 22 %).
+        rescan_must_be_clean: see ``rescan``; False records the re-scan without judging it.
+        min_ba: lowest benign accuracy of the shipped model on held-out data (None: no rule).
+        max_ba_drop: largest benign-accuracy loss of the shipped model against the input
+            model, on the same held-out images.
+        max_asr: highest attack success rate of every recovered trigger (from both scans) and
+            every known trigger on the shipped model, on held-out images.
+        holdout_fraction: share of the clean images held out for the measurements when no
+            ``holdout_loader`` is given (stratified; the rest scans and repairs).
+        min_holdout_images: fewer held-out images fail ``HK-DATA-001`` (too few to measure).
+        export_onnx: export the shipped model to ONNX and verify it on ONNX Runtime.
+        onnx_provider: the execution provider the verification must actually run on:
+            ``cpu``, ``cuda`` or ``auto`` (CUDA when ONNX Runtime and torch see a GPU).
+        parity: ``ParityTolerance`` fields overriding the provider's profile.
+        fail_on_skipped: a rule that could not be evaluated fails the gate (fail closed);
+            False reports it as ``skipped`` without failing.
+    """
+
+    policy_version: Literal[1] = 1
+    scan_budget: Literal["quick", "standard", "thorough"] = "quick"
+    scan: dict[str, Any] = Field(default_factory=dict)
+    repair: Literal["never", "if-flagged", "always"] = "if-flagged"
+    strategy: str = "auto"
+    strategy_config: dict[str, Any] = Field(default_factory=dict)
+    rescan: bool = True
+    max_repair_rounds: Annotated[int, Field(ge=1, le=5)] = 1
+    rescan_must_be_clean: bool = True
+    min_ba: Fraction | None = None
+    max_ba_drop: Fraction = 0.03
+    max_asr: Fraction = 0.10
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    min_holdout_images: Annotated[int, Field(ge=1)] = 100
+    export_onnx: bool = True
+    onnx_provider: Literal["cpu", "cuda", "auto"] = "cpu"
+    parity: dict[str, Any] = Field(default_factory=dict)
+    fail_on_skipped: bool = True
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, v: str) -> str:
+        from ..purify import STRATEGIES
+
+        if v not in STRATEGIES:
+            raise ValueError(f"unknown strategy {v!r}; registered: {STRATEGIES.names()}")
+        return v
+
+    @field_validator("scan")
+    @classmethod
+    def _scan_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from ..scan import ScanConfig
+
+        ScanConfig(**v)  # raises with the field name
+        return v
+
+    @field_validator("parity")
+    @classmethod
+    def _parity_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from ..export.verify import ParityTolerance
+
+        ParityTolerance(**v)
+        return v

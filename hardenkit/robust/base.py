@@ -1,0 +1,425 @@
+"""Robust-training strategy plug-in interface: one class + one pydantic config + a registry entry.
+
+A robust-training strategy trains a model *from scratch* on an untrusted (possibly poisoned)
+training set and returns it together with the indices it suspects of being poisoned and a
+per-sample suspicion score (higher = more suspicious). :class:`~hardenkit.robust.RobustTrainer`
+does the bookkeeping (copy of the model, data validation, budget, metrics, the report).
+
+Example:
+    >>> from hardenkit.robust import TRAINERS, isolation_metrics
+    >>> sorted(TRAINERS.names())[:3]
+    ['abl', 'dlp', 'plain']
+    >>> isolation_metrics([1, 2, 3, 4], [3, 4, 5])
+    (0.5, 0.6666666666666666)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from .._utils.progress import ProgressCallback
+from ..config import HardenkitConfig, RuntimeConfig, parse_config
+from ..errors import NonFiniteError
+from ..registry import Registry
+from ..reports import BaseReport, ModelFingerprint
+from ..training import TrainConfig, predict
+
+__all__ = [
+    "TRAINERS",
+    "TRUSTED_STATUSES",
+    "Isolation",
+    "IsolationReport",
+    "RobustBudget",
+    "RobustConfig",
+    "RobustContext",
+    "RobustOutcome",
+    "RobustStrategy",
+    "StageReport",
+    "TrainingReport",
+    "TrainingStatus",
+    "isolation_metrics",
+    "sample_scores",
+    "select_suspects",
+]
+
+TrainingStatus = Literal["trained", "isolation-doubtful", "budget-exhausted"]
+"""Outcome of a robust training run. Only ``trained`` means "ran its schedule and the isolated
+set looks like a poison set":
+
+* ``trained`` — the schedule ran to the end (and, for strategies that isolate samples, the
+  suspected set looks like a poison set: one class dominates it);
+* ``isolation-doubtful`` — the schedule ran, but the suspected set does not look like a
+  poison set (no dominant class). Either the data is clean, or the attack is one the
+  isolation cannot see (clean-label attacks such as SIG, or a very low poison rate): the
+  returned model may still carry a backdoor;
+* ``budget-exhausted`` — ``max_steps`` / ``max_seconds`` ended the run before its schedule.
+"""
+
+TRUSTED_STATUSES: frozenset[str] = frozenset({"trained"})
+"""Statuses whose result can be used as reported (``hardenkit train`` exits 0 only for these)."""
+
+
+class RobustConfig(HardenkitConfig):
+    """Fields every robust-training strategy config has.
+
+    Attributes:
+        batch_size: samples per step.
+        lr: peak SGD learning rate (cosine schedule per stage).
+        momentum: SGD momentum.
+        weight_decay: L2 penalty.
+        augment: random crop (pad 4) + horizontal flip on the device for supervised steps.
+        min_dominant_share: the suspected set "looks like poison" when its most common class
+            holds at least this share of it (all-to-one poisoning concentrates the isolated
+            set on the target class) and ``min_concentration`` holds too; otherwise the
+            report warns and the status is ``isolation-doubtful``.
+        min_concentration: ... and when that class is at least this many times more
+            frequent in the suspected set than in the whole training set.
+        max_steps: stop after this many optimisation steps (``None`` = the schedule decides);
+            a run cut short has status ``budget-exhausted``.
+        max_seconds: stop after this much wall time (checked between steps); same status.
+    """
+
+    batch_size: Annotated[int, Field(ge=1)] = 128
+    lr: Annotated[float, Field(gt=0)] = 0.05
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    augment: bool = True
+    min_dominant_share: Annotated[float, Field(gt=0, le=1)] = 0.4
+    min_concentration: Annotated[float, Field(ge=1)] = 1.25
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    max_seconds: Annotated[float, Field(gt=0)] | None = None
+
+    def train_config(self, epochs: int, **changes: Any) -> TrainConfig:
+        """The :class:`~hardenkit.training.TrainConfig` of a supervised stage."""
+        fields: dict[str, Any] = {
+            "epochs": epochs,
+            "batch_size": self.batch_size,
+            "optimizer": "sgd",
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "schedule": "cosine",
+            "augment": self.augment,
+        }
+        fields.update(changes)
+        return TrainConfig(**fields)
+
+
+class RobustBudget:
+    """Step and wall-time budget shared by a strategy's loops (``budget()`` → stop?)."""
+
+    def __init__(self, max_steps: int | None, max_seconds: float | None) -> None:
+        self.max_steps = max_steps
+        self.max_seconds = max_seconds
+        self.steps = 0
+        self.exhausted = False
+        self._t0 = time.perf_counter()
+
+    def __call__(self) -> bool:
+        """Count one step; return True (stop) when the budget is used up."""
+        out_of_steps = self.max_steps is not None and self.steps >= self.max_steps
+        out_of_time = (
+            self.max_seconds is not None and time.perf_counter() - self._t0 > self.max_seconds
+        )
+        if out_of_steps or out_of_time:
+            self.exhausted = True
+        else:
+            self.steps += 1
+        return self.exhausted
+
+
+@dataclass
+class RobustContext:
+    """What a strategy gets from the trainer.
+
+    ``model`` is the working copy (trained in place and returned); ``x``/``y`` the untrusted
+    training set on ``device`` (``x`` uint8 or float pixels in [0, 1]).
+    """
+
+    model: nn.Module
+    num_classes: int
+    x: Tensor
+    y: Tensor
+    device: torch.device
+    runtime: RuntimeConfig
+    budget: RobustBudget
+    progress: ProgressCallback
+    notes: list[str] = field(default_factory=list)
+    poison_indices: Tensor | None = None
+    """True poison indices when the caller gave them: **only** for the report's isolation
+    history (precision/recall); a strategy must never use them to decide anything."""
+
+
+@dataclass
+class StageRecord:
+    """One stage as measured by a strategy (turned into a :class:`StageReport`)."""
+
+    name: str
+    seconds: float
+    epochs: int = 0
+    steps: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RobustOutcome:
+    """What a strategy returns.
+
+    ``suspected`` are the indices (into the training set) the strategy finally treated as
+    poisoned (empty for strategies that isolate nothing); ``scores`` one suspicion score per
+    sample (higher = more suspicious) or ``None``.
+    """
+
+    model: nn.Module
+    suspected: Tensor
+    scores: Tensor | None
+    stages: list[StageRecord] = field(default_factory=list)
+    epochs: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+    isolation_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RobustStrategy(ABC):
+    """A robust-training method. Subclasses set ``name``, ``config_cls`` and ``isolates``."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[RobustConfig]] = RobustConfig
+    isolates: ClassVar[bool] = True
+    """Whether the strategy isolates suspected samples (``plain`` does not)."""
+
+    def __init__(self, config: RobustConfig | dict[str, Any] | None = None) -> None:
+        self.config = parse_config(self.config_cls, config)
+
+    @abstractmethod
+    def fit(self, ctx: RobustContext) -> RobustOutcome:
+        """Train ``ctx.model`` on ``(ctx.x, ctx.y)`` and return it with the suspected set."""
+
+    def estimate_epochs(self) -> float:
+        """Full-data epoch equivalents of the schedule (for a rough time estimate)."""
+        return 1.0
+
+
+TRAINERS: Registry[type[RobustStrategy]] = Registry(
+    "robust-training strategy", entry_point_group="hardenkit.trainers"
+)
+
+
+# --- scoring and isolation ----------------------------------------------------------------
+
+
+ScoreKind = Literal["loss", "entropy"]
+
+
+@torch.no_grad()
+def sample_scores(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    runtime: RuntimeConfig,
+    batch_size: int = 512,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample ``(cross-entropy, predictive entropy, correct)`` of ``model`` on ``(x, y)``.
+
+    On the CPU, float32; non-finite losses raise :class:`~hardenkit.errors.NonFiniteError`.
+    """
+    logits = predict(model, x, batch_size=batch_size, runtime=runtime, where="sample scoring")
+    yc = y.cpu()
+    ce = F.cross_entropy(logits, yc, reduction="none")
+    logp = F.log_softmax(logits, dim=1)
+    ent = -(logp.exp() * logp).sum(1)
+    if not bool(torch.isfinite(ce).all()) or not bool(torch.isfinite(ent).all()):
+        raise NonFiniteError(
+            "per-sample losses are not finite while scoring the training set.",
+            hint="lower the learning rate or check the data",
+        )
+    return ce, ent, logits.argmax(1) == yc
+
+
+def select_suspects(
+    suspicion: Tensor,
+    labels: Tensor,
+    *,
+    ratio: float | None,
+    threshold: float | None,
+    per_class: bool,
+    num_classes: int,
+) -> Tensor:
+    """Indices (sorted) of the suspected samples: the top ``ratio`` by ``suspicion`` (higher =
+    more suspicious) globally or within each class, or those with ``suspicion > threshold``.
+
+    Example:
+        >>> import torch
+        >>> s = torch.tensor([0.9, 0.1, 0.8, 0.2]); y = torch.tensor([0, 0, 1, 1])
+        >>> select_suspects(s, y, ratio=0.5, threshold=None, per_class=False, num_classes=2)
+        tensor([0, 2])
+        >>> select_suspects(s, y, ratio=None, threshold=0.5, per_class=False, num_classes=2)
+        tensor([0, 2])
+    """
+    n = len(suspicion)
+    if threshold is not None:
+        return torch.nonzero(suspicion > threshold).flatten()
+    r = 0.0 if ratio is None else ratio
+    if not per_class:
+        k = min(n, max(1, round(r * n))) if r > 0 else 0
+        return torch.sort(torch.topk(suspicion, k).indices).values
+    picks: list[Tensor] = []
+    for c in range(num_classes):
+        idx = torch.nonzero(labels == c).flatten()
+        if len(idx) == 0:
+            continue
+        k = min(len(idx), max(1, round(r * len(idx)))) if r > 0 else 0
+        picks.append(idx[torch.topk(suspicion[idx], k).indices])
+    if not picks:
+        return torch.zeros(0, dtype=torch.int64)
+    return torch.sort(torch.cat(picks)).values
+
+
+def isolation_metrics(
+    suspected: Tensor | Sequence[int], poison: Tensor | Sequence[int]
+) -> tuple[float | None, float | None]:
+    """``(precision, recall)`` of the suspected indices against the true poison indices.
+
+    Precision is ``None`` when nothing is suspected, recall ``None`` when there is no poison.
+    """
+    s = set(torch.as_tensor(suspected, dtype=torch.int64).tolist())
+    p = set(torch.as_tensor(poison, dtype=torch.int64).tolist())
+    hit = len(s & p)
+    precision = hit / len(s) if s else None
+    recall = hit / len(p) if p else None
+    return precision, recall
+
+
+def isolation_record(
+    ctx: RobustContext, suspected: Tensor, *, epoch: int, stage: str, **extra: Any
+) -> dict[str, Any]:
+    """One row of the isolation history (precision/recall only when poison indices are known)."""
+    rec: dict[str, Any] = {"stage": stage, "epoch": epoch, "suspected": len(suspected), **extra}
+    if ctx.poison_indices is not None:
+        rec["precision"], rec["recall"] = isolation_metrics(suspected, ctx.poison_indices)
+    return rec
+
+
+def finite_or_raise(value: Tensor, where: str) -> None:
+    """Raise :class:`NonFiniteError` when the scalar ``value`` is NaN or infinite."""
+    if not math.isfinite(float(value.detach())):
+        raise NonFiniteError(
+            f"the {where} loss is not finite ({float(value.detach())}).",
+            hint="lower the learning rate (or the unlearning rate) or check the data",
+        )
+
+
+LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+class StageReport(BaseModel):
+    """One stage of a robust-training run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    seconds: float
+    epochs: int
+    steps: int
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class IsolationReport(BaseModel):
+    """The suspected (isolated) set: size, class histogram and, with known poison, quality."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    suspected: int
+    fraction: float
+    class_histogram: list[int]
+    dominant_class: int | None
+    dominant_share: float | None
+    """Share of the suspected set held by its most common class."""
+    concentration: float | None = None
+    """``dominant_share`` divided by the dominant class's share of the whole training set."""
+    looks_like_poison: bool | None
+    """``dominant_share >= min_dominant_share`` and ``concentration >= min_concentration``;
+    ``None`` when nothing was suspected."""
+    true_poison: int | None = None
+    """Number of true poison indices given (``None``: not given)."""
+    poison_indices_source: Literal["argument", "dataset", "none"] = "none"
+    precision: float | None = None
+    recall: float | None = None
+
+
+Isolation = IsolationReport
+
+
+class TrainingReport(BaseReport):
+    """What a robust training run did and measured."""
+
+    SCHEMA_VERSION: ClassVar[str] = "1.0"
+
+    report_type: str = "robust-training"
+    strategy: str
+    status: TrainingStatus
+    """See :data:`hardenkit.robust.base.TrainingStatus`."""
+    config: dict[str, Any]
+    runtime: dict[str, Any]
+    num_classes: int
+    num_samples: int
+    class_counts: list[int]
+    epochs: int
+    steps: int
+    budget_exhausted: bool
+    seconds: float
+    stages: list[StageReport]
+    isolation: IsolationReport | None
+    """``None`` for strategies that isolate nothing (``plain``)."""
+    isolation_history: list[dict[str, Any]] = Field(default_factory=list)
+    """Every (re-)scoring of the split: stage, epoch, size, moves, precision/recall."""
+    ba: float | None = None
+    """Benign accuracy on the ``test`` set (``None`` without one)."""
+    asr: float | None = None
+    """Attack success rate of ``trigger`` → ``target`` on the test images not of the target
+    class (``None`` without a test set, trigger and target)."""
+    test_images: int = 0
+    input_model: ModelFingerprint
+    output_model: ModelFingerprint
+    warnings: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    details: dict[str, Any] = Field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few human-readable lines."""
+
+        def pct(v: float | None) -> str:
+            return "n/a" if v is None else f"{100 * v:.2f}%"
+
+        lines = [
+            f"robust training ({self.strategy}): status {self.status}, {self.epochs} epoch(s), "
+            f"{self.steps} step(s), {self.seconds:.1f}s",
+            "  stages: " + ", ".join(f"{s.name} {s.seconds:.1f}s" for s in self.stages),
+        ]
+        iso = self.isolation
+        if iso is not None:
+            line = (
+                f"  suspected: {iso.suspected} of {self.num_samples} "
+                f"({100 * iso.fraction:.1f}%), dominant class {iso.dominant_class} "
+                f"({pct(iso.dominant_share)})"
+            )
+            if iso.precision is not None or iso.recall is not None:
+                line += f", precision {pct(iso.precision)}, recall {pct(iso.recall)}"
+            lines.append(line)
+        if self.test_images:
+            lines.append(f"  test: BA {pct(self.ba)}, ASR {pct(self.asr)}")
+        lines += [f"  WARNING: {w}" for w in self.warnings]
+        return "\n".join(lines)

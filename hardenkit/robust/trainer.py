@@ -1,0 +1,455 @@
+"""The RobustTrainer facade: train a copy of a model on untrusted data with a registered strategy.
+
+Example:
+    >>> import hardenkit as hk
+    >>> from hardenkit.robust import RobustTrainer
+    >>> data = hk.data.make_synthetic_dataset(num_classes=3, train_per_class=20, test_per_class=5)
+    >>> model = hk.build_model("small-cnn", 3, width=4)
+    >>> res = RobustTrainer(model, "dlp", config={"sl_epochs": 1, "ssl_epochs": 1,
+    ...     "unlearn_epochs": 1}, runtime={"device": "cpu", "progress": "off"}).fit(data.train)
+    >>> res.report.strategy, len(res.suspected_indices) == res.report.isolation.suspected
+    ('dlp', True)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._utils.model_checks import check_model, require_trainable
+from .._utils.progress import ProgressCallback, make_progress
+from .._utils.seeding import seed_everything
+from ..config import RuntimeConfig, parse_config
+from ..data.datasets import ImageDataset
+from ..data.loaders import BatchSource, materialize, validate_batch
+from ..errors import ConfigError, DataError, ModelCompatibilityError
+from ..io import save_state_dict
+from ..logging import get_logger
+from ..reports import ModelFingerprint
+from ..training import build_optimizer, evaluate_accuracy, infer_num_classes, trigger_asr
+from .base import (
+    TRAINERS,
+    TRUSTED_STATUSES,
+    IsolationReport,
+    RobustBudget,
+    RobustConfig,
+    RobustContext,
+    RobustStrategy,
+    StageReport,
+    TrainingReport,
+    TrainingStatus,
+    isolation_metrics,
+)
+
+__all__ = ["DEFAULT_TRAINER", "RobustTrainer", "TrainingResult"]
+
+_log = get_logger("hardenkit.robust")
+
+DEFAULT_TRAINER = "dlp"
+
+DataSource = ImageDataset | tuple[Tensor, Tensor] | BatchSource
+"""An :class:`~hardenkit.data.ImageDataset` (a poisoned one carries its poison indices), an
+``(x, y)`` tensor pair, or any iterable of ``(x, y)`` batches (e.g. a DataLoader)."""
+
+
+class TrainingResult:
+    """The trained model (a new object), its report, and the suspected-poison indices.
+
+    Attributes:
+        model: the trained model, in eval mode (the caller's model is untouched).
+        report: the :class:`TrainingReport`.
+        suspected_indices: indices into the training set the strategy treated as poisoned.
+        scores: one suspicion score per training sample (higher = more suspicious), or
+            ``None`` (``plain``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        report: TrainingReport,
+        suspected_indices: Tensor,
+        scores: Tensor | None,
+        input_shape: tuple[int, int, int],
+    ) -> None:
+        self.model = model
+        self.report = report
+        self.suspected_indices = suspected_indices
+        self.scores = scores
+        self.input_shape = input_shape
+
+    @property
+    def status(self) -> str:
+        return self.report.status
+
+    @property
+    def trusted(self) -> bool:
+        """True only for status ``trained``."""
+        return self.report.status in TRUSTED_STATUSES
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors``, ``report.json`` and ``suspected.json`` (indices, scores)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_state_dict(self.model, d / "model.safetensors")
+        payload = {
+            "report_id": self.report.report_id,
+            "suspected_indices": self.suspected_indices.tolist(),
+            "scores": None if self.scores is None else [float(s) for s in self.scores.tolist()],
+        }
+        (d / "suspected.json").write_text(json.dumps(payload) + "\n")
+        self.report.save(d / "report.json")
+        return d
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainingResult(strategy={self.report.strategy!r}, status={self.status!r}, "
+            f"suspected={len(self.suspected_indices)})"
+        )
+
+
+def _as_tensors(
+    source: DataSource, rt: RuntimeConfig, where: str
+) -> tuple[Tensor, Tensor, ImageDataset | None]:
+    if isinstance(source, ImageDataset):
+        if len(source) == 0:
+            raise DataError(f"{where}: the dataset is empty.")
+        x, y = source.images, source.labels
+        validate_batch(
+            source.pixels()[:64] if x.dtype == torch.uint8 else x,
+            y[:64] if x.dtype == torch.uint8 else y,
+            num_classes=source.num_classes,
+            where=where,
+        )
+        return x, y, source
+    if (
+        isinstance(source, (tuple, list))
+        and len(source) == 2
+        and isinstance(source[0], Tensor)
+        and isinstance(source[1], Tensor)
+        and source[0].ndim == 4
+    ):
+        x, y = source[0], source[1]
+        if len(x) != len(y):
+            raise DataError(
+                f"{where}: {len(x)} images but {len(y)} labels.",
+                hint="pass (images (N, C, H, W), labels (N,)) of equal length",
+            )
+        validate_batch(x, y, where=where)
+        return x.to(torch.float32), y.to(torch.int64), None
+    x, y = materialize(
+        source, input_normalization=rt.input_normalization, device="cpu", where=where
+    )
+    return x, y, None
+
+
+def _poison_tensor(value: Any, n: int) -> Tensor:
+    try:
+        t = torch.as_tensor(np.asarray(value)).flatten()
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"poison_indices must be a sequence of integer sample indices: {exc}",
+            hint="pass e.g. poisoned_dataset.poison_indices or a list of ints",
+        ) from exc
+    if len(t) and (t.is_floating_point() or t.dtype == torch.bool):
+        raise DataError(
+            f"poison_indices must hold integer indices, got dtype {t.dtype}.",
+            hint="pass indices, not a mask (use torch.nonzero(mask).flatten())",
+        )
+    t = t.to(torch.int64)
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= n):
+        raise DataError(
+            f"poison_indices must lie in [0, {n}) (the training set's size), got range "
+            f"[{int(t.min())}, {int(t.max())}]."
+        )
+    if len(torch.unique(t)) != len(t):
+        raise DataError("poison_indices contains duplicates.")
+    return torch.sort(t).values
+
+
+class RobustTrainer:
+    """Train a copy of ``model`` from scratch on an untrusted training set.
+
+    Args:
+        model: any ``nn.Module`` mapping [0, 1] pixel batches to logits; it is deep-copied
+            and never modified (pass a freshly initialised model: training starts from its
+            weights).
+        strategy: a registered name (``plain``, ``abl``, ``dlp``; see ``TRAINERS.names()``)
+            or a :class:`RobustStrategy` instance.
+        config: the strategy's config (object or dict); only with a strategy name.
+        runtime: device, seed, progress.
+        progress: a progress callback (overrides ``runtime.progress``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        strategy: str | RobustStrategy = DEFAULT_TRAINER,
+        *,
+        config: RobustConfig | dict[str, Any] | None = None,
+        runtime: RuntimeConfig | dict[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ModelCompatibilityError(
+                f"model must be a torch.nn.Module, got {type(model).__name__}.",
+                hint="pass the (untrained) network, e.g. hk.build_model('small-cnn', 10)",
+            )
+        model = check_model(model, where="RobustTrainer")
+        require_trainable(model, where="RobustTrainer")
+        if isinstance(strategy, RobustStrategy):
+            if config is not None:
+                raise ConfigError(
+                    "config= is only used with a strategy name.",
+                    hint="configure the strategy instance itself",
+                )
+            self.strategy = strategy
+        elif isinstance(strategy, str):
+            self.strategy = TRAINERS.get(strategy)(config)
+        else:
+            raise ConfigError(
+                f"strategy must be a name or a RobustStrategy, got {type(strategy).__name__}.",
+                hint=f"use one of {TRAINERS.names()}",
+            )
+        self.model = model
+        self.runtime = parse_config(RuntimeConfig, runtime)
+        self._progress = progress
+
+    def estimate_seconds(self, num_samples: int, input_shape: Sequence[int]) -> float:
+        """A rough wall-time estimate: two timed training steps × the schedule's steps."""
+        rt = self.runtime
+        device = rt.resolve_device()
+        work = copy.deepcopy(self.model).to(device).train()
+        bs = min(self.strategy.config.batch_size, max(1, num_samples))
+        xb = torch.rand(bs, *input_shape, device=device)
+        k = infer_num_classes(work, xb[:2])
+        yb = torch.randint(0, k, (bs,), device=device)
+        opt = build_optimizer(work.parameters(), self.strategy.config.train_config(1))
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(work(xb), yb)
+            opt.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        per_step = min(times[1:])
+        steps = self.strategy.estimate_epochs() * math.ceil(num_samples / bs)
+        return per_step * steps * 1.15  # + scoring and evaluation passes
+
+    def fit(
+        self,
+        data: DataSource,
+        *,
+        test: DataSource | None = None,
+        trigger: Any | None = None,
+        target: int | None = None,
+        poison_indices: Tensor | Sequence[int] | np.ndarray | None = None,
+    ) -> TrainingResult:
+        """Train on ``data`` and return the model, the report and the suspected indices.
+
+        Args:
+            data: the untrusted training set (see :data:`DataSource`).
+            test: a held-out clean set for BA (and ASR with ``trigger``/``target``).
+            trigger: a :class:`~hardenkit.triggers.Trigger` or callable on [0, 1] batches.
+            target: the attack's target label (all-to-one), needed with ``trigger``.
+            poison_indices: the true poison indices, only to report isolation precision and
+                recall (default: ``data.poison_indices`` when ``data`` is a poisoned dataset).
+                Never used by the strategy.
+        """
+        t_start = time.perf_counter()
+        rt = self.runtime
+        seed_everything(rt.seed)
+        device = rt.resolve_device()
+        progress = make_progress(rt.progress, self._progress)
+        strat = self.strategy
+        x, y, ds = _as_tensors(data, rt, "data")
+        n = len(y)
+        if n < 2:
+            raise DataError(f"data: robust training needs at least 2 samples, got {n}.")
+        shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+        probe = copy.deepcopy(self.model).to(device).eval()
+        k = infer_num_classes(probe, torch.zeros(2, *shape, device=device))
+        del probe
+        if int(y.min()) < 0 or int(y.max()) >= k:
+            raise DataError(
+                f"data has labels in [{int(y.min())}, {int(y.max())}] but the model outputs "
+                f"{k} logits.",
+                hint="pass a model whose classifier head matches the number of classes",
+            )
+        source = "none"
+        poison: Tensor | None = None
+        if poison_indices is not None:
+            poison, source = _poison_tensor(poison_indices, n), "argument"
+        elif ds is not None and isinstance(getattr(ds, "poison_indices", None), Tensor):
+            poison, source = _poison_tensor(ds.poison_indices, n), "dataset"  # type: ignore[attr-defined]
+        if trigger is not None and target is None:
+            raise ConfigError(
+                "a trigger was given without its target label.",
+                hint="pass target=<the attack's target class> to measure ASR",
+            )
+        if target is not None and not 0 <= int(target) < k:
+            raise ConfigError(f"target {target} is not a class of a {k}-class model.")
+        if trigger is not None and not callable(trigger):
+            raise ConfigError(
+                f"trigger must be callable on a [0, 1] batch, got {type(trigger).__name__}."
+            )
+        x_te = y_te = None
+        if test is not None:
+            x_te, y_te, _ = _as_tensors(test, rt, "test")
+            if tuple(x_te.shape[1:]) != shape:
+                raise DataError(
+                    f"test images are {tuple(x_te.shape[1:])}, training images {shape}."
+                )
+            if int(y_te.max()) >= k:
+                raise DataError(f"test labels must lie in [0, {k}).")
+        work = copy.deepcopy(self.model).to(device)
+        budget = RobustBudget(strat.config.max_steps, strat.config.max_seconds)
+        notes: list[str] = []
+        ctx = RobustContext(
+            model=work,
+            num_classes=k,
+            x=x.to(device),
+            y=y.to(device, torch.int64),
+            device=device,
+            runtime=rt,
+            budget=budget,
+            progress=progress,
+            notes=notes,
+            poison_indices=poison,
+        )
+        outcome = strat.fit(ctx)
+        model = outcome.model.eval()
+        suspected = torch.sort(outcome.suspected.cpu().to(torch.int64)).values
+        warnings: list[str] = []
+        isolation = self._isolation(strat, suspected, y, k, poison, source, warnings)
+        ba = asr = None
+        test_n = 0
+        if x_te is not None and y_te is not None:
+            test_n = len(y_te)
+            xd, yd = x_te.to(device), y_te.to(device)
+            ba = evaluate_accuracy(model, xd, yd, runtime=rt)
+            if trigger is not None and target is not None:
+                asr = trigger_asr(model, trigger, xd, yd, int(target), rt)
+        elif trigger is not None:
+            notes.append("a trigger was given without a test set: ASR was not measured")
+        status: TrainingStatus = "trained"
+        if budget.exhausted:
+            status = "budget-exhausted"
+            warnings.append(
+                f"BUDGET EXHAUSTED after {budget.steps} step(s): max_steps={budget.max_steps}, "
+                f"max_seconds={budget.max_seconds} ended the run before its schedule finished; "
+                "the model is under-trained and the defence incomplete"
+            )
+        elif isolation is not None and isolation.looks_like_poison is not True:
+            status = "isolation-doubtful"
+        report = TrainingReport(
+            strategy=strat.name,
+            status=status,
+            config=strat.config.model_dump(mode="json"),
+            runtime=rt.model_dump(mode="json"),
+            num_classes=k,
+            num_samples=n,
+            class_counts=torch.bincount(y.cpu(), minlength=k).tolist(),
+            epochs=outcome.epochs,
+            steps=budget.steps,
+            budget_exhausted=budget.exhausted,
+            seconds=time.perf_counter() - t_start,
+            stages=[
+                StageReport(
+                    name=s.name,
+                    seconds=s.seconds,
+                    epochs=s.epochs,
+                    steps=s.steps,
+                    details=s.details,
+                )
+                for s in outcome.stages
+            ],
+            isolation=isolation,
+            isolation_history=outcome.isolation_history,
+            ba=ba,
+            asr=asr,
+            test_images=test_n,
+            input_model=ModelFingerprint.of(self.model),
+            output_model=ModelFingerprint.of(model),
+            warnings=warnings,
+            notes=notes,
+            details=outcome.details,
+        )
+        for w in warnings:
+            _log.warning("robust.warning", message=w)
+        _log.info(
+            "robust.done",
+            strategy=strat.name,
+            status=status,
+            ba=ba,
+            asr=asr,
+            suspected=len(suspected),
+            seconds=report.seconds,
+        )
+        scores = None if outcome.scores is None else outcome.scores.detach().cpu().float()
+        return TrainingResult(model, report, suspected, scores, shape)
+
+    @staticmethod
+    def _isolation(
+        strat: RobustStrategy,
+        suspected: Tensor,
+        y: Tensor,
+        k: int,
+        poison: Tensor | None,
+        source: str,
+        warnings: list[str],
+    ) -> IsolationReport | None:
+        if not strat.isolates:
+            return None
+        n = len(y)
+        hist = torch.bincount(y.cpu()[suspected], minlength=k).tolist()
+        dom = share = conc = None
+        looks: bool | None = None
+        cfg = strat.config
+        if len(suspected):
+            dom = int(np.argmax(hist))
+            share = hist[dom] / len(suspected)
+            prior = int((y == dom).sum()) / max(1, n)
+            conc = share / prior if prior > 0 else math.inf
+            looks = share >= cfg.min_dominant_share and conc >= cfg.min_concentration
+        precision = recall = None
+        if poison is not None:
+            precision, recall = isolation_metrics(suspected, poison)
+        if looks is None:
+            warnings.append(
+                "nothing was isolated: the strategy found no suspected sample, so no poison was "
+                "removed; check the isolation settings"
+            )
+        elif not looks:
+            warnings.append(
+                f"the isolated set does not look like a poison set: its most common class "
+                f"({dom}) holds {100 * (share or 0):.1f}% of the {len(suspected)} suspected "
+                f"samples, {conc or 0:.2f}x its share of the training set (a poison set needs "
+                f">= {cfg.min_dominant_share} and >= {cfg.min_concentration}x). Either the "
+                "data is clean, or the attack is one that loss/entropy isolation does not see "
+                "(clean-label attacks such as SIG, or a very low poison rate such as 1%): the "
+                "model may still carry a backdoor — validate it (hk.Validator) or scan it "
+                "(hk.Scanner) before use"
+            )
+        return IsolationReport(
+            suspected=len(suspected),
+            fraction=len(suspected) / max(1, n),
+            class_histogram=hist,
+            dominant_class=dom,
+            dominant_share=share,
+            concentration=conc,
+            looks_like_poison=looks,
+            true_poison=None if poison is None else len(poison),
+            poison_indices_source=source,  # type: ignore[arg-type]
+            precision=precision,
+            recall=recall,
+        )

@@ -1,0 +1,194 @@
+"""Unit tests of the gate's policy, rules, outputs and input checks (no long scans)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+
+import hardenkit as hk
+from hardenkit.cli import main
+from hardenkit.errors import ConfigError, DataError
+from hardenkit.gate import (
+    RULES,
+    DeploymentPolicy,
+    Gate,
+    GateReport,
+    GateRule,
+    TriggerMeasurement,
+    image_hashes,
+    junit_xml,
+    markdown_summary,
+    sarif_log,
+)
+from hardenkit.reports import ModelFingerprint
+from hardenkit.schemas import json_schema, schema_names
+
+
+def _report(statuses: dict[str, str]) -> GateReport:
+    model = hk.create_model("small-cnn", 4)
+    fp = ModelFingerprint.of(model)
+    rules = [
+        GateRule(
+            rule_id=rid,
+            description=RULES[rid],
+            status=st,  # type: ignore[arg-type]
+            value=0.2 if rid.startswith("HK-ASR") else None,
+            threshold=0.1 if rid.startswith("HK-ASR") else None,
+            comparison="<=" if rid.startswith("HK-ASR") else None,
+            message=f"{rid} is {st}",
+            cause="policy" if st == "fail" else None,
+        )
+        for rid, st in statuses.items()
+    ]
+    failed = any(s == "fail" for s in statuses.values())
+    return GateReport(
+        passed=not failed,
+        exit_code=1 if failed else 0,
+        rules=rules,
+        policy=DeploymentPolicy().model_dump(mode="json"),
+        input_model=fp,
+        output_model=fp,
+        repaired=False,
+        input_ba=0.9,
+        output_ba=0.89,
+        triggers=[
+            TriggerMeasurement(source="scan", label=0, input_asr=1.0, output_asr=0.2, images=90)
+        ],
+        data={"clean_images": 10, "holdout_images": 100},
+        timings={"total_seconds": 1.5},
+    )
+
+
+# ------------------------------------------------------------------------------ policy
+
+
+def test_default_policy_is_the_documented_one() -> None:
+    p = DeploymentPolicy()
+    assert (p.repair, p.strategy, p.max_ba_drop, p.max_asr) == ("if-flagged", "auto", 0.03, 0.1)
+    assert p.rescan_must_be_clean
+    assert p.fail_on_skipped
+    assert Gate().policy == p
+
+
+def test_policy_typo_names_the_nearest_key() -> None:
+    with pytest.raises(ConfigError, match=r"max_asrr.*did you mean 'max_asr'"):
+        DeploymentPolicy(max_asrr=0.05)  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="unknown strategy 'mlc'"):
+        DeploymentPolicy(strategy="mlc")
+    with pytest.raises(ConfigError, match="max_imagez"):
+        DeploymentPolicy(scan={"max_imagez": 10})
+    with pytest.raises(ConfigError):
+        DeploymentPolicy(max_asr=1.5)
+
+
+def test_schema_names_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    assert {"gate-policy", "gate-report", "validation-policy"} <= set(schema_names())
+    assert json_schema("gate-policy")["title"] == "DeploymentPolicy"
+    assert main(["schema", "gate-policy"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert "max_ba_drop" in printed["properties"]
+    assert main(["schema", "no-such-schema"]) == 2
+    assert "unknown schema" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def test_junit_has_one_case_per_rule() -> None:
+    rep = _report({"HK-DATA-001": "pass", "HK-ASR-001": "fail", "HK-ONNX-001": "skipped"})
+    root = ET.fromstring(junit_xml(rep))
+    suite = root.find("testsuite")
+    assert suite is not None
+    cases = suite.findall("testcase")
+    assert len(cases) == 3
+    assert suite.get("failures") == "1"
+    assert suite.get("skipped") == "1"
+    failed = [c for c in cases if c.find("failure") is not None]
+    assert [c.get("name", "").split()[0] for c in failed] == ["HK-ASR-001"]
+    assert failed[0].find("failure").get("message") == "HK-ASR-001 is fail"  # type: ignore[union-attr]
+
+
+def test_sarif_reports_failed_rules_only() -> None:
+    rep = _report({"HK-DATA-001": "pass", "HK-ASR-001": "fail", "HK-BA-002": "fail"})
+    log = json.loads(sarif_log(rep))
+    assert log["version"] == "2.1.0"
+    run = log["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    assert [r["id"] for r in rules] == sorted(["HK-DATA-001", "HK-ASR-001", "HK-BA-002"])
+    assert sorted(r["ruleId"] for r in run["results"]) == ["HK-ASR-001", "HK-BA-002"]
+    for res in run["results"]:
+        assert rules[res["ruleIndex"]]["id"] == res["ruleId"]
+        assert res["level"] == "error"
+        uri = res["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+        assert uri == "model.safetensors"
+    assert run["invocations"][0]["exitCode"] == 1
+    assert not json.loads(sarif_log(_report({"HK-DATA-001": "pass"})))["runs"][0]["results"]
+
+
+def test_markdown_summary_and_round_trip() -> None:
+    rep = _report({"HK-DATA-001": "pass", "HK-ASR-001": "fail"})
+    md = markdown_summary(rep)
+    assert md.startswith("## hardenkit gate: FAILED")
+    assert "| HK-ASR-001 | ❌ fail | 20.00% | <= 10.00% |" in md
+    assert "90.00% → 89.00%" in md
+    again = GateReport.model_validate_json(rep.to_json())
+    assert again == rep
+    assert again.failed_rules[0].rule_id == "HK-ASR-001"
+
+
+# ------------------------------------------------------------------------------ data checks
+
+
+def test_image_hashes_survive_a_uint8_round_trip() -> None:
+    x = torch.rand(5, 3, 8, 8)
+    u8 = (x * 255).round().to(torch.uint8)
+    assert image_hashes(x) == image_hashes(u8.float() / 255)
+    assert len(set(image_hashes(x))) == 5
+
+
+def test_overlapping_holdout_is_refused_before_any_scan() -> None:
+    data = hk.make_synthetic_dataset(num_classes=4, train_per_class=20, test_per_class=5)
+    model = hk.create_model("small-cnn", 4)
+    x, y = data.train.tensors()
+    hold = hk.data.TensorLoader(x[:7], y[:7], batch_size=8)
+    with pytest.raises(DataError, match="7 of the 7 held-out images also appear"):
+        Gate().run(model, data.train.loader(), hold)
+
+
+def test_bad_known_triggers_are_config_errors() -> None:
+    data = hk.make_synthetic_dataset(num_classes=4, train_per_class=5, test_per_class=5)
+    model = hk.create_model("small-cnn", 4)
+    with pytest.raises(ConfigError, match="mapping"):
+        Gate().run(model, data.train.loader(), known_triggers=[1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="pair"):
+        Gate().run(model, data.train.loader(), known_triggers={"x": 3})  # type: ignore[dict-item]
+
+
+def test_gate_cli_policy_typo_is_a_usage_error(tmp_path: Path) -> None:
+    weights = tmp_path / "m.safetensors"
+    hk.save_state_dict(hk.create_model("small-cnn", 4), weights)
+    policy = tmp_path / "p.yaml"
+    policy.write_text("max_asrr: 0.05\n")
+    code = main(
+        [
+            "gate",
+            "--weights",
+            str(weights),
+            "--arch",
+            "small-cnn",
+            "--num-classes",
+            "4",
+            "--data",
+            "synthetic:num_classes=4",
+            "--policy",
+            str(policy),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2
+    assert not (tmp_path / "out").exists()
