@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from .._utils.budget import Budget
 from .._utils.progress import ProgressCallback
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
 from ..registry import Registry
@@ -209,28 +209,6 @@ class CheckpointSelector:
             history=self.history,
         )
         return out
-
-
-class Budget:
-    """Step and wall-time budget shared by a strategy's loops (``budget()`` → stop?)."""
-
-    def __init__(self, max_steps: int | None, max_seconds: float | None) -> None:
-        self.max_steps = max_steps
-        self.max_seconds = max_seconds
-        self.steps = 0
-        self.exhausted = False
-        self._t0 = time.perf_counter()
-
-    def __call__(self) -> bool:
-        """Count one step; return True (stop) when the budget is used up."""
-        out_of_steps = self.max_steps is not None and self.steps >= self.max_steps
-        elapsed = time.perf_counter() - self._t0
-        out_of_time = self.max_seconds is not None and elapsed > self.max_seconds
-        if out_of_steps or out_of_time:
-            self.exhausted = True
-        else:
-            self.steps += 1
-        return self.exhausted
 
 
 @dataclass

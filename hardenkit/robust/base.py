@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import math
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from .._utils.budget import Budget as RobustBudget
 from .._utils.progress import ProgressCallback
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
 from ..errors import NonFiniteError
@@ -113,29 +113,6 @@ class RobustConfig(HardenkitConfig):
         }
         fields.update(changes)
         return TrainConfig(**fields)
-
-
-class RobustBudget:
-    """Step and wall-time budget shared by a strategy's loops (``budget()`` → stop?)."""
-
-    def __init__(self, max_steps: int | None, max_seconds: float | None) -> None:
-        self.max_steps = max_steps
-        self.max_seconds = max_seconds
-        self.steps = 0
-        self.exhausted = False
-        self._t0 = time.perf_counter()
-
-    def __call__(self) -> bool:
-        """Count one step; return True (stop) when the budget is used up."""
-        out_of_steps = self.max_steps is not None and self.steps >= self.max_steps
-        out_of_time = (
-            self.max_seconds is not None and time.perf_counter() - self._t0 > self.max_seconds
-        )
-        if out_of_steps or out_of_time:
-            self.exhausted = True
-        else:
-            self.steps += 1
-        return self.exhausted
 
 
 @dataclass
