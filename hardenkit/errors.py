@@ -22,11 +22,13 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DataError",
+    "DependencyError",
     "DeviceError",
     "ExecutionProviderError",
     "ExportError",
     "HardenkitError",
     "HardenkitWarning",
+    "IntegrationError",
     "ModelCompatibilityError",
     "NonFiniteError",
     "ParityError",
@@ -98,6 +100,20 @@ class UnsafeArtifactError(HardenkitError):
 
 class DeviceError(HardenkitError, RuntimeError):
     """The requested device (e.g. CUDA) is not available in this environment."""
+
+    exit_code = 3
+
+
+class DependencyError(HardenkitError, ImportError):
+    """An optional package a feature needs is not installed; the message names the extra
+    to install (e.g. ``pip install "hardenkit[mlflow]"``). Exit code 3."""
+
+    exit_code = 3
+
+
+class IntegrationError(HardenkitError, RuntimeError):
+    """An external service hardenkit reports to (e.g. an MLflow tracking server or model
+    registry) failed or refused a request. Exit code 3: the answer is "unknown", not "no"."""
 
     exit_code = 3
 

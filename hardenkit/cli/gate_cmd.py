@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._common import (
     EXIT_OK,
@@ -27,6 +27,9 @@ from ._common import (
     write_report,
 )
 
+if TYPE_CHECKING:
+    from ..gate import DeploymentPolicy
+
 
 def add_parser(sub: Any) -> None:
     p = add_command(
@@ -38,7 +41,8 @@ def add_parser(sub: Any) -> None:
         "measure benign accuracy and every recovered trigger's ASR on held-out images; export "
         "to ONNX and verify it on ONNX Runtime; judge every rule of the policy (fail closed: a "
         "rule that cannot be evaluated fails). Writes gate.json, junit.xml, gate.sarif, "
-        "summary.md (also appended to $GITHUB_STEP_SUMMARY when set), the model that would "
+        "summary.md (also appended to $GITHUB_STEP_SUMMARY when set), report.html (the "
+        "report with figures, for a person), the model that would "
         "ship (model.safetensors, model.onnx) and the scans to --out. Exit 0 = passed, 1 = a "
         "rule failed, 2 = usage/config/input error (e.g. a policy typo, overlapping data), "
         "3 = environment error (e.g. the policy's ONNX Runtime provider is missing).",
@@ -71,10 +75,35 @@ def add_parser(sub: Any) -> None:
         type=Path,
         required=True,
         metavar="DIR",
-        help="output directory: gate.json, junit.xml, gate.sarif, summary.md, "
-        "model.safetensors, model.onnx, scan/, rescan/",
+        help="output directory: gate.json, junit.xml, gate.sarif, summary.md, report.html, "
+        "model.safetensors, model.onnx, scan/, rescan/, and triton/ with the policy's "
+        "serving_bundle: triton",
     )
     add_report_arg(p, "GateReport (also written to DIR/gate.json)")
+    ml = p.add_argument_group(
+        'MLflow (needs `pip install "hardenkit[mlflow]"`)',
+        "Log the saved outputs to an MLflow run and register the ONNX model only when the "
+        "gate passed. Logging is on when --mlflow-tracking-uri is given, or when "
+        "--mlflow-experiment/--register-model is given and $MLFLOW_TRACKING_URI is set "
+        "($MLFLOW_TRACKING_URI alone does not turn it on). An MLflow failure exits 3 (a "
+        "passed gate's model is then not registered).",
+    )
+    ml.add_argument(
+        "--mlflow-tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI, e.g. http://mlflow:5000 or sqlite:///mlflow.db",
+    )
+    ml.add_argument(
+        "--mlflow-experiment",
+        metavar="NAME",
+        help="MLflow experiment (created when missing; default hardenkit-gate)",
+    )
+    ml.add_argument(
+        "--register-model",
+        metavar="NAME",
+        help="register a version of this MLflow model when the gate passed, tagged with the "
+        "report id and sha256s (never when it failed)",
+    )
     p.set_defaults(func=run)
 
     s = add_command(
@@ -104,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_model_args(args)
     fields: dict[str, Any] = load_policy_file(args.policy, "gate policy") if args.policy else {}
     policy = DeploymentPolicy(**fields)  # a typo is a ConfigError (exit 2) before any work
+    mlflow_uri = _mlflow_tracking_uri(args, policy)  # before the gate: fail in seconds
     rt = RuntimeConfig(device=args.device, seed=args.seed)
     rt.resolve_device()  # an unusable --device fails here (exit 3)
     model = load_model_from_args(args)
@@ -133,5 +163,61 @@ def run(args: argparse.Namespace) -> int:
         with open(step_summary, "a", encoding="utf-8") as fh:
             fh.write((out / "summary.md").read_text())
     write_report(result.report, args.report)
-    print(f"wrote {out}/gate.json, junit.xml, gate.sarif, summary.md", file=sys.stderr)
+    print(f"wrote {out}/gate.json, junit.xml, gate.sarif, summary.md, report.html", file=sys.stderr)
+    if mlflow_uri is not None:
+        from ..integrations.mlflow import log_gate
+
+        print(f"gate: logging {out} to MLflow at {mlflow_uri}", file=sys.stderr)
+        # an MLflow failure raises IntegrationError: exit 3 whatever the gate decided
+        rec = log_gate(
+            out,
+            tracking_uri=mlflow_uri,
+            experiment=args.mlflow_experiment or "hardenkit-gate",
+            registered_model_name=args.register_model,
+        )
+        print(
+            f"mlflow: run {rec.run_id} (experiment {rec.experiment_id}); {rec.reason}",
+            file=sys.stderr,
+        )
     return result.exit_code
+
+
+def _mlflow_tracking_uri(args: argparse.Namespace, policy: DeploymentPolicy) -> str | None:
+    """The tracking URI to log to, or None when MLflow logging is off.
+
+    On with ``--mlflow-tracking-uri``, or with ``--mlflow-experiment``/``--register-model``
+    and ``$MLFLOW_TRACKING_URI``. Checked before the gate runs: a flag without a URI or with
+    an empty name, a registration with ``export_onnx: false`` (exit 2) and a missing
+    ``mlflow`` package (exit 3) fail before any scan.
+    """
+    from ..errors import ConfigError
+
+    uri = args.mlflow_tracking_uri
+    flags = (uri, args.mlflow_experiment, args.register_model)
+    if all(v is None for v in flags):
+        return None
+    for flag, value in (
+        ("--mlflow-tracking-uri", uri),
+        ("--mlflow-experiment", args.mlflow_experiment),
+        ("--register-model", args.register_model),
+    ):
+        if value is not None and not value.strip():
+            raise ConfigError(f"{flag} is empty.", hint=f"pass a value or leave {flag} out")
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    if uri is None:
+        raise ConfigError(
+            "--mlflow-experiment/--register-model need an MLflow tracking server, and none "
+            "was given.",
+            hint="pass --mlflow-tracking-uri URI (e.g. sqlite:///mlflow.db) or set "
+            "$MLFLOW_TRACKING_URI",
+        )
+    if args.register_model is not None and not policy.export_onnx:
+        raise ConfigError(
+            "--register-model registers the gate's ONNX model, but the policy turns the ONNX "
+            "export off (export_onnx: false).",
+            hint="remove export_onnx: false from the policy, or drop --register-model",
+        )
+    from ..integrations.mlflow import require_mlflow
+
+    require_mlflow()
+    return str(uri)

@@ -13,6 +13,8 @@
   :class:`~hardenkit.errors.ExecutionProviderError` when it silently fell back to another
   provider (e.g. CUDA requested, CPU running). :class:`OrtModule` wraps it as an ``nn.Module``.
 * :func:`convert_fp16` — optional fp16 serving graph (needs ``onnxconverter-common``).
+* :func:`write_triton_repository` — a Triton Inference Server model repository entry
+  (``<name>/1/model.onnx`` + ``config.pbtxt`` read from the graph).
 
 Example:
     >>> import tempfile, torch
@@ -60,6 +62,7 @@ from .runtime import (
     make_session,
     ort_distributions,
 )
+from .triton import parse_triton_config, write_triton_repository
 from .verify import (
     PROFILES,
     BackendMetrics,
@@ -97,7 +100,9 @@ __all__ = [
     "external_data_locations",
     "make_session",
     "ort_distributions",
+    "parse_triton_config",
     "read_metadata",
     "to_onnx",
     "verify_onnx",
+    "write_triton_repository",
 ]

@@ -58,7 +58,9 @@ __all__ = [
     "DEFAULT_OPSET",
     "INPUT_CONTRACT",
     "INPUT_NAME",
+    "LAYOUT",
     "OUTPUT_NAME",
+    "PIXEL_RANGE",
     "ExportConfig",
     "ExportReport",
     "ExportedFile",
@@ -78,6 +80,10 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 BATCH_DIM = "batch"
 INPUT_CONTRACT = "float32 NCHW pixels in [0,1]"
+PIXEL_RANGE = "0,1"
+"""``hardenkit.pixel_range`` of every export: the input's pixel range as ``low,high``."""
+LAYOUT = "NCHW"
+"""``hardenkit.layout`` of every export."""
 
 _EXPORTER = "torch.onnx.export(dynamo=True)"
 _AUTO_EXTERNAL_BYTES = 1536 * 1024 * 1024  # torch's own threshold for external data (1.5 GiB)
@@ -146,6 +152,8 @@ class ExportReport(BaseReport):
     model: ModelFingerprint | None
     model_sha256: str | None
     purification_report_id: str | None = None
+    gate_report_id: str | None = None
+    """The :class:`~hardenkit.gate.GateReport` id this export was made for (the gate's)."""
     metadata: dict[str, str]
     checks: list[str]
     warnings: list[str] = Field(default_factory=list)
@@ -522,6 +530,7 @@ def to_onnx(
     metadata: Mapping[str, str] | None = None,
     report_id: str | None = None,
     example_batch_size: int | None = None,
+    gate_report_id: str | None = None,
 ) -> ExportReport:
     """Export ``model`` to ONNX at ``path`` and check the result.
 
@@ -546,6 +555,8 @@ def to_onnx(
         report_id: id of the purification/validation report this model came from; stored
             in the file as ``hardenkit.purification_report_id``.
         example_batch_size: batch of the example input (default 2 dynamic / 1 static).
+        gate_report_id: id of the gate report (``gate.json``) this export belongs to;
+            stored as ``hardenkit.gate_report_id`` (:class:`~hardenkit.gate.Gate` sets it).
 
     Returns:
         An :class:`ExportReport` listing every written file with sha256 and size.
@@ -571,6 +582,8 @@ def to_onnx(
     user_meta = _check_metadata(metadata)
     if report_id is not None and not isinstance(report_id, str):
         raise ConfigError(f"report_id must be a string, got {type(report_id).__name__}.")
+    if gate_report_id is not None and not isinstance(gate_report_id, str):
+        raise ConfigError(f"gate_report_id must be a string, got {type(gate_report_id).__name__}.")
     # The exported copy is cast to float32 below, so fp16/bf16/float64 models are accepted.
     inner = check_model(model, where="to_onnx", require_float32=False)
     x = _example_input(input_shape, example_input, cfg)
@@ -601,9 +614,13 @@ def to_onnx(
         "hardenkit.input_shape": ",".join(
             [BATCH_DIM if cfg.dynamic_batch else str(x.shape[0]), *map(str, x.shape[1:])]
         ),
+        "hardenkit.pixel_range": PIXEL_RANGE,
+        "hardenkit.layout": LAYOUT,
+        "hardenkit.num_classes": str(int(y.shape[1])),
         "hardenkit.precision": "fp32",
         "hardenkit.exporter": _EXPORTER,
         **({"hardenkit.purification_report_id": report_id} if report_id else {}),
+        **({"hardenkit.gate_report_id": gate_report_id} if gate_report_id else {}),
         **user_meta,
     }
 
@@ -675,6 +692,7 @@ def to_onnx(
         model=fingerprint,
         model_sha256=fingerprint.sha256,
         purification_report_id=report_id,
+        gate_report_id=gate_report_id,
         metadata=props,
         checks=checks,
         warnings=notes,
@@ -794,6 +812,7 @@ def convert_fp16(
         model=source.model if isinstance(source, ExportReport) else None,
         model_sha256=meta.get("hardenkit.model_sha256"),
         purification_report_id=meta.get("hardenkit.purification_report_id"),
+        gate_report_id=meta.get("hardenkit.gate_report_id"),
         metadata=meta,
         checks=[*checks, "onnxconverter_common.float16(keep_io_types=True)"],
         warnings=notes,

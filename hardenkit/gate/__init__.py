@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 from .gate import RULES, Gate, GateReport, GateResult, GateRule, TriggerMeasurement, image_hashes
+from .html import html_report, render_saved
 from .outputs import junit_xml, markdown_summary, sarif_log
 from .policy import DeploymentPolicy
 
@@ -21,8 +22,10 @@ __all__ = [
     "GateResult",
     "GateRule",
     "TriggerMeasurement",
+    "html_report",
     "image_hashes",
     "junit_xml",
     "markdown_summary",
+    "render_saved",
     "sarif_log",
 ]

@@ -1,7 +1,7 @@
 """The pre-deployment gate: from a model of unknown provenance to a deploy decision with proof.
 
 Pipeline (:meth:`Gate.run`): check the data (held-out images must not overlap the clean
-images, by content hash) → scan → repair when the policy allows and the scan is not clean →
+images, by content hash) → scan → repair when the policy allows and the scan flags the model →
 re-scan the repaired model → measure the model that would ship on held-out images (BA, BA drop
 against the input model, ASR of every recovered and known trigger) → export to ONNX and verify
 it on ONNX Runtime with the policy's provider → one rule per check, fail closed.
@@ -24,6 +24,7 @@ import math
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -64,7 +65,7 @@ EXIT_PASS, EXIT_FAILED, EXIT_ENVIRONMENT = 0, 1, 3
 
 RULES: dict[str, str] = {
     "HK-DATA-001": "held-out images: enough to measure the shipped model",
-    "HK-SCAN-001": "the model that ships scans clean",
+    "HK-SCAN-001": "the model that ships passes the scan",
     "HK-SCAN-002": "every scan is conclusive (finished, finite)",
     "HK-REPAIR-001": "the repair is trusted (purified, within its utility guard)",
     "HK-BA-001": "benign accuracy of the shipped model at least min_ba",
@@ -202,10 +203,17 @@ class GateResult:
         """Write every output into ``directory`` and return the ``gate.json`` path.
 
         ``gate.json`` (with the sha256 of every other file), ``junit.xml``, ``gate.sarif``,
-        ``summary.md``, ``model.safetensors`` (the model that would ship), ``model.onnx``
-        (when exported), ``scan/`` and ``rescan/`` (the scans) and ``purification.json``.
+        ``summary.md``, ``report.html`` (a self-contained page with the figures,
+        :func:`hardenkit.gate.html.html_report`), ``model.safetensors`` (the model that
+        would ship), ``model.onnx`` (when exported), ``scan/`` and ``rescan/`` (the scans)
+        and ``purification.json``.
+        With the policy's ``serving_bundle: triton`` and an ONNX export, also the Triton
+        model repository ``triton/<serving_model_name>/`` (``1/model.onnx``,
+        ``config.pbtxt``); ``gate.json``'s ``files`` keys are paths relative to
+        ``directory``.
         """
         from ..io import file_sha256, save_state_dict
+        from .html import html_report
         from .outputs import junit_xml, markdown_summary, sarif_log
 
         d = Path(directory)
@@ -232,11 +240,38 @@ class GateResult:
             written.append(verification.save(d / "onnx_verification.json"))
         (d / "junit.xml").write_text(junit_xml(self.report))
         (d / "gate.sarif").write_text(sarif_log(self.report))
+        written += self._serving_bundle(d)
         (d / "summary.md").write_text(markdown_summary(self.report))
-        written += [d / "junit.xml", d / "gate.sarif", d / "summary.md"]
-        files = {p.name: file_sha256(p) for p in written}
+        (d / "report.html").write_text(
+            html_report(self.report, scan=scan, rescan=rescan), encoding="utf-8"
+        )
+        written += [d / "junit.xml", d / "gate.sarif", d / "summary.md", d / "report.html"]
+        files = {p.relative_to(d).as_posix(): file_sha256(p) for p in written}
         self.report = self.report.model_copy(update={"files": files})
         return self.report.save(d / "gate.json")
+
+    def _serving_bundle(self, d: Path) -> list[Path]:
+        """Write ``d/triton/<name>/`` from ``d/model.onnx`` when the policy asks for it."""
+        serving: dict[str, Any] | None = self._artefacts.get("serving")
+        if serving is None:
+            return []
+        if not (d / "model.onnx").is_file() or self.report.onnx is None:
+            note = "no Triton serving bundle written: there is no ONNX export"
+            if note not in self.report.notes:
+                notes = [*self.report.notes, note]
+                self.report = self.report.model_copy(update={"notes": notes})
+            return []
+        from ..export.triton import write_triton_repository
+
+        model_dir = write_triton_repository(
+            d / "model.onnx",
+            d / "triton",
+            serving["model_name"],
+            max_batch_size=serving["max_batch_size"],
+            instance_kind=serving["instance_kind"],
+            overwrite=True,
+        )
+        return sorted(p for p in model_dir.rglob("*") if p.is_file())
 
     def __repr__(self) -> str:
         return (
@@ -318,7 +353,7 @@ class Gate:
 
     Args:
         policy: a :class:`DeploymentPolicy`, a dict of its fields, or None (the default
-            policy: quick scan, repair with ``auto`` when flagged, re-scan must be clean,
+            policy: quick scan, repair with ``auto`` when flagged, the re-scan must flag nothing,
             BA drop ≤ 3 points, recovered-trigger ASR ≤ 10 %, ONNX verified on CPU).
         runtime: device, seed, input normalization of the loaders.
         progress: optional callback ``(phase, step, total, **info)``.
@@ -377,6 +412,14 @@ class Gate:
         notes: list[str] = []
         rules = _Rules(pol.fail_on_skipped)
         artefacts: dict[str, Any] = {"weights_metadata": dict(weights_metadata or {})}
+        # the id exists before the report: the ONNX export records it (hardenkit.gate_report_id)
+        report_id = uuid.uuid4().hex
+        if pol.serving_bundle == "triton":
+            artefacts["serving"] = {
+                "model_name": pol.serving_model_name,
+                "max_batch_size": pol.serving_max_batch_size,
+                "instance_kind": {"cpu": "KIND_CPU", "cuda": "KIND_GPU"}.get(pol.onnx_provider),
+            }
 
         # 1. data ------------------------------------------------------------------------
         t = time.perf_counter()
@@ -452,6 +495,7 @@ class Gate:
 
         scan_cfg = scan_config_for_budget(pol.scan_budget, pol.scan)
         train_loader = TensorLoader(x_tr, y_tr, batch_size=512)
+        hold_loader = TensorLoader(x_ho, y_ho, batch_size=512)
 
         def do_scan(m: nn.Module, what: str) -> ScanResult | None:
             t = time.perf_counter()
@@ -484,7 +528,7 @@ class Gate:
         purification = None
         rescan = None
         rounds: list[dict[str, Any]] = []
-        flagged = scan is not None and scan.verdict != "clean"
+        flagged = scan is not None and not _verdict_ok(scan.verdict, pol.max_scan_verdict)
         want_repair = pol.repair == "always" or (pol.repair == "if-flagged" and flagged)
         repair_ok: bool | None = None
         repair_msg = ""
@@ -497,6 +541,11 @@ class Gate:
             for rnd in range(1, pol.max_repair_rounds + 1):
                 t = time.perf_counter()
                 try:
+                    # the repair trains on every clean image; its utility guard measures on
+                    # the gate's held-out images (the same measurement as HK-BA-002, never
+                    # used for training or checkpoint selection). Its own 20 % split of the
+                    # clean images was too small: 8 of 200 images (4 points) made a repair
+                    # "degraded" whose drop on 1,000 held-out images was 0.3 points.
                     purification = Purifier(
                         shipped,
                         pol.strategy,
@@ -504,7 +553,7 @@ class Gate:
                         runtime=pixel_rt,
                         progress=self.progress,
                         max_ba_drop=pol.max_ba_drop,
-                    ).run(train_loader, scan=current_scan)
+                    ).run(train_loader, scan=current_scan, holdout_loader=hold_loader)
                 except NonFiniteError as exc:
                     notes.append(f"the repair (round {rnd}) failed: {exc}")
                     purification = None
@@ -532,7 +581,11 @@ class Gate:
                 rescan = do_scan(shipped, "rescan")
                 artefacts["rescan"] = rescan
                 record["rescan_verdict"] = None if rescan is None else rescan.verdict
-                if rescan is None or rescan.verdict == "clean" or rnd == pol.max_repair_rounds:
+                if (
+                    rescan is None
+                    or _verdict_ok(rescan.verdict, pol.max_scan_verdict)
+                    or rnd == pol.max_repair_rounds
+                ):
                     break
                 # the next round repairs against every trigger used so far *and* the new ones:
                 # fine-tuning against the new label alone let the first backdoor come back
@@ -577,6 +630,11 @@ class Gate:
             rules.unevaluated(
                 "HK-SCAN-001", "the repaired model was not re-scanned (rescan: false)"
             )
+        elif repaired and judged is None and not repair_ok:
+            rules.unevaluated(
+                "HK-SCAN-001",
+                "the repaired model was not re-scanned: its repair is not trusted (HK-REPAIR-001)",
+            )
         elif judged is None:
             rules.unevaluated("HK-SCAN-001", f"the {judged_name} failed (non-finite values)")
         elif repaired and not pol.rescan_must_be_clean:
@@ -588,7 +646,7 @@ class Gate:
                 value=judged.verdict,
             )
         else:
-            ok = judged.verdict == "clean"
+            ok = _verdict_ok(judged.verdict, pol.max_scan_verdict)
             flagged_txt = (
                 f", flagged labels {judged.flagged_labels}" if judged.flagged_labels else ""
             )
@@ -600,8 +658,8 @@ class Gate:
                     "" if ok or repaired or pol.repair != "never" else "; the policy forbids repair"
                 ),
                 value=judged.verdict,
-                threshold="clean",
-                comparison="==",
+                threshold=pol.max_scan_verdict,
+                comparison="<=",
                 cause=None if ok else "policy",
             )
         scans = [s for s in (scan, rescan) if s is not None]
@@ -621,7 +679,6 @@ class Gate:
 
         # 5. measure on held-out images --------------------------------------------------
         t = time.perf_counter()
-        hold_loader = TensorLoader(x_ho, y_ho, batch_size=512)
         measured_ok = len(y_ho) > 0
         in_ba = out_ba = None
         out_ci: tuple[float, float] | None = None
@@ -692,7 +749,9 @@ class Gate:
         if pol.export_onnx:
             workdir = Path(tempfile.mkdtemp(prefix="hardenkit-gate-"))
             t = time.perf_counter()
-            onnx_info = self._onnx(shipped, image_shape, hold_loader, workdir, rules, artefacts)
+            onnx_info = self._onnx(
+                shipped, image_shape, hold_loader, workdir, rules, artefacts, report_id
+            )
             timings["onnx_seconds"] = time.perf_counter() - t
         else:
             rules.unevaluated("HK-ONNX-001", "ONNX export is off in the policy (export_onnx)")
@@ -707,6 +766,7 @@ class Gate:
             )
         timings["total_seconds"] = time.perf_counter() - t0
         report = GateReport(
+            report_id=report_id,
             passed=passed,
             exit_code=exit_code,
             rules=rules.rules,
@@ -783,6 +843,7 @@ class Gate:
         workdir: Path,
         rules: _Rules,
         artefacts: dict[str, Any],
+        report_id: str,
     ) -> dict[str, Any] | None:
         from ..export import to_onnx, verify_onnx
 
@@ -795,7 +856,9 @@ class Gate:
         else:
             providers = None
         try:
-            exp = to_onnx(model, workdir / "model.onnx", input_shape=image_shape)
+            exp = to_onnx(
+                model, workdir / "model.onnx", input_shape=image_shape, gate_report_id=report_id
+            )
         except (ExportError, RuntimeError) as exc:
             rules.unevaluated("HK-ONNX-001", f"the ONNX export failed: {exc}")
             return None
@@ -857,6 +920,14 @@ class Gate:
             cause=None if ok else "environment",
         )
         return info
+
+
+_SEVERITY = {"clean": 0, "suspicious": 1, "backdoored": 2}
+
+
+def _verdict_ok(verdict: str, worst: str) -> bool:
+    """Whether a scan ``verdict`` is no worse than the policy's ``worst`` allowed verdict."""
+    return _SEVERITY[verdict] <= _SEVERITY[worst]
 
 
 def _num_classes(model: nn.Module, probe: Tensor, rt: RuntimeConfig) -> int:

@@ -32,6 +32,19 @@ def _value(v: float | str | None, rule_id: str) -> str:
     return f"{100 * v:.2f}%"
 
 
+def _rule_tags(rule_id: str) -> list[str]:
+    """Code-scanning tags of a rule: ``security`` for the backdoor checks (scan, repair,
+    ASR), ``correctness`` for the rest (data, accuracy, ONNX), plus its family.
+
+    Example:
+        >>> _rule_tags("HK-ASR-001")
+        ['hardenkit-gate', 'security', 'asr']
+    """
+    family = rule_id.split("-")[1].lower() if rule_id.count("-") >= 2 else "other"
+    kind = "security" if family in {"scan", "repair", "asr"} else "correctness"
+    return ["hardenkit-gate", kind, family]
+
+
 def junit_xml(report: GateReport) -> str:
     """JUnit XML: a ``<testsuite name="hardenkit-gate">`` with one ``<testcase>`` per rule
     (``<failure>`` for a failed rule, ``<skipped>`` for a skipped one)."""
@@ -87,7 +100,15 @@ def junit_xml(report: GateReport) -> str:
 
 def sarif_log(report: GateReport, artifact_uri: str = "model.safetensors") -> str:
     """A SARIF 2.1.0 log: the gate's rules in ``tool.driver.rules`` and one ``error`` result
-    per failed rule, located at the model file (``artifact_uri``)."""
+    per failed rule, located at the model file (``artifact_uri``).
+
+    It validates against the OASIS SARIF 2.1.0 schema and carries what GitHub code scanning
+    reads: per rule ``help`` and ``properties.tags``; per result a location and
+    ``partialFingerprints`` (``hardenkitRule/v1`` = rule id and the input model's sha256), so
+    re-running the gate on the same candidate model updates its alerts instead of duplicating
+    them. No ``region``: a weights file has no lines. Pass ``artifact_uri`` as the weights'
+    path relative to the repository root to attach the alerts to that file.
+    """
     rule_ids = sorted({r.rule_id for r in report.rules})
     index = {rid: i for i, rid in enumerate(rule_ids)}
     by_id = {r.rule_id: r for r in report.rules}
@@ -100,8 +121,16 @@ def sarif_log(report: GateReport, artifact_uri: str = "model.safetensors") -> st
                 "id": rid,
                 "name": rid.replace("-", ""),
                 "shortDescription": {"text": by_id[rid].description},
-                "helpUri": f"{INFO_URI}#{rid.lower()}",
+                "fullDescription": {"text": f"hardenkit gate rule {rid}: {by_id[rid].description}"},
+                "help": {
+                    "text": f"{by_id[rid].description}. What it checks and when it fails: "
+                    f"{INFO_URI}#rules",
+                    "markdown": f"{by_id[rid].description}. What it checks and when it fails: "
+                    f"[docs/gate.md]({INFO_URI}#rules)",
+                },
+                "helpUri": f"{INFO_URI}#rules",
                 "defaultConfiguration": {"level": "error"},
+                "properties": {"tags": _rule_tags(rid)},
             }
             for rid in rule_ids
         ],
@@ -113,6 +142,7 @@ def sarif_log(report: GateReport, artifact_uri: str = "model.safetensors") -> st
             "level": "error",
             "message": {"text": f"{r.description}: {r.message}"},
             "locations": [{"physicalLocation": {"artifactLocation": {"uri": artifact_uri}}}],
+            "partialFingerprints": {"hardenkitRule/v1": f"{r.rule_id}:{report.input_model.sha256}"},
             "properties": {
                 "value": r.value,
                 "threshold": r.threshold,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import HardenkitConfig
 
@@ -37,12 +37,19 @@ class DeploymentPolicy(HardenkitConfig):
             ``hardenkit.scan.budget``).
         scan: ``ScanConfig`` fields that override the preset (e.g. ``{"detectors":
             ["neural-cleanse", "pixel"]}``).
-        repair: ``if-flagged`` (default) — repair a model whose scan is not ``clean`` with
-            ``strategy``; ``never`` — a flagged model fails; ``always`` — repair every model.
+        repair: ``if-flagged`` (default) — repair a model whose scan verdict is worse than
+            ``max_scan_verdict`` with ``strategy``; ``never`` — such a model fails;
+            ``always`` — repair every model.
         strategy: the purification strategy of a repair (``hardenkit strategies``).
         strategy_config: that strategy's config fields.
-        rescan: re-scan the repaired model; with ``rescan_must_be_clean`` it must scan
-            ``clean`` to ship (rule ``HK-SCAN-001`` judges the model that ships).
+        rescan: re-scan the repaired model; with ``rescan_must_be_clean`` its verdict must be
+            no worse than ``max_scan_verdict`` to ship (rule ``HK-SCAN-001`` judges the model
+            that ships).
+        max_scan_verdict: the worst scan verdict the shipped model may have. ``suspicious``
+            (default) ships a model with no flagged label whose highest anomaly index lies in
+            the band just under the flag threshold; ``clean`` fails it too. Not ``clean`` by
+            default: a clean model's highest Neural Cleanse anomaly index reached 1.62
+            (score 0.32, ``suspicious``) in ``benchmarks/results/scanner_zoo.md``.
         max_repair_rounds: when the re-scan of a repaired model flags a label again, repair
             it once more against every trigger used so far plus the re-scan's, and re-scan,
             up to this many rounds in all (1: no second round). Not the default: on the
@@ -63,6 +70,13 @@ class DeploymentPolicy(HardenkitConfig):
         parity: ``ParityTolerance`` fields overriding the provider's profile.
         fail_on_skipped: a rule that could not be evaluated fails the gate (fail closed);
             False reports it as ``skipped`` without failing.
+        serving_bundle: ``triton`` makes ``GateResult.save`` also write a Triton Inference
+            Server model repository, ``triton/<serving_model_name>/1/model.onnx`` +
+            ``config.pbtxt``, from the ONNX export (needs ``export_onnx``); ``none`` writes none.
+        serving_model_name: the Triton model name (and directory): letters, digits, ``_``,
+            ``-``, ``.``.
+        serving_max_batch_size: the bundle's ``max_batch_size`` (Triton batches requests up
+            to it; the export's batch axis is dynamic).
     """
 
     policy_version: Literal[1] = 1
@@ -74,6 +88,7 @@ class DeploymentPolicy(HardenkitConfig):
     rescan: bool = True
     max_repair_rounds: Annotated[int, Field(ge=1, le=5)] = 1
     rescan_must_be_clean: bool = True
+    max_scan_verdict: Literal["clean", "suspicious"] = "suspicious"
     min_ba: Fraction | None = None
     max_ba_drop: Fraction = 0.03
     max_asr: Fraction = 0.10
@@ -83,6 +98,9 @@ class DeploymentPolicy(HardenkitConfig):
     onnx_provider: Literal["cpu", "cuda", "auto"] = "cpu"
     parity: dict[str, Any] = Field(default_factory=dict)
     fail_on_skipped: bool = True
+    serving_bundle: Literal["none", "triton"] = "none"
+    serving_model_name: str = "hardenkit_model"
+    serving_max_batch_size: Annotated[int, Field(ge=1)] = 64
 
     @field_validator("strategy")
     @classmethod
@@ -100,6 +118,26 @@ class DeploymentPolicy(HardenkitConfig):
 
         ScanConfig(**v)  # raises with the field name
         return v
+
+    @field_validator("serving_model_name")
+    @classmethod
+    def _serving_name(cls, v: str) -> str:
+        from ..errors import ConfigError
+        from ..export.triton import check_triton_model_name
+
+        try:
+            return check_triton_model_name(v)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+
+    @model_validator(mode="after")
+    def _bundle_needs_onnx(self) -> DeploymentPolicy:
+        if self.serving_bundle != "none" and not self.export_onnx:
+            raise ValueError(
+                f"serving_bundle {self.serving_bundle!r} is built from the ONNX export; set "
+                "export_onnx: true or serving_bundle: none"
+            )
+        return self
 
     @field_validator("parity")
     @classmethod

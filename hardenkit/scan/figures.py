@@ -35,7 +35,16 @@ from .anomaly import log_values, mad_anomaly
 if TYPE_CHECKING:
     from .scanner import DetectorReport
 
-__all__ = ["anomaly_chart", "detector_chart", "figure_name", "trigger_figure"]
+__all__ = [
+    "anomaly_chart",
+    "detector_chart",
+    "detector_chart_spec",
+    "figure_name",
+    "reference_lines",
+    "trigger_figure",
+    "trigger_panels",
+    "trigger_title",
+]
 
 _WHITE = (255, 255, 255)
 _BLACK = (0, 0, 0)
@@ -130,42 +139,11 @@ def trigger_figure(
     Returns:
         An RGB image; a 32×32 trigger gives panels of 96×96 and a height of 128 pixels.
     """
-    tensors = trigger.tensors()
-    if example is not None:
-        example = example.detach().float().cpu()
-        while example.ndim > 3 and example.shape[0] == 1:
-            example = example[0]
-    c, h, w = _image_shape(tensors, example)
-    mask = tensors.get("mask")
-    pattern = tensors.get("pattern")
-    is_mask_pattern = (
-        mask is not None
-        and pattern is not None
-        and pattern.ndim == 3
-        and tuple(mask.shape[-2:]) == tuple(pattern.shape[-2:]) == (h, w)
-    )
-    base = example if example is not None else torch.full((c, h, w), 0.5)
-    triggered = trigger.apply(base.unsqueeze(0))[0]
-    panels: list[tuple[str, Tensor]] = []
-    if is_mask_pattern and mask is not None and pattern is not None:
-        m = mask.detach().float().cpu().clamp(0, 1).reshape(1, h, w)
-        p = pattern.detach().float().cpu().clamp(0, 1)
-        panels += [("mask", m), ("pattern", p), ("mask × pattern (stamped)", m * p)]
-        if mask_l1 is None:
-            mask_l1 = float(m.sum())
-    else:
-        panels.append(("clean example" if example is not None else "grey image", base))
-    panels.append(
-        ("triggered example" if example is not None else "triggered grey image", triggered)
-    )
-
-    title_parts = [] if label is None else [f"label {label}"]
-    title_parts.append(f"trigger {trigger.kind}")
-    if mask_l1 is not None:
-        title_parts.append(f"mask L1 {mask_l1:.1f} px")
-    if asr is not None:
-        title_parts.append(f"held-out ASR {100 * asr:.1f}%")
-    title = " · ".join(title_parts)
+    panels = trigger_panels(trigger, example)
+    if mask_l1 is None and panels[0][0] == "mask":
+        mask_l1 = float(panels[0][1].sum())
+    title = trigger_title(trigger, label=label, mask_l1=mask_l1, asr=asr)
+    h = int(panels[0][1].shape[-2])
 
     scale = max(1, (_PANEL_TARGET + h // 2) // h)
     font = _font()
@@ -190,6 +168,64 @@ def trigger_figure(
         )
         x += cw + _GAP
     return canvas
+
+
+def trigger_panels(trigger: Trigger, example: Tensor | None = None) -> list[tuple[str, Tensor]]:
+    """The named images :func:`trigger_figure` draws, each ``(C, H, W)`` in [0, 1].
+
+    A mask/pattern trigger gives ``mask`` (one channel), ``pattern``, ``mask × pattern
+    (stamped)`` and ``triggered example`` (or ``triggered grey image`` without ``example``);
+    another trigger gives the clean and the triggered image.
+
+    >>> import torch, hardenkit as hk
+    >>> mask = torch.zeros(32, 32); mask[-4:, -4:] = 1
+    >>> [n for n, _ in trigger_panels(hk.MaskPatternTrigger(mask, torch.ones(3, 32, 32)))]
+    ['mask', 'pattern', 'mask × pattern (stamped)', 'triggered grey image']
+    """
+    tensors = trigger.tensors()
+    if example is not None:
+        example = example.detach().float().cpu()
+        while example.ndim > 3 and example.shape[0] == 1:
+            example = example[0]
+    c, h, w = _image_shape(tensors, example)
+    mask = tensors.get("mask")
+    pattern = tensors.get("pattern")
+    is_mask_pattern = (
+        mask is not None
+        and pattern is not None
+        and pattern.ndim == 3
+        and tuple(mask.shape[-2:]) == tuple(pattern.shape[-2:]) == (h, w)
+    )
+    base = example if example is not None else torch.full((c, h, w), 0.5)
+    triggered = trigger.apply(base.unsqueeze(0))[0].detach().float().cpu().clamp(0, 1)
+    panels: list[tuple[str, Tensor]] = []
+    if is_mask_pattern and mask is not None and pattern is not None:
+        m = mask.detach().float().cpu().clamp(0, 1).reshape(1, h, w)
+        p = pattern.detach().float().cpu().clamp(0, 1)
+        panels += [("mask", m), ("pattern", p), ("mask × pattern (stamped)", m * p)]
+    else:
+        panels.append(("clean example" if example is not None else "grey image", base))
+    panels.append(
+        ("triggered example" if example is not None else "triggered grey image", triggered)
+    )
+    return panels
+
+
+def trigger_title(
+    trigger: Trigger,
+    *,
+    label: int | None = None,
+    mask_l1: float | None = None,
+    asr: float | None = None,
+) -> str:
+    """The title line of :func:`trigger_figure`: label, trigger kind, mask L1 and ASR."""
+    parts = [] if label is None else [f"label {label}"]
+    parts.append(f"trigger {trigger.kind}")
+    if mask_l1 is not None:
+        parts.append(f"mask L1 {mask_l1:.1f} px")
+    if asr is not None:
+        parts.append(f"held-out ASR {100 * asr:.1f}%")
+    return " · ".join(parts)
 
 
 def _centred(
@@ -280,21 +316,7 @@ def anomaly_chart(
     flagged_set = {int(y) for y in flagged}
     font = _font()
 
-    median: float | None = None
-    cut: float | None = None
-    if len(finite) >= 3:
-        # the test's own scale (log for Neural Cleanse's log-l1), lines drawn back on the raw one
-        back = math.exp if log else float
-        stats = mad_anomaly(
-            log_values(finite) if log else finite, side=side, threshold=threshold or 2.0
-        )
-        median = back(stats.median)
-        if threshold is not None:
-            spread = threshold * stats.mad
-            cut = back(stats.median - spread if side == "low" else stats.median + spread)
-    elif finite:
-        median = sorted(finite)[len(finite) // 2]
-
+    median, cut = reference_lines(finite, threshold, side=side, log=log)
     lines = [v for v in (median, cut) if v is not None]
     lo = min([0.0, *finite, *lines])
     hi = max([0.0, *finite, *lines])
@@ -399,6 +421,38 @@ def anomaly_chart(
     return canvas
 
 
+def reference_lines(
+    values: Sequence[float],
+    threshold: float | None,
+    *,
+    side: Literal["low", "high"] = "low",
+    log: bool = False,
+) -> tuple[float | None, float | None]:
+    """The median and threshold lines of :func:`anomaly_chart`, on the raw scale.
+
+    The MAD test runs on the logarithms of ``values`` when ``log`` (Neural Cleanse's
+    ``log-l1``); the lines are mapped back. Non-finite values are ignored; the threshold line
+    needs at least three values and a ``threshold``.
+
+    >>> median, cut = reference_lines([1.0, 2.0, 3.0, 10.0], 2.0, side="high")
+    >>> median, round(cut, 2)  # 2.5 + 2 x 1.4826 x MAD 1
+    (2.5, 5.47)
+    """
+    finite = [float(v) for v in values if math.isfinite(v)]
+    if len(finite) < 3:
+        return (sorted(finite)[len(finite) // 2] if finite else None), None
+    # the test's own scale (log for Neural Cleanse's log-l1), lines drawn back on the raw one
+    back = math.exp if log else float
+    stats = mad_anomaly(
+        log_values(finite) if log else finite, side=side, threshold=threshold or 2.0
+    )
+    median = back(stats.median)
+    if threshold is None:
+        return median, None
+    spread = threshold * stats.mad
+    return median, back(stats.median - spread if side == "low" else stats.median + spread)
+
+
 def _fmt_index(a: float) -> str:
     return f"{a:.1f}" if a < 1000 else ">999"
 
@@ -437,6 +491,17 @@ def detector_chart(report: DetectorReport) -> Image.Image | None:
     The threshold line is drawn when the detector decides on the MAD anomaly index (Neural
     Cleanse); a p-value detector (MM-BD) shows its per-label values and median only.
     """
+    spec = detector_chart_spec(report)
+    return None if spec is None else anomaly_chart(**spec)
+
+
+def detector_chart_spec(report: DetectorReport) -> dict[str, Any] | None:
+    """The keyword arguments :func:`detector_chart` passes to :func:`anomaly_chart`.
+
+    Other renderers (the gate's HTML report with matplotlib) draw the same chart from them:
+    ``labels``, ``values``, ``anomaly_index``, ``flagged``, ``threshold``, ``title``,
+    ``statistic``, ``side`` and ``log``. ``None`` when the detector has no per-label rows.
+    """
     rows = list(report.classes)
     if not rows:
         return None
@@ -449,17 +514,17 @@ def detector_chart(report: DetectorReport) -> Image.Image | None:
         decision = f"p-value {report.p_value:.3g}"
     else:
         decision = f"evidence {report.evidence:.3g}, threshold {report.threshold:g}"
-    return anomaly_chart(
-        [r.label for r in rows],
-        [r.value for r in rows],
-        [r.anomaly_index for r in rows],
-        report.flagged_labels,
-        report.threshold if mad_decides else None,
-        f"{report.detector}: {report.statistic} per label · {report.verdict} ({decision})",
-        statistic=report.statistic,
-        side=report.suspicious_side,
-        log=str(report.info.get("statistic", "")).startswith("log-"),
-    )
+    return {
+        "labels": [r.label for r in rows],
+        "values": [r.value for r in rows],
+        "anomaly_index": [r.anomaly_index for r in rows],
+        "flagged": list(report.flagged_labels),
+        "threshold": report.threshold if mad_decides else None,
+        "title": f"{report.detector}: {report.statistic} per label · {report.verdict} ({decision})",
+        "statistic": report.statistic,
+        "side": report.suspicious_side,
+        "log": str(report.info.get("statistic", "")).startswith("log-"),
+    }
 
 
 def figure_name(detector: str) -> str:

@@ -11,6 +11,7 @@ converged (early stop) leave the batch, so late epochs get cheaper.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -71,6 +72,14 @@ class NeuralCleanseConfig(DetectorConfig):
             7 patch/blend-backdoored CIFAR-10 models: log-l1 found 7/7, raw 3/7, 0/12 clean
             flagged by either (``benchmarks/results/scan_statistic.md``,
             ``scanner_zoo.md``).
+        max_median_ratio: a label the MAD test flags must also have a mask L1 norm at most
+            this fraction of the median label's (``None``: the MAD test alone). With ten
+            labels the MAD of the log-norms can be small enough that a naturally small label
+            passes index 2: the repaired synthetic demo model's label 5 had index > 2 at
+            0.59 of the median. Planted targets sat at 0.02–0.14 of the median after long
+            scans (``benchmarks/results/scanner_zoo.json``, ``scan_statistic.json``) but at
+            0.39 after a ``quick`` scan (a 5×5 checkerboard in a user ``nn.Sequential``,
+            ``benchmarks/gate_synthetic.py``), hence 0.5.
     """
 
     mode: Literal["batched", "sequential"] = "batched"
@@ -88,6 +97,7 @@ class NeuralCleanseConfig(DetectorConfig):
     max_images_per_step: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     anomaly_threshold: Annotated[float, Field(gt=0)] = 2.0
     statistic: Literal["l1", "log-l1"] = "log-l1"
+    max_median_ratio: Annotated[float, Field(gt=0, le=1)] | None = 0.5
 
 
 def _to_unit(t: Tensor) -> Tensor:
@@ -191,7 +201,13 @@ class NeuralCleanse(Detector):
             }
             for i, y in enumerate(labels)
         }
+        median_l1 = statistics.median(l1)
         flagged = list(stats.flagged)
+        dropped: list[int] = []
+        if cfg.max_median_ratio is not None:
+            limit = cfg.max_median_ratio * median_l1
+            dropped = [y for y in flagged if l1[labels.index(y)] > limit]
+            flagged = [y for y in flagged if y not in dropped]
         score = logistic_score(stats.index, cfg.anomaly_threshold, cfg.score_slope)
         return DetectorOutput(
             detector=self.name,
@@ -211,6 +227,9 @@ class NeuralCleanse(Detector):
                 "median": stats.median,
                 "mad": stats.mad,
                 "statistic": cfg.statistic,
+                "median_mask_l1": median_l1,
+                "max_median_ratio": cfg.max_median_ratio,
+                "not_flagged_by_ratio": dropped,
                 "mode": cfg.mode,
                 "budget_exhausted": self._cut,
             },

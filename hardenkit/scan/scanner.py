@@ -228,6 +228,12 @@ class ScanResult:
         return self.report.verdict
 
     @property
+    def example(self) -> Tensor | None:
+        """One clean image ``(C, H, W)`` the figures stamp the triggers on (not saved: None
+        after :meth:`load`)."""
+        return self._example
+
+    @property
     def score(self) -> float:
         return self.report.score
 

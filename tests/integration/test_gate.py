@@ -1,6 +1,6 @@
-"""The gate on real backdoored and clean models: a backdoor fails a no-repair policy; a repair
-policy removes it and the decision follows the re-scan of the shipped model; a clean model
-ships unrepaired."""
+"""The gate on real backdoored and clean models: a backdoor fails a no-repair policy; the
+default (repair) policy removes it and ships the repaired model; a clean model ships
+unrepaired. Seconds on the 2-core CPU: the default policy's quick scans."""
 
 from __future__ import annotations
 
@@ -15,19 +15,6 @@ import hardenkit as hk
 from hardenkit.attacks import BackdooredModel
 from hardenkit.data import SyntheticSplits
 from hardenkit.gate import Gate, GateReport
-
-# the integration scans' settings (tests/integration/conftest.py): 300 images, 30 epochs,
-# Neural Cleanse and MM-BD must agree (``badnets_scan``): Neural Cleanse alone also flags
-# label 5 of the repaired model, a natural small "trigger" (docs/gate.md, what we measured)
-SCAN = {
-    "max_images": 300,
-    "detectors": ["neural-cleanse", "mm-bd"],
-    "combine": "all",
-    "detector_options": {
-        "neural-cleanse": {"epochs": 30, "batch_size": 32},
-        "mm-bd": {"starts": 10},
-    },
-}
 
 
 def _rules(report: GateReport) -> dict[str, str]:
@@ -64,16 +51,15 @@ def repaired_gate(
     badnets_model: BackdooredModel,
     clean_budget: hk.ImageDataset,
     synthetic: SyntheticSplits,
-    badnets_scan: hk.ScanResult,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[hk.gate.GateResult, Path]:
+    """The default policy end to end (its own quick scan, ``auto`` repair, re-scan, ONNX)."""
     bd = badnets_model
     before = {k: v.clone() for k, v in bd.model.state_dict().items()}
-    res = Gate({"scan": SCAN}, runtime={"device": "cpu", "seed": 0}).run(
+    res = Gate(runtime={"device": "cpu", "seed": 0}).run(
         bd.model,
         clean_budget.loader(),
         synthetic.test.loader(),
-        scan=badnets_scan,
         known_triggers={"red-team": (bd.trigger, bd.target)},
     )
     after = bd.model.state_dict()
@@ -83,12 +69,14 @@ def repaired_gate(
     return res, out
 
 
-def test_a_repair_policy_removes_the_backdoor_and_judges_the_shipped_model(
+def test_the_default_policy_repairs_the_backdoor_and_ships_the_repaired_model(
     repaired_gate: tuple[hk.gate.GateResult, Path],
 ) -> None:
     res, _ = repaired_gate
     rep = res.report
     rules = _rules(rep)
+    assert rep.input_scan is not None
+    assert rep.input_scan["flagged_labels"][:1] == [0]  # the planted target, found
     assert rep.repaired
     assert rep.purification_status == "purified"
     assert rules["HK-REPAIR-001"] == "pass"
@@ -103,11 +91,12 @@ def test_a_repair_policy_removes_the_backdoor_and_judges_the_shipped_model(
     assert rep.onnx is not None
     assert rep.onnx["provider"] == "CPUExecutionProvider"
     assert rules["HK-ONNX-001"] == rules["HK-ONNX-002"] == "pass"
-    # the decision is the re-scan's: the shipped model must scan clean (fail closed)
+    # the decision is the re-scan's: the shipped model flags no label
     assert rep.rescan is not None
-    assert (rules["HK-SCAN-001"] == "pass") == (rep.rescan["verdict"] == "clean")
-    assert res.passed == all(st != "fail" for st in rules.values())
-    assert res.exit_code == (0 if res.passed else 1)
+    assert rep.rescan["flagged_labels"] == []
+    assert rules["HK-SCAN-001"] == "pass"
+    assert res.passed, rep.summary()
+    assert res.exit_code == 0
 
 
 def test_the_gate_writes_every_report(repaired_gate: tuple[hk.gate.GateResult, Path]) -> None:
@@ -137,10 +126,10 @@ def test_a_clean_model_ships_without_repair(
     clean_model: nn.Module, synthetic: SyntheticSplits
 ) -> None:
     idx = hk.data.stratified_indices(synthetic.train.labels, per_class=100, seed=3)
-    res = Gate({"scan": SCAN, "export_onnx": False, "fail_on_skipped": False}).run(
+    res = Gate({"export_onnx": False, "fail_on_skipped": False}).run(
         clean_model, synthetic.train.subset(idx).loader(), synthetic.test.loader()
     )
     assert res.report.input_scan is not None
-    assert res.report.input_scan["verdict"] == "clean", res.report.summary()
+    assert res.report.input_scan["flagged_labels"] == [], res.report.summary()
     assert not res.report.repaired
     assert res.passed, res.report.summary()

@@ -192,3 +192,38 @@ def test_gate_cli_policy_typo_is_a_usage_error(tmp_path: Path) -> None:
     )
     assert code == 2
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("verdict", "worst", "status", "repaired"),
+    [
+        ("suspicious", "suspicious", "pass", False),
+        ("suspicious", "clean", "fail", False),
+        ("backdoored", "suspicious", "fail", False),
+        ("clean", "clean", "pass", False),
+    ],
+)
+def test_max_scan_verdict_decides_hk_scan_001(
+    verdict: str, worst: str, status: str, repaired: bool
+) -> None:
+    """``suspicious`` (no flagged label, index just under the threshold) ships by default;
+    ``max_scan_verdict: clean`` fails it; a flagged label always fails."""
+    data = hk.make_synthetic_dataset(num_classes=4, train_per_class=30, test_per_class=30)
+    model = hk.create_model("small-cnn", 4)
+    scan = hk.ScanResult.from_triggers({1: hk.PatchTrigger.square(3)}, model=model, num_classes=4)
+    flagged = [1] if verdict == "backdoored" else []
+    scan.report = scan.report.model_copy(
+        update={"verdict": verdict, "score": 0.35, "flagged_labels": flagged}
+    )
+    policy = {
+        "repair": "never",
+        "max_scan_verdict": worst,
+        "export_onnx": False,
+        "fail_on_skipped": False,
+        "min_holdout_images": 10,
+    }
+    res = Gate(policy).run(model, data.train.loader(), data.test.loader(), scan=scan)
+    rule = next(r for r in res.report.rules if r.rule_id == "HK-SCAN-001")
+    assert rule.status == status, rule.message
+    assert rule.threshold == worst
+    assert res.report.repaired is repaired

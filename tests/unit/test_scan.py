@@ -499,3 +499,24 @@ def test_log_l1_statistic_does_not_flag_an_even_spread(
 def test_unknown_statistic_is_a_config_error(tiny_model: nn.Module) -> None:
     with pytest.raises(ConfigError, match="statistic"):
         hk.Scanner(tiny_model, 4, config=_nc(statistic="l2"))
+
+
+def test_a_naturally_small_label_among_tight_norms_is_not_flagged_by_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The MAD of ten tight log-norms is so small that a label at 0.6 of the median passes
+    index 2; ``max_median_ratio`` (0.5) keeps it unflagged (verdict ``suspicious``) while a
+    trigger at a tenth of the median is still flagged."""
+    tight = [100.0, 104.0, 98.0, 102.0, 101.0, 99.0, 103.0, 97.0, 60.0, 100.0]
+    scan = _scan_with_norms(monkeypatch, tight, tmp_path)
+    det = scan.report.detectors[0]
+    assert det.anomaly_index > 2.0
+    assert det.flagged_labels == []
+    assert det.info["not_flagged_by_ratio"] == [8]
+    assert det.info["median_mask_l1"] == pytest.approx(100.0, rel=1e-5)
+    assert scan.verdict == "suspicious"
+    published = _scan_with_norms(monkeypatch, tight, tmp_path, max_median_ratio=None)
+    assert published.report.detectors[0].flagged_labels == [8]
+    assert published.verdict == "backdoored"
+    planted = [*tight[:8], 10.0, 100.0]
+    assert _scan_with_norms(monkeypatch, planted, tmp_path).flagged_labels == [8]

@@ -1,0 +1,130 @@
+"""``hardenkit gate`` end to end on real weights: pass (exit 0), fail (exit 1), usage errors
+(exit 2: a pickled module, overlapping data, a policy typo) and an environment error (exit 3),
+with every report file the exit code promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import hardenkit as hk
+from hardenkit.attacks import BackdooredModel
+from hardenkit.cli import main
+from hardenkit.gate import GateReport
+
+# the fixtures' generator with fewer images per class (same class prototypes and seed): the
+# scan and repair see 800 images, the 1,000 test images are held out
+DATA = "synthetic:num_classes=10,train_per_class=100,test_per_class=100"
+REPORTS = ("gate.json", "junit.xml", "gate.sarif", "summary.md", "report.html")
+
+
+def _gate(weights: Path, out: Path, *extra: str, policy: str | None = None) -> int:
+    argv = ["gate", "--weights", str(weights), "--arch", "small-cnn", "--num-classes", "10"]
+    argv += ["--data", DATA, "--holdout", DATA, "--device", "cpu", "--out", str(out)]
+    if policy is not None:
+        pfile = out.parent / f"{out.name}-policy.yaml"
+        pfile.write_text(policy)
+        argv += ["--policy", str(pfile)]
+    return main([*argv, *extra])
+
+
+@pytest.fixture(scope="module")
+def weights(badnets_model: BackdooredModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "model.safetensors"
+    hk.save_state_dict(badnets_model.model, path)
+    return path
+
+
+def _report(out: Path) -> GateReport:
+    for name in REPORTS:
+        assert (out / name).is_file(), name
+    rep = GateReport.model_validate_json((out / "gate.json").read_text())
+    assert set(rep.files) >= {"junit.xml", "gate.sarif", "summary.md", "report.html"}
+    return rep
+
+
+def test_pass_exit_0_with_every_file(
+    weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    summary = tmp_path / "step-summary.md"
+    summary.write_text("# earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    out = tmp_path / "out"
+    code = _gate(weights, out)
+    rep = _report(out)
+    assert code == 0, rep.summary()
+    assert rep.passed
+    assert rep.repaired
+    for name in ("model.safetensors", "model.onnx", "purification.json"):
+        assert (out / name).is_file(), name
+    assert (out / "scan" / "report.json").is_file()
+    assert (out / "rescan" / "report.json").is_file()
+    assert rep.onnx is not None
+    assert rep.files["model.onnx"] == rep.onnx["sha256"]
+    text = summary.read_text()
+    assert text.startswith("# earlier step\n")  # appended, not overwritten
+    assert "hardenkit gate: PASSED" in text
+    html = (out / "report.html").read_text()
+    assert "PASSED" in html
+    assert rep.report_id in html
+
+
+def test_fail_exit_1_with_every_file(weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code = _gate(weights, out, policy="repair: never\n")
+    rep = _report(out)
+    assert code == 1
+    assert not rep.passed
+    assert not rep.repaired
+    failed = {r.rule_id for r in rep.failed_rules}
+    assert {"HK-SCAN-001", "HK-ASR-001"} <= failed
+    sarif = json.loads((out / "gate.sarif").read_text())
+    assert {r["ruleId"] for r in sarif["runs"][0]["results"]} == failed
+    assert (out / "model.safetensors").is_file()  # the evidence is kept even on a fail
+
+
+def test_environment_error_exit_3(weights: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the cuda provider may exist")
+    out = tmp_path / "out"
+    code = _gate(weights, out, policy="repair: never\nonnx_provider: cuda\n")
+    rep = _report(out)
+    assert code == 3
+    onnx = next(r for r in rep.failed_rules if r.rule_id.startswith("HK-ONNX"))
+    assert onnx.cause == "environment"
+
+
+def test_a_pickled_module_is_refused_exit_2(
+    badnets_model: BackdooredModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pickled = tmp_path / "model.pt"
+    torch.save(badnets_model.model, pickled)  # a whole pickled nn.Module, not a state dict
+    out = tmp_path / "out"
+    assert _gate(pickled, out) == 2
+    assert "pickle" in capsys.readouterr().err.lower()
+    assert not out.exists()
+
+
+def test_overlapping_data_is_refused_exit_2(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code = _gate(weights, out, "--holdout-split", "train")  # held-out = the clean images
+    assert code == 2
+    assert "also appear in the clean data" in capsys.readouterr().err
+    assert not (out / "gate.json").exists()
+
+
+def test_the_shipped_weights_load_back(weights: Path, tmp_path: Path) -> None:
+    """The fail run's shipped weights are the input weights, byte for byte in values."""
+    out = tmp_path / "out"
+    _gate(weights, out, policy="repair: never\nexport_onnx: false\nfail_on_skipped: false\n")
+    m = hk.load_model_weights(hk.create_model("small-cnn", 10), out / "model.safetensors")
+    ref = hk.load_model_weights(hk.create_model("small-cnn", 10), weights)
+    assert isinstance(m, nn.Module)
+    for (k, a), (_, b) in zip(m.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
