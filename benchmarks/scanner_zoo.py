@@ -47,13 +47,13 @@ from safetensors.torch import load_file, save_file
 
 import hardenkit as hk
 from hardenkit.data import stratified_indices
-from hardenkit.scan.anomaly import log_values, mad_anomaly
+from hardenkit.scan.anomaly import log_values, mad_anomaly, ratio_scale_floor
 
 from .common import RESULTS, ROOT, load_cifar10, write_results
 from .scan_statistic import ARCHS, LOCATIONS, MIN_PLANTED_ASR, PATTERNS
 
 FIXTURES = ROOT / "fixtures" / "scanner_zoo"
-ATTACKS = ("badnets", "blended", "sig")
+ATTACKS = ("badnets", "blended", "sig", "wanet")
 
 
 def _attack_config(attack: str, rng: random.Random, seed: int) -> dict[str, Any]:
@@ -76,6 +76,15 @@ def _attack_config(attack: str, rng: random.Random, seed: int) -> dict[str, Any]
         }
     if attack == "sig":
         return {"target": target, "frequency": float(rng.choice([4, 6, 8])), "seed": seed}
+    if attack == "wanet":
+        # a stronger warp than the paper's s=0.5: 6 short epochs do not learn the weak one
+        return {
+            "target": target,
+            "k": 4,
+            "s": rng.choice([0.75, 1.0]),
+            "grid_seed": rng.randrange(10_000),
+            "seed": seed,
+        }
     raise ValueError(attack)
 
 
@@ -98,7 +107,9 @@ def _train_or_load(
     train_idx = stratified_indices(data["train"].labels, per_class=args.train_per_class, seed=seed)
     train = data["train"].subset(train_idx)
     test = data["test"].subset(stratified_indices(data["test"].labels, per_class=100, seed=0))
-    tc = hk.TrainConfig(epochs=args.epochs, batch_size=128, lr=0.05, augment=True)
+    # WaNet's warp is learned slowly (ASR 66 % after 6 epochs on small-cnn): twice the epochs
+    epochs = args.epochs * (2 if attack == "wanet" else 1)
+    tc = hk.TrainConfig(epochs=epochs, batch_size=128, lr=0.05, augment=True)
     rt = {"seed": seed, "device": "cpu", "progress": "off"}
     t0 = time.perf_counter()
     attack_cfg: dict[str, Any] | None = None
@@ -125,19 +136,25 @@ def _train_or_load(
         "true_asr": asr,
         "train_s": time.perf_counter() - t0,
         "train_images": len(train),
-        "epochs": args.epochs,
+        "epochs": epochs,
         "command": "python -m benchmarks.scanner_zoo",
     }
     FIXTURES.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
               FIXTURES / f"{mid}.safetensors")  # fmt: skip
+    # re-read: another zoo run may have added models meanwhile
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     index[mid] = meta
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return model.eval(), meta
 
 
 def _scan(
-    model: torch.nn.Module, seed: int, data: dict[str, hk.ImageDataset], args: argparse.Namespace
+    model: torch.nn.Module,
+    seed: int,
+    data: dict[str, hk.ImageDataset],
+    args: argparse.Namespace,
+    detectors: list[str],
 ) -> dict[str, Any]:
     # clean images for the scan: from a fixed random half of the CIFAR-10 test split (never
     # trained on; the other half is free for BA/ASR)
@@ -145,22 +162,29 @@ def _scan(
     half = pool[len(pool) // 2 :].sort().values
     pick = stratified_indices(data["test"].labels[half], per_class=args.scan_per_class, seed=seed)
     clean = data["test"].subset(half[pick])
-    cfg = hk.scan.scan_config_for_budget(args.budget, {"detectors": ["neural-cleanse", "pixel"]})
+    cfg = hk.scan.scan_config_for_budget(args.budget, {"detectors": detectors})
     rt = {"seed": seed, "device": "cpu", "progress": "off"}
     t0 = time.perf_counter()
     scan = hk.Scanner(model, 10, config=cfg, runtime=rt).run(clean.loader())
-    nc = next(d for d in scan.report.detectors if d.detector == "neural-cleanse")
-    px = next(d for d in scan.report.detectors if d.detector == "pixel")
-    return {
-        "nc_l1": [c.value for c in nc.classes],
-        "px_pixels": [float(c.extra["pixels"]) for c in px.classes],
-        "px_l1": [float(c.extra["l1"]) for c in px.classes],
-        "px_reached": [bool(c.extra["reached_threshold"]) for c in px.classes],
-        "trigger_asr": [float(c.trigger_asr or 0.0) for c in scan.report.classes],
-        "nc_s": nc.seconds,
-        "px_s": px.seconds,
-        "scan_s": time.perf_counter() - t0,
-    }
+    out: dict[str, Any] = {"scan_s": time.perf_counter() - t0}
+    for d in scan.report.detectors:
+        if d.detector == "neural-cleanse":
+            out.update(nc_l1=[c.value for c in d.classes], nc_s=d.seconds)
+            out["trigger_asr"] = [float(c.trigger_asr or 0.0) for c in scan.report.classes]
+        elif d.detector == "pixel":
+            out.update(
+                px_pixels=[float(c.extra["pixels"]) for c in d.classes],
+                px_l1=[float(c.extra["l1"]) for c in d.classes],
+                px_reached=[bool(c.extra["reached_threshold"]) for c in d.classes],
+                px_s=d.seconds,
+            )
+        elif d.detector == "warp":
+            out.update(
+                w_shift=[c.value for c in d.classes],
+                w_reached=[bool(c.extra["reached_threshold"]) for c in d.classes],
+                w_s=d.seconds,
+            )
+    return out
 
 
 def _mm_bd(model: torch.nn.Module, seed: int) -> dict[str, Any]:
@@ -178,51 +202,84 @@ def _mm_bd(model: torch.nn.Module, seed: int) -> dict[str, Any]:
     }
 
 
-def _pixel_flags(sizes: list[float], reached: list[bool]) -> list[int]:
-    return [y for y in mad_anomaly(log_values(sizes), side="low").flagged if reached[y]]
+FLOOR = ratio_scale_floor(0.5, 2.0)  # the detectors' default max_median_ratio (0.5)
+
+
+def _stats(
+    values: list[float], reached: list[bool] | None, floor: float
+) -> tuple[float, list[int]]:
+    """(model-level index, flagged labels) of the low-side MAD test on log values."""
+    st = mad_anomaly(log_values(values), side="low", min_scale=floor)
+    ok = [True] * len(values) if reached is None else reached
+    on = [i for i, v in enumerate(log_values(values)) if v < st.median and ok[i]]
+    index = max((st.per_label[i] for i in on), default=0.0)
+    return index, [y for y in st.flagged if ok[y]]
+
+
+# rule -> (statistic key, reached key, MAD floor); the published NC rule is handled apart
+_DETECTOR_RULES: dict[str, tuple[str, str | None, float]] = {
+    "nc:mad-log-l1": ("nc_l1", None, 0.0),
+    "nc:default": ("nc_l1", None, FLOOR),
+    "pixel:log-pixels": ("px_pixels", "px_reached", 0.0),
+    "pixel:default": ("px_pixels", "px_reached", FLOOR),
+    "warp:default": ("w_shift", "w_reached", FLOOR),
+}
+COMBINED = {
+    "nc+warp": ("nc:default", "warp:default"),
+    "nc+pixel+warp": ("nc:default", "pixel:default", "warp:default"),
+}
+
+
+def has_rule(m: dict[str, Any], rule: str) -> bool:
+    if rule in COMBINED:
+        return all(has_rule(m, r) for r in COMBINED[rule])
+    if rule == "mm-bd":
+        return "mm_bd_p" in m
+    key = "nc_l1" if rule == "nc:mad-l1" else _DETECTOR_RULES[rule][0]
+    return key in m
 
 
 def rule_flags(m: dict[str, Any], rule: str) -> list[int]:
     if rule == "nc:mad-l1":
         return mad_anomaly(m["nc_l1"], side="low").flagged
-    if rule == "nc:mad-log-l1":
-        return mad_anomaly(log_values(m["nc_l1"]), side="low").flagged
-    if rule == "pixel:log-pixels":
-        return _pixel_flags(m["px_pixels"], m["px_reached"])
-    if rule == "pixel:log-l1":
-        return _pixel_flags(m["px_l1"], m["px_reached"])
-    if rule == "nc-log+pixel":
-        out = rule_flags(m, "nc:mad-log-l1")
-        return out + [y for y in rule_flags(m, "pixel:log-pixels") if y not in out]
+    if rule in _DETECTOR_RULES:
+        key, reached, floor = _DETECTOR_RULES[rule]
+        return _stats(m[key], m[reached] if reached else None, floor)[1]
+    if rule in COMBINED:
+        out: list[int] = []
+        for r in COMBINED[rule]:
+            out += [y for y in rule_flags(m, r) if y not in out]
+        return out
     if rule == "mm-bd":
         return list(m.get("mm_bd_flags", []))
     raise ValueError(rule)
 
 
-RULES = ["nc:mad-l1", "nc:mad-log-l1", "pixel:log-pixels", "pixel:log-l1", "nc-log+pixel"]
+RULES = [
+    "nc:mad-l1",
+    "nc:mad-log-l1",
+    "nc:default",
+    "pixel:log-pixels",
+    "pixel:default",
+    "warp:default",
+    "nc+warp",
+    "nc+pixel+warp",
+]
 
 
 def rule_evidence(m: dict[str, Any], rule: str) -> float:
-    """The model-level evidence behind ``rule`` (its MAD anomaly index; the combination takes
-    the larger of its two): what a threshold other than 2 would be compared with."""
-
-    def index(values: list[float], reached: list[bool] | None = None) -> float:
-        stats = mad_anomaly(values, side="low")
-        on = [i for i, v in enumerate(values) if v < stats.median]
-        if reached is not None:
-            on = [i for i in on if reached[i]]
-        return max((stats.per_label[i] for i in on), default=0.0)
-
+    """The model-level evidence behind ``rule`` (its anomaly index; a combination takes the
+    largest of its members'): what a threshold other than 2 would be compared with."""
     if rule == "nc:mad-l1":
-        return index(m["nc_l1"])
-    if rule == "nc:mad-log-l1":
-        return index(log_values(m["nc_l1"]))
-    if rule == "pixel:log-pixels":
-        return index(log_values(m["px_pixels"]), m["px_reached"])
-    if rule == "pixel:log-l1":
-        return index(log_values(m["px_l1"]), m["px_reached"])
-    if rule == "nc-log+pixel":
-        return max(rule_evidence(m, "nc:mad-log-l1"), rule_evidence(m, "pixel:log-pixels"))
+        st = mad_anomaly(m["nc_l1"], side="low")
+        return max(
+            (st.per_label[i] for i, v in enumerate(m["nc_l1"]) if v < st.median), default=0.0
+        )
+    if rule in _DETECTOR_RULES:
+        key, reached, floor = _DETECTOR_RULES[rule]
+        return _stats(m[key], m[reached] if reached else None, floor)[0]
+    if rule in COMBINED:
+        return max(rule_evidence(m, r) for r in COMBINED[rule])
     if rule == "mm-bd":
         return -math.log10(max(float(m["mm_bd_p"]), 1e-300))
     raise ValueError(rule)
@@ -236,10 +293,45 @@ def auroc(pos: list[float], neg: list[float]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
+REFERENCE_DETECTORS = {"neural-cleanse": "nc_l1", "pixel": "px_pixels", "warp": "w_shift"}
+
+
+def write_reference(models: list[dict[str, Any]], command: str) -> Path:
+    """hardenkit/scan/clean_reference.json: each clean model's anomaly index per detector,
+    computed exactly as the detectors do (floored MAD on log sizes, default settings)."""
+    from hardenkit.scan.calibration import REFERENCE_PATH
+
+    clean = [m for m in models if m["attack"] == "clean"]
+    rows = []
+    for m in clean:
+        idx = {
+            det: mad_anomaly(log_values(m[key]), side="low", min_scale=FLOOR).index
+            for det, key in REFERENCE_DETECTORS.items()
+            if key in m
+        }
+        rows.append({"id": m["id"], "arch": m["arch"], "ba": m["ba"], "indices": idx})
+    archs = sorted({m["arch"] for m in clean})
+    payload = {
+        "source": f"benchmarks/results/scanner_zoo.md ({command})",
+        "description": f"{len(clean)} clean CIFAR-10 models ({', '.join(archs)}; 6 epochs on "
+        "600 images per class), scanned at the 'quick' budget, default detector settings",
+        "threshold": 2.0,
+        "num_classes": 10,
+        "models": rows,
+    }
+    REFERENCE_PATH.write_text(json.dumps(payload, indent=2) + "\n")
+    return REFERENCE_PATH
+
+
+def _rules(models: list[dict[str, Any]]) -> list[str]:
+    """The rules every model has the statistics for."""
+    return [r for r in [*RULES, "mm-bd"] if all(has_rule(m, r) for m in models)]
+
+
 def evaluate(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     groups = sorted({m["attack"] for m in models if m["attack"] != "clean"})
-    rules = [*RULES, "mm-bd"] if all("mm_bd_p" in m for m in models) else RULES
+    rules = _rules(models)
     for split in [*groups, "all"]:
         bd = [
             m
@@ -272,9 +364,12 @@ def evaluate(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+_SECONDS = {"NC s": "nc_s", "pixel s": "px_s", "warp s": "w_s"}
+
+
 def per_model_table(models: list[dict[str, Any]]) -> str:
-    rules = [*RULES, "mm-bd"] if all("mm_bd_p" in m for m in models) else RULES
-    cols = ["model", "BA %", "ASR %", "target", *rules, "NC s", "pixel s"]
+    rules = _rules(models)
+    cols = ["model", "BA %", "ASR %", "target", *rules, *_SECONDS]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for m in models:
         asr = "" if m["true_asr"] is None else f"{100 * m['true_asr']:.1f}"
@@ -284,11 +379,16 @@ def per_model_table(models: list[dict[str, Any]]) -> str:
             asr,
             "" if m["target"] is None else str(m["target"]),
             *[str(rule_flags(m, r)) for r in rules],
-            f"{m['nc_s']:.0f}",
-            f"{m['px_s']:.0f}",
+            *[f"{m[k]:.0f}" if k in m else "" for k in _SECONDS.values()],
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _load_weights(m: dict[str, Any]) -> torch.nn.Module:
+    model = _model(m["arch"])
+    model.load_state_dict(load_file(FIXTURES / f"{m['id']}.safetensors"))
+    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,8 +400,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-per-class", type=int, default=600)
     p.add_argument("--scan-per-class", type=int, default=30)
     p.add_argument("--budget", default="quick")
-    p.add_argument("--from-json", type=Path, default=None, help="re-evaluate saved statistics")
+    p.add_argument(
+        "--detectors",
+        default="neural-cleanse,warp",
+        help="detectors of the scan of each new model (comma-separated)",
+    )
+    p.add_argument("--from-json", type=Path, nargs="+", default=None,
+                   help="re-evaluate saved statistics (several files are merged)")  # fmt: skip
+    p.add_argument(
+        "--add",
+        default="",
+        help="with --from-json: scan the saved weights with these detectors (comma-separated) "
+        "where a model lacks their statistics; progress is saved to the first file",
+    )
     p.add_argument("--name", default="scanner_zoo")
+    p.add_argument(
+        "--write-reference",
+        action="store_true",
+        help="also write the clean models' indices to hardenkit/scan/clean_reference.json",
+    )
     p.add_argument(
         "--mm-bd",
         action="store_true",
@@ -310,23 +427,33 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     shown = list(argv) if argv is not None else __import__("sys").argv[1:]
+    keys = {"neural-cleanse": "nc_l1", "pixel": "px_pixels", "warp": "w_shift"}
     if args.from_json is not None:
-        models = json.loads(args.from_json.read_text())["models"]
-        if args.mm_bd:
-            index = json.loads((FIXTURES / "index.json").read_text())
-            for m in models:
-                if "mm_bd_p" in m:
-                    continue
-                model = _model(m["arch"])
-                model.load_state_dict(load_file(FIXTURES / f"{m['id']}.safetensors"))
-                m.update(_mm_bd(model.eval(), m["seed"]))
-                assert index[m["id"]]["ba"] == m["ba"]
+        models = []
+        for f in args.from_json:
+            models += [m for m in json.loads(f.read_text())["models"]
+                       if m["id"] not in {x["id"] for x in models}]  # fmt: skip
+        add = [d for d in args.add.split(",") if d]
+        data = load_cifar10() if add else {}
+        index = json.loads((FIXTURES / "index.json").read_text())
+        save_to = args.from_json[0]
+        for m in models:
+            missing = [d for d in add if keys[d] not in m]
+            if missing:
+                m.update(_scan(_load_weights(m), m["seed"], data, args, missing))
+                flags = " ".join(f"{r}={rule_flags(m, r)}" for r in _rules([m]))
+                print(f"{m['id']:28s} + {missing}: {flags}", flush=True)
+            if args.mm_bd and "mm_bd_p" not in m:
+                m.update(_mm_bd(_load_weights(m), m["seed"]))
                 print(f"{m['id']:28s} mm-bd p={m['mm_bd_p']:.3g} flags {m['mm_bd_flags']} "
                       f"({m['mm_bd_s']:.0f}s)", flush=True)  # fmt: skip
+            assert index[m["id"]]["ba"] == m["ba"]
+            if missing or args.mm_bd:
                 # progress survives an interruption: re-run the same command to resume
-                args.from_json.write_text(json.dumps({"models": models}))
+                save_to.write_text(json.dumps({"models": models}))
     else:
         data = load_cifar10()
+        detectors = [d for d in args.detectors.split(",") if d]
         partial = RESULTS / f"{args.name}.partial.json"
         done = {d["id"]: d for d in json.loads(partial.read_text())} if partial.is_file() else {}
         models = []
@@ -343,14 +470,14 @@ def main(argv: list[str] | None = None) -> int:
                 models.append(done[mid])
                 continue
             model, meta = _train_or_load(arch, kind, seed, data, args)
-            m = {"id": mid, **meta, **_scan(model, seed, data, args)}
+            m = {"id": mid, **meta, **_scan(model, seed, data, args, detectors)}
             if args.mm_bd:
                 m.update(_mm_bd(model, seed))
             models.append(m)
             print(
                 f"{mid:28s} BA {100 * m['ba']:.1f}% ASR {m['true_asr']} target {m['target']} "
-                + " ".join(f"{r}={rule_flags(m, r)}" for r in RULES)
-                + f" ({m['train_s']:.0f}s train, {m['nc_s']:.0f}+{m['px_s']:.0f}s scan)",
+                + " ".join(f"{r}={rule_flags(m, r)}" for r in _rules([m]))
+                + f" ({m['train_s']:.0f}s train, {m['scan_s']:.0f}s scan)",
                 flush=True,
             )
             partial.write_text(json.dumps(models))
@@ -361,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     path = write_results(args.name, rows, list(rows[0]), {"command": cmd, "models": models})
     with path.open("a") as f:
         f.write("\n## Per model (flagged labels per rule)\n\n" + per_model_table(models))
+    if args.write_reference:
+        print(f"wrote {write_reference(models, cmd)}")
     return 0
 
 

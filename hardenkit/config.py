@@ -126,6 +126,20 @@ class RuntimeConfig(HardenkitConfig):
             a ``(mean, std)`` pair; hardenkit converts them back to [0, 1] pixels at the boundary.
         deterministic: ask torch for deterministic kernels during training (cuDNN
             deterministic, no autotuning; slower on CUDA, no effect on CPU results).
+        distributed: ``"auto"`` — under ``torchrun`` (or with a process group you
+            initialised) the Purifier and the RobustTrainer shard each mini-batch over the
+            ranks and all-reduce the gradients (docs/scale.md); ``"off"`` — ignore the process
+            group (every process runs the whole job alone, e.g. a purification called on one
+            rank only).
+        sync_batchnorm: in a data-parallel run, normalise BatchNorm layers in train mode with
+            the statistics of the *global* batch (``torch.nn.SyncBatchNorm``; CUDA only —
+            ``ConfigError`` on the CPU). Without it each rank normalises its own shard.
+        clean_storage: where the Purifier keeps the clean images: ``"memory"`` or ``"disk"``
+            (a temporary file under ``spill_dir``, read back per mini-batch: for clean sets
+            larger than RAM). Either way images that are exact multiples of 1/255 are stored
+            as uint8.
+        spill_dir: directory of the ``clean_storage="disk"`` file (default: the system
+            temporary directory). The file is unlinked at once (POSIX): nothing is left behind.
     """
 
     device: str = "auto"
@@ -134,6 +148,10 @@ class RuntimeConfig(HardenkitConfig):
     progress: Literal["auto", "on", "off"] = "auto"
     input_normalization: Normalization | None = None
     deterministic: bool = False
+    distributed: Literal["auto", "off"] = "auto"
+    sync_batchnorm: bool = False
+    clean_storage: Literal["memory", "disk"] = "memory"
+    spill_dir: str | None = None
 
     @field_validator("input_normalization", mode="before")
     @classmethod

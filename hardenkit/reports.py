@@ -25,7 +25,7 @@ from torch import nn
 from ._utils.environment import environment_info, parameter_count, state_dict_sha256
 from ._version import __version__
 
-__all__ = ["BaseReport", "EnvironmentInfo", "ModelFingerprint"]
+__all__ = ["BaseReport", "DistributedInfo", "EnvironmentInfo", "ModelFingerprint"]
 
 
 class EnvironmentInfo(BaseModel):
@@ -66,6 +66,19 @@ class ModelFingerprint(BaseModel):
             num_tensors=len(model.state_dict()),
             model_class=f"{type(model).__module__}.{type(model).__qualname__}",
         )
+
+
+class DistributedInfo(BaseModel):
+    """How many processes ran a data-parallel job (``torchrun``) and how they talked."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    world_size: int = 1
+    """Processes (ranks) that shared each mini-batch; 1 for an ordinary run."""
+    backend: str | None = None
+    """``torch.distributed`` backend (``gloo``, ``nccl``); ``None`` for one process."""
+    sync_batchnorm: bool = False
+    """BatchNorm used global-batch statistics (``SyncBatchNorm``) rather than each rank's."""
 
 
 class BaseReport(BaseModel):

@@ -35,6 +35,8 @@ _NAMES = (
     "runtime-config",
     "train-config",
     "scan-config",
+    "fleet-manifest",
+    "fleet-report",
 )
 
 
@@ -47,9 +49,10 @@ def schema_models() -> dict[str, type[BaseModel]]:
     """Schema name -> pydantic model. Reports describe JSON that hardenkit writes; configs
     describe JSON/YAML that hardenkit reads (``hardenkit gate --policy`` reads a gate-policy,
     ``hardenkit validate --policy`` a validation-policy, ``hardenkit scan --config`` a
-    scan-config)."""
+    scan-config, ``hardenkit scan-fleet`` a fleet-manifest)."""
     from .cli._demo_report import DemoReport
     from .config import RuntimeConfig
+    from .fleet import FleetManifest, FleetReport
     from .gate import DeploymentPolicy, GateReport
     from .purify import PurificationReport
     from .robust import TrainingReport
@@ -69,6 +72,8 @@ def schema_models() -> dict[str, type[BaseModel]]:
         "runtime-config": RuntimeConfig,
         "train-config": TrainConfig,
         "scan-config": ScanConfig,
+        "fleet-manifest": FleetManifest,
+        "fleet-report": FleetReport,
     }
     assert list(models) == list(_NAMES)
     return models

@@ -28,12 +28,14 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from ._utils.distributed import Distributed, train_step
 from ._utils.finite import ensure_finite_logits
 from ._utils.modes import eval_mode
 from ._utils.progress import NullProgress, ProgressCallback
 from ._utils.seeding import make_generator
 from .config import HardenkitConfig, RuntimeConfig, parse_config
 from .data.datasets import to_float_pixels
+from .data.store import ImageStore, as_store
 from .errors import DataError, ModelCompatibilityError, NonFiniteError
 from .logging import get_logger
 
@@ -143,19 +145,42 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
 
 
+AugmentParams = tuple[Tensor, Tensor, Tensor]
+"""Per-image ``(dy, dx, flip)`` of :func:`augment_batch` (see :func:`draw_augment`)."""
+
+
+def draw_augment(
+    n: int, generator: torch.Generator, device: torch.device, pad: int = 4
+) -> AugmentParams:
+    """The random crop offsets and flips of ``n`` images, drawn as :func:`augment_batch`
+    draws them (a data-parallel step draws them for the global batch and slices its part)."""
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
+    return dy, dx, flip
+
+
+def slice_augment(params: AugmentParams, part: slice) -> AugmentParams:
+    """The parameters of the images ``part`` of a batch."""
+    return params[0][part], params[1][part], params[2][part]
+
+
 def augment_batch(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
     """Random crop with ``pad``-pixel zero padding and random horizontal flip, vectorised.
 
     ``generator`` must live on ``x``'s device.
     """
+    return apply_augment(x, draw_augment(len(x), generator, x.device, pad), pad)
+
+
+def apply_augment(x: Tensor, params: AugmentParams, pad: int = 4) -> Tensor:
+    """:func:`augment_batch` with given per-image parameters (:func:`draw_augment`)."""
     n, c, h, w = x.shape
     dev = x.device
     xp = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    dy, dx, flip = (t.to(dev) for t in params)
     ar_h = torch.arange(h, device=dev)
     ar_w = torch.arange(w, device=dev)
-    flip = torch.rand(n, generator=generator, device=dev) < 0.5
     col_offsets = torch.where(flip[:, None], (w - 1 - ar_w)[None, :], ar_w[None, :])
     rows = (dy[:, None] + ar_h[None, :])[:, None, :, None]
     cols = (dx[:, None] + col_offsets)[:, None, None, :]
@@ -233,7 +258,7 @@ def infer_num_classes(model: nn.Module, probe: Tensor) -> int:
 
 def train_model(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | ImageStore,
     y: Tensor,
     config: TrainConfig | dict[str, Any] | None = None,
     *,
@@ -244,14 +269,22 @@ def train_model(
     phase: str = "train",
     stop: Callable[[], bool] | None = None,
     on_epoch_end: Callable[[int], None] | None = None,
+    batch_transform: Callable[[Tensor, Tensor], Tensor] | None = None,
+    distributed: Distributed | None = None,
 ) -> TrainHistory:
-    """Train ``model`` **in place** on ``(x, y)`` (pixels uint8 or float [0, 1]).
+    """Train ``model`` **in place** on ``(x, y)`` (pixels uint8 or float [0, 1], or an
+    :class:`~hardenkit.data.store.ImageStore` read per mini-batch).
 
     Callers that must not modify a user's model pass a copy (every public hardenkit entry
     point does). ``loss_fn(model, xb, yb)`` replaces cross-entropy when given. ``stop()`` is
     asked before every step; when it returns True training ends (``history.stopped``).
     ``on_epoch_end(epoch)`` (1-based) is called after every epoch that made at least one step,
-    e.g. to evaluate and keep a checkpoint.
+    e.g. to evaluate and keep a checkpoint. ``batch_transform(xb, idx)`` edits each float
+    mini-batch (before augmentation) given its images' indices into ``x``.
+
+    ``distributed`` (a :class:`~hardenkit._utils.distributed.Distributed`, under ``torchrun``)
+    shards each global mini-batch of ``batch_size`` images over the ranks and all-reduces the
+    gradients, so the weights follow the one-process run with the same global batch.
     """
     cfg = parse_config(TrainConfig, config)
     rt = parse_config(RuntimeConfig, runtime)
@@ -265,18 +298,19 @@ def train_model(
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     use_amp = rt.use_amp(device)
-    channels_last = (x.ndim == 4) if cfg.channels_last == "auto" else bool(cfg.channels_last)
+    channels_last = (len(x.shape) == 4) if cfg.channels_last == "auto" else bool(cfg.channels_last)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    xd = x.to(device)
+    src = as_store(x, device)
     yd = y.to(device, torch.int64)
     n = len(yd)
     label_classes = int(yd.max()) + 1
     if int(yd.min()) < 0:
         raise DataError("training labels must be non-negative class indices.")
     steps_per_epoch = max(1, n // cfg.batch_size) if n >= cfg.batch_size else 1
-    opt = build_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = build_optimizer(params, cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
     gen = make_generator(rt.seed, device)
     hist = TrainHistory()
@@ -293,34 +327,50 @@ def train_model(
                 hist.stopped = True
                 break
             idx = perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            xb = to_float_pixels(xd[idx])
-            yb = yd[idx]
-            if cfg.augment:
-                xb = augment_batch(xb, gen)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, use_amp):
-                if loss_fn is not None:
-                    loss = loss_fn(model, xb, yb)
-                    logits = None
-                else:
+            aug = draw_augment(len(idx), gen, device) if cfg.augment else None
+            first = epoch == 0 and s == 0
+            hits: list[Tensor] = []
+
+            def shard_loss(
+                local: Tensor,
+                part: slice,
+                aug: AugmentParams | None = aug,
+                first: bool = first,
+                hits: list[Tensor] = hits,
+            ) -> Tensor:
+                xb = src[local]
+                yb = yd[local]
+                if batch_transform is not None:
+                    xb = batch_transform(xb, local)
+                if aug is not None:
+                    xb = apply_augment(xb, slice_augment(aug, part))
+                if channels_last:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with _autocast(device, use_amp):
+                    if loss_fn is not None:
+                        return loss_fn(model, xb, yb)
                     logits = model(xb)
-                    if epoch == 0 and s == 0:
+                    if first:
                         check_logits(logits, len(yb), label_classes)
-                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                    hits.append((logits.detach().argmax(1) == yb).sum())
+                    return F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+
             opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss = train_step(distributed, idx, shard_loss, params)
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
             hist.steps += 1
-            tot_loss += loss.detach() * len(yb)
-            if logits is not None:
-                correct += (logits.detach().argmax(1) == yb).sum()
-            seen += len(yb)
+            tot_loss += loss * len(idx)
+            for h in hits:
+                correct += h
+            seen += len(idx)
         if seen == 0:  # stopped before the first step of this epoch
             break
+        if distributed is not None:
+            distributed.all_sum([correct])
+            distributed.sync_buffers(model)
         loss_v = float(tot_loss) / max(1, seen)
         if not math.isfinite(loss_v):
             raise NonFiniteError(
@@ -352,7 +402,7 @@ def train_model(
 @torch.no_grad()
 def predict(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | ImageStore,
     *,
     batch_size: int = 512,
     runtime: RuntimeConfig | dict[str, Any] | None = None,
@@ -370,7 +420,10 @@ def predict(
     outs: list[Tensor] = []
     with eval_mode(model):
         for start in range(0, len(x), batch_size):
-            xb = to_float_pixels(x[start : start + batch_size].to(device))
+            if isinstance(x, ImageStore):
+                xb = x[start : start + batch_size].to(device)
+            else:
+                xb = to_float_pixels(x[start : start + batch_size].to(device))
             if transform is not None:
                 xb = transform(xb)
             with _autocast(device, rt.use_amp(device)):
@@ -382,7 +435,11 @@ def predict(
 
 
 def evaluate_accuracy(
-    model: nn.Module, x: Tensor, y: Tensor, *, runtime: RuntimeConfig | dict[str, Any] | None = None
+    model: nn.Module,
+    x: Tensor | ImageStore,
+    y: Tensor,
+    *,
+    runtime: RuntimeConfig | dict[str, Any] | None = None,
 ) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
     if len(y) == 0:
@@ -394,7 +451,7 @@ def evaluate_accuracy(
 def trigger_asr(
     model: nn.Module,
     trigger: Callable[[Tensor], Tensor],
-    x: Tensor,
+    x: Tensor | ImageStore,
     y: Tensor,
     label: int,
     runtime: RuntimeConfig | dict[str, Any] | None = None,
@@ -403,5 +460,8 @@ def trigger_asr(
     keep = (y != label).cpu()
     if int(keep.sum()) == 0:
         return 0.0
-    pred = predict(model, x[keep.to(x.device)], runtime=runtime, transform=trigger).argmax(1)
+    kept = (
+        x.take(torch.nonzero(keep).flatten()) if isinstance(x, ImageStore) else x[keep.to(x.device)]
+    )
+    pred = predict(model, kept, runtime=runtime, transform=trigger).argmax(1)
     return float((pred == label).float().mean())

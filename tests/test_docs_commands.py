@@ -33,7 +33,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-PARSED_ONLY: dict[str, str] = {}
+PARSED_ONLY: dict[str, str] = {
+    "hardenkit scan-fleet --ray": "needs a running Ray cluster (`ray start --head`); "
+    "tests/unit/test_fleet.py runs the Ray backend on a local one",
+}
 """Command prefixes that are parsed but not run, with the reason (the longest prefix wins)."""
 
 RUN: tuple[str, ...] = (
@@ -46,6 +49,7 @@ RUN: tuple[str, ...] = (
     "hardenkit export",
     "hardenkit demo",
     "hardenkit scan",
+    "hardenkit scan-fleet",
     "hardenkit purify",
     "hardenkit train",
     "hardenkit gate",
@@ -335,6 +339,43 @@ def _gate_policy_from_docs() -> str:
     return m.group(1)
 
 
+def _fleet_manifest_from_docs() -> str:
+    """The ``# fleet.yaml`` example of docs/scale.md."""
+    text = (ROOT / "docs" / "scale.md").read_text(encoding="utf-8")
+    m = re.search(r"```yaml\n(# fleet\.yaml\n.*?)```", text, re.S)
+    assert m, "docs/scale.md lost its fleet.yaml example"
+    return m.group(1)
+
+
+def _prepare_fleet(argv: list[str], tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scan-fleet MANIFEST``: the manifest of docs/scale.md, its weights (always-class-0
+    stand-ins) and clean images. The spawned workers scan with the parent's (shrunk) budgets:
+    the fleet resolves every ScanConfig before sending the tasks."""
+    import yaml
+
+    text = _fleet_manifest_from_docs()
+    manifest = tmp / argv[1]
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(text)
+    doc = yaml.safe_load(text)
+    defaults = doc.get("defaults") or {}
+    data = defaults.get("data")
+    for entry in doc["models"]:
+        arch = entry.get("arch") or entry.get("factory") or "small-cnn"
+        if ":" in arch:
+            _user_package(tmp)
+            monkeypatch.syspath_prepend(str(tmp))  # the spawned workers get this sys.path
+            for name in [m for m in sys.modules if m.split(".")[0] == "my_project"]:
+                monkeypatch.delitem(sys.modules, name)
+        arch_args = ",".join(f"{k}={v}" for k, v in (entry.get("arch_args") or {}).items())
+        _stand_in_model(
+            arch, int(entry.get("num_classes", 10)), arch_args, manifest.parent / entry["weights"]
+        )
+        spec = entry.get("data", data)
+        if spec and not spec.startswith("synthetic") and not (manifest.parent / spec).exists():
+            _write_images(manifest.parent / spec, int(entry.get("num_classes", 10)))
+
+
 def _backdoored_stand_in(model: Any, path: Path) -> None:
     """The session's BadNets SmallCNN (10 classes, target 0): what the docs' scans should flag."""
     from hardenkit.io import model_metadata, save_state_dict
@@ -358,6 +399,10 @@ def prepare(
     argv = cmd.argv
     # absolute /tmp/... paths of the examples go below tmp
     argv = [str(tmp / a[len("/tmp/") :]) if a.startswith("/tmp/") else a for a in argv]
+    if argv and argv[0] == "scan-fleet":
+        _prepare_fleet(argv, tmp, monkeypatch)
+        _shrink_budgets(monkeypatch)
+        return argv
     arch = _option(argv, "--arch")
     if arch in HEAVY_ARCHS:
         _set_option(argv, "--arch", "small-cnn")

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from hardenkit.attacks import AttackConfig, BadNetsConfig, BlendedConfig, SIGConfig, WaNetConfig
 from hardenkit.config import Normalization, RuntimeConfig
+from hardenkit.fleet import FleetDefaults, FleetModel
 from hardenkit.gate import DeploymentPolicy
 from hardenkit.purify import (
     ANPConfig,
@@ -37,7 +38,13 @@ from hardenkit.purify import (
 )
 from hardenkit.purify.synthesis import SynthesisConfig
 from hardenkit.robust import ABLConfig, DLPConfig, PlainConfig
-from hardenkit.scan import MaxMarginConfig, NeuralCleanseConfig, PixelConfig, ScanConfig
+from hardenkit.scan import (
+    MaxMarginConfig,
+    NeuralCleanseConfig,
+    PixelConfig,
+    ScanConfig,
+    WarpConfig,
+)
 from hardenkit.training import TrainConfig
 from hardenkit.validate import GatePolicy
 
@@ -64,6 +71,8 @@ GENERATED: dict[str, dict[str, Any]] = GEN.generate()
 def test_expected_schemas_are_generated() -> None:
     assert sorted(GENERATED) == [
         "demo-report.schema.json",
+        "fleet-manifest.schema.json",
+        "fleet-report.schema.json",
         "gate-policy.schema.json",
         "gate-report.schema.json",
         "purification-report.schema.json",
@@ -166,6 +175,7 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     (NeuralCleanseConfig, "scanning.md", "### NeuralCleanseConfig", set()),
     (MaxMarginConfig, "scanning.md", "### MaxMarginConfig", set()),
     (PixelConfig, "scanning.md", "### PixelConfig", set()),
+    (WarpConfig, "scanning.md", "### WarpConfig", set()),
     # the StrategyConfig fields (max_steps, max_seconds) and, for NCUnlearnConfig, the
     # FinetuneConfig fields are listed in every strategy table
     (FinetuneConfig, "purification.md", "### FinetuneConfig", set()),
@@ -179,6 +189,8 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     (ANPConfig, "pruning.md", "### ANPConfig", set()),
     (ShapleyPruningConfig, "pruning.md", "### ShapleyPruningConfig", set()),
     (SynthesisConfig, "pruning.md", "### SynthesisConfig", set()),
+    (FleetDefaults, "scale.md", "#### `defaults`", set()),
+    (FleetModel, "scale.md", "#### `models[]`", set()),
 ]
 
 

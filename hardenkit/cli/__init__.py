@@ -31,6 +31,7 @@ from . import (
     gate_cmd,
     purify_cmd,
     scan_cmd,
+    scan_fleet_cmd,
     train_cmd,
     validate_cmd,
 )
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo.add_parser(sub)
     scan_cmd.add_parser(sub)
+    scan_fleet_cmd.add_parser(sub)
     purify_cmd.add_parser(sub)
     train_cmd.add_parser(sub)
     validate_cmd.add_parser(sub)

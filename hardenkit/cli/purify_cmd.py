@@ -146,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
             ) from exc
     data = load_data_arg(args.data, split=args.split, image_size=args.image_size)
     result = purifier.run(data.loader(batch_size=512), scan=scan)
+    if result.rank != 0:  # under torchrun rank 0 writes the files and prints
+        return EXIT_OK if result.trusted else EXIT_GATE_FAILED
     print(result.report.summary(), file=sys.stderr)
     out: Path = args.out
     result.save(out)

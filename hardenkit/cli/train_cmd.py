@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -174,13 +175,17 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args.arch, k, **arch_kwargs)
     rt = RuntimeConfig(device=args.device, seed=args.seed)
     trainer = RobustTrainer(model, args.strategy, config=fields or None, runtime=rt)
-    estimate = trainer.estimate_seconds(len(data), data.image_shape)
-    print(
-        f"hardenkit: training {args.arch} with {trainer.strategy.name} on {len(data)} images "
-        f"({k} classes); rough estimate {_duration(estimate)} on {rt.resolve_device()}",
-        file=sys.stderr,
-    )
+    if os.environ.get("RANK", "0") == "0":  # one line per job under torchrun
+        estimate = trainer.estimate_seconds(len(data), data.image_shape)
+        print(
+            f"hardenkit: training {args.arch} with {trainer.strategy.name} on {len(data)} "
+            f"images ({k} classes); rough estimate {_duration(estimate)} on "
+            f"{rt.resolve_device()}",
+            file=sys.stderr,
+        )
     result = trainer.fit(data, test=test, trigger=trigger, target=target, poison_indices=poison)
+    if result.rank != 0:  # under torchrun rank 0 writes the files and prints
+        return EXIT_OK if result.trusted else EXIT_GATE_FAILED
     print(result.report.summary(), file=sys.stderr)
     out: Path = args.out
     result.save(out)

@@ -389,7 +389,13 @@ class _MatplotlibDrawer:
             0.7,
             color=[_FLAGGED_COLOUR if y in flagged else _BAR_COLOUR for y in labels],
         )
-        median, cut = reference_lines(values, threshold, side=spec["side"], log=spec["log"])
+        median, cut = reference_lines(
+            values,
+            threshold,
+            side=spec["side"],
+            log=spec["log"],
+            min_scale=float(spec.get("min_scale", 0.0)),
+        )
         handles = [self._patch(color=_FLAGGED_COLOUR, label="flagged")] if flagged else []
         handles.append(self._patch(color=_BAR_COLOUR, label="not flagged" if flagged else "label"))
         if median is not None:

@@ -12,8 +12,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from .._utils.budget import Budget
+from .._utils.distributed import Distributed
 from .._utils.progress import ProgressCallback
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
+from ..data.store import ImageStore
 from ..registry import Registry
 from ..scan import ScanResult
 from ..training import evaluate_accuracy, trigger_asr
@@ -169,12 +171,12 @@ class CheckpointSelector:
         ctx = self.ctx
         if len(ctx.y_val) == 0:
             return None
-        ba = evaluate_accuracy(model, ctx.x_val, ctx.y_val, runtime=ctx.runtime)
+        ba = evaluate_accuracy(model, ctx.val_images, ctx.y_val, runtime=ctx.runtime)
         rec: dict[str, float] = {"epoch": float(epoch), "val_ba": ba}
         asr: float | None = None
         if self.triggers:
             asr = max(
-                trigger_asr(model, t, ctx.x_val, ctx.y_val, lab, ctx.runtime)
+                trigger_asr(model, t, ctx.val_images, ctx.y_val, lab, ctx.runtime)
                 for lab, t in self.triggers
             )
             rec["val_trigger_asr"] = asr
@@ -216,17 +218,27 @@ class PurifyContext:
     """What a strategy gets from the Purifier.
 
     ``model`` is the working copy (the strategy edits it in place and returns it);
-    ``x``/``y`` the clean images it may train on (on ``device``), ``x_val``/``y_val`` a small
-    validation split of the clean budget for model selection (may be empty).
+    ``images``/``y`` the clean images it may train on, ``val_images``/``y_val`` a small
+    validation split of the clean budget for model selection (may be empty). The images are
+    an :class:`~hardenkit.data.store.ImageStore`: ``ctx.images[idx]`` gives float32 [0, 1]
+    pixels on ``device`` per mini-batch (the store may be uint8, or on disk with
+    ``RuntimeConfig(clean_storage="disk")``). ``ctx.x`` / ``ctx.x_val`` are the same images
+    as one float tensor, built on first access — the full copy the store avoids; use them
+    only in code that needs every image at once.
+
+    Under ``torchrun``, ``dist`` is this rank's
+    :class:`~hardenkit._utils.distributed.Distributed` (``None`` in a single process):
+    training loops pass it to :func:`~hardenkit._utils.distributed.train_step` (or
+    :func:`~hardenkit.training.train_model`), which shards each global mini-batch.
     """
 
     model: nn.Module
     original: nn.Module
     """A frozen eval-mode copy of the input model (teacher, reference)."""
     num_classes: int
-    x: Tensor
+    images: ImageStore
     y: Tensor
-    x_val: Tensor
+    val_images: ImageStore
     y_val: Tensor
     device: torch.device
     runtime: RuntimeConfig
@@ -237,6 +249,23 @@ class PurifyContext:
     """``(C, H, W)`` of the model's input (known even when no clean image was given)."""
     notes: list[str] = field(default_factory=list)
     """Human-readable remarks the strategy wants in the report (fallbacks, skipped triggers)."""
+    dist: Distributed | None = None
+    """The data-parallel context under ``torchrun``; ``None`` in a single process."""
+    _full: dict[str, Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def x(self) -> Tensor:
+        """Every training image as one float32 tensor on ``device`` (built on first use)."""
+        if "x" not in self._full:
+            self._full["x"] = self.images.to_tensor()
+        return self._full["x"]
+
+    @property
+    def x_val(self) -> Tensor:
+        """Every validation image as one float32 tensor on ``device`` (built on first use)."""
+        if "x_val" not in self._full:
+            self._full["x_val"] = self.val_images.to_tensor()
+        return self._full["x_val"]
 
 
 @dataclass
@@ -271,7 +300,7 @@ class PurificationStrategy(ABC):
     """Runs without clean images (``Purifier.run(None)``), e.g. on synthesised data."""
     validation_fraction: float = 0.0
     """Share of the training part of the clean budget the Purifier splits off as
-    ``ctx.x_val``/``ctx.y_val`` for the strategy's own model selection."""
+    ``ctx.val_images``/``ctx.y_val`` for the strategy's own model selection."""
 
     def __init__(self, config: StrategyConfig | dict[str, Any] | None = None) -> None:
         self.config = parse_config(self.config_cls, config)

@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from .._utils.distributed import train_step
 from .._utils.seeding import make_generator
 from ..errors import ModelCompatibilityError
 from ..logging import get_logger
 from ..models import find_last_linear, resolve_layer
-from ..training import augment_batch
+from ..training import AugmentParams, apply_augment, draw_augment, slice_augment
 from .base import (
     STRATEGIES,
     CheckpointSelector,
@@ -83,6 +84,18 @@ class D3Config(StrategyConfig):
     selection_max_asr: Annotated[float, Field(ge=0, le=1)] = 0.1
 
 
+def _global_terms(ctx: PurifyContext, terms: dict[str, Tensor], idx: Tensor) -> tuple[float, float]:
+    """The step's hinge (mean over the global batch) and distance, for the history."""
+    if ctx.dist is None:
+        return float(terms["hinge"]), float(terms["dist"])
+    lo, hi = ctx.dist.bounds(len(idx))
+    w = (hi - lo) / max(1, len(idx))
+    zero = torch.zeros((), device=ctx.device)
+    vals = torch.stack([terms.get(k, zero).float().reshape(()) * w for k in ("hinge", "dist")])
+    ctx.dist.all_sum([vals])  # the distance is the same on every rank: its weighted mean
+    return float(vals[0]), float(vals[1])
+
+
 def selected_weights(model: nn.Module, layers: tuple[str, ...] | None) -> list[tuple[str, Tensor]]:
     """``(name, weight)`` of each ``Linear``/``Conv2d`` in ``layers`` (default: the last Linear)."""
     if layers is None:
@@ -140,31 +153,46 @@ class D3Strategy(PurificationStrategy):
                     stopped = True
                     break
                 idx = perm[s * bs : (s + 1) * bs]
-                xb, yb = ctx.x[idx], ctx.y[idx]
-                if cfg.augment:
-                    xb = augment_batch(xb, gen)
-                ce = F.cross_entropy(model(xb), yb, reduction="none")
-                hinge = (ce - cfg.eps).clamp(min=0).mean()
-                dist = sum(
-                    (
-                        torch.linalg.vector_norm(w - w_0, ord=cfg.p)
-                        for (_, w), w_0 in zip(sel, w0, strict=True)
-                    ),
-                    torch.zeros((), device=ctx.device),
-                )
-                loss = cfg.lmd * hinge - dist
-                if cfg.lmd > 1 and cfg.scale_large_lambda:
-                    loss = loss / (cfg.lmd + 1)
+                aug = draw_augment(len(idx), gen, ctx.device) if cfg.augment else None
+                terms: dict[str, Tensor] = {}
+
+                def shard_loss(
+                    local: Tensor,
+                    part: slice,
+                    aug: AugmentParams | None = aug,
+                    terms: dict[str, Tensor] = terms,
+                ) -> Tensor:
+                    xb, yb = ctx.images[local], ctx.y[local]
+                    if aug is not None:
+                        xb = apply_augment(xb, slice_augment(aug, part))
+                    ce = F.cross_entropy(model(xb), yb, reduction="none")
+                    hinge = (ce - cfg.eps).clamp(min=0).mean()
+                    dist = sum(
+                        (
+                            torch.linalg.vector_norm(w - w_0, ord=cfg.p)
+                            for (_, w), w_0 in zip(sel, w0, strict=True)
+                        ),
+                        torch.zeros((), device=ctx.device),
+                    )
+                    terms["hinge"], terms["dist"] = hinge.detach(), dist.detach()
+                    loss = cfg.lmd * hinge - dist
+                    if cfg.lmd > 1 and cfg.scale_large_lambda:
+                        loss = loss / (cfg.lmd + 1)
+                    return loss
+
                 opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
+                train_step(ctx.dist, idx, shard_loss, params)
                 opt.step()
                 with torch.no_grad():  # projection onto the sphere of the original norm
                     for (_, w), n0 in zip(sel, norm0, strict=True):
                         w.mul_(n0 / torch.linalg.vector_norm(w, ord=cfg.p).clamp_min(1e-12))
-                tot_h += float(hinge.detach())
-                tot_d += float(dist.detach())
+                hinge_v, dist_v = _global_terms(ctx, terms, idx)
+                tot_h += hinge_v
+                tot_d += dist_v
             if stopped and tot_h == 0.0 and tot_d == 0.0:  # budget ended before a step
                 break
+            if ctx.dist is not None:
+                ctx.dist.sync_buffers(model)
             sched.step()
             rec = {
                 "epoch": epoch + 1,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import torch
@@ -79,11 +79,15 @@ class FinetuneStrategy(PurificationStrategy):
     config: FinetuneConfig
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
-        hist, selection = _fit(ctx, ctx.x, self.config, "purify[finetune]")
+        hist, selection = _fit(ctx, self.config, "purify[finetune]")
         return StrategyOutcome(
             model=ctx.model,
             epochs=len(hist.epochs),
-            details={"final_loss": hist.final_loss, "checkpoint": selection},
+            details={
+                "final_loss": hist.final_loss,
+                "train_seconds": hist.seconds,
+                "checkpoint": selection,
+            },
         )
 
 
@@ -129,11 +133,24 @@ class NCUnlearnStrategy(PurificationStrategy):
         n = len(ctx.y)
         g = torch.Generator().manual_seed(ctx.runtime.seed + 11)
         chosen = torch.randperm(n, generator=g)[: max(1, round(self.config.unlearning_ratio * n))]
-        x = ctx.x.clone()
-        for i, (_, trig) in enumerate(triggers):
-            part = chosen[i :: len(triggers)].to(ctx.device)
-            x[part] = trig.apply(x[part])
-        hist, selection = _fit(ctx, x, self.config, "purify[nc-unlearn]", triggers=triggers)
+        # which trigger (index into ``triggers``) each image is stamped with, -1 for none;
+        # stamped per mini-batch, so the clean images are never copied as a whole
+        assign = torch.full((n,), -1, dtype=torch.int64)
+        for i in range(len(triggers)):
+            assign[chosen[i :: len(triggers)]] = i
+        assign = assign.to(ctx.device)
+
+        def stamp(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            which = assign[idx.to(assign.device)]
+            for i, (_, trig) in enumerate(triggers):
+                rows = torch.nonzero(which == i).flatten()
+                if len(rows):
+                    xb[rows] = trig.apply(xb[rows])
+            return xb
+
+        hist, selection = _fit(
+            ctx, self.config, "purify[nc-unlearn]", triggers=triggers, batch_transform=stamp
+        )
         return StrategyOutcome(
             model=ctx.model,
             epochs=len(hist.epochs),
@@ -148,14 +165,16 @@ class NCUnlearnStrategy(PurificationStrategy):
 
 def _fit(
     ctx: PurifyContext,
-    x: torch.Tensor,
     cfg: FinetuneConfig,
     phase: str,
     *,
     triggers: Sequence[tuple[int, Trigger]] | None = None,
+    batch_transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[TrainHistory, dict[str, Any]]:
-    """Fine-tune ``ctx.model`` in place on ``(x, ctx.y)`` within the run's budget, then load
-    the checkpoint ``cfg.selection`` chooses; returns the history and the selection record."""
+    """Fine-tune ``ctx.model`` in place on ``(ctx.images, ctx.y)`` (each mini-batch edited by
+    ``batch_transform(xb, idx)``) within the run's budget — sharded over the ranks under
+    ``torchrun`` — then load the checkpoint ``cfg.selection`` chooses; returns the history
+    and the selection record."""
     require_trainable(ctx.model, where=phase)
     selector = CheckpointSelector(
         ctx, cfg.selection, max_asr=cfg.selection_max_asr, triggers=triggers
@@ -166,7 +185,7 @@ def _fit(
 
     hist = train_model(
         ctx.model,
-        x,
+        ctx.images,
         ctx.y,
         cfg.train_config(),
         runtime=ctx.runtime,
@@ -174,6 +193,8 @@ def _fit(
         phase=phase,
         stop=ctx.budget,
         on_epoch_end=on_epoch_end,
+        batch_transform=batch_transform,
+        distributed=ctx.dist,
     )
     record = selector.finish(ctx.model, len(hist.epochs))
     ctx.model.eval()

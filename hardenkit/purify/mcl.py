@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from .._utils.distributed import train_step
 from .._utils.model_checks import require_trainable
 from ..logging import get_logger
 from ..models import FeatureExtractor
@@ -140,7 +141,7 @@ class MCLStrategy(PurificationStrategy):
             asr = ctx.scan.trigger_asr(label)
             where = "held-out clean images (scan)"
             if asr is None:
-                asr = trigger_asr(ctx.original, trig, ctx.x, ctx.y, label, ctx.runtime)
+                asr = trigger_asr(ctx.original, trig, ctx.images, ctx.y, label, ctx.runtime)
                 where = "the purification images"
             if asr < cfg.min_trigger_asr:
                 ctx.notes.append(
@@ -192,17 +193,25 @@ class MCLStrategy(PurificationStrategy):
                         stopped = True
                         break
                     idx = perm[s * bs : (s + 1) * bs]
-                    xb, yb = ctx.x[idx], ctx.y[idx]
-                    xt = xb.clone()
-                    for i, (_, trig) in enumerate(usable):
-                        xt[i :: len(usable)] = trig.apply(xb[i :: len(usable)])
-                    loss = self._loss(fx_s, fx_t, xb, xt, yb)
+
+                    def shard_loss(local: torch.Tensor, part: slice) -> torch.Tensor:
+                        xb, yb = ctx.images[local], ctx.y[local]
+                        xt = xb.clone()
+                        t = len(usable)
+                        for i, (_, trig) in enumerate(usable):
+                            # image j of the global batch gets trigger j mod t
+                            first = (i - (part.start or 0)) % t
+                            xt[first::t] = trig.apply(xb[first::t])
+                        return self._loss(fx_s, fx_t, xb, xt, yb)
+
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()  # type: ignore[no-untyped-call]
+                    loss = train_step(ctx.dist, idx, shard_loss, params)
                     opt.step()
-                    tot += float(loss.detach())
+                    tot += float(loss)
                 if stopped and tot == 0.0:  # the budget ended before this epoch's first step
                     break
+                if ctx.dist is not None:
+                    ctx.dist.sync_buffers(student)
                 last_loss = tot / max(1, steps)
                 epochs_done += 1
                 selector.update(student, epochs_done)

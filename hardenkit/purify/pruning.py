@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from .._utils.distributed import train_step
 from .._utils.modes import frozen_parameters
 from ..config import RuntimeConfig
+from ..data.store import ImageStore
 from ..logging import get_logger
 from ..models.features import find_last_linear, resolve_layer
 from ..training import evaluate_accuracy
@@ -34,7 +36,7 @@ def masked_accuracy(
     model: nn.Module,
     units: ChannelSet,
     pruned: Tensor,
-    x: Tensor,
+    x: Tensor | ImageStore,
     y: Tensor,
     runtime: RuntimeConfig,
 ) -> float:
@@ -49,7 +51,7 @@ def select_on_validation(
     model: nn.Module,
     units: ChannelSet,
     candidates: Sequence[Tensor],
-    x_val: Tensor,
+    x_val: Tensor | ImageStore,
     y_val: Tensor,
     acc_ratio: float,
     runtime: RuntimeConfig,
@@ -72,14 +74,14 @@ def select_on_validation(
     return chosen, base, accs
 
 
-def _validation(ctx: PurifyContext) -> tuple[Tensor, Tensor, str]:
+def _validation(ctx: PurifyContext) -> tuple[ImageStore, Tensor, str]:
     if len(ctx.y_val):
-        return ctx.x_val, ctx.y_val, "validation split of the clean budget"
+        return ctx.val_images, ctx.y_val, "validation split of the clean budget"
     ctx.notes.append(
         "the clean budget was too small for a validation split: the pruning amount was "
         "chosen on the purification images themselves"
     )
-    return ctx.x, ctx.y, "purification images (no validation split)"
+    return ctx.images, ctx.y, "purification images (no validation split)"
 
 
 class FinePruningConfig(FinetuneConfig):
@@ -125,7 +127,7 @@ class FinePruningStrategy(PurificationStrategy):
         else:
             group = ChannelSet.find(model, [cfg.layer]).groups[0]
         units = ChannelSet([group])
-        act = _mean_activation(model, group, ctx.x)
+        act = _mean_activation(model, group, ctx.images)
         order = torch.argsort(act, stable=True).cpu()  # dormant first
         c = units.total
         step = max(1, round(cfg.step_fraction * c))
@@ -152,7 +154,7 @@ class FinePruningStrategy(PurificationStrategy):
         _log.info("purify.pruned", strategy=self.name, pruned=n_pruned, channels=c)
         handles = keep_pruned(model, units, pruned)
         try:
-            hist, checkpoint = _fit(ctx, ctx.x, cfg, "purify[fine-pruning]")
+            hist, checkpoint = _fit(ctx, cfg, "purify[fine-pruning]")
         finally:
             for h in handles:
                 h.remove()
@@ -176,7 +178,9 @@ class FinePruningStrategy(PurificationStrategy):
 
 
 @torch.no_grad()
-def _mean_activation(model: nn.Module, group: ChannelGroup, x: Tensor, batch: int = 256) -> Tensor:
+def _mean_activation(
+    model: nn.Module, group: ChannelGroup, x: Tensor | ImageStore, batch: int = 256
+) -> Tensor:
     """Mean activation per channel of ``group`` over ``x`` (spatial dims averaged)."""
     module = resolve_layer(model, group.layer)
     total = torch.zeros(group.channels, device=x.device)
@@ -337,6 +341,37 @@ class ANPStrategy(PurificationStrategy):
             },
         )
 
+    def _noise_ascent(
+        self,
+        ctx: PurifyContext,
+        model: nn.Module,
+        xb: Tensor | None,
+        yb: Tensor | None,
+        noise: tuple[Tensor, Tensor],
+        global_n: int,
+    ) -> None:
+        """One signed ascent step of the neuron noise on the (global) batch loss.
+
+        Under ``torchrun`` each rank's noise gradient (``None`` images: an empty shard) is
+        weighted by its share of the batch and summed over the ranks before the sign.
+        """
+        cfg = self.config
+        grads: list[Tensor | None] = [None, None]
+        if xb is not None and yb is not None:
+            adv = F.cross_entropy(model(xb), yb)
+            # shift noise exists for BatchNorm channels only (allow_unused)
+            grads = list(torch.autograd.grad(adv, list(noise), allow_unused=True))
+            if ctx.dist is not None:
+                w = len(yb) / global_n
+                grads = [None if gr is None else gr * w for gr in grads]
+        if ctx.dist is not None:
+            grads = ctx.dist.sum_gradients(grads, list(noise))
+        with torch.no_grad():  # ascend the loss, stay in the eps-box
+            step = cfg.eps / cfg.pgd_steps
+            for t, gr in zip(noise, grads, strict=True):
+                if gr is not None:
+                    t.add_(step * gr.sign()).clamp_(-cfg.eps, cfg.eps)
+
     def _optimise(
         self, ctx: PurifyContext, model: nn.Module, units: ChannelSet
     ) -> tuple[Tensor, int]:
@@ -350,38 +385,40 @@ class ANPStrategy(PurificationStrategy):
         n = len(ctx.y)
         bs = min(cfg.batch_size, n)
         done = 0
+        dist = ctx.dist
+        noisy = cfg.eps > 0 and cfg.alpha < 1
         with ChannelMask(model, units, mask) as cm:
             for it in range(cfg.iterations):
                 if ctx.budget():
                     break
                 idx = torch.randint(0, n, (bs,), generator=g).to(dev)
-                xb, yb = ctx.x[idx], ctx.y[idx]
-                loss_rob: Tensor | None = None
-                if cfg.eps > 0 and cfg.alpha < 1:
+                if noisy:
                     with torch.no_grad():
                         for t in (noise_w, noise_b):
                             t.copy_(
                                 (torch.rand(units.total, generator=g) * 2 - 1).to(dev) * cfg.eps
                             )
-                    cm.scale_noise, cm.shift_noise = noise_w, noise_b
-                    for _ in range(cfg.pgd_steps):
-                        adv = F.cross_entropy(model(xb), yb)
-                        # shift noise exists for BatchNorm channels only (allow_unused)
-                        grads = torch.autograd.grad(adv, [noise_w, noise_b], allow_unused=True)
-                        with torch.no_grad():  # ascend the loss, stay in the eps-box
-                            step = cfg.eps / cfg.pgd_steps
-                            for t, gr in zip((noise_w, noise_b), grads, strict=True):
-                                if gr is not None:
-                                    t.add_(step * gr.sign()).clamp_(-cfg.eps, cfg.eps)
-                    loss_rob = F.cross_entropy(model(xb), yb)
-                    cm.scale_noise = cm.shift_noise = None
-                loss_nat = F.cross_entropy(model(xb), yb)
-                if loss_rob is not None:
-                    loss = cfg.alpha * loss_nat + (1 - cfg.alpha) * loss_rob
-                else:  # no noise: the perturbed model is the natural one
-                    loss = loss_nat
+
+                def shard_loss(local: Tensor, part: slice, total: int = len(idx)) -> Tensor:
+                    xb, yb = ctx.images[local], ctx.y[local]
+                    loss_rob: Tensor | None = None
+                    if noisy:
+                        cm.scale_noise, cm.shift_noise = noise_w, noise_b
+                        for _ in range(cfg.pgd_steps):
+                            self._noise_ascent(ctx, model, xb, yb, (noise_w, noise_b), total)
+                        loss_rob = F.cross_entropy(model(xb), yb)
+                        cm.scale_noise = cm.shift_noise = None
+                    loss_nat = F.cross_entropy(model(xb), yb)
+                    if loss_rob is not None:
+                        return cfg.alpha * loss_nat + (1 - cfg.alpha) * loss_rob
+                    return loss_nat  # no noise: the perturbed model is the natural one
+
                 mask_opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
+                if dist is not None and dist.bounds(len(idx))[0] == dist.bounds(len(idx))[1]:
+                    # an empty shard still joins the noise all-reduces of the other ranks
+                    for _ in range(cfg.pgd_steps if noisy else 0):
+                        self._noise_ascent(ctx, model, None, None, (noise_w, noise_b), len(idx))
+                loss = train_step(dist, idx, shard_loss, [mask])
                 mask_opt.step()
                 with torch.no_grad():
                     mask.clamp_(0, 1)

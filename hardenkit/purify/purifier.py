@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,16 +13,25 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from .._utils.distributed import (
+    batchnorm_note,
+    distributed_info,
+    same_input_on_every_rank,
+    same_output_on_every_rank,
+)
+from .._utils.distributed import setup as setup_distributed
+from .._utils.memory import peak_memory_mb
 from .._utils.model_checks import check_model
-from .._utils.progress import ProgressCallback, make_progress
+from .._utils.progress import NullProgress, ProgressCallback, make_progress
 from .._utils.seeding import seed_everything
 from ..config import RuntimeConfig, parse_config
-from ..data.loaders import BatchSource, materialize
+from ..data.loaders import BatchSource
 from ..data.sampling import stratified_split
+from ..data.store import ImageStore, MemoryStore, collect
 from ..errors import ConfigError, DataError, ModelCompatibilityError
 from ..io import save_state_dict
 from ..logging import get_logger
-from ..reports import BaseReport, ModelFingerprint
+from ..reports import BaseReport, DistributedInfo, ModelFingerprint
 from ..scan import ScanConfig, Scanner, ScanResult
 from ..training import evaluate_accuracy, infer_num_classes, trigger_asr
 from .base import (
@@ -107,6 +115,9 @@ class PurificationReport(BaseReport):
     budget_exhausted: bool
     seconds: float
     peak_memory_mb: dict[str, float]
+    """Peak memory in MiB: ``process_rss`` (the process's maximum resident set; under
+    ``torchrun`` the maximum over the ranks) and, on CUDA, ``cuda_allocated`` (torch's peak
+    allocation on the device during the strategy and the measurements)."""
     input_model: ModelFingerprint
     output_model: ModelFingerprint
     notes: list[str] = Field(default_factory=list)
@@ -114,6 +125,12 @@ class PurificationReport(BaseReport):
     utility_guard: UtilityGuard | None = None
     """How the repaired model's benign accuracy was judged (``None`` in reports written
     before the guard existed)."""
+    distributed: DistributedInfo = Field(default_factory=DistributedInfo)
+    """World size and backend of a ``torchrun`` run (``world_size`` 1 otherwise)."""
+    clean_storage: dict[str, Any] = Field(default_factory=dict)
+    """How the clean images were held: ``location`` (``memory``/``disk``), ``dtype``
+    (``uint8`` when every pixel was an exact multiple of 1/255, else ``float32``), ``images``
+    and ``bytes``."""
 
     @property
     def trusted(self) -> bool:
@@ -169,6 +186,7 @@ class PurificationResult:
         model: the repaired copy, in eval mode (the caller's model is untouched).
         report: the :class:`PurificationReport`.
         scan: the :class:`~hardenkit.scan.ScanResult` used, if any.
+        rank: this process's rank under ``torchrun`` (0 otherwise).
     """
 
     def __init__(
@@ -177,11 +195,15 @@ class PurificationResult:
         report: PurificationReport,
         scan: ScanResult | None,
         input_shape: tuple[int, int, int],
+        rank: int = 0,
     ) -> None:
         self.model = model
         self.report = report
         self.scan = scan
         self.input_shape = input_shape
+        self.rank = rank
+        """This process's rank under ``torchrun`` (0 otherwise); only rank 0's :meth:`save`
+        writes."""
 
     @property
     def status(self) -> str:
@@ -197,8 +219,13 @@ class PurificationResult:
         return self.report.trusted
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors``, ``report.json`` and (if any) the scan to ``scan/``."""
+        """Write ``model.safetensors``, ``report.json`` and (if any) the scan to ``scan/``.
+
+        Under ``torchrun`` only rank 0 writes (every rank holds the same result).
+        """
         d = Path(directory)
+        if self.rank != 0:
+            return d
         d.mkdir(parents=True, exist_ok=True)
         save_state_dict(self.model, d / "model.safetensors")
         if self.scan is not None:
@@ -337,22 +364,32 @@ class Purifier:
         """
         t_start = time.perf_counter()
         rt = self.runtime
+        dist = setup_distributed(rt)
         seed_everything(rt.seed)
         device = rt.resolve_device()
-        progress = make_progress(rt.progress, self._progress)
+        if dist is None or dist.is_main:
+            progress = make_progress(rt.progress, self._progress)
+        else:  # one progress bar per job: rank 0's
+            progress = self._progress or NullProgress()
         strat = self.strategy
         if clean_loader is None:
             x, y = self._no_data(strat)
         else:
-            x, y = materialize(
+            x, y = collect(
                 clean_loader,
                 input_normalization=rt.input_normalization,
-                device="cpu",
+                storage=rt.clean_storage,
+                spill_dir=rt.spill_dir,
                 where="clean_loader",
             )
+        storage = x.info()
         shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+        notes: list[str] = []
+        input_fp = ModelFingerprint.of(self.model)
         original = copy.deepcopy(self.model).to(device).eval()
         original.requires_grad_(False)
+        if dist is not None:
+            same_input_on_every_rank(dist, original, input_fp, notes)
         k = infer_num_classes(original, torch.zeros(2, *shape, device=device))
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
             raise DataError(
@@ -361,28 +398,27 @@ class Purifier:
             )
         x_tr, y_tr, x_ho, y_ho = self._holdout(x, y, k, holdout_loader)
         val_frac = strat.validation_fraction
-        x_val = x_tr[:0]
+        x_val = x_tr.take(torch.zeros(0, dtype=torch.int64))
         y_val = y_tr[:0]
         if val_frac > 0 and len(y_tr) and int(torch.bincount(y_tr).min()) >= 2:
             keep, val = stratified_split(y_tr, holdout_fraction=val_frac, seed=rt.seed + 2)
-            x_val, y_val = x_tr[val], y_tr[val]
-            x_tr, y_tr = x_tr[keep], y_tr[keep]
+            x_val, y_val = x_tr.take(val), y_tr[val]
+            x_tr, y_tr = x_tr.take(keep), y_tr[keep]
         if scan is not None and scan.report.num_classes != k:
             raise DataError(
                 f"the scan is of a {scan.report.num_classes}-class model, this model has {k}.",
                 hint="pass the ScanResult of this model",
             )
-        notes: list[str] = []
-        if scan is not None and scan.report.model.sha256 != ModelFingerprint.of(self.model).sha256:
+        if scan is not None and scan.report.model.sha256 != input_fp.sha256:
             notes.append(
                 "the scan was made on a model with other weights (fingerprint "
-                f"{scan.report.model.sha256[:12]} vs {ModelFingerprint.of(self.model).sha256[:12]}"
+                f"{scan.report.model.sha256[:12]} vs {input_fp.sha256[:12]}"
                 "); its triggers may not fit this model"
             )
         if scan is None and (strat.needs_trigger or strat.uses_scan):
             notes.append("no scan given: ran the Scanner on the purification images first")
             scan = Scanner(original, k, config=self.scan_config, runtime=rt, progress=progress).run(
-                list(_batches(x_tr, y_tr))
+                _Batches(x_tr, y_tr)
             )
         if len(y_ho) == 0:
             notes.append(
@@ -390,16 +426,25 @@ class Purifier:
                 "here; check the result with hk.Validator on data of your own"
             )
         work = copy.deepcopy(self.model).to(device)
-        budget = Budget(strat.config.max_steps, strat.config.max_seconds)
+        if dist is not None:
+            dist.broadcast_module(work)
+            batchnorm_note(dist, work, notes)
+            if dist.sync_batchnorm:  # pragma: no cover - GPU only
+                dist.convert_batchnorm(work)
+        budget = Budget(
+            strat.config.max_steps,
+            strat.config.max_seconds,
+            agree=None if dist is None else dist.any,
+        )
         if device.type == "cuda":  # pragma: no cover - GPU only
             torch.cuda.reset_peak_memory_stats(device)
         ctx = PurifyContext(
             model=work,
             original=original,
             num_classes=k,
-            x=x_tr.to(device),
+            images=x_tr.to(device),
             y=y_tr.to(device),
-            x_val=x_val.to(device),
+            val_images=x_val.to(device),
             y_val=y_val.to(device),
             device=device,
             runtime=rt,
@@ -408,6 +453,7 @@ class Purifier:
             progress=progress,
             input_shape=shape,
             notes=notes,
+            dist=dist,
         )
         if strat.needs_trigger and scan is not None and not scan.is_backdoored:
             notes.append(
@@ -417,12 +463,19 @@ class Purifier:
             )
             outcome = StrategyOutcome(model=work, status="nothing-to-purify")
         else:
-            outcome = strat.run(ctx)
+            try:
+                outcome = strat.run(ctx)
+            finally:
+                if dist is not None:
+                    dist.restore_batchnorm()
         model = outcome.model.eval()
+        output_fp = ModelFingerprint.of(model)
+        if dist is not None:
+            output_fp = same_output_on_every_rank(dist, model, output_fp, notes)
         if outcome.scan is not None:
             scan = outcome.scan
         triggers = dict(scan.triggers) if scan is not None else {}
-        x_ho_d, y_ho_d = x_ho.to(device), y_ho.to(device)
+        x_ho_d, y_ho_d = x_ho.to(device), y_ho.to(device)  # every rank evaluates it all
         ba_before = ba_after = None
         asr_rows: list[TriggerASR] = []
         if len(y_ho):
@@ -443,12 +496,12 @@ class Purifier:
             model,
             original,
             (x_ho_d, y_ho_d, ba_before, ba_after),
-            (ctx.x_val, ctx.y_val),
+            (ctx.val_images, ctx.y_val),
             notes,
         )
-        peak = {"process_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-        if device.type == "cuda":  # pragma: no cover - GPU only
-            peak["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
+        peak = peak_memory_mb(device)
+        if dist is not None:
+            peak = dist.max_values(peak)
         report = PurificationReport(
             strategy=strat.name,
             status=status,
@@ -472,11 +525,13 @@ class Purifier:
             budget_exhausted=budget.exhausted,
             seconds=time.perf_counter() - t_start,
             peak_memory_mb=peak,
-            input_model=ModelFingerprint.of(self.model),
-            output_model=ModelFingerprint.of(model),
+            input_model=input_fp,
+            output_model=output_fp,
             notes=notes,
             details=outcome.details,
             utility_guard=guard,
+            distributed=distributed_info(dist),
+            clean_storage=storage,
         )
         _log.info(
             "purify.done",
@@ -486,7 +541,7 @@ class Purifier:
             ba_after=ba_after,
             seconds=report.seconds,
         )
-        return PurificationResult(model, report, scan, shape)
+        return PurificationResult(model, report, scan, shape, 0 if dist is None else dist.rank)
 
     def _judge(
         self,
@@ -494,8 +549,8 @@ class Purifier:
         budget: Budget,
         model: nn.Module,
         original: nn.Module,
-        holdout: tuple[Tensor, Tensor, float | None, float | None],
-        validation: tuple[Tensor, Tensor],
+        holdout: tuple[ImageStore, Tensor, float | None, float | None],
+        validation: tuple[ImageStore, Tensor],
         notes: list[str],
     ) -> tuple[PurificationStatus, UtilityGuard]:
         """Apply the utility guard and the budget check to a strategy's own status."""
@@ -548,7 +603,7 @@ class Purifier:
             return "unverified", guard
         return "purified", guard
 
-    def _no_data(self, strat: PurificationStrategy) -> tuple[Tensor, Tensor]:
+    def _no_data(self, strat: PurificationStrategy) -> tuple[ImageStore, Tensor]:
         if not strat.data_free:
             free = [n for n in STRATEGIES.names() if STRATEGIES.get(n).data_free]
             raise DataError(
@@ -560,17 +615,18 @@ class Purifier:
                 "a data-free run needs the model's input shape.",
                 hint="pass Purifier(..., input_shape=(3, 32, 32))",
             )
-        return torch.zeros(0, *self.input_shape), torch.zeros(0, dtype=torch.long)
+        return MemoryStore(torch.zeros(0, *self.input_shape)), torch.zeros(0, dtype=torch.long)
 
     def _holdout(
-        self, x: Tensor, y: Tensor, k: int, holdout_loader: BatchSource | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        self, x: ImageStore, y: Tensor, k: int, holdout_loader: BatchSource | None
+    ) -> tuple[ImageStore, Tensor, ImageStore, Tensor]:
         if holdout_loader is not None:
-            x_ho, y_ho = materialize(
+            x_ho, y_ho = collect(
                 holdout_loader,
                 num_classes=k,
                 input_normalization=self.runtime.input_normalization,
-                device="cpu",
+                storage=self.runtime.clean_storage,
+                spill_dir=self.runtime.spill_dir,
                 where="holdout_loader",
             )
             overlap = _hashes(x) & _hashes(x_ho)
@@ -581,7 +637,7 @@ class Purifier:
                 )
             return x, y, x_ho, y_ho
         if self.holdout_fraction == 0 or len(y) == 0:
-            return x, y, x[:0], y[:0]
+            return x, y, x.take(torch.zeros(0, dtype=torch.int64)), y[:0]
         counts = torch.bincount(y, minlength=k)
         if int(counts.min()) < 2:
             few = [c for c, n in enumerate(counts.tolist()) if n < 2]
@@ -594,13 +650,26 @@ class Purifier:
         keep, hold = stratified_split(
             y, holdout_fraction=self.holdout_fraction, seed=self.runtime.seed + 1
         )
-        return x[keep], y[keep], x[hold], y[hold]
+        return x.take(keep), y[keep], x.take(hold), y[hold]
 
 
-def _hashes(x: Tensor) -> set[bytes]:
-    flat = (x.clamp(0, 1) * 255).round().to(torch.uint8).flatten(1)
-    return {hashlib.sha1(row.numpy().tobytes()).digest() for row in flat}
+def _hashes(x: ImageStore) -> set[bytes]:
+    out: set[bytes] = set()
+    for xb in x.batches(4096):
+        flat = (xb.cpu().clamp(0, 1) * 255).round().to(torch.uint8).flatten(1)
+        out.update(hashlib.sha1(row.numpy().tobytes()).digest() for row in flat)
+    return out
 
 
-def _batches(x: Tensor, y: Tensor, size: int = 512) -> Sequence[tuple[Tensor, Tensor]]:
-    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
+class _Batches:
+    """``(x, y)`` batches of a store, read on each iteration (no full float copy)."""
+
+    def __init__(self, x: ImageStore, y: Tensor, size: int = 512) -> None:
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(0, len(self.y), self.size):
+            yield self.x[i : i + self.size].cpu(), self.y[i : i + self.size]

@@ -271,9 +271,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _shots(
-    x: Tensor, y: Tensor, per_class: int | None, k: int, generator: torch.Generator
-) -> Tensor:
+def _shots(y: Tensor, per_class: int | None, k: int, generator: torch.Generator) -> Tensor:
     """Indices of up to ``per_class`` images of each class (seeded)."""
     if per_class is None:
         return torch.arange(len(y))
@@ -324,8 +322,8 @@ class ShapleyPruningStrategy(PurificationStrategy):
                 "of them to their intended class"
             )
         else:
-            idx = _shots(ctx.x, ctx.y, cfg.shots_per_class, k, g).to(ctx.device)
-            xs, ys = ctx.x[idx], ctx.y[idx]
+            idx = _shots(ctx.y, cfg.shots_per_class, k, g).to(ctx.device)
+            xs, ys = ctx.images[idx], ctx.y[idx]
             details["data"] = {"source": "given", "images": len(ys)}
         if cfg.augment_copies:
             ag = torch.Generator(device=xs.device).manual_seed(rt.seed + 29)
@@ -340,11 +338,13 @@ class ShapleyPruningStrategy(PurificationStrategy):
         # (a class-balanced random subsample: the images are often class-sorted, and a
         # prefix would judge clean accuracy on two or three classes)
         if len(ctx.y) >= len(ys_aug) and cfg.data != "synthesize":
-            cx, cy = ctx.x, ctx.y
+            sub = balanced_subsample(ctx.y, cfg.max_clean_images, seed=rt.seed + 31)
+            sub = sub.to(ctx.y.device)
+            cx, cy = ctx.images[sub], ctx.y[sub]
         else:
-            cx, cy = xs_aug, ys_aug
-        sub = balanced_subsample(cy, cfg.max_clean_images, seed=rt.seed + 31).to(cy.device)
-        cx, cy = cx[sub], cy[sub]
+            sub = balanced_subsample(ys_aug, cfg.max_clean_images, seed=rt.seed + 31)
+            sub = sub.to(ys_aug.device)
+            cx, cy = xs_aug[sub], ys_aug[sub]
         # 2. trigger reverse + detection
         scan = ctx.scan
         own_scan: ScanResult | None = None

@@ -100,6 +100,9 @@ class ABLStrategy(RobustStrategy):
             loss_fn=_lga_loss(cfg.gamma),  # type: ignore[arg-type]
             phase="abl.isolation",
             stop=ctx.budget,
+            # LGA takes the sign of the *batch* mean loss, which a rank's shard does not
+            # know: under torchrun every rank runs this stage on the whole batch (replicated)
+            distributed=None,
         )
         ce, _, _ = sample_scores(ctx.model, ctx.x, ctx.y, runtime=ctx.runtime)
         suspicion = -ce  # lowest loss = most suspicious
@@ -137,6 +140,7 @@ class ABLStrategy(RobustStrategy):
                 progress=ctx.progress,
                 phase="abl.train",
                 stop=ctx.budget,
+                distributed=ctx.dist,
             )
             epochs += len(h2.epochs)
             stages.append(
@@ -166,6 +170,7 @@ class ABLStrategy(RobustStrategy):
                 loss_fn=_ascent,
                 phase="abl.unlearn",
                 stop=ctx.budget,
+                distributed=ctx.dist,
             )
             _, _, correct = sample_scores(
                 ctx.model, ctx.x[sus_d], ctx.y[sus_d], runtime=ctx.runtime

@@ -27,11 +27,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from .._utils.budget import Budget as RobustBudget
+from .._utils.distributed import Distributed
 from .._utils.progress import ProgressCallback
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
 from ..errors import NonFiniteError
 from ..registry import Registry
-from ..reports import BaseReport, ModelFingerprint
+from ..reports import BaseReport, DistributedInfo, ModelFingerprint
 from ..training import TrainConfig, predict
 
 __all__ = [
@@ -135,6 +136,9 @@ class RobustContext:
     poison_indices: Tensor | None = None
     """True poison indices when the caller gave them: **only** for the report's isolation
     history (precision/recall); a strategy must never use them to decide anything."""
+    dist: Distributed | None = None
+    """The data-parallel context under ``torchrun`` (pass it to
+    :func:`~hardenkit.training.train_model`); ``None`` in a single process."""
 
 
 @dataclass
@@ -374,6 +378,11 @@ class TrainingReport(BaseReport):
     warnings: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     details: dict[str, Any] = Field(default_factory=dict)
+    peak_memory_mb: dict[str, float] = Field(default_factory=dict)
+    """Peak memory in MiB: ``process_rss`` (maximum resident set; under ``torchrun`` the
+    maximum over the ranks) and, on CUDA, ``cuda_allocated``."""
+    distributed: DistributedInfo = Field(default_factory=DistributedInfo)
+    """World size and backend of a ``torchrun`` run (``world_size`` 1 otherwise)."""
 
     def summary(self) -> str:
         """A few human-readable lines."""

@@ -360,6 +360,7 @@ class DLPStrategy(RobustStrategy):
             progress=ctx.progress,
             phase="dlp.supervised",
             stop=ctx.budget,
+            distributed=ctx.dist,
         )
         stages.append(
             StageRecord(

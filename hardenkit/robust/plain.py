@@ -48,6 +48,7 @@ class PlainStrategy(RobustStrategy):
             progress=ctx.progress,
             phase="train",
             stop=ctx.budget,
+            distributed=ctx.dist,
         )
         stage = StageRecord(
             "supervised",

@@ -25,8 +25,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._utils.distributed import (
+    batchnorm_note,
+    distributed_info,
+    same_input_on_every_rank,
+    same_output_on_every_rank,
+)
+from .._utils.distributed import setup as setup_distributed
+from .._utils.memory import peak_memory_mb
 from .._utils.model_checks import check_model, require_trainable
-from .._utils.progress import ProgressCallback, make_progress
+from .._utils.progress import NullProgress, ProgressCallback, make_progress
 from .._utils.seeding import seed_everything
 from ..config import RuntimeConfig, parse_config
 from ..data.datasets import ImageDataset
@@ -70,6 +78,7 @@ class TrainingResult:
         suspected_indices: indices into the training set the strategy treated as poisoned.
         scores: one suspicion score per training sample (higher = more suspicious), or
             ``None`` (``plain``).
+        rank: this process's rank under ``torchrun`` (0 otherwise).
     """
 
     def __init__(
@@ -79,12 +88,16 @@ class TrainingResult:
         suspected_indices: Tensor,
         scores: Tensor | None,
         input_shape: tuple[int, int, int],
+        rank: int = 0,
     ) -> None:
         self.model = model
         self.report = report
         self.suspected_indices = suspected_indices
         self.scores = scores
         self.input_shape = input_shape
+        self.rank = rank
+        """This process's rank under ``torchrun`` (0 otherwise); only rank 0's :meth:`save`
+        writes."""
 
     @property
     def status(self) -> str:
@@ -96,8 +109,13 @@ class TrainingResult:
         return self.report.status in TRUSTED_STATUSES
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors``, ``report.json`` and ``suspected.json`` (indices, scores)."""
+        """Write ``model.safetensors``, ``report.json`` and ``suspected.json`` (indices, scores).
+
+        Under ``torchrun`` only rank 0 writes (every rank holds the same result).
+        """
         d = Path(directory)
+        if self.rank != 0:
+            return d
         d.mkdir(parents=True, exist_ok=True)
         save_state_dict(self.model, d / "model.safetensors")
         payload = {
@@ -267,9 +285,13 @@ class RobustTrainer:
         """
         t_start = time.perf_counter()
         rt = self.runtime
+        dist = setup_distributed(rt)
         seed_everything(rt.seed)
         device = rt.resolve_device()
-        progress = make_progress(rt.progress, self._progress)
+        if dist is None or dist.is_main:
+            progress = make_progress(rt.progress, self._progress)
+        else:  # one progress bar per job: rank 0's
+            progress = self._progress or NullProgress()
         strat = self.strategy
         x, y, ds = _as_tensors(data, rt, "data")
         n = len(y)
@@ -311,9 +333,21 @@ class RobustTrainer:
                 )
             if int(y_te.max()) >= k:
                 raise DataError(f"test labels must lie in [0, {k}).")
-        work = copy.deepcopy(self.model).to(device)
-        budget = RobustBudget(strat.config.max_steps, strat.config.max_seconds)
         notes: list[str] = []
+        input_fp = ModelFingerprint.of(self.model)
+        work = copy.deepcopy(self.model).to(device)
+        if dist is not None:  # every rank starts from rank 0's weights
+            same_input_on_every_rank(dist, work, input_fp, notes)
+            batchnorm_note(dist, work, notes)
+            if dist.sync_batchnorm:  # pragma: no cover - GPU only
+                dist.convert_batchnorm(work)
+        if device.type == "cuda":  # pragma: no cover - GPU only
+            torch.cuda.reset_peak_memory_stats(device)
+        budget = RobustBudget(
+            strat.config.max_steps,
+            strat.config.max_seconds,
+            agree=None if dist is None else dist.any,
+        )
         ctx = RobustContext(
             model=work,
             num_classes=k,
@@ -325,9 +359,17 @@ class RobustTrainer:
             progress=progress,
             notes=notes,
             poison_indices=poison,
+            dist=dist,
         )
-        outcome = strat.fit(ctx)
+        try:
+            outcome = strat.fit(ctx)
+        finally:
+            if dist is not None:
+                dist.restore_batchnorm()
         model = outcome.model.eval()
+        output_fp = ModelFingerprint.of(model)
+        if dist is not None:
+            output_fp = same_output_on_every_rank(dist, model, output_fp, notes)
         suspected = torch.sort(outcome.suspected.cpu().to(torch.int64)).values
         warnings: list[str] = []
         isolation = self._isolation(strat, suspected, y, k, poison, source, warnings)
@@ -351,6 +393,9 @@ class RobustTrainer:
             )
         elif isolation is not None and isolation.looks_like_poison is not True:
             status = "isolation-doubtful"
+        peak = peak_memory_mb(device)
+        if dist is not None:
+            peak = dist.max_values(peak)
         report = TrainingReport(
             strategy=strat.name,
             status=status,
@@ -378,11 +423,13 @@ class RobustTrainer:
             ba=ba,
             asr=asr,
             test_images=test_n,
-            input_model=ModelFingerprint.of(self.model),
-            output_model=ModelFingerprint.of(model),
+            input_model=input_fp,
+            output_model=output_fp,
             warnings=warnings,
             notes=notes,
             details=outcome.details,
+            peak_memory_mb=peak,
+            distributed=distributed_info(dist),
         )
         for w in warnings:
             _log.warning("robust.warning", message=w)
@@ -396,7 +443,9 @@ class RobustTrainer:
             seconds=report.seconds,
         )
         scores = None if outcome.scores is None else outcome.scores.detach().cpu().float()
-        return TrainingResult(model, report, suspected, scores, shape)
+        return TrainingResult(
+            model, report, suspected, scores, shape, 0 if dist is None else dist.rank
+        )
 
     @staticmethod
     def _isolation(

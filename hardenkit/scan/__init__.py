@@ -5,7 +5,7 @@ Example:
     >>> import hardenkit as hk
     >>> from hardenkit.scan import DETECTORS
     >>> DETECTORS.names()
-    ['mm-bd', 'neural-cleanse', 'pixel']
+    ['mm-bd', 'neural-cleanse', 'pixel', 'warp']
 """
 
 from .anomaly import AnomalyStats, gamma_max_pvalue, logistic_score, mad_anomaly
@@ -24,6 +24,7 @@ from .scanner import (
     ScanResult,
     Verdict,
 )
+from .warp import WarpConfig, WarpDetector
 
 __all__ = [
     "DETECTORS",
@@ -47,6 +48,8 @@ __all__ = [
     "ScanResult",
     "Scanner",
     "Verdict",
+    "WarpConfig",
+    "WarpDetector",
     "estimate_scan_seconds",
     "gamma_max_pvalue",
     "logistic_score",

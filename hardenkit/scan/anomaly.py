@@ -26,6 +26,7 @@ __all__ = [
     "log_values",
     "logistic_score",
     "mad_anomaly",
+    "ratio_scale_floor",
 ]
 
 MAD_CONSISTENCY = 1.4826
@@ -44,7 +45,9 @@ class AnomalyStats:
     Attributes:
         median: median of the values.
         mad: ``1.4826 * median(|v - median|)`` (floored at a tiny positive number).
-        per_label: ``|v_y - median| / mad`` for every label.
+        scale: the spread the indices are measured in: ``max(mad, min_scale)`` (``mad``
+            unless :func:`mad_anomaly` was given a floor).
+        per_label: ``|v_y - median| / scale`` for every label.
         index: the model-level anomaly index: ``per_label`` of the most extreme value on the
             suspicious ``side`` (the smallest for ``"low"``, the largest for ``"high"``).
         flagged: labels on the suspicious side whose index exceeds ``threshold``, most
@@ -56,6 +59,7 @@ class AnomalyStats:
     per_label: list[float]
     index: float
     flagged: list[int]
+    scale: float = 0.0
 
 
 def mad_anomaly(
@@ -64,12 +68,24 @@ def mad_anomaly(
     side: Literal["low", "high"] = "low",
     threshold: float = 2.0,
     labels: Sequence[int] | None = None,
+    min_scale: float = 0.0,
 ) -> AnomalyStats:
     """Median-absolute-deviation outlier test (Neural Cleanse, consistency constant 1.4826).
 
     Only outliers on ``side`` count: Neural Cleanse flags abnormally *small* trigger norms
     (``"low"``), max-margin detectors abnormally *large* margins (``"high"``). ``labels``
     names the entries of ``values`` (default ``0..n-1``).
+
+    ``min_scale`` floors the spread the indices are divided by. With ten labels the MAD can
+    be tiny when the other labels happen to sit close together (e.g. after a repair), and then
+    a label only slightly below the median gets a large index; a floor says "an outlier must
+    also be at least ``threshold × min_scale`` away from the median". See
+    :func:`ratio_scale_floor` for the floor that means "at most a given fraction of the
+    median".
+
+    >>> tight = [4.60, 4.64, 4.58, 4.62, 4.61, 4.59, 4.63, 4.57, 4.09, 4.60]  # log-norms
+    >>> mad_anomaly(tight).flagged, mad_anomaly(tight, min_scale=0.347).flagged
+    ([8], [])
     """
     if len(values) < 3:
         raise ValueError(f"need >= 3 values for a MAD outlier test, got {len(values)}")
@@ -78,7 +94,10 @@ def mad_anomaly(
     med = _median(v)
     dev = (v - med).abs()
     mad = max(MAD_CONSISTENCY * _median(dev), 1e-12 * max(1.0, abs(med)))
-    per = [min(float(d) / mad, _INDEX_CAP) for d in dev]
+    if not min_scale >= 0:
+        raise ValueError(f"min_scale must be >= 0, got {min_scale}")
+    scale = max(mad, float(min_scale))
+    per = [min(float(d) / scale, _INDEX_CAP) for d in dev]
     sign = -1.0 if side == "low" else 1.0
     on_side = [i for i in range(len(v)) if sign * (float(v[i]) - med) > 0]
     index = max((per[i] for i in on_side), default=0.0)
@@ -89,7 +108,40 @@ def mad_anomaly(
         per_label=per,
         index=index,
         flagged=[names[i] for i in flagged],
+        scale=scale,
     )
+
+
+def ratio_scale_floor(
+    max_median_ratio: float | None,
+    threshold: float,
+    *,
+    log: bool = True,
+    median: float | None = None,
+) -> float:
+    """The ``min_scale`` of :func:`mad_anomaly` under which index ``>= threshold`` (low side)
+    implies a value at most ``max_median_ratio`` of the median.
+
+    On log values (``log=True``) the distance ``log(median / v)`` must reach
+    ``log(1 / ratio)``, so the floor is ``log(1 / ratio) / threshold``; on raw values the
+    distance ``median - v`` must reach ``(1 - ratio) · median`` (give ``median``, the raw
+    median). ``None`` gives 0 (no floor). The index then is one number that is at least the
+    threshold exactly when both the MAD test and the ratio test say "outlier".
+
+    >>> round(ratio_scale_floor(0.5, 2.0), 4)  # ln 2 / 2
+    0.3466
+    >>> ratio_scale_floor(0.5, 2.0, log=False, median=100.0)
+    25.0
+    """
+    if max_median_ratio is None:
+        return 0.0
+    if not 0 < max_median_ratio <= 1 or not threshold > 0:
+        raise ValueError("need 0 < max_median_ratio <= 1 and threshold > 0")
+    if log:
+        return math.log(1.0 / max_median_ratio) / threshold
+    if median is None:
+        raise ValueError("a floor on raw values needs the median")
+    return (1.0 - max_median_ratio) * abs(median) / threshold
 
 
 def log_values(values: Sequence[float]) -> list[float]:

@@ -280,6 +280,7 @@ def anomaly_chart(
     statistic: str = "value",
     side: Literal["low", "high"] = "low",
     log: bool = False,
+    min_scale: float = 0.0,
 ) -> Image.Image:
     """A bar chart of one detector's per-label statistic.
 
@@ -301,6 +302,8 @@ def anomaly_chart(
         side: which side of the median is suspicious.
         log: the MAD test ran on the logarithms of ``values`` (Neural Cleanse's ``log-l1``
             statistic): the lines are drawn where that test puts them, on the raw scale.
+        min_scale: the floor on the MAD the detector used (the threshold line then sits at
+            ``threshold × max(MAD, min_scale)`` from the median).
 
     Returns:
         An RGB image, at least 360 pixels wide (about 480 for up to 16 labels).
@@ -316,7 +319,7 @@ def anomaly_chart(
     flagged_set = {int(y) for y in flagged}
     font = _font()
 
-    median, cut = reference_lines(finite, threshold, side=side, log=log)
+    median, cut = reference_lines(finite, threshold, side=side, log=log, min_scale=min_scale)
     lines = [v for v in (median, cut) if v is not None]
     lo = min([0.0, *finite, *lines])
     hi = max([0.0, *finite, *lines])
@@ -427,8 +430,12 @@ def reference_lines(
     *,
     side: Literal["low", "high"] = "low",
     log: bool = False,
+    min_scale: float = 0.0,
 ) -> tuple[float | None, float | None]:
     """The median and threshold lines of :func:`anomaly_chart`, on the raw scale.
+
+    ``min_scale`` is the detector's floor on the MAD (on the test's scale): the threshold
+    line sits at ``threshold × max(MAD, min_scale)`` from the median.
 
     The MAD test runs on the logarithms of ``values`` when ``log`` (Neural Cleanse's
     ``log-l1``); the lines are mapped back. Non-finite values are ignored; the threshold line
@@ -444,12 +451,15 @@ def reference_lines(
     # the test's own scale (log for Neural Cleanse's log-l1), lines drawn back on the raw one
     back = math.exp if log else float
     stats = mad_anomaly(
-        log_values(finite) if log else finite, side=side, threshold=threshold or 2.0
+        log_values(finite) if log else finite,
+        side=side,
+        threshold=threshold or 2.0,
+        min_scale=min_scale,
     )
     median = back(stats.median)
     if threshold is None:
         return median, None
-    spread = threshold * stats.mad
+    spread = threshold * stats.scale
     return median, back(stats.median - spread if side == "low" else stats.median + spread)
 
 
@@ -500,7 +510,8 @@ def detector_chart_spec(report: DetectorReport) -> dict[str, Any] | None:
 
     Other renderers (the gate's HTML report with matplotlib) draw the same chart from them:
     ``labels``, ``values``, ``anomaly_index``, ``flagged``, ``threshold``, ``title``,
-    ``statistic``, ``side`` and ``log``. ``None`` when the detector has no per-label rows.
+    ``statistic``, ``side``, ``log`` and ``min_scale`` (the floor on the MAD, e.g. Neural
+    Cleanse's ``max_median_ratio``). ``None`` when the detector has no per-label rows.
     """
     rows = list(report.classes)
     if not rows:
@@ -524,6 +535,7 @@ def detector_chart_spec(report: DetectorReport) -> dict[str, Any] | None:
         "statistic": report.statistic,
         "side": report.suspicious_side,
         "log": str(report.info.get("statistic", "")).startswith("log-"),
+        "min_scale": float(report.info.get("scale_floor") or 0.0),
     }
 
 

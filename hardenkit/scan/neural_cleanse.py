@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ..logging import get_logger
 from ..triggers import MaskPatternTrigger, Trigger
-from .anomaly import log_values, logistic_score, mad_anomaly
+from .anomaly import log_values, logistic_score, mad_anomaly, ratio_scale_floor
 from .base import (
     DETECTORS,
     Detector,
@@ -72,13 +72,16 @@ class NeuralCleanseConfig(DetectorConfig):
             7 patch/blend-backdoored CIFAR-10 models: log-l1 found 7/7, raw 3/7, 0/12 clean
             flagged by either (``benchmarks/results/scan_statistic.md``,
             ``scanner_zoo.md``).
-        max_median_ratio: a label the MAD test flags must also have a mask L1 norm at most
-            this fraction of the median label's (``None``: the MAD test alone). With ten
-            labels the MAD of the log-norms can be small enough that a naturally small label
-            passes index 2: the repaired synthetic demo model's label 5 had index > 2 at
-            0.59 of the median. Planted targets sat at 0.02–0.14 of the median after long
-            scans (``benchmarks/results/scanner_zoo.json``, ``scan_statistic.json``) but at
-            0.39 after a ``quick`` scan (a 5×5 checkerboard in a user ``nn.Sequential``,
+        max_median_ratio: a flagged label must also have a mask L1 norm at most this fraction
+            of the median label's (``None``: the MAD test alone). Implemented as a floor on
+            the MAD (:func:`~hardenkit.scan.anomaly.ratio_scale_floor`), so the anomaly
+            index is one number that reaches the threshold exactly when both tests agree, and
+            the score follows it. With ten labels the MAD of the log-norms can be small
+            enough that a naturally small label passes index 2: the repaired synthetic demo
+            model's label 5 had a plain MAD index > 2 at 0.59 of the median. Planted targets
+            sat at 0.02-0.14 of the median after long scans
+            (``benchmarks/results/scanner_zoo.json``, ``scan_statistic.json``) but at 0.39
+            after a ``quick`` scan (a 5×5 checkerboard in a user ``nn.Sequential``,
             ``benchmarks/gate_synthetic.py``), hence 0.5.
     """
 
@@ -186,8 +189,18 @@ class NeuralCleanse(Detector):
             masks[group] = m
             patterns[group] = p
         l1 = [float(masks[i].sum()) for i in range(len(labels))]
-        tested = l1 if cfg.statistic == "l1" else log_values(l1)
-        stats = mad_anomaly(tested, side="low", threshold=cfg.anomaly_threshold, labels=labels)
+        log = cfg.statistic == "log-l1"
+        tested = log_values(l1) if log else l1
+        median_l1 = statistics.median(l1)
+        floor = ratio_scale_floor(
+            cfg.max_median_ratio, cfg.anomaly_threshold, log=log, median=median_l1
+        )
+        stats = mad_anomaly(
+            tested, side="low", threshold=cfg.anomaly_threshold, labels=labels, min_scale=floor
+        )
+        # labels the plain MAD test would flag but the floor does not (for the report)
+        plain = mad_anomaly(tested, side="low", threshold=cfg.anomaly_threshold, labels=labels)
+        dropped = [y for y in plain.flagged if y not in stats.flagged]
         triggers: dict[int, Trigger] = {
             y: MaskPatternTrigger(masks[i].clone(), patterns[i].clone())
             for i, y in enumerate(labels)
@@ -201,13 +214,7 @@ class NeuralCleanse(Detector):
             }
             for i, y in enumerate(labels)
         }
-        median_l1 = statistics.median(l1)
         flagged = list(stats.flagged)
-        dropped: list[int] = []
-        if cfg.max_median_ratio is not None:
-            limit = cfg.max_median_ratio * median_l1
-            dropped = [y for y in flagged if l1[labels.index(y)] > limit]
-            flagged = [y for y in flagged if y not in dropped]
         score = logistic_score(stats.index, cfg.anomaly_threshold, cfg.score_slope)
         return DetectorOutput(
             detector=self.name,
@@ -226,6 +233,8 @@ class NeuralCleanse(Detector):
             info={
                 "median": stats.median,
                 "mad": stats.mad,
+                "scale_floor": floor,
+                "plain_mad_index": plain.index,
                 "statistic": cfg.statistic,
                 "median_mask_l1": median_l1,
                 "max_median_ratio": cfg.max_median_ratio,

@@ -45,7 +45,7 @@ from torch import Tensor
 from ..data.sampling import stratified_indices
 from ..logging import get_logger
 from ..triggers import AdditiveTrigger, Trigger
-from .anomaly import log_values, logistic_score, mad_anomaly
+from .anomaly import log_values, logistic_score, mad_anomaly, ratio_scale_floor
 from .base import (
     DETECTORS,
     Detector,
@@ -86,6 +86,9 @@ class PixelConfig(DetectorConfig):
             reference's measure) or ``l1`` (``Σ|p|`` over channels and pixels).
         anomaly_threshold: MAD anomaly index (on log sizes) at and above which the model is
             backdoored.
+        max_median_ratio: a flagged label's trigger must also be at most this fraction of
+            the median label's size (a floor on the MAD, as Neural Cleanse's; ``None``: the
+            MAD test alone).
     """
 
     epochs: Annotated[int, Field(ge=1)] = 100
@@ -102,6 +105,7 @@ class PixelConfig(DetectorConfig):
     max_images_per_step: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     statistic: Literal["pixels", "l1"] = "pixels"
     anomaly_threshold: Annotated[float, Field(gt=0)] = 2.0
+    max_median_ratio: Annotated[float, Field(gt=0, le=1)] | None = 0.5
 
 
 def _surrogate(t: Tensor) -> Tensor:
@@ -262,8 +266,13 @@ class PixelDetector(Detector):
             sizes.append(float((best[li].abs().sum(0) > 0).sum()) if ok else float(h * w))
             l1s.append(float(best[li].abs().sum()) if ok else float(c * h * w))
         values = sizes if cfg.statistic == "pixels" else l1s
+        floor = ratio_scale_floor(cfg.max_median_ratio, cfg.anomaly_threshold)
         stats = mad_anomaly(
-            log_values(values), side="low", threshold=cfg.anomaly_threshold, labels=labels
+            log_values(values),
+            side="low",
+            threshold=cfg.anomaly_threshold,
+            labels=labels,
+            min_scale=floor,
         )
         # only a label whose trigger really worked can be a backdoor target
         flagged = [lab for lab in stats.flagged if reached[labels.index(lab)]]
@@ -302,6 +311,7 @@ class PixelDetector(Detector):
             info={
                 "median": stats.median,
                 "mad": stats.mad,
+                "scale_floor": floor,
                 "statistic": f"log-{cfg.statistic}",
                 "images": n,
                 "budget_exhausted": cut,

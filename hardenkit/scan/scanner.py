@@ -144,6 +144,9 @@ class ClassScan(BaseModel):
     max_margin: float | None = None
     trigger_pixels: float | None = None
     """PixelBackdoor's (``pixel``) smallest additive trigger size, in perturbed pixels."""
+    warp_shift: float | None = None
+    """The ``warp`` detector's smallest successful flow field (mean displacement, WaNet
+    strength units); ``max_shift`` when no warp reached the label."""
     trigger_source: str | None = None
     """The detector whose recovered trigger ``trigger_asr`` measures (and purifiers get)."""
 
@@ -172,6 +175,13 @@ class ScanReport(BaseReport):
     budget_exhausted: bool = False
     """``max_seconds`` stopped a detector before its schedule ended: a verdict other than
     ``backdoored`` is then not conclusive."""
+    calibration: dict[str, Any] | None = None
+    """Where this model's anomaly indices fall among clean reference models
+    (:mod:`hardenkit.scan.calibration`): ``combined_index`` (the largest index of the
+    MAD-based detectors), ``clean_models``, ``clean_at_or_above`` (how many clean models
+    scored at least as high), ``p_clean``, ``clean_max_index``, ``clean_flagged_at_threshold``
+    (the reference's false positives at the threshold). ``None`` without a comparable
+    reference."""
 
     @property
     def is_backdoored(self) -> bool:
@@ -196,6 +206,14 @@ class ScanReport(BaseReport):
             )
             lines.append(
                 f"  {d.detector}: {d.verdict}, {evidence}, score {d.score:.3f}, {d.seconds:.1f}s"
+            )
+        cal = self.calibration
+        if cal is not None:
+            lines.append(
+                f"  clean reference: {cal['clean_at_or_above']} of {cal['clean_models']} clean "
+                f"models reached index {cal['combined_index']:.2f} (their largest: "
+                f"{cal['clean_max_index']:.2f}; flagged at {cal['threshold']:g}: "
+                f"{cal['clean_flagged_at_threshold']})"
             )
         if self.budget_exhausted:
             lines.append(
@@ -712,7 +730,7 @@ class Scanner:
         if cfg.combine == "any":
             score = max(scores)
             verdict = max((d.verdict for d in det_reports), key=lambda s: _SEVERITY[s])
-            flagged = _ordered_union(d.flagged_labels for d in positive)
+            flagged = _by_evidence(positive)
         elif cfg.combine == "all":
             score = min(scores)
             verdict = min((d.verdict for d in det_reports), key=lambda s: _SEVERITY[s])
@@ -722,7 +740,7 @@ class Scanner:
                 verdict = "suspicious"
         else:
             score = sum(scores) / len(scores)
-            flagged = _ordered_union(d.flagged_labels for d in positive)
+            flagged = _by_evidence(positive)
             verdict = _verdict(score, flagged, cfg.suspicious_score)
         if verdict != "backdoored":
             flagged = []
@@ -738,6 +756,10 @@ class Scanner:
                     row["max_margin"] = cell.value
                 elif d.detector == "pixel":
                     row["trigger_pixels"] = cell.extra.get("pixels")
+                    if "reached_threshold" not in row:
+                        row["reached_threshold"] = cell.extra.get("reached_threshold")
+                elif d.detector == "warp":
+                    row["warp_shift"] = cell.value
                     if "reached_threshold" not in row:
                         row["reached_threshold"] = cell.extra.get("reached_threshold")
             if y in asr:
@@ -767,7 +789,19 @@ class Scanner:
                 **{f"{d.detector}_seconds": d.seconds for d in det_reports},
             },
             budget_exhausted=any(bool(o.info.get("budget_exhausted")) for o in outputs),
+            calibration=_calibration(det_reports, len(labels)),
         )
+
+
+def _calibration(det_reports: list[DetectorReport], n_labels: int) -> dict[str, Any] | None:
+    """This scan's MAD-based indices against the clean reference (same number of labels)."""
+    from .calibration import load_reference
+
+    ref = load_reference()
+    mad_based = {d.detector: d.anomaly_index for d in det_reports if d.p_value is None}
+    if ref is None or not mad_based or n_labels != ref.num_classes:
+        return None
+    return ref.compare(mad_based)
 
 
 def _choose_triggers(outputs: list[DetectorOutput]) -> tuple[dict[int, Trigger], dict[int, str]]:
@@ -787,10 +821,16 @@ def _choose_triggers(outputs: list[DetectorOutput]) -> tuple[dict[int, Trigger],
     return chosen, source
 
 
-def _ordered_union(groups: Any) -> list[int]:
-    out: list[int] = []
-    for g in groups:
-        for y in g:
-            if y not in out:
-                out.append(y)
-    return out
+def _by_evidence(reports: list[DetectorReport]) -> list[int]:
+    """The union of the detectors' flagged labels, most anomalous first: by the score of the
+    strongest detector that flagged the label, then by that detector's per-label index (a
+    repair uses the first label's trigger, so a natural label one detector flagged weakly
+    must not come before a target another detector flagged strongly)."""
+    best: dict[int, tuple[float, float]] = {}
+    for d in reports:
+        index = {c.label: c.anomaly_index for c in d.classes}
+        for y in d.flagged_labels:
+            key = (d.score, index.get(y, 0.0))
+            if y not in best or key > best[y]:
+                best[y] = key
+    return sorted(best, key=lambda y: best[y], reverse=True)

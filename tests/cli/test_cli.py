@@ -693,7 +693,17 @@ def test_cuda_device_without_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[
 # ----------------------------------------------------------------------------- scan
 
 SCAN_DATA = "synthetic:num_classes=10,train_per_class=500,test_per_class=100"
-FAST_NC = ["--max-images", "300", "--epochs", "30", "--option", "neural-cleanse:batch_size=32"]
+# Neural Cleanse alone (the presets add the warp inversion, tested in tests/unit/test_scan_warp.py)
+FAST_NC = [
+    "--detectors",
+    "neural-cleanse",
+    "--max-images",
+    "300",
+    "--epochs",
+    "30",
+    "--option",
+    "neural-cleanse:batch_size=32",
+]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,9 @@ def test_estimate_is_printed_first_and_a_cut_short_clean_scan_exits_1(
     code = main(["scan", "--weights", str(weights), "--data", DATA, "--budget", "0.001"])
     err = capsys.readouterr().err
     first = err.strip().splitlines()[0]
-    assert first.startswith("scan: budget 0.001 (300 images x 30 epochs per label, capped at 0s)")
+    assert first.startswith(
+        "scan: budget 0.001 (neural-cleanse, warp; 300 images x 30 epochs per label, capped at 0s)"
+    )
     assert "estimated at most" in first
     assert "cut the scan short" in err or "backdoored" in err
     assert code == 1
@@ -39,9 +41,21 @@ def test_unknown_budget_is_a_usage_error(weights: Path, capsys: pytest.CaptureFi
 
 def test_quick_preset_runs(weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(
-        ["scan", "--weights", str(weights), "--data", DATA, "--budget", "quick", "--epochs", "2"]
+        [
+            "scan",
+            "--weights",
+            str(weights),
+            "--data",
+            DATA,
+            "--budget",
+            "quick",
+            "--epochs",
+            "2",
+            "--option",
+            "warp:epochs=2",
+        ]
     )
     err = capsys.readouterr().err
-    assert "budget quick (200 images x 2 epochs per label)" in err
+    assert "budget quick (neural-cleanse, warp; 200 images x 2 epochs per label)" in err
     assert code in (0, 1)
     assert "NOT conclusive" not in err

@@ -385,6 +385,21 @@ def test_combination_rules(
     assert [d.verdict for d in scan.report.detectors] == ["backdoored", "suspicious"]
 
 
+def test_any_orders_flagged_labels_by_the_strongest_detector(tiny_model: nn.Module) -> None:
+    """A natural label one detector flags weakly (score 0.6) must not come before the target
+    another detector flags strongly (0.99): repairs use the first label's trigger."""
+    a = _fixed("fixed-weak", 0.6, [3])
+    b = _fixed("fixed-strong", 0.99, [1])
+    try:
+        scan = hk.Scanner(
+            tiny_model, 4, config={"detectors": [a, b]}, input_shape=(3, 32, 32)
+        ).run()
+    finally:
+        DETECTORS.unregister(a)
+        DETECTORS.unregister(b)
+    assert scan.flagged_labels == [1, 3]
+
+
 def _fake_scan(verdict: str) -> ScanResult:
     a = _fixed("fixed-c", 0.95 if verdict == "backdoored" else 0.1, [1])
     try:
@@ -505,12 +520,16 @@ def test_a_naturally_small_label_among_tight_norms_is_not_flagged_by_default(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The MAD of ten tight log-norms is so small that a label at 0.6 of the median passes
-    index 2; ``max_median_ratio`` (0.5) keeps it unflagged (verdict ``suspicious``) while a
-    trigger at a tenth of the median is still flagged."""
+    index 2; ``max_median_ratio`` (0.5, a floor on the MAD) keeps its index under 2 and it
+    unflagged (verdict ``suspicious``) while a trigger at a tenth of the median is still
+    flagged."""
     tight = [100.0, 104.0, 98.0, 102.0, 101.0, 99.0, 103.0, 97.0, 60.0, 100.0]
     scan = _scan_with_norms(monkeypatch, tight, tmp_path)
     det = scan.report.detectors[0]
-    assert det.anomaly_index > 2.0
+    assert det.info["plain_mad_index"] > 2.0
+    # log(100 / 60) / (ln 2 / 2): the floored index, which the score follows
+    assert det.anomaly_index == pytest.approx(math.log(100 / 60) / (math.log(2) / 2), rel=1e-3)
+    assert det.score < 0.5
     assert det.flagged_labels == []
     assert det.info["not_flagged_by_ratio"] == [8]
     assert det.info["median_mask_l1"] == pytest.approx(100.0, rel=1e-5)
@@ -520,3 +539,51 @@ def test_a_naturally_small_label_among_tight_norms_is_not_flagged_by_default(
     assert published.verdict == "backdoored"
     planted = [*tight[:8], 10.0, 100.0]
     assert _scan_with_norms(monkeypatch, planted, tmp_path).flagged_labels == [8]
+
+
+# ----------------------------------------------------------------------------- clean reference
+
+
+def test_clean_reference_compares_a_scan_with_clean_models(tmp_path: Path) -> None:
+    import json
+
+    from hardenkit.scan.calibration import load_reference
+
+    ref_file = tmp_path / "ref.json"
+    models = [
+        {"id": f"m{i}", "indices": {"neural-cleanse": v, "warp": 0.0}}
+        for i, v in enumerate([0.5, 1.0, 2.5])
+    ]
+    ref_file.write_text(
+        json.dumps(
+            {
+                "source": "test",
+                "description": "three",
+                "threshold": 2.0,
+                "num_classes": 10,
+                "models": models,
+            }
+        )
+    )
+    ref = load_reference(str(ref_file))
+    assert ref is not None
+    cal = ref.compare({"neural-cleanse": 1.0, "warp": 0.0})
+    assert cal is not None
+    assert (cal["combined_index"], cal["clean_at_or_above"]) == (1.0, 2)
+    assert cal["p_clean"] == pytest.approx(3 / 4)
+    assert (cal["clean_max_index"], cal["clean_flagged_at_threshold"]) == (2.5, 1)
+    assert ref.compare({"pixel": 3.0}) is None  # no reference model ran pixel
+    assert load_reference(str(tmp_path / "missing.json")) is None
+
+
+def test_the_packaged_clean_reference_has_the_zoo() -> None:
+    from hardenkit.scan.calibration import load_reference
+
+    ref = load_reference()
+    assert ref is not None
+    assert ref.size >= 8
+    assert ref.num_classes == 10
+    # the threshold held on every clean reference model (FPR 0 at the default threshold)
+    cal = ref.compare({"neural-cleanse": 0.0, "warp": 0.0})
+    assert cal is not None
+    assert cal["clean_flagged_at_threshold"] == 0

@@ -7,6 +7,7 @@ import pytest
 import hardenkit as hk
 from hardenkit.errors import ConfigError
 from hardenkit.scan import SCAN_BUDGETS, ScanConfig, estimate_scan_seconds, scan_config_for_budget
+from hardenkit.scan.budget import DEFAULT_DETECTORS
 from hardenkit.testing import tiny_backdoored_model
 
 CPU = {"seed": 0, "device": "cpu"}
@@ -21,7 +22,11 @@ def test_presets_and_seconds() -> None:
         for c in (quick, standard, thorough)
     ]
     assert nc == sorted(nc) == [15, 30, 80]
-    assert thorough == ScanConfig()
+    assert thorough == ScanConfig(detectors=DEFAULT_DETECTORS)
+    assert all(c.detectors == DEFAULT_DETECTORS for c in (quick, standard, thorough))
+    assert DEFAULT_DETECTORS == ("neural-cleanse", "warp")
+    # detectors the caller names win over the preset's
+    assert scan_config_for_budget("quick", {"detectors": ["pixel"]}).detectors == ("pixel",)
     assert scan_config_for_budget(45).max_seconds == 45.0
     assert scan_config_for_budget("45s").max_seconds == 45.0
     assert scan_config_for_budget("45").max_images == SCAN_BUDGETS["standard"]["max_images"]
@@ -71,6 +76,7 @@ def test_estimate_scales_with_the_preset(fx: object) -> None:
             num_classes=4,
             input_shape=(3, 32, 32),
             clean_images=400,
+            per_image_seconds=1e-3,  # one cost for all presets: timing noise cannot reorder them
         )
         for b in ("quick", "standard", "thorough")
     }
