@@ -82,8 +82,8 @@ def add_parser(sub: Any) -> None:
         "--budget",
         default="quick",
         metavar="quick|standard|thorough|SECONDS",
-        help="how much the scan may cost: a preset (quick: 200 images x 15 epochs per label, "
-        "about 2 minutes for a CIFAR-10-sized model on 2 CPU cores; standard: 300 x 30; "
+        help="how much the scan may cost: a preset (quick: 200 images x 15 epochs per label; "
+        "standard: 300 x 30; "
         "thorough: the published 1,000 x 80; each also runs the warp inversion unless "
         "--detectors says otherwise) or a number of seconds "
         "(standard, stopped when the time is up: a cut-short scan that flags nothing exits 1). "
