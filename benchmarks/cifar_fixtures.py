@@ -93,6 +93,26 @@ def _print_progress(phase: str, step: int, total: int, **info: Any) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {phase} {step}/{total} {extra}", flush=True)
 
 
+def clean_budget(
+    bd: hk.BackdooredModel, labels: torch.Tensor, *, seed: int, fraction: float = CLEAN_FRACTION
+) -> tuple[torch.Tensor, bool]:
+    """The defender's clean budget: ``fraction`` of the training set, stratified by class.
+
+    Returns ``(indices, excludes_poisoned)``. The budget holds *clean* copies of training
+    images. It excludes every poisoned index, except for clean-label attacks (SIG at 10%
+    poisons the whole target class, so no clean target-class image would be left): there, as
+    in BackdoorBench, the defender gets the clean originals, and the caller records it.
+    """
+    excludes_poisoned = not bd.attack.clean_label
+    idx = stratified_indices(
+        labels,
+        fraction=fraction,
+        seed=seed,
+        exclude=bd.poisoned.poison_indices if excludes_poisoned else None,
+    )
+    return idx, excludes_poisoned
+
+
 def build_fixture(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
     """Train (or load from cache) one fixture and measure BA/ASR/RA on the full test set."""
     cfg = fixture_config(name)
@@ -120,17 +140,7 @@ def build_fixture(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]
     rep = hk.Validator(bd.model).run(
         data["test"].loader(batch_size=1000), trigger=bd.trigger, target=bd.target
     )
-    # The budget holds *clean* copies of training images. It excludes every poisoned index,
-    # except for clean-label attacks (SIG at 10% poisons the whole target class, so no clean
-    # target-class image would be left): there, as in BackdoorBench, the defender gets the
-    # clean originals, and fixture.json records it.
-    excludes_poisoned = not bd.attack.clean_label
-    clean_idx = stratified_indices(
-        data["train"].labels,
-        fraction=CLEAN_FRACTION,
-        seed=seed,
-        exclude=bd.poisoned.poison_indices if excludes_poisoned else None,
-    )
+    clean_idx, excludes_poisoned = clean_budget(bd, data["train"].labels, seed=seed)
     d.mkdir(parents=True, exist_ok=True)
     save_state_dict(bd.model, d / "model.safetensors")
     bd.trigger.save(d / "trigger.safetensors")

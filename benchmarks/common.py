@@ -75,21 +75,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def write_results(
-    name: str, rows: list[dict[str, Any]], columns: list[str], meta: dict[str, Any]
-) -> Path:
-    """Write ``results/<name>.json`` and ``results/<name>.md`` (markdown table)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "environment": environment_info(), **meta, "rows": rows}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+def md_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A markdown table of ``rows`` (floats with 2 decimals, ``None`` as an empty cell)."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
-    md = f"# {name}\n\n" + "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def write_results(
+    name: str,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    meta: dict[str, Any],
+    *,
+    results_dir: Path | None = None,
+) -> Path:
+    """Write ``<results_dir>/<name>.json`` and ``<name>.md`` (markdown table).
+
+    ``results_dir`` defaults to ``benchmarks/results/`` (the committed results).
+    """
+    out = RESULTS if results_dir is None else Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "environment": environment_info(), **meta, "rows": rows}
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    md = f"# {name}\n\n" + md_table(rows, columns)
     if meta.get("command"):
         md += f"\nCommand: `{meta['command']}`\n"
-    (RESULTS / f"{name}.md").write_text(md)
-    return RESULTS / f"{name}.md"
+    (out / f"{name}.md").write_text(md)
+    return out / f"{name}.md"
 
 
 def _fmt(v: Any) -> str:

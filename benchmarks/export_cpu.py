@@ -15,11 +15,80 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import hardenkit as hk
 
 from .cifar_fixtures import FIXTURES, load_fixture
 from .common import load_cifar10, write_results
+
+
+def _pct(rate: Any) -> float:
+    """A rate estimate in percent (0 when it was not measured)."""
+    return 0.0 if rate is None else 100 * float(rate.value or 0)
+
+
+def export_and_verify(
+    model: Any,
+    test: hk.ImageDataset,
+    trigger: Any,
+    target: int,
+    directory: Path,
+    *,
+    providers: list[str],
+    batch_size: int = 500,
+) -> tuple[dict[str, Any], hk.VerificationReport]:
+    """Export ``model`` to ``directory/model.onnx`` and verify it on ``providers`` over ``test``.
+
+    Returns the row (seconds of each step, parity, max |Δ logits|, BA/ASR of both backends,
+    throughput) and the :class:`~hardenkit.VerificationReport`. ``verify_onnx`` raises
+    ``ExecutionProviderError`` when ONNX Runtime does not run on ``providers[0]``.
+    """
+    shape = tuple(int(d) for d in test.image_shape)
+    t0 = time.perf_counter()
+    exp = hk.to_onnx(model, directory / "model.onnx", input_shape=shape)
+    export_s = time.perf_counter() - t0
+    row, ver = verify_row(
+        exp, model, test, trigger, target, providers=providers, batch_size=batch_size
+    )
+    return {"export s": export_s, **row}, ver
+
+
+def verify_row(
+    exported: hk.ExportReport,
+    model: Any,
+    test: hk.ImageDataset,
+    trigger: Any,
+    target: int,
+    *,
+    providers: list[str],
+    batch_size: int = 500,
+) -> tuple[dict[str, Any], hk.VerificationReport]:
+    """``verify_onnx`` over ``test`` on ``providers``: the row fields of :func:`export_and_verify`
+    without ``export s``, and the report."""
+    t0 = time.perf_counter()
+    ver = hk.verify_onnx(
+        exported,
+        model,
+        test.loader(batch_size=batch_size),
+        trigger=trigger,
+        target=target,
+        providers=providers,
+    )
+    verify_s = time.perf_counter() - t0
+    tm, om = ver.torch_metrics, ver.onnx_metrics
+    tp = ver.throughput.model_dump()
+    row = {
+        "verify s": verify_s,
+        "parity passed": ver.passed,
+        "max abs diff": max(c.max_abs_diff for c in ver.comparisons),
+        "BA torch %": _pct(tm.benign_accuracy),
+        "BA onnx %": _pct(om.benign_accuracy),
+        "ASR torch %": _pct(tm.attack_success_rate),
+        "ASR onnx %": _pct(om.attack_success_rate),
+        **{k: v for k, v in tp.items() if isinstance(v, (int, float))},
+    }
+    return row, ver
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,33 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     test = load_cifar10()["test"]
     target = int(info["config"]["attack_config"]["target"])
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        exp = hk.to_onnx(model, Path(tmp) / "model.onnx", input_shape=(3, 32, 32))
-        export_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ver = hk.verify_onnx(
-            exp,
+        cells, ver = export_and_verify(
             model,
-            test.loader(batch_size=args.batch_size),
-            trigger=trigger,
-            target=target,
+            test,
+            trigger,
+            target,
+            Path(tmp),
             providers=["CPUExecutionProvider"],
+            batch_size=args.batch_size,
         )
-        verify_s = time.perf_counter() - t0
-    tm, om = ver.torch_metrics, ver.onnx_metrics
-    tp = ver.throughput.model_dump()
-    row = {
-        "fixture": args.fixture,
-        "export s": export_s,
-        "verify s": verify_s,
-        "parity passed": ver.passed,
-        "max abs diff": max(c.max_abs_diff for c in ver.comparisons),
-        "BA torch %": 100 * (tm.benign_accuracy.value or 0),
-        "BA onnx %": 100 * (om.benign_accuracy.value or 0),
-        "ASR torch %": 100 * ((tm.attack_success_rate.value or 0) if tm.attack_success_rate else 0),
-        "ASR onnx %": 100 * ((om.attack_success_rate.value or 0) if om.attack_success_rate else 0),
-        **{k: v for k, v in tp.items() if isinstance(v, (int, float))},
-    }
+    row = {"fixture": args.fixture, **cells}
     cols = list(row)
     out = write_results(
         "export_cpu",

@@ -54,6 +54,12 @@ split (``holdout_fraction=0``)."""
 SCAN_CFG = scan_config(epochs=40, max_images=500, batch_size=64)
 
 
+def uses_scan(strategy: str) -> bool:
+    """Whether the strategy repairs with (or decides on) a Scanner result."""
+    cls = hk.purify.STRATEGIES.get(strategy)
+    return bool(cls.needs_trigger or cls.uses_scan)
+
+
 def get_scan(name: str, model: Any, clean: hk.ImageDataset) -> ScanResult:
     d = scan_cache(name, SCAN_CFG).with_suffix("")
     if (d / "report.json").is_file():
@@ -65,11 +71,57 @@ def get_scan(name: str, model: Any, clean: hk.ImageDataset) -> ScanResult:
     return scan
 
 
-def measure(model: Any, trigger: Any, test: hk.ImageDataset) -> dict[str, float]:
-    rep = hk.Validator(model, runtime={"device": "cpu"}).run(
-        test.loader(batch_size=1000), trigger=trigger, target=0
+def measure(
+    model: Any, trigger: Any, test: hk.ImageDataset, *, device: str = "cpu", target: int = 0
+) -> dict[str, float]:
+    """BA / ASR / RA of ``model`` on the full ``test`` set with the real ``trigger``."""
+    rep = hk.Validator(model, runtime={"device": device}).run(
+        test.loader(batch_size=1000), trigger=trigger, target=target
     )
     return {"ba": rep.ba, "asr": float(rep.asr or 0.0), "ra": float(rep.ra or 0.0)}
+
+
+def purify_and_measure(
+    model: Any,
+    strategy: str,
+    cfg: dict[str, Any],
+    clean: hk.ImageDataset,
+    test: hk.ImageDataset,
+    trigger: Any,
+    scan: ScanResult | None,
+    *,
+    runtime: dict[str, Any],
+    holdout: float = 0.1,
+    target: int = 0,
+) -> tuple[dict[str, Any], hk.PurificationResult]:
+    """Run one Purifier cell and measure the repaired model on the test set.
+
+    Returns the row fields (BA/ASR/RA, seconds, status, steps, notes, clean images used,
+    pruning) and the :class:`~hardenkit.PurificationResult`.
+    """
+    t0 = time.perf_counter()
+    res = hk.Purifier(model, strategy, config=cfg, runtime=runtime, holdout_fraction=holdout).run(
+        clean.loader(batch_size=500), scan=scan
+    )
+    secs = time.perf_counter() - t0
+    used = res.report.clean_images
+    pruning = res.report.details.get("pruning")
+    row: dict[str, Any] = measure(
+        res.model, trigger, test, device=str(runtime.get("device", "cpu")), target=target
+    )
+    row.update(
+        {
+            "seconds": secs,
+            "status": res.status,
+            "steps": res.report.steps,
+            "flagged": None if scan is None else scan.flagged_labels,
+            "notes": res.report.notes,
+            "clean_images": used["train"] + used["validation"],
+            "pruned_fraction": None if pruning is None else pruning["fraction"],
+            "pruned": None if pruning is None else pruning["pruned"],
+        }
+    )
+    return row, res
 
 
 def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
@@ -93,32 +145,19 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
         row.update(measure(model, trigger, data["test"]))
         row.update({"seconds": 0.0, "status": "-", "steps": 0, "clean_images": 0})
     else:
-        cls = hk.purify.STRATEGIES.get(strategy)
-        scan = get_scan(name, model, clean) if cls.needs_trigger or cls.uses_scan else None
-        t0 = time.perf_counter()
-        res = hk.Purifier(
+        scan = get_scan(name, model, clean) if uses_scan(strategy) else None
+        cell, _ = purify_and_measure(
             model,
             strategy,
-            config=cfg,
+            cfg,
+            clean,
+            data["test"],
+            trigger,
+            scan,
             runtime={"device": "cpu", "seed": 0},
-            holdout_fraction=holdout,
-        ).run(clean.loader(batch_size=500), scan=scan)
-        secs = time.perf_counter() - t0
-        used = res.report.clean_images
-        pruning = res.report.details.get("pruning")
-        row.update(measure(res.model, trigger, data["test"]))
-        row.update(
-            {
-                "seconds": secs,
-                "status": res.status,
-                "steps": res.report.steps,
-                "flagged": None if scan is None else scan.flagged_labels,
-                "notes": res.report.notes,
-                "clean_images": used["train"] + used["validation"],
-                "pruned_fraction": None if pruning is None else pruning["fraction"],
-                "pruned": None if pruning is None else pruning["pruned"],
-            }
+            holdout=holdout,
         )
+        row.update(cell)
     row["cached"] = False
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(row, indent=2))

@@ -396,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archs", default=",".join(ARCHS))
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--clean", type=int, default=3, help="clean models per architecture")
+    p.add_argument(
+        "--seeds",
+        default="0",
+        help="seeds of the backdoored models (comma-separated; each seed draws a new trigger, "
+        "target and training order)",
+    )
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--train-per-class", type=int, default=600)
     p.add_argument("--scan-per-class", type=int, default=30)
@@ -457,11 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         partial = RESULTS / f"{args.name}.partial.json"
         done = {d["id"]: d for d in json.loads(partial.read_text())} if partial.is_file() else {}
         models = []
+        seeds_bd = [int(v) for v in args.seeds.split(",") if v]
         plan = [
             (arch, kind, seed)
             for arch in args.archs.split(",")
             for kind, seeds in [("clean", range(args.clean))]
-            + [(a, range(1)) for a in args.attacks.split(",") if a]
+            + [(a, seeds_bd) for a in args.attacks.split(",") if a]
             for seed in seeds
         ]
         for arch, kind, seed in plan:

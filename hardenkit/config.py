@@ -128,7 +128,8 @@ class RuntimeConfig(HardenkitConfig):
             deterministic, no autotuning; slower on CUDA, no effect on CPU results).
         distributed: ``"auto"`` — under ``torchrun`` (or with a process group you
             initialised) the Purifier and the RobustTrainer shard each mini-batch over the
-            ranks and all-reduce the gradients (docs/scale.md); ``"off"`` — ignore the process
+            ranks and all-reduce the gradients, and the Scanner splits its trigger inversions
+            by candidate label (docs/scale.md); ``"off"`` — ignore the process
             group (every process runs the whole job alone, e.g. a purification called on one
             rank only).
         sync_batchnorm: in a data-parallel run, normalise BatchNorm layers in train mode with

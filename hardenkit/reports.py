@@ -74,7 +74,8 @@ class DistributedInfo(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     world_size: int = 1
-    """Processes (ranks) that shared each mini-batch; 1 for an ordinary run."""
+    """Processes (ranks) that shared the work — each mini-batch of a purification or a
+    training, the candidate labels of a scan; 1 for an ordinary run."""
     backend: str | None = None
     """``torch.distributed`` backend (``gloo``, ``nccl``); ``None`` for one process."""
     sync_batchnorm: bool = False

@@ -41,7 +41,7 @@ import atexit
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +65,7 @@ __all__ = [
 _log = get_logger("distributed")
 
 _BN = nn.modules.batchnorm._BatchNorm
+T = TypeVar("T")
 
 
 def _dist() -> Any:
@@ -191,6 +192,14 @@ class Distributed:
         dist = _dist()
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj: T) -> T:
+        """Rank 0's ``obj`` (any picklable object; keep its tensors on the CPU) on every rank."""
+        dist = _dist()
+        box: list[Any] = [obj if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        out: T = box[0]
         return out
 
     def max_values(self, values: dict[str, float]) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,17 +174,22 @@ def run(args: argparse.Namespace) -> int:
     data = None
     if not args.data_free:
         data = load_data_arg(args.data, split=args.split, image_size=args.image_size)
-    _say_estimate(args, cfg, model, rt, data)
+    if os.environ.get("RANK", "0") == "0":  # one estimate per job under torchrun
+        _say_estimate(args, cfg, model, rt, data)
     result = scanner.run() if data is None else scanner.run(data.loader(batch_size=512))
-    print(result.report.summary(), file=sys.stderr)
-    if args.out is not None:
-        result.save(args.out)
-        print(f"wrote {args.out}/", file=sys.stderr)
-    write_report(result.report, args.report)
+    main = result.rank == 0  # under torchrun rank 0 writes the files and prints
+    if main:
+        print(result.report.summary(), file=sys.stderr)
+        if args.out is not None:
+            result.save(args.out)
+            print(f"wrote {args.out}/", file=sys.stderr)
+        write_report(result.report, args.report)
     failing = {"backdoored"} if args.fail_on == "backdoored" else {"backdoored", "suspicious"}
     if result.verdict in failing:
         return EXIT_GATE_FAILED
     if not result.report.conclusive:
+        if not main:
+            return EXIT_GATE_FAILED
         print(
             f"hardenkit: the --budget {args.budget} time limit cut the scan short; verdict "
             f"{result.verdict!r} is not conclusive (exit {EXIT_GATE_FAILED}): give it more time "

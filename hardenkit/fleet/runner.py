@@ -627,7 +627,10 @@ def run_task(task: FleetTask, threads: int | None = None) -> dict[str, Any]:
             model,
             task.num_classes,
             config=ScanConfig(**task.scan_config),
-            runtime=RuntimeConfig(device=task.device, seed=task.seed, progress="off"),
+            # an independent scan: never join a torchrun process group of the parent
+            runtime=RuntimeConfig(
+                device=task.device, seed=task.seed, progress="off", distributed="off"
+            ),
             input_shape=task.input_shape,
         )
         if task.data is None:

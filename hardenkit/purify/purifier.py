@@ -459,7 +459,8 @@ class Purifier:
             notes.append(
                 f"the scan found no backdoor (verdict {scan.verdict}, score {scan.score:.3f}): "
                 f"{strat.name} needs a flagged label, so the model is returned unchanged. Use a "
-                "trigger-free strategy (d3, or auto, which falls back to d3) to repair anyway."
+                "trigger-free strategy (d3, fine-pruning, or auto, which runs its trigger-free "
+                "fallback when no label is flagged) to repair anyway."
             )
             outcome = StrategyOutcome(model=work, status="nothing-to-purify")
         else:

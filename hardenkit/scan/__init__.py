@@ -1,5 +1,5 @@
 """Model-level backdoor scanning: trigger inversion batched over classes (Neural Cleanse,
-PixelBackdoor) and data-free MM-BD.
+PixelBackdoor, warp) and data-free MM-BD.
 
 Example:
     >>> import hardenkit as hk
@@ -9,7 +9,14 @@ Example:
 """
 
 from .anomaly import AnomalyStats, gamma_max_pvalue, logistic_score, mad_anomaly
-from .base import DETECTORS, Detector, DetectorConfig, DetectorContext, DetectorOutput
+from .base import (
+    DETECTORS,
+    Detector,
+    DetectorConfig,
+    DetectorContext,
+    DetectorOutput,
+    Inversion,
+)
 from .budget import SCAN_BUDGETS, estimate_scan_seconds, scan_config_for_budget
 from .mm_bd import MaxMarginConfig, MaxMarginDetector
 from .neural_cleanse import NeuralCleanse, NeuralCleanseConfig
@@ -37,6 +44,7 @@ __all__ = [
     "DetectorContext",
     "DetectorOutput",
     "DetectorReport",
+    "Inversion",
     "MaxMarginConfig",
     "MaxMarginDetector",
     "NeuralCleanse",

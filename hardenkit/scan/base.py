@@ -1,9 +1,22 @@
-"""Detector plug-in interface: one detector = one class + one pydantic config + a registry entry."""
+"""Detector plug-in interface: one detector = one class + one pydantic config + a registry entry.
+
+A detector runs in two phases: :meth:`Detector.invert` optimises a trigger (or a margin, ...)
+for each candidate label of ``ctx.labels`` and returns an :class:`Inversion` (the per-label
+evidence only); :meth:`Detector.decide` turns the inversion of *every* candidate label into
+the model-level verdict (MAD outlier test, p-value, score). :meth:`Detector.detect` is
+``decide(invert(ctx))``. A detector whose labels are inverted independently of each other
+(``shardable = True``) can then be split by label over ``torchrun`` ranks: each rank inverts
+its share, the :class:`Inversion` objects are gathered and joined with :meth:`Detector.merge`,
+and :meth:`Detector.decide` runs on the whole. Third-party detectors may implement
+:meth:`Detector.detect` alone; the Scanner then runs them whole.
+"""
 
 from __future__ import annotations
 
+import math
 import time
-from abc import ABC, abstractmethod
+from abc import ABC
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -22,6 +35,7 @@ __all__ = [
     "DetectorConfig",
     "DetectorContext",
     "DetectorOutput",
+    "Inversion",
     "images_per_pass",
 ]
 
@@ -51,15 +65,70 @@ class DetectorContext:
     """Clean inversion images (float [0, 1], on ``device``); ``None`` in data-free mode."""
     y: Tensor | None
     labels: list[int]
-    """Candidate target labels to examine (all classes unless the user restricted them)."""
+    """Candidate target labels to examine (all classes unless the user restricted them); under
+    ``torchrun`` this rank's share of them."""
     progress: ProgressCallback
     deadline: float | None = None
     """``time.perf_counter()`` value after which a detector stops optimising (the scan's
     ``max_seconds``); it then sets ``info["budget_exhausted"] = True`` in its output."""
+    all_labels: list[int] | None = None
+    """Every candidate label of the scan when ``labels`` is one rank's share of them
+    (``None``: ``labels`` is the whole list). Detectors draw their random initialisations for
+    all of them and take the rows of ``labels`` (:meth:`label_positions`), so a label starts
+    from the same point whichever rank inverts it."""
 
     def out_of_time(self) -> bool:
         """True once the scan's wall-time budget is used up."""
         return self.deadline is not None and time.perf_counter() > self.deadline
+
+    @property
+    def num_all_labels(self) -> int:
+        """How many candidate labels the whole scan has (``len(all_labels or labels)``)."""
+        return len(self.labels if self.all_labels is None else self.all_labels)
+
+    def label_positions(self) -> list[int]:
+        """The position of each of ``labels`` in :attr:`all_labels` (``0..n-1`` without it).
+
+        >>> import torch
+        >>> ctx = DetectorContext(model=torch.nn.Identity(), num_classes=5,
+        ...     image_shape=(1, 2, 2), device=torch.device("cpu"), amp=False, seed=0, x=None,
+        ...     y=None, labels=[4, 1], progress=lambda *a, **k: None, all_labels=[0, 1, 2, 4])
+        >>> ctx.label_positions(), ctx.num_all_labels
+        ([3, 1], 4)
+        """
+        if self.all_labels is None:
+            return list(range(len(self.labels)))
+        where = {y: i for i, y in enumerate(self.all_labels)}
+        return [where[y] for y in self.labels]
+
+
+@dataclass
+class Inversion:
+    """The per-label evidence of one detector for some candidate labels (:meth:`Detector.invert`).
+
+    Everything here is per label, so the inversions of disjoint label sets join into one
+    (:meth:`Detector.merge`); the model-level decision (:meth:`Detector.decide`) needs them all.
+    """
+
+    detector: str
+    statistic: str
+    """Name of the per-label statistic (``mask_l1``, ``max_margin``)."""
+    suspicious_side: Literal["low", "high"]
+    labels: list[int]
+    """The labels covered, in the scan's order."""
+    values: dict[int, float]
+    """Per label: the statistic."""
+    seconds: float
+    """Wall time of the inversion (the longest rank's when merged)."""
+    triggers: dict[int, Trigger] = field(default_factory=dict)
+    per_label: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Extra per-label columns (e.g. ``reached_threshold``, ``epochs``)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Run-level facts (e.g. ``budget_exhausted``, ``images``)."""
+
+    @property
+    def budget_exhausted(self) -> bool:
+        return bool(self.info.get("budget_exhausted"))
 
 
 @dataclass
@@ -91,20 +160,95 @@ class Detector(ABC):
     """A model-level backdoor detector.
 
     Subclasses set ``name``, ``config_cls`` and ``needs_data`` (``False`` for data-free
-    detectors) and implement :meth:`detect`. Register with ``DETECTORS.register(name, cls)``
-    or through the ``hardenkit.detectors`` entry-point group.
+    detectors) and implement either :meth:`invert` and :meth:`decide` (the two phases; set
+    ``shardable = True`` when each label's inversion is independent of the other labels) or
+    :meth:`detect` alone. Register with ``DETECTORS.register(name, cls)`` or through the
+    ``hardenkit.detectors`` entry-point group.
     """
 
     name: ClassVar[str]
     config_cls: ClassVar[type[DetectorConfig]] = DetectorConfig
     needs_data: ClassVar[bool] = True
+    shardable: ClassVar[bool] = False
+    """True when :meth:`invert` treats every label on its own — same result for a label
+    whether it is inverted with all the others or with a subset (up to float rounding) — so
+    the Scanner may split the labels over ``torchrun`` ranks. Needs :meth:`invert` and
+    :meth:`decide`."""
 
     def __init__(self, config: DetectorConfig | dict[str, Any] | None = None) -> None:
         self.config = parse_config(self.config_cls, config)
 
-    @abstractmethod
     def detect(self, ctx: DetectorContext) -> DetectorOutput:
-        """Examine ``ctx.model`` and return the evidence (never modifies the model)."""
+        """Examine ``ctx.model`` and return the evidence (never modifies the model).
+
+        The default is ``decide(invert(ctx))``; a detector that does not split into the two
+        phases overrides this method instead.
+        """
+        return self.decide(self.invert(ctx))
+
+    def invert(self, ctx: DetectorContext) -> Inversion:
+        """The per-label evidence for the labels ``ctx.labels`` (phase 1)."""
+        raise NotImplementedError(
+            f"detector {type(self).__name__} implements neither invert() nor detect()"
+        )
+
+    def decide(self, inversion: Inversion) -> DetectorOutput:
+        """The model-level decision from the inversion of every candidate label (phase 2)."""
+        raise NotImplementedError(f"detector {type(self).__name__} has no decide()")
+
+    @classmethod
+    def splits_into_phases(cls) -> bool:
+        """True when the class overrides both :meth:`invert` and :meth:`decide`."""
+        return cls.invert is not Detector.invert and cls.decide is not Detector.decide
+
+    def merge(self, parts: Sequence[Inversion], labels: Sequence[int]) -> Inversion:
+        """Join the inversions of disjoint label sets into one covering ``labels`` (in that order).
+
+        Per-label entries are united; ``seconds`` is the longest part's (the parts ran at the
+        same time on different ranks). ``info``: ``budget_exhausted`` is true when any part's
+        is (fail closed); any other key keeps its value when every part agrees, else takes
+        the largest number (e.g. steps done) or the list of the parts' values.
+        """
+        if not parts:
+            raise ValueError("merge needs at least one inversion")
+        values: dict[int, float] = {}
+        triggers: dict[int, Trigger] = {}
+        per_label: dict[int, dict[str, Any]] = {}
+        for part in parts:
+            values.update(part.values)
+            triggers.update(part.triggers)
+            per_label.update(part.per_label)
+        missing = [y for y in labels if y not in values]
+        if missing:
+            raise ValueError(f"{self.name}: no inversion of label(s) {missing}")
+        keys = list(dict.fromkeys(k for part in parts for k in part.info))
+        info: dict[str, Any] = {}
+        for key in keys:
+            seen = [part.info[key] for part in parts if key in part.info]
+            if key == "budget_exhausted":
+                info[key] = any(bool(v) for v in seen)
+            elif all(v == seen[0] for v in seen):
+                info[key] = seen[0]
+            elif all(_is_number(v) for v in seen):
+                info[key] = max(seen)
+            else:
+                info[key] = seen
+        first = parts[0]
+        return Inversion(
+            detector=first.detector,
+            statistic=first.statistic,
+            suspicious_side=first.suspicious_side,
+            labels=list(labels),
+            values={y: values[y] for y in labels},
+            seconds=max(part.seconds for part in parts),
+            triggers={y: triggers[y] for y in labels if y in triggers},
+            per_label={y: per_label[y] for y in labels if y in per_label},
+            info=info,
+        )
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
 
 
 def images_per_pass(setting: int | Literal["auto"], device: torch.device) -> int:

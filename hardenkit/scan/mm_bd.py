@@ -27,7 +27,7 @@ from pydantic import Field
 
 from ..logging import get_logger
 from .anomaly import gamma3_max_pvalue, gamma_max_pvalue, logistic_score, mad_anomaly
-from .base import DETECTORS, Detector, DetectorConfig, DetectorContext, DetectorOutput
+from .base import DETECTORS, Detector, DetectorConfig, DetectorContext, DetectorOutput, Inversion
 
 __all__ = ["MaxMarginConfig", "MaxMarginDetector"]
 
@@ -76,15 +76,18 @@ class MaxMarginDetector(Detector):
     name = "mm-bd"
     config_cls = MaxMarginConfig
     needs_data = False
+    shardable = True
     config: MaxMarginConfig
 
-    def detect(self, ctx: DetectorContext) -> DetectorOutput:
+    def invert(self, ctx: DetectorContext) -> Inversion:
         cfg = self.config
         t0 = time.perf_counter()
         labels = list(ctx.labels)
         c, h, w = ctx.image_shape
         g = torch.Generator().manual_seed(ctx.seed + 7)
-        x = torch.rand(len(labels), cfg.starts, c, h, w, generator=g).to(ctx.device)
+        # drawn for all the scan's labels, then this call's rows: the same start on any rank
+        rows = torch.tensor(ctx.label_positions(), dtype=torch.long)
+        x = torch.rand(ctx.num_all_labels, cfg.starts, c, h, w, generator=g)[rows].to(ctx.device)
         x.requires_grad_(True)
         adam = torch.optim.Adam([x], lr=cfg.lr) if cfg.optimizer == "adam" else None
         tgt = torch.tensor(labels, device=ctx.device)
@@ -111,9 +114,15 @@ class MaxMarginDetector(Detector):
                 loss[sel] = -m.detach().double().sum(1).cpu()
             assert x.grad is not None
             if adam is not None:
+                # a stopped class stays where it stopped (Adam's momentum would move it on
+                # while other classes run, making its margin depend on the other classes)
+                stopped = ~active.to(x.device)
+                frozen = x.detach()[stopped].clone() if bool(stopped.any()) else None
                 adam.step()
                 with torch.no_grad():
                     x.clamp_(0, 1)
+                    if frozen is not None:
+                        x[stopped] = frozen
             else:
                 with torch.no_grad():
                     x[idx] -= cfg.lr * x.grad[idx]
@@ -133,6 +142,26 @@ class MaxMarginDetector(Detector):
                 ]
             )
         best = final.max(dim=1).values.double().cpu().tolist()
+        return Inversion(
+            detector=self.name,
+            statistic="max_margin",
+            suspicious_side="high",
+            labels=labels,
+            values=dict(zip(labels, best, strict=True)),
+            seconds=time.perf_counter() - t0,
+            per_label={y: {"steps": int(n)} for y, n in zip(labels, stopped_at, strict=True)},
+            info={
+                "budget_exhausted": cut,
+                "steps_done": step + 1 if not cut else step,
+                "optimizer": cfg.optimizer,
+            },
+        )
+
+    def decide(self, inversion: Inversion) -> DetectorOutput:
+        cfg = self.config
+        t0 = time.perf_counter()
+        labels = list(inversion.labels)
+        best = [inversion.values[y] for y in labels]
         fit = cfg.fit if len(best) >= 4 else "moments"  # 3 parameters need >= 3 null values
         if fit == "ml":
             p, arg = gamma3_max_pvalue(best)
@@ -144,28 +173,30 @@ class MaxMarginDetector(Detector):
         threshold = -math.log10(cfg.alpha)
         flagged = [labels[arg]] if p < cfg.alpha else []
         _log.debug("scan.detector_done", detector=self.name, p_value=p, top=labels[arg])
+        info = dict(inversion.info)
         return DetectorOutput(
             detector=self.name,
             statistic="max_margin",
             suspicious_side="high",
             values=dict(zip(labels, best, strict=True)),
             anomaly_per_label=dict(zip(labels, stats.per_label, strict=True)),
-            per_label={y: {"steps": int(n)} for y, n in zip(labels, stopped_at, strict=True)},
+            per_label=dict(inversion.per_label),
             anomaly_index=stats.index,
             evidence=evidence,
             threshold=threshold,
             flagged=flagged,
             score=logistic_score(evidence, threshold, cfg.score_slope),
-            seconds=time.perf_counter() - t0,
+            seconds=inversion.seconds + time.perf_counter() - t0,
             p_value=p,
             info={
                 "alpha": cfg.alpha,
                 "median": stats.median,
                 "mad": stats.mad,
-                "budget_exhausted": cut,
-                "steps_done": step + 1 if not cut else step,
+                "budget_exhausted": bool(info.pop("budget_exhausted", False)),
+                "steps_done": info.pop("steps_done", None),
                 "fit": fit,
-                "optimizer": cfg.optimizer,
+                "optimizer": info.pop("optimizer", cfg.optimizer),
+                **info,
             },
         )
 

@@ -30,6 +30,7 @@ from .base import (
     DetectorConfig,
     DetectorContext,
     DetectorOutput,
+    Inversion,
     images_per_pass,
 )
 
@@ -163,9 +164,10 @@ class NeuralCleanse(Detector):
     name = "neural-cleanse"
     config_cls = NeuralCleanseConfig
     needs_data = True
+    shardable = True
     config: NeuralCleanseConfig
 
-    def detect(self, ctx: DetectorContext) -> DetectorOutput:
+    def invert(self, ctx: DetectorContext) -> Inversion:
         cfg = self.config
         if ctx.x is None:  # the Scanner checks this first; defensive for direct callers
             raise ValueError("neural-cleanse needs clean images")
@@ -173,11 +175,13 @@ class NeuralCleanse(Detector):
         labels = list(ctx.labels)
         c, h, w = ctx.image_shape
         g = torch.Generator().manual_seed(ctx.seed)
-        # The same initialisation in both modes: one draw for all labels, sliced per label.
-        mask0 = _from_unit(torch.rand(len(labels), 1, h, w, generator=g))
-        pattern0 = _from_unit(torch.rand(len(labels), c, h, w, generator=g))
+        # The same initialisation in both modes and on every rank: one draw for all the
+        # scan's labels, then the rows of this call's labels.
+        n_all, rows = ctx.num_all_labels, torch.tensor(ctx.label_positions(), dtype=torch.long)
+        mask0 = _from_unit(torch.rand(n_all, 1, h, w, generator=g))[rows]
+        pattern0 = _from_unit(torch.rand(n_all, c, h, w, generator=g))[rows]
         if cfg.mode == "batched":
-            groups = [list(range(len(labels)))]
+            groups = [list(range(len(labels)))] if labels else []
         else:
             groups = [[i] for i in range(len(labels))]
         masks = torch.empty(len(labels), h, w)
@@ -189,18 +193,6 @@ class NeuralCleanse(Detector):
             masks[group] = m
             patterns[group] = p
         l1 = [float(masks[i].sum()) for i in range(len(labels))]
-        log = cfg.statistic == "log-l1"
-        tested = log_values(l1) if log else l1
-        median_l1 = statistics.median(l1)
-        floor = ratio_scale_floor(
-            cfg.max_median_ratio, cfg.anomaly_threshold, log=log, median=median_l1
-        )
-        stats = mad_anomaly(
-            tested, side="low", threshold=cfg.anomaly_threshold, labels=labels, min_scale=floor
-        )
-        # labels the plain MAD test would flag but the floor does not (for the report)
-        plain = mad_anomaly(tested, side="low", threshold=cfg.anomaly_threshold, labels=labels)
-        dropped = [y for y in plain.flagged if y not in stats.flagged]
         triggers: dict[int, Trigger] = {
             y: MaskPatternTrigger(masks[i].clone(), patterns[i].clone())
             for i, y in enumerate(labels)
@@ -214,8 +206,39 @@ class NeuralCleanse(Detector):
             }
             for i, y in enumerate(labels)
         }
+        return Inversion(
+            detector=self.name,
+            statistic="mask_l1",
+            suspicious_side="low",
+            labels=labels,
+            values=dict(zip(labels, l1, strict=True)),
+            seconds=time.perf_counter() - t0,
+            triggers=triggers,
+            per_label=per_label,
+            info={"mode": cfg.mode, "budget_exhausted": self._cut},
+        )
+
+    def decide(self, inversion: Inversion) -> DetectorOutput:
+        cfg = self.config
+        t0 = time.perf_counter()
+        labels = list(inversion.labels)
+        l1 = [inversion.values[y] for y in labels]
+        log = cfg.statistic == "log-l1"
+        tested = log_values(l1) if log else l1
+        median_l1 = statistics.median(l1)
+        floor = ratio_scale_floor(
+            cfg.max_median_ratio, cfg.anomaly_threshold, log=log, median=median_l1
+        )
+        stats = mad_anomaly(
+            tested, side="low", threshold=cfg.anomaly_threshold, labels=labels, min_scale=floor
+        )
+        # labels the plain MAD test would flag but the floor does not (for the report)
+        plain = mad_anomaly(tested, side="low", threshold=cfg.anomaly_threshold, labels=labels)
+        dropped = [y for y in plain.flagged if y not in stats.flagged]
         flagged = list(stats.flagged)
         score = logistic_score(stats.index, cfg.anomaly_threshold, cfg.score_slope)
+        info = dict(inversion.info)
+        budget_exhausted = bool(info.pop("budget_exhausted", False))
         return DetectorOutput(
             detector=self.name,
             statistic="mask_l1",
@@ -227,9 +250,9 @@ class NeuralCleanse(Detector):
             threshold=cfg.anomaly_threshold,
             flagged=flagged,
             score=score,
-            seconds=time.perf_counter() - t0,
-            triggers=triggers,
-            per_label=per_label,
+            seconds=inversion.seconds + time.perf_counter() - t0,
+            triggers=dict(inversion.triggers),
+            per_label=dict(inversion.per_label),
             info={
                 "median": stats.median,
                 "mad": stats.mad,
@@ -240,7 +263,8 @@ class NeuralCleanse(Detector):
                 "max_median_ratio": cfg.max_median_ratio,
                 "not_flagged_by_ratio": dropped,
                 "mode": cfg.mode,
-                "budget_exhausted": self._cut,
+                **info,
+                "budget_exhausted": budget_exhausted,
             },
         )
 

@@ -52,6 +52,7 @@ from .base import (
     DetectorConfig,
     DetectorContext,
     DetectorOutput,
+    Inversion,
     images_per_pass,
 )
 
@@ -160,9 +161,10 @@ class PixelDetector(Detector):
     name = "pixel"
     config_cls = PixelConfig
     needs_data = True
+    shardable = True
     config: PixelConfig
 
-    def detect(self, ctx: DetectorContext) -> DetectorOutput:
+    def invert(self, ctx: DetectorContext) -> Inversion:
         cfg = self.config
         if ctx.x is None or ctx.y is None:  # the Scanner checks this first
             raise ValueError("pixel needs clean images")
@@ -180,8 +182,10 @@ class PixelDetector(Detector):
             x, y = x[sub], y[sub]
         n_lab = len(labels)
         g = torch.Generator().manual_seed(ctx.seed)
-        pos = torch.rand(n_lab, c, h, w, generator=g).to(ctx.device).requires_grad_(True)
-        neg = torch.rand(n_lab, c, h, w, generator=g).to(ctx.device).requires_grad_(True)
+        # drawn for all the scan's labels, then this call's rows: the same start on any rank
+        n_all, rows = ctx.num_all_labels, torch.tensor(ctx.label_positions(), dtype=torch.long)
+        pos = torch.rand(n_all, c, h, w, generator=g)[rows].to(ctx.device).requires_grad_(True)
+        neg = torch.rand(n_all, c, h, w, generator=g)[rows].to(ctx.device).requires_grad_(True)
         opt = torch.optim.Adam([pos, neg], lr=cfg.lr, betas=cfg.betas)
         targets = torch.tensor(labels, device=ctx.device)
         best = torch.zeros(n_lab, c, h, w)
@@ -266,19 +270,6 @@ class PixelDetector(Detector):
             sizes.append(float((best[li].abs().sum(0) > 0).sum()) if ok else float(h * w))
             l1s.append(float(best[li].abs().sum()) if ok else float(c * h * w))
         values = sizes if cfg.statistic == "pixels" else l1s
-        floor = ratio_scale_floor(cfg.max_median_ratio, cfg.anomaly_threshold)
-        stats = mad_anomaly(
-            log_values(values),
-            side="low",
-            threshold=cfg.anomaly_threshold,
-            labels=labels,
-            min_scale=floor,
-        )
-        # only a label whose trigger really worked can be a backdoor target
-        flagged = [lab for lab in stats.flagged if reached[labels.index(lab)]]
-        score = logistic_score(stats.index, cfg.anomaly_threshold, cfg.score_slope)
-        if stats.flagged and not flagged:
-            score = min(score, 0.49)
         triggers: dict[int, Trigger] = {
             lab: AdditiveTrigger(best[i].clone(), name="pixel") for i, lab in enumerate(labels)
         }
@@ -293,10 +284,43 @@ class PixelDetector(Detector):
             }
             for i, lab in enumerate(labels)
         }
-        _log.debug("scan.pixel_done", sizes=sizes, flagged=flagged)
-        return DetectorOutput(
+        return Inversion(
             detector=self.name,
             statistic="trigger_pixels" if cfg.statistic == "pixels" else "trigger_l1",
+            suspicious_side="low",
+            labels=labels,
+            values=dict(zip(labels, values, strict=True)),
+            seconds=time.perf_counter() - t0,
+            triggers=triggers,
+            per_label=per_label,
+            info={"images": n, "budget_exhausted": cut},
+        )
+
+    def decide(self, inversion: Inversion) -> DetectorOutput:
+        cfg = self.config
+        t0 = time.perf_counter()
+        labels = list(inversion.labels)
+        values = [inversion.values[lab] for lab in labels]
+        reached = [bool(inversion.per_label[lab]["reached_threshold"]) for lab in labels]
+        floor = ratio_scale_floor(cfg.max_median_ratio, cfg.anomaly_threshold)
+        stats = mad_anomaly(
+            log_values(values),
+            side="low",
+            threshold=cfg.anomaly_threshold,
+            labels=labels,
+            min_scale=floor,
+        )
+        # only a label whose trigger really worked can be a backdoor target
+        flagged = [lab for lab in stats.flagged if reached[labels.index(lab)]]
+        score = logistic_score(stats.index, cfg.anomaly_threshold, cfg.score_slope)
+        if stats.flagged and not flagged:
+            score = min(score, 0.49)
+        _log.debug("scan.pixel_done", sizes=values, flagged=flagged)
+        info = dict(inversion.info)
+        budget_exhausted = bool(info.pop("budget_exhausted", False))
+        return DetectorOutput(
+            detector=self.name,
+            statistic=inversion.statistic,
             suspicious_side="low",
             values=dict(zip(labels, values, strict=True)),
             anomaly_per_label=dict(zip(labels, stats.per_label, strict=True)),
@@ -305,16 +329,16 @@ class PixelDetector(Detector):
             threshold=cfg.anomaly_threshold,
             flagged=flagged,
             score=score,
-            seconds=time.perf_counter() - t0,
-            triggers=triggers,
-            per_label=per_label,
+            seconds=inversion.seconds + time.perf_counter() - t0,
+            triggers=dict(inversion.triggers),
+            per_label=dict(inversion.per_label),
             info={
                 "median": stats.median,
                 "mad": stats.mad,
                 "scale_floor": floor,
                 "statistic": f"log-{cfg.statistic}",
-                "images": n,
-                "budget_exhausted": cut,
+                **info,
+                "budget_exhausted": budget_exhausted,
             },
         )
 

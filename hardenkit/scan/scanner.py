@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -13,19 +15,21 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from .._utils.distributed import Distributed, distributed_info
+from .._utils.distributed import setup as setup_distributed
 from .._utils.finite import ensure_finite_values
 from .._utils.model_checks import check_model
-from .._utils.progress import ProgressCallback, make_progress
+from .._utils.progress import NullProgress, ProgressCallback, make_progress
 from .._utils.seeding import seed_everything
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
 from ..data.loaders import BatchSource, materialize
 from ..data.sampling import stratified_indices, stratified_split
 from ..errors import ConfigError, DataError, ModelCompatibilityError
 from ..logging import get_logger
-from ..reports import BaseReport, ModelFingerprint
+from ..reports import BaseReport, DistributedInfo, ModelFingerprint
 from ..training import infer_num_classes, trigger_asr
 from ..triggers import Trigger, as_trigger
-from .base import DETECTORS, Detector, DetectorContext, DetectorOutput
+from .base import DETECTORS, Detector, DetectorContext, DetectorOutput, Inversion
 
 __all__ = [
     "ClassScan",
@@ -182,6 +186,9 @@ class ScanReport(BaseReport):
     scored at least as high), ``p_clean``, ``clean_max_index``, ``clean_flagged_at_threshold``
     (the reference's false positives at the threshold). ``None`` without a comparable
     reference."""
+    distributed: DistributedInfo = Field(default_factory=DistributedInfo)
+    """The ``torchrun`` ranks that shared the candidate labels (``world_size``, ``backend``);
+    ``world_size`` 1 for a scan in one process. See docs/scale.md."""
 
     @property
     def is_backdoored(self) -> bool:
@@ -229,6 +236,8 @@ class ScanResult:
     Attributes:
         report: the :class:`ScanReport`.
         all_triggers: the recovered trigger of every candidate label (Neural Cleanse).
+        rank: this process's rank under ``torchrun`` (0 otherwise); every rank holds the same
+            report and triggers, and only rank 0's :meth:`save` writes.
     """
 
     def __init__(
@@ -236,10 +245,13 @@ class ScanResult:
         report: ScanReport,
         all_triggers: dict[int, Trigger] | None = None,
         example: Tensor | None = None,
+        *,
+        rank: int = 0,
     ) -> None:
         self.report = report
         self.all_triggers = dict(all_triggers or {})
         self._example = example
+        self.rank = rank
 
     @property
     def verdict(self) -> Verdict:
@@ -308,10 +320,13 @@ class ScanResult:
 
         Figures: ``flagged_label_<y>.png`` (the recovered trigger of each flagged label) and
         ``anomaly_<detector>.png`` (each detector's per-label bar chart); see docs/scanning.md.
+        Under ``torchrun`` only rank 0 writes (every rank holds the same result).
         """
         from .figures import detector_chart, figure_name
 
         d = Path(directory)
+        if self.rank != 0:
+            return d
         d.mkdir(parents=True, exist_ok=True)
         for y, trig in self.all_triggers.items():
             trig.save(d / "triggers" / f"label_{y}.safetensors")
@@ -512,13 +527,25 @@ class Scanner:
         A part of the clean images (``holdout_fraction``) is kept out of inversion to measure
         each recovered trigger's attack success rate; pass ``holdout_loader`` to use separate
         images instead.
+
+        Under ``torchrun`` (``RuntimeConfig.distributed="auto"``) every rank must call this with
+        the same model and images: the trigger inversions of the shardable detectors are split
+        by candidate label over the ranks, and every rank returns the same result (see
+        docs/scale.md, "Scanning under torchrun").
         """
         t_start = time.perf_counter()
         rt = self.runtime
+        dist = setup_distributed(rt)
         seed_everything(rt.seed)
         device = rt.resolve_device()
-        progress = make_progress(rt.progress, self._progress)
+        if dist is None or dist.is_main:
+            progress = make_progress(rt.progress, self._progress)
+        else:  # one progress bar per job: rank 0's
+            progress = self._progress or NullProgress()
+        fingerprint = ModelFingerprint.of(self.model)
         model = copy.deepcopy(self.model).to(device).eval()
+        if dist is not None:
+            _same_model_on_every_rank(dist, model, fingerprint)
         model.requires_grad_(False)
         # channels-last: ~1/3 faster convolutions on CPU and tensor cores on CUDA; the
         # detectors make their stamped batches channels-last too.
@@ -553,6 +580,10 @@ class Scanner:
             k = self._check_model(model, x[:2].to(device))
             self._check_labels(y, k)
             x_inv, y_inv, x_hold, y_hold = self._split(x, y, k, holdout_loader, device)
+            if dist is not None:
+                x_inv, y_inv, x_hold, y_hold = _same_images_on_every_rank(
+                    dist, (x_inv, y_inv, x_hold, y_hold), device
+                )
         labels = self._candidates(k)
         ctx = DetectorContext(
             model=model,
@@ -566,15 +597,20 @@ class Scanner:
             labels=labels,
             progress=progress,
             deadline=None if self.config.max_seconds is None else t_start + self.config.max_seconds,
+            all_labels=labels,
         )
-        outputs = [det.detect(ctx) for det in self.detectors]
+        outputs = [_detect(det, ctx, dist) for det in self.detectors]
         all_triggers, sources = _choose_triggers(outputs)
         asr: dict[int, float] = {}
         eval_x, eval_y = (x_hold, y_hold) if x_hold is not None else (x_inv, y_inv)
         if eval_x is not None and eval_y is not None:
             for lab, trig in all_triggers.items():
                 asr[lab] = trigger_asr(model, trig, eval_x, eval_y, lab, rt)
-        report = self._report(outputs, k, labels, x_inv, x_hold, asr, t_start, sources)
+        report = self._report(
+            outputs, k, labels, x_inv, x_hold, asr, t_start, sources, fingerprint, dist
+        )
+        if dist is not None:  # one report (id, timings) on every rank: rank 0's
+            report = dist.broadcast_object(report)
         example = None
         if eval_x is not None:
             example = eval_x[0].detach().cpu()
@@ -585,7 +621,7 @@ class Scanner:
             flagged=report.flagged_labels,
             seconds=report.timings["total_seconds"],
         )
-        return ScanResult(report, all_triggers, example)
+        return ScanResult(report, all_triggers, example, rank=0 if dist is None else dist.rank)
 
     # ------------------------------------------------------------------ helpers
     def _check_model(self, model: nn.Module, probe: Tensor) -> int:
@@ -682,6 +718,8 @@ class Scanner:
         asr: dict[int, float],
         t_start: float,
         sources: dict[int, str],
+        fingerprint: ModelFingerprint,
+        dist: Distributed | None = None,
     ) -> ScanReport:
         cfg = self.config
         det_reports: list[DetectorReport] = []
@@ -783,14 +821,105 @@ class Scanner:
             classes=classes,
             config=cfg.model_dump(mode="json"),
             runtime=self.runtime.model_dump(mode="json"),
-            model=ModelFingerprint.of(self.model),
+            model=fingerprint,
             timings={
                 "total_seconds": time.perf_counter() - t_start,
                 **{f"{d.detector}_seconds": d.seconds for d in det_reports},
             },
             budget_exhausted=any(bool(o.info.get("budget_exhausted")) for o in outputs),
             calibration=_calibration(det_reports, len(labels)),
+            distributed=distributed_info(dist),
         )
+
+
+def _detect(det: Detector, ctx: DetectorContext, dist: Distributed | None) -> DetectorOutput:
+    """Run one detector; under ``torchrun`` split a shardable one's labels over the ranks.
+
+    Rank ``r`` of ``W`` inverts ``labels[r::W]``; the inversions (triggers on the CPU) are
+    gathered on every rank, merged in label order and decided there — the decision is cheap
+    and deterministic, so every rank gets the same output. A detector that is not shardable
+    (or has no invert/decide phases, e.g. a third-party one with ``detect`` only) runs whole
+    on every rank, and rank 0's output is broadcast so the ranks report the same thing.
+    """
+    if dist is None:
+        return det.detect(ctx)
+    if det.shardable and type(det).splits_into_phases():
+        share = ctx.labels[dist.rank :: dist.world_size]
+        part = det.invert(dataclasses.replace(ctx, labels=share)) if share else None
+        parts: list[Inversion | None] = dist.all_gather_object(
+            None if part is None else _inversion_on_cpu(part)
+        )
+        merged = det.merge([p for p in parts if p is not None], ctx.labels)
+        merged.info["rank_seconds"] = [0.0 if p is None else p.seconds for p in parts]
+        return det.decide(merged)
+    out = det.detect(ctx)
+    return dist.broadcast_object(dataclasses.replace(out, triggers=_triggers_on_cpu(out.triggers)))
+
+
+def _trigger_on_cpu(trigger: Trigger) -> Trigger:
+    tensors = trigger.tensors()
+    if all(t.device.type == "cpu" for t in tensors.values()):
+        return trigger
+    cpu = {k: t.detach().cpu() for k, t in tensors.items()}
+    return type(trigger).from_state(trigger.params(), cpu)
+
+
+def _triggers_on_cpu(triggers: Mapping[int, Trigger]) -> dict[int, Trigger]:
+    return {y: _trigger_on_cpu(t) for y, t in triggers.items()}
+
+
+def _inversion_on_cpu(inv: Inversion) -> Inversion:
+    return dataclasses.replace(inv, triggers=_triggers_on_cpu(inv.triggers))
+
+
+def _same_model_on_every_rank(dist: Distributed, model: nn.Module, fp: ModelFingerprint) -> None:
+    """Check that every rank scans the same weights; if not, give every rank rank 0's."""
+    shas = dist.all_gather_object(fp.sha256)
+    differ = [r for r, sha in enumerate(shas) if sha != shas[0]]
+    if not differ:
+        return
+    _log.warning(
+        "scan.ranks_differ",
+        what="model",
+        ranks=differ,
+        note="every rank scans rank 0's model (pass the same weights on every rank)",
+    )
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    dist.broadcast_module(model)  # collectives need contiguous tensors
+
+
+_Images = tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]
+
+
+def _digest(tensors: _Images) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none")
+            continue
+        c = t.detach().cpu().contiguous()
+        h.update(f"{c.dtype}{tuple(c.shape)}".encode())
+        h.update(c.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _same_images_on_every_rank(dist: Distributed, images: _Images, device: torch.device) -> _Images:
+    """The ranks' inversion and held-out images, checked to be the same; when they are not
+    (e.g. a loader with a ``DistributedSampler``), every rank scans rank 0's."""
+    digests = dist.all_gather_object(_digest(images))
+    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    if not differ:
+        return images
+    _log.warning(
+        "scan.ranks_differ",
+        what="clean images",
+        ranks=differ,
+        note="every rank scans rank 0's images (pass the whole clean set on every rank)",
+    )
+    cpu = tuple(None if t is None else t.detach().cpu() for t in images)
+    got = dist.broadcast_object(cpu)
+    x_inv, y_inv, x_hold, y_hold = (None if t is None else t.to(device) for t in got)
+    return x_inv, y_inv, x_hold, y_hold
 
 
 def _calibration(det_reports: list[DetectorReport], n_labels: int) -> dict[str, Any] | None:

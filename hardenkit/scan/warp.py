@@ -53,6 +53,7 @@ from .base import (
     DetectorConfig,
     DetectorContext,
     DetectorOutput,
+    Inversion,
     images_per_pass,
 )
 
@@ -134,9 +135,10 @@ class WarpDetector(Detector):
     name = "warp"
     config_cls = WarpConfig
     needs_data = True
+    shardable = True
     config: WarpConfig
 
-    def detect(self, ctx: DetectorContext) -> DetectorOutput:
+    def invert(self, ctx: DetectorContext) -> Inversion:
         cfg = self.config
         if ctx.x is None or ctx.y is None:  # the Scanner checks this first
             raise ValueError("warp needs clean images")
@@ -155,7 +157,10 @@ class WarpDetector(Detector):
         n_lab, r = len(labels), cfg.restarts
         n_cand = n_lab * r  # candidate fields: label-major, restarts inner
         g = torch.Generator().manual_seed(ctx.seed + 11)
-        theta0 = (torch.rand(n_cand, 2, cfg.k, cfg.k, generator=g) * 2 - 1) * 0.5
+        # drawn for all the scan's labels, then this call's rows: the same start on any rank
+        n_all, rows = ctx.num_all_labels, torch.tensor(ctx.label_positions(), dtype=torch.long)
+        theta_all = (torch.rand(n_all * r, 2, cfg.k, cfg.k, generator=g) * 2 - 1) * 0.5
+        theta0 = theta_all.view(n_all, r, 2, cfg.k, cfg.k)[rows].reshape(n_cand, 2, cfg.k, cfg.k)
         theta = theta0.to(ctx.device).requires_grad_(True)
         opt = torch.optim.Adam([theta], lr=cfg.lr, betas=(0.5, 0.9))
         cand_label = torch.tensor(labels, device=ctx.device).repeat_interleave(r)
@@ -166,6 +171,7 @@ class WarpDetector(Detector):
         raised = torch.zeros(n_cand, dtype=torch.bool)
         best = torch.full((n_cand,), math.inf, dtype=torch.float64)
         best_theta = theta0.clone()
+        final_theta = theta0.clone()  # each candidate's field when it stopped (or at the end)
         stale = torch.zeros(n_cand, dtype=torch.int64)
         active = torch.ones(n_cand, dtype=torch.bool)
         last_acc = torch.zeros(n_cand, dtype=torch.float64)
@@ -237,7 +243,11 @@ class WarpDetector(Detector):
                 hopeless = float(top_acc[ci]) < 0.5 * cfg.attack_threshold
                 if cfg.give_up_epochs is not None and epoch + 1 >= cfg.give_up_epochs and hopeless:
                     active[ci] = False
+                if not bool(active[ci]):
+                    final_theta[ci] = theta.detach()[ci].cpu()
             ctx.progress("scan[warp]", epoch + 1, cfg.epochs, active=int(active.sum()))
+        still = torch.nonzero(active).flatten()
+        final_theta[still] = theta.detach()[still.to(theta.device)].cpu()
         # per label: the restart with the smallest successful field (else the best attack rate)
         sizes: list[float] = []
         reached: list[bool] = []
@@ -254,19 +264,7 @@ class WarpDetector(Detector):
             reached.append(bool(ok))
             sizes.append(float(best[pick]) if ok else float(cfg.max_shift))
             if not ok:
-                best_theta[pick] = theta.detach()[pick].cpu()
-        floor = ratio_scale_floor(cfg.max_median_ratio, cfg.anomaly_threshold)
-        stats = mad_anomaly(
-            log_values(sizes),
-            side="low",
-            threshold=cfg.anomaly_threshold,
-            labels=labels,
-            min_scale=floor,
-        )
-        flagged = [lab for lab in stats.flagged if reached[labels.index(lab)]]
-        score = logistic_score(stats.index, cfg.anomaly_threshold, cfg.score_slope)
-        if stats.flagged and not flagged:
-            score = min(score, 0.49)
+                best_theta[pick] = final_theta[pick]
         fields = _fields(best_theta[chosen], h, w, cfg.max_shift)
         triggers: dict[int, Trigger] = {
             lab: WarpTrigger(fields[i].clone(), strength=1.0, k=cfg.k)
@@ -282,7 +280,41 @@ class WarpDetector(Detector):
             }
             for i, lab in enumerate(labels)
         }
+        _log.debug("scan.warp_inverted", labels=labels, sizes=sizes)
+        return Inversion(
+            detector=self.name,
+            statistic="warp_shift",
+            suspicious_side="low",
+            labels=labels,
+            values=dict(zip(labels, sizes, strict=True)),
+            seconds=time.perf_counter() - t0,
+            triggers=triggers,
+            per_label=per_label,
+            info={"images": n, "budget_exhausted": cut},
+        )
+
+    def decide(self, inversion: Inversion) -> DetectorOutput:
+        cfg = self.config
+        t0 = time.perf_counter()
+        labels = list(inversion.labels)
+        sizes = [inversion.values[lab] for lab in labels]
+        reached = [bool(inversion.per_label[lab]["reached_threshold"]) for lab in labels]
+        floor = ratio_scale_floor(cfg.max_median_ratio, cfg.anomaly_threshold)
+        stats = mad_anomaly(
+            log_values(sizes),
+            side="low",
+            threshold=cfg.anomaly_threshold,
+            labels=labels,
+            min_scale=floor,
+        )
+        # only a label that a warp really reached can be a backdoor target
+        flagged = [lab for lab in stats.flagged if reached[labels.index(lab)]]
+        score = logistic_score(stats.index, cfg.anomaly_threshold, cfg.score_slope)
+        if stats.flagged and not flagged:
+            score = min(score, 0.49)
         _log.debug("scan.warp_done", sizes=sizes, flagged=flagged)
+        info = dict(inversion.info)
+        budget_exhausted = bool(info.pop("budget_exhausted", False))
         return DetectorOutput(
             detector=self.name,
             statistic="warp_shift",
@@ -294,16 +326,16 @@ class WarpDetector(Detector):
             threshold=cfg.anomaly_threshold,
             flagged=flagged,
             score=score,
-            seconds=time.perf_counter() - t0,
-            triggers=triggers,
-            per_label=per_label,
+            seconds=inversion.seconds + time.perf_counter() - t0,
+            triggers=dict(inversion.triggers),
+            per_label=dict(inversion.per_label),
             info={
                 "median": stats.median,
                 "mad": stats.mad,
                 "scale_floor": floor,
                 "statistic": "log-warp_shift",
-                "images": n,
-                "budget_exhausted": cut,
+                **info,
+                "budget_exhausted": budget_exhausted,
             },
         )
 
