@@ -28,6 +28,7 @@ from .._utils.progress import ProgressCallback
 from ..config import HardenkitConfig, parse_config
 from ..registry import Registry
 from ..triggers import Trigger
+from .anomaly import log_values, logistic_score, mad_anomaly, ratio_scale_floor
 
 __all__ = [
     "DETECTORS",
@@ -36,6 +37,7 @@ __all__ = [
     "DetectorContext",
     "DetectorOutput",
     "Inversion",
+    "decide_on_log_sizes",
     "images_per_pass",
 ]
 
@@ -249,6 +251,60 @@ class Detector(ABC):
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def decide_on_log_sizes(
+    inversion: Inversion,
+    *,
+    threshold: float,
+    max_median_ratio: float | None,
+    score_slope: float,
+    statistic: str,
+) -> DetectorOutput:
+    """The decision of a trigger-*size* detector (``pixel``, ``warp``): the floored MAD test
+    on the logarithms of the per-label sizes (low side), where only a label whose trigger
+    reached the attack threshold (``per_label[y]["reached_threshold"]``) may be flagged; an
+    outlier that never reached it caps the score below 0.5.
+
+    ``statistic`` names the tested quantity in ``info`` (e.g. ``log-pixels``).
+    """
+    t0 = time.perf_counter()
+    labels = list(inversion.labels)
+    sizes = [inversion.values[lab] for lab in labels]
+    reached = [bool(inversion.per_label[lab]["reached_threshold"]) for lab in labels]
+    floor = ratio_scale_floor(max_median_ratio, threshold)
+    stats = mad_anomaly(
+        log_values(sizes), side="low", threshold=threshold, labels=labels, min_scale=floor
+    )
+    flagged = [lab for lab in stats.flagged if reached[labels.index(lab)]]
+    score = logistic_score(stats.index, threshold, score_slope)
+    if stats.flagged and not flagged:
+        score = min(score, 0.49)
+    info = dict(inversion.info)
+    budget_exhausted = bool(info.pop("budget_exhausted", False))
+    return DetectorOutput(
+        detector=inversion.detector,
+        statistic=inversion.statistic,
+        suspicious_side="low",
+        values=dict(zip(labels, sizes, strict=True)),
+        anomaly_per_label=dict(zip(labels, stats.per_label, strict=True)),
+        anomaly_index=stats.index,
+        evidence=stats.index,
+        threshold=threshold,
+        flagged=flagged,
+        score=score,
+        seconds=inversion.seconds + time.perf_counter() - t0,
+        triggers=dict(inversion.triggers),
+        per_label=dict(inversion.per_label),
+        info={
+            "median": stats.median,
+            "mad": stats.mad,
+            "scale_floor": floor,
+            "statistic": statistic,
+            **info,
+            "budget_exhausted": budget_exhausted,
+        },
+    )
 
 
 def images_per_pass(setting: int | Literal["auto"], device: torch.device) -> int:

@@ -45,7 +45,6 @@ from torch import Tensor
 from ..data.sampling import stratified_indices
 from ..logging import get_logger
 from ..triggers import AdditiveTrigger, Trigger
-from .anomaly import log_values, logistic_score, mad_anomaly, ratio_scale_floor
 from .base import (
     DETECTORS,
     Detector,
@@ -53,6 +52,7 @@ from .base import (
     DetectorContext,
     DetectorOutput,
     Inversion,
+    decide_on_log_sizes,
     images_per_pass,
 )
 
@@ -298,49 +298,15 @@ class PixelDetector(Detector):
 
     def decide(self, inversion: Inversion) -> DetectorOutput:
         cfg = self.config
-        t0 = time.perf_counter()
-        labels = list(inversion.labels)
-        values = [inversion.values[lab] for lab in labels]
-        reached = [bool(inversion.per_label[lab]["reached_threshold"]) for lab in labels]
-        floor = ratio_scale_floor(cfg.max_median_ratio, cfg.anomaly_threshold)
-        stats = mad_anomaly(
-            log_values(values),
-            side="low",
+        out = decide_on_log_sizes(
+            inversion,
             threshold=cfg.anomaly_threshold,
-            labels=labels,
-            min_scale=floor,
+            max_median_ratio=cfg.max_median_ratio,
+            score_slope=cfg.score_slope,
+            statistic=f"log-{cfg.statistic}",
         )
-        # only a label whose trigger really worked can be a backdoor target
-        flagged = [lab for lab in stats.flagged if reached[labels.index(lab)]]
-        score = logistic_score(stats.index, cfg.anomaly_threshold, cfg.score_slope)
-        if stats.flagged and not flagged:
-            score = min(score, 0.49)
-        _log.debug("scan.pixel_done", sizes=values, flagged=flagged)
-        info = dict(inversion.info)
-        budget_exhausted = bool(info.pop("budget_exhausted", False))
-        return DetectorOutput(
-            detector=self.name,
-            statistic=inversion.statistic,
-            suspicious_side="low",
-            values=dict(zip(labels, values, strict=True)),
-            anomaly_per_label=dict(zip(labels, stats.per_label, strict=True)),
-            anomaly_index=stats.index,
-            evidence=stats.index,
-            threshold=cfg.anomaly_threshold,
-            flagged=flagged,
-            score=score,
-            seconds=inversion.seconds + time.perf_counter() - t0,
-            triggers=dict(inversion.triggers),
-            per_label=dict(inversion.per_label),
-            info={
-                "median": stats.median,
-                "mad": stats.mad,
-                "scale_floor": floor,
-                "statistic": f"log-{cfg.statistic}",
-                **info,
-                "budget_exhausted": budget_exhausted,
-            },
-        )
+        _log.debug("scan.pixel_done", sizes=list(out.values.values()), flagged=out.flagged)
+        return out
 
     def _step(
         self,

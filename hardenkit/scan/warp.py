@@ -46,7 +46,6 @@ from torch import Tensor
 from ..data.sampling import stratified_indices
 from ..logging import get_logger
 from ..triggers import Trigger, WarpTrigger
-from .anomaly import log_values, logistic_score, mad_anomaly, ratio_scale_floor
 from .base import (
     DETECTORS,
     Detector,
@@ -54,6 +53,7 @@ from .base import (
     DetectorContext,
     DetectorOutput,
     Inversion,
+    decide_on_log_sizes,
     images_per_pass,
 )
 
@@ -295,49 +295,15 @@ class WarpDetector(Detector):
 
     def decide(self, inversion: Inversion) -> DetectorOutput:
         cfg = self.config
-        t0 = time.perf_counter()
-        labels = list(inversion.labels)
-        sizes = [inversion.values[lab] for lab in labels]
-        reached = [bool(inversion.per_label[lab]["reached_threshold"]) for lab in labels]
-        floor = ratio_scale_floor(cfg.max_median_ratio, cfg.anomaly_threshold)
-        stats = mad_anomaly(
-            log_values(sizes),
-            side="low",
+        out = decide_on_log_sizes(
+            inversion,
             threshold=cfg.anomaly_threshold,
-            labels=labels,
-            min_scale=floor,
+            max_median_ratio=cfg.max_median_ratio,
+            score_slope=cfg.score_slope,
+            statistic="log-warp_shift",
         )
-        # only a label that a warp really reached can be a backdoor target
-        flagged = [lab for lab in stats.flagged if reached[labels.index(lab)]]
-        score = logistic_score(stats.index, cfg.anomaly_threshold, cfg.score_slope)
-        if stats.flagged and not flagged:
-            score = min(score, 0.49)
-        _log.debug("scan.warp_done", sizes=sizes, flagged=flagged)
-        info = dict(inversion.info)
-        budget_exhausted = bool(info.pop("budget_exhausted", False))
-        return DetectorOutput(
-            detector=self.name,
-            statistic="warp_shift",
-            suspicious_side="low",
-            values=dict(zip(labels, sizes, strict=True)),
-            anomaly_per_label=dict(zip(labels, stats.per_label, strict=True)),
-            anomaly_index=stats.index,
-            evidence=stats.index,
-            threshold=cfg.anomaly_threshold,
-            flagged=flagged,
-            score=score,
-            seconds=inversion.seconds + time.perf_counter() - t0,
-            triggers=dict(inversion.triggers),
-            per_label=dict(inversion.per_label),
-            info={
-                "median": stats.median,
-                "mad": stats.mad,
-                "scale_floor": floor,
-                "statistic": "log-warp_shift",
-                **info,
-                "budget_exhausted": budget_exhausted,
-            },
-        )
+        _log.debug("scan.warp_done", sizes=list(out.values.values()), flagged=out.flagged)
+        return out
 
     def _step(
         self,
