@@ -28,7 +28,7 @@ from .._utils.progress import ProgressCallback
 from ..config import HardenkitConfig, parse_config
 from ..registry import Registry
 from ..triggers import Trigger
-from .anomaly import log_values, logistic_score, mad_anomaly, ratio_scale_floor
+from .anomaly import AnomalyStats, log_values, logistic_score, mad_anomaly, ratio_scale_floor
 
 __all__ = [
     "DETECTORS",
@@ -39,6 +39,7 @@ __all__ = [
     "Inversion",
     "decide_on_log_sizes",
     "images_per_pass",
+    "mad_output",
 ]
 
 
@@ -280,28 +281,53 @@ def decide_on_log_sizes(
     score = logistic_score(stats.index, threshold, score_slope)
     if stats.flagged and not flagged:
         score = min(score, 0.49)
-    info = dict(inversion.info)
-    budget_exhausted = bool(info.pop("budget_exhausted", False))
+    return mad_output(
+        inversion,
+        stats,
+        threshold=threshold,
+        flagged=flagged,
+        score=score,
+        started=t0,
+        info={"scale_floor": floor, "statistic": statistic},
+    )
+
+
+def mad_output(
+    inversion: Inversion,
+    stats: AnomalyStats,
+    *,
+    threshold: float,
+    flagged: list[int],
+    score: float,
+    started: float,
+    info: dict[str, Any],
+) -> DetectorOutput:
+    """The :class:`DetectorOutput` of an inversion decided by a MAD test (``stats``): the
+    anomaly index is the evidence; ``info`` (the decision's facts) follows the MAD's median
+    and scale, then the inversion's own info, with ``budget_exhausted`` last; ``started`` is
+    the decision's ``time.perf_counter()`` start, added to the inversion's seconds."""
+    labels = list(inversion.labels)
+    inv_info = dict(inversion.info)
+    budget_exhausted = bool(inv_info.pop("budget_exhausted", False))
     return DetectorOutput(
         detector=inversion.detector,
         statistic=inversion.statistic,
-        suspicious_side="low",
-        values=dict(zip(labels, sizes, strict=True)),
+        suspicious_side=inversion.suspicious_side,
+        values={y: inversion.values[y] for y in labels},
         anomaly_per_label=dict(zip(labels, stats.per_label, strict=True)),
         anomaly_index=stats.index,
         evidence=stats.index,
         threshold=threshold,
         flagged=flagged,
         score=score,
-        seconds=inversion.seconds + time.perf_counter() - t0,
+        seconds=inversion.seconds + time.perf_counter() - started,
         triggers=dict(inversion.triggers),
         per_label=dict(inversion.per_label),
         info={
             "median": stats.median,
             "mad": stats.mad,
-            "scale_floor": floor,
-            "statistic": statistic,
             **info,
+            **inv_info,
             "budget_exhausted": budget_exhausted,
         },
     )

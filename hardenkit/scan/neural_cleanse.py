@@ -32,6 +32,7 @@ from .base import (
     DetectorOutput,
     Inversion,
     images_per_pass,
+    mad_output,
 )
 
 __all__ = ["NeuralCleanse", "NeuralCleanseConfig"]
@@ -237,25 +238,14 @@ class NeuralCleanse(Detector):
         dropped = [y for y in plain.flagged if y not in stats.flagged]
         flagged = list(stats.flagged)
         score = logistic_score(stats.index, cfg.anomaly_threshold, cfg.score_slope)
-        info = dict(inversion.info)
-        budget_exhausted = bool(info.pop("budget_exhausted", False))
-        return DetectorOutput(
-            detector=self.name,
-            statistic="mask_l1",
-            suspicious_side="low",
-            values=dict(zip(labels, l1, strict=True)),
-            anomaly_per_label=dict(zip(labels, stats.per_label, strict=True)),
-            anomaly_index=stats.index,
-            evidence=stats.index,
+        return mad_output(
+            inversion,
+            stats,
             threshold=cfg.anomaly_threshold,
             flagged=flagged,
             score=score,
-            seconds=inversion.seconds + time.perf_counter() - t0,
-            triggers=dict(inversion.triggers),
-            per_label=dict(inversion.per_label),
+            started=t0,
             info={
-                "median": stats.median,
-                "mad": stats.mad,
                 "scale_floor": floor,
                 "plain_mad_index": plain.index,
                 "statistic": cfg.statistic,
@@ -263,8 +253,6 @@ class NeuralCleanse(Detector):
                 "max_median_ratio": cfg.max_median_ratio,
                 "not_flagged_by_ratio": dropped,
                 "mode": cfg.mode,
-                **info,
-                "budget_exhausted": budget_exhausted,
             },
         )
 
