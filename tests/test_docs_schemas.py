@@ -34,6 +34,7 @@ from hardenkit.purify import (
     FinetuneConfig,
     MCLConfig,
     NCUnlearnConfig,
+    SAUConfig,
     ShapleyPruningConfig,
 )
 from hardenkit.purify.synthesis import SynthesisConfig
@@ -183,6 +184,7 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     (MCLConfig, "purification.md", "### MCLConfig", set()),
     (D3Config, "purification.md", "### D3Config", set()),
     (AutoConfig, "purification.md", "### AutoConfig", set()),
+    (SAUConfig, "purification.md", "### SAUConfig", set()),
     # pruning: FinePruningConfig lists the FinetuneConfig fields too; ShapleyPruningConfig's
     # nested ``synthesis`` default is documented as ``{}`` (the SynthesisConfig defaults)
     (FinePruningConfig, "pruning.md", "### FinePruningConfig", set()),

@@ -75,6 +75,13 @@ def add_parser(sub: Any) -> None:
         "when the strategy uses one: auto, mcl, nc-unlearn)",
     )
     p.add_argument(
+        "--scan-budget",
+        default="quick",
+        metavar="quick|standard|thorough|SECONDS",
+        help="the scan the Purifier runs first when no --scan is given (as `hardenkit scan "
+        "--budget`; default quick: Neural Cleanse and the warp inversion on 200 images)",
+    )
+    p.add_argument(
         "--holdout-fraction",
         type=holdout_fraction,
         default=0.1,
@@ -125,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         config=fields or None,
         runtime=rt,
         holdout_fraction=args.holdout_fraction,
+        scan_budget=args.scan_budget,
         max_ba_drop=args.max_ba_drop,
     )
     scan = None

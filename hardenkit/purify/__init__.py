@@ -3,7 +3,7 @@
 Example:
     >>> from hardenkit.purify import STRATEGIES
     >>> STRATEGIES.names()
-    ['anp', 'auto', 'd3', 'fine-pruning', 'finetune', 'mcl', 'nc-unlearn', 'shapley-pruning']
+    ['anp', 'auto', 'd3', 'fine-pruning', 'finetune', 'mcl', 'nc-unlearn', 'sau', 'shapley-pruning']
 """
 
 from .auto import AutoConfig, AutoStrategy
@@ -27,6 +27,7 @@ from .purifier import (
     Purifier,
     TriggerASR,
 )
+from .sau import SAUConfig, SAUStrategy, shared_adversarial_examples
 from .shapley import ShapleyPruningConfig, ShapleyPruningStrategy
 from .synthesis import SynthesisConfig, synthesize_class_images
 
@@ -56,6 +57,8 @@ __all__ = [
     "PurificationStrategy",
     "Purifier",
     "PurifyContext",
+    "SAUConfig",
+    "SAUStrategy",
     "ShapleyPruningConfig",
     "ShapleyPruningStrategy",
     "StrategyConfig",
@@ -64,5 +67,6 @@ __all__ = [
     "TriggerASR",
     "ablation_fill",
     "apply_pruning",
+    "shared_adversarial_examples",
     "synthesize_class_images",
 ]

@@ -32,7 +32,7 @@ from ..errors import ConfigError, DataError, ModelCompatibilityError
 from ..io import save_state_dict
 from ..logging import get_logger
 from ..reports import BaseReport, DistributedInfo, ModelFingerprint
-from ..scan import ScanConfig, Scanner, ScanResult
+from ..scan import ScanConfig, Scanner, ScanResult, scan_config_for_budget
 from ..training import evaluate_accuracy, infer_num_classes, trigger_asr
 from .base import (
     STRATEGIES,
@@ -267,7 +267,14 @@ class Purifier:
             and the inverted triggers' ASR before and after (ignored with ``holdout_loader``).
             ``0`` uses every clean image for purification (few-shot budgets such as one
             image per class); the report's BA fields are then ``None``.
-        scan_config: Scanner settings used when a trigger-based strategy must scan first.
+        scan_config: Scanner settings used when a strategy that repairs with a trigger
+            (``auto``, ``mcl``, ``nc-unlearn``, ...) must scan first. A dict is laid over the
+            ``scan_budget`` preset (its keys win); a :class:`~hardenkit.scan.ScanConfig` is used
+            as given.
+        scan_budget: the preset that scan starts from — ``quick`` (default, the same scan as
+            ``hardenkit scan``: Neural Cleanse and the warp inversion on 200 images),
+            ``standard``, ``thorough`` (the published Neural Cleanse settings) or seconds
+            (see :func:`hardenkit.scan.scan_config_for_budget`).
         input_shape: ``(C, H, W)`` of the model input; needed only for data-free runs
             (``run(None)`` with a strategy such as ``shapley-pruning``).
         progress: a progress callback (default: a tqdm bar on a TTY).
@@ -300,6 +307,7 @@ class Purifier:
         runtime: RuntimeConfig | dict[str, Any] | None = None,
         holdout_fraction: float = 0.1,
         scan_config: ScanConfig | dict[str, Any] | None = None,
+        scan_budget: str | float = "quick",
         input_shape: tuple[int, int, int] | None = None,
         progress: ProgressCallback | None = None,
         max_ba_drop: float | None = None,
@@ -344,7 +352,11 @@ class Purifier:
         self.model = model
         self.runtime = parse_config(RuntimeConfig, runtime)
         self.holdout_fraction = holdout_fraction
-        self.scan_config = parse_config(ScanConfig, scan_config)
+        self.scan_config = (
+            scan_config
+            if isinstance(scan_config, ScanConfig)
+            else scan_config_for_budget(scan_budget, scan_config)
+        )
         self._progress = progress
 
     def run(

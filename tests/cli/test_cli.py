@@ -722,34 +722,56 @@ def scan_args(weights: Path, *extra: str) -> list[str]:
     return ["scan", "--weights", str(weights), "--arch", "small-cnn", "--device", "cpu", *extra]
 
 
-def test_scan_flags_backdoor_exit_1(
-    scan_weights: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "scan"
-    code = main(
-        scan_args(
-            scan_weights["badnets"],
-            "--data",
-            SCAN_DATA,
-            "--split",
-            "test",
-            *FAST_NC,
-            "--out",
-            str(out),
-            "--output",
-            "-",
-        )
+@dataclass(frozen=True)
+class ScanRun:
+    out: Path
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def badnets_scan_run(
+    scan_weights: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> ScanRun:
+    """One Neural Cleanse scan of the BadNets weights (the slow part: ~30 s), shared by the
+    scan test (its report and files) and the purify test (``--scan DIR``)."""
+    out = tmp_path_factory.mktemp("badnets-scan") / "scan"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    logger = logging.getLogger("hardenkit")
+    handlers, level = list(logger.handlers), logger.level
+    argv = scan_args(
+        scan_weights["badnets"],
+        "--data",
+        SCAN_DATA,
+        "--split",
+        "test",
+        *FAST_NC,
+        "--out",
+        str(out),
+        "--output",
+        "-",
     )
-    captured = capsys.readouterr()
-    assert code == 1, captured.err
-    report = json.loads(captured.out)
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(argv)
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    return ScanRun(out=out, code=code, stdout=stdout.getvalue(), stderr=stderr.getvalue())
+
+
+def test_scan_flags_backdoor_exit_1(
+    scan_weights: dict[str, Path], badnets_scan_run: ScanRun
+) -> None:
+    run, out = badnets_scan_run, badnets_scan_run.out
+    assert run.code == 1, run.stderr
+    report = json.loads(run.stdout)
     assert report["verdict"] == "backdoored"
     # the target is the most anomalous flagged label (log-l1 may flag a natural one after it)
     assert report["flagged_labels"][0] == 0
     assert report["detectors"][0]["config"]["epochs"] == 30
     assert report["detectors"][0]["config"]["batch_size"] == 32
     assert report["clean_images"]["inversion"] == 300
-    assert "verdict backdoored" in captured.err
+    assert "verdict backdoored" in run.stderr
     assert (out / "report.json").is_file()
     assert (out / "flagged_label_0.png").is_file()
     assert (out / "triggers" / "label_0.safetensors").is_file()
@@ -779,14 +801,23 @@ def test_scan_flags_backdoor_exit_1(
 def test_scan_data_free_clean_model_exit_0(
     scan_weights: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # 10 random starts per class instead of 30, as in tests/integration/test_scan_detects.py
     code = main(
-        scan_args(scan_weights["clean"], "--data-free", "--output", str(tmp_path / "r.json"))
+        scan_args(
+            scan_weights["clean"],
+            "--data-free",
+            "--option",
+            "mm-bd:starts=10",
+            "--output",
+            str(tmp_path / "r.json"),
+        )
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["data_free"] is True
     assert [d["detector"] for d in report["detectors"]] == ["mm-bd"]
+    assert report["detectors"][0]["config"]["starts"] == 10
     assert report["verdict"] != "backdoored"
 
 
@@ -794,8 +825,12 @@ def test_scan_fail_on_suspicious(
     scan_weights: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     cfg = tmp_path / "scan.yaml"
-    # suspicious_score just above 0: any score counts as at least "suspicious"
-    cfg.write_text("detectors: [mm-bd]\nsuspicious_score: 0.000001\n")
+    # suspicious_score just above 0: any score counts as at least "suspicious". A small MM-BD
+    # budget (the exit-code mapping is under test, not the detector) keeps this test short.
+    cfg.write_text(
+        "detectors: [mm-bd]\nsuspicious_score: 0.000001\n"
+        "detector_options: {mm-bd: {starts: 4, steps: 50}}\n"
+    )
     code = main(
         scan_args(
             scan_weights["clean"], "--data-free", "--config", str(cfg), "--fail-on", "suspicious"
@@ -861,17 +896,13 @@ def purify_args(weights: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_purify_with_scan_dir_and_onnx(
-    scan_weights: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scan_weights: dict[str, Path],
+    badnets_scan_run: ScanRun,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    scan_dir = tmp_path / "scan"
-    assert (
-        main(
-            scan_args(
-                scan_weights["badnets"], "--data", SCAN_DATA, *FAST_NC, "--out", str(scan_dir)
-            )
-        )
-        == 1
-    )
+    assert badnets_scan_run.code == 1  # the scan flagged the backdoor
+    scan_dir = badnets_scan_run.out
     out = tmp_path / "purified"
     code = main(
         purify_args(

@@ -73,9 +73,16 @@ def test_pass_exit_0_with_every_file(
     assert rep.report_id in html
 
 
-def test_fail_exit_1_with_every_file(weights: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    code = _gate(weights, out, policy="repair: never\n")
+@pytest.fixture(scope="module")
+def fail_run(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
+    """One gate run under a no-repair policy (its scan is the slow part), shared by the
+    exit-code test and the shipped-weights test."""
+    out = tmp_path_factory.mktemp("gate-fail") / "out"
+    return _gate(weights, out, policy="repair: never\n"), out
+
+
+def test_fail_exit_1_with_every_file(fail_run: tuple[int, Path]) -> None:
+    code, out = fail_run
     rep = _report(out)
     assert code == 1
     assert not rep.passed
@@ -91,7 +98,10 @@ def test_environment_error_exit_3(weights: Path, tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the cuda provider may exist")
     out = tmp_path / "out"
-    code = _gate(weights, out, policy="repair: never\nonnx_provider: cuda\n")
+    # the ONNX provider is under test, not the scan: a small data-free MM-BD scan keeps it short
+    # (the exit code is 3 whatever the scan finds: an environment error wins over a fail)
+    scan = "scan: {detectors: [mm-bd], detector_options: {mm-bd: {starts: 4, steps: 50}}}\n"
+    code = _gate(weights, out, policy=f"repair: never\nonnx_provider: cuda\n{scan}")
     rep = _report(out)
     assert code == 3
     onnx = next(r for r in rep.failed_rules if r.rule_id.startswith("HK-ONNX"))
@@ -119,10 +129,9 @@ def test_overlapping_data_is_refused_exit_2(
     assert not (out / "gate.json").exists()
 
 
-def test_the_shipped_weights_load_back(weights: Path, tmp_path: Path) -> None:
+def test_the_shipped_weights_load_back(weights: Path, fail_run: tuple[int, Path]) -> None:
     """The fail run's shipped weights are the input weights, byte for byte in values."""
-    out = tmp_path / "out"
-    _gate(weights, out, policy="repair: never\nexport_onnx: false\nfail_on_skipped: false\n")
+    _, out = fail_run
     m = hk.load_model_weights(hk.create_model("small-cnn", 10), out / "model.safetensors")
     ref = hk.load_model_weights(hk.create_model("small-cnn", 10), weights)
     assert isinstance(m, nn.Module)

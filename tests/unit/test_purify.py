@@ -25,6 +25,7 @@ FAST: dict[str, dict[str, object]] = {
     "fine-pruning": {"epochs": 1},
     "anp": {"iterations": 5},
     "shapley-pruning": {"max_permutations": 3},
+    "sau": {"epochs": 1, "steps": 2},
 }
 
 
@@ -433,6 +434,39 @@ def test_auto_falls_back_to_d3(fx: BackdoorFixture, scan: ScanResult) -> None:
     res = hk.Purifier(fx.backdoored.model, "auto", config=AUTO_MCL_D3).run(_loader(fx), scan=weak)
     assert res.report.details["branch"] == "d3"
     assert any("falling back to d3" in n for n in res.report.notes)
+
+
+def _missed(scan: ScanResult) -> ScanResult:
+    """``scan`` as if its statistic had flagged nothing (the inversions are kept)."""
+    dets = [d.model_copy(update={"flagged_labels": []}) for d in scan.report.detectors]
+    report = scan.report.model_copy(
+        update={"verdict": "clean", "flagged_labels": [], "detectors": dets}
+    )
+    return ScanResult(report, scan.all_triggers)
+
+
+def test_auto_unlearns_the_smallest_masks_when_the_scan_flags_nothing(
+    fx: BackdoorFixture,
+) -> None:
+    nc = {"detector_options": {"neural-cleanse": {"epochs": 2}}}
+    real = hk.Scanner(fx.backdoored.model, 4, config=nc).run(_loader(fx))
+    assert set(real.all_triggers) == {0, 1, 2, 3}
+    values = {c.label: c.value for c in real.report.detectors[0].classes}
+    smallest = sorted(values, key=lambda y: (values[y], y))[:2]
+    missed = _missed(real)
+    cfg = {**AUTO_FAST, "unflagged_candidates": 2}
+    res = hk.Purifier(fx.backdoored.model, "auto", config=cfg, max_ba_drop=1.0).run(
+        _loader(fx), scan=missed
+    )
+    assert res.report.details["branch"] == "nc-unlearn (smallest masks)"
+    assert res.report.details["candidate_labels"] == smallest
+    assert any("smallest masks" in n for n in res.report.notes)
+    # 0 candidates: the trigger-free fallback, as before
+    cfg = {**AUTO_FAST, "unflagged_candidates": 0}
+    res = hk.Purifier(fx.backdoored.model, "auto", config=cfg, max_ba_drop=1.0).run(
+        _loader(fx), scan=missed
+    )
+    assert res.report.details["branch"] == "finetune"
 
 
 def test_auto_validates_stage_configs() -> None:
