@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 import hardenkit as hk
 from hardenkit.attacks.base import build_attack
 from hardenkit.data import stratified_indices
-from hardenkit.scan import ScanResult
+from hardenkit.testing import missed_scan
 
 from .common import CACHE, config_hash, load_cifar10, md_table, write_results
 from .purify_cpu import measure
@@ -85,15 +85,6 @@ def _measure(model: Any, trigger: Any, test: hk.ImageDataset, target: int) -> di
     return {"ba": rep.ba, "asr": 0.0, "ra": 0.0}  # a clean model: BA only
 
 
-def missed(scan: ScanResult) -> ScanResult:
-    """``scan`` as if its statistic had flagged nothing (the per-label inversions are kept)."""
-    dets = [d.model_copy(update={"flagged_labels": []}) for d in scan.report.detectors]
-    report = scan.report.model_copy(
-        update={"verdict": "clean", "flagged_labels": [], "detectors": dets}
-    )
-    return ScanResult(report, scan.all_triggers)
-
-
 def run_cell(
     mid: str,
     meta: dict[str, Any],
@@ -131,7 +122,7 @@ def run_cell(
             scanner = hk.Scanner(model, 10, config=scan_cfg, runtime=rt)
             found = scanner.run(clean.loader(batch_size=500))
             row["scan_flagged"] = found.flagged_labels
-            scan = missed(found) if defence == "auto-miss" else found
+            scan = missed_scan(found) if defence == "auto-miss" else found
         res = hk.Purifier(model, strategy, config=cfg, runtime=rt).run(
             clean.loader(batch_size=500), scan=scan
         )

@@ -84,55 +84,51 @@ class AutoStrategy(PurificationStrategy):
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         scan = ctx.scan
         cfg = self.config
+        # the trigger branch to try first, if any: (strategy, its context, extra details)
+        attempt: tuple[PurificationStrategy, PurifyContext, dict[str, Any]] | None = None
         if scan is not None and scan.triggers:
-            out = self._trigger.run(ctx)
-            if out.status == "purified":
-                out.details = {"branch": cfg.trigger_strategy, **out.details}
-                return out
-            ctx.notes.append(
-                f"auto: {cfg.trigger_strategy} could not run; falling back to {cfg.fallback} "
-                "(trigger-free)"
-            )
+            attempt = (self._trigger, ctx, {"branch": cfg.trigger_strategy})
         elif scan is not None and scan.is_backdoored:
             ctx.notes.append(
                 f"auto: the scan flagged {scan.flagged_labels} without a recovered trigger; "
                 f"running {cfg.fallback} (trigger-free)"
             )
+        elif scan is not None and (candidates := self._candidates(ctx, scan)) is not None:
+            labels = candidates.flagged_labels
+            ctx.notes.append(
+                f"auto: scan verdict {scan.verdict}; in case it missed a backdoor, running "
+                f"{cfg.trigger_strategy} on the inverted triggers of the "
+                f"{len(labels)} labels with the smallest masks ({labels})"
+            )
+            branch = {
+                "branch": f"{cfg.trigger_strategy} (smallest masks)",
+                "candidate_labels": labels,
+            }
+            attempt = (self._candidate, dataclasses.replace(ctx, scan=candidates), branch)
         else:
-            candidates = self._candidates(ctx, scan)
-            if candidates is not None:
-                labels = candidates.flagged_labels
-                ctx.notes.append(
-                    f"auto: scan verdict {scan.verdict if scan else None}; in case it missed a "
-                    f"backdoor, running {cfg.trigger_strategy} on the inverted triggers of the "
-                    f"{len(labels)} labels with the smallest masks ({labels})"
-                )
-                out = self._candidate.run(dataclasses.replace(ctx, scan=candidates))
-                if out.status == "purified":
-                    out.details = {
-                        "branch": f"{cfg.trigger_strategy} (smallest masks)",
-                        "candidate_labels": labels,
-                        **out.details,
-                    }
-                    return out
-                ctx.notes.append(
-                    f"auto: {cfg.trigger_strategy} could not run; falling back to {cfg.fallback} "
-                    "(trigger-free)"
-                )
-            else:
-                verdict = "no scan" if scan is None else f"scan verdict {scan.verdict}"
-                ctx.notes.append(
-                    f"auto: {verdict}, no trigger to use: running {cfg.fallback} (trigger-free)"
-                )
+            verdict = "no scan" if scan is None else f"scan verdict {scan.verdict}"
+            ctx.notes.append(
+                f"auto: {verdict}, no trigger to use: running {cfg.fallback} (trigger-free)"
+            )
+        if attempt is not None:
+            strategy, run_ctx, extra = attempt
+            out = strategy.run(run_ctx)
+            if out.status == "purified":
+                out.details = {**extra, **out.details}
+                return out
+            ctx.notes.append(
+                f"auto: {cfg.trigger_strategy} could not run; falling back to {cfg.fallback} "
+                "(trigger-free)"
+            )
         out = self._fallback.run(ctx)
         out.details = {"branch": cfg.fallback, **out.details}
         return out
 
-    def _candidates(self, ctx: PurifyContext, scan: ScanResult | None) -> ScanResult | None:
+    def _candidates(self, ctx: PurifyContext, scan: ScanResult) -> ScanResult | None:
         """A scan result "flagging" the ``unflagged_candidates`` labels with the smallest
         Neural Cleanse masks (their inverted triggers), or ``None`` when there are none."""
         k = self.config.unflagged_candidates
-        if scan is None or k == 0 or not scan.all_triggers:
+        if k == 0 or not scan.all_triggers:
             return None
         nc = next((d for d in scan.report.detectors if d.detector == "neural-cleanse"), None)
         if nc is None:

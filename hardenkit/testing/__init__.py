@@ -14,9 +14,10 @@ from typing import Any
 
 from ..attacks import BackdooredModel, make_backdoored_model
 from ..data import SyntheticSplits, make_synthetic_dataset
+from ..scan import ScanResult
 from ..training import TrainConfig
 
-__all__ = ["BackdoorFixture", "check_strategy", "tiny_backdoored_model"]
+__all__ = ["BackdoorFixture", "check_strategy", "missed_scan", "tiny_backdoored_model"]
 
 
 @dataclass(frozen=True)
@@ -170,3 +171,22 @@ def check_strategy(
         "the repaired weights depend on holdout_loader (the test data)",
     )
     return results
+
+
+def missed_scan(scan: ScanResult) -> ScanResult:
+    """``scan`` as if its statistic had flagged nothing: verdict ``clean``, no flagged label in
+    the report or any detector, every per-label inversion (``all_triggers``) kept — to test
+    what a pipeline (e.g. ``auto``) does when the Scanner misses a backdoor.
+
+    >>> import hardenkit as hk
+    >>> m = hk.create_model("small-cnn", 4)
+    >>> s = ScanResult.from_triggers({1: hk.PatchTrigger.square(3)}, model=m, num_classes=4)
+    >>> miss = missed_scan(s)
+    >>> miss.verdict, miss.flagged_labels, sorted(miss.all_triggers)
+    ('clean', [], [1])
+    """
+    dets = [d.model_copy(update={"flagged_labels": []}) for d in scan.report.detectors]
+    report = scan.report.model_copy(
+        update={"verdict": "clean", "flagged_labels": [], "detectors": dets}
+    )
+    return ScanResult(report, scan.all_triggers)

@@ -16,7 +16,7 @@ from hardenkit.purify import STRATEGIES, MCLConfig, PurificationStrategy, Purify
 from hardenkit.purify.base import Budget, StrategyOutcome
 from hardenkit.reports import ModelFingerprint
 from hardenkit.scan import ScanResult
-from hardenkit.testing import BackdoorFixture, check_strategy, tiny_backdoored_model
+from hardenkit.testing import BackdoorFixture, check_strategy, missed_scan, tiny_backdoored_model
 
 FAST: dict[str, dict[str, object]] = {
     "finetune": {"epochs": 2},
@@ -436,15 +436,6 @@ def test_auto_falls_back_to_d3(fx: BackdoorFixture, scan: ScanResult) -> None:
     assert any("falling back to d3" in n for n in res.report.notes)
 
 
-def _missed(scan: ScanResult) -> ScanResult:
-    """``scan`` as if its statistic had flagged nothing (the inversions are kept)."""
-    dets = [d.model_copy(update={"flagged_labels": []}) for d in scan.report.detectors]
-    report = scan.report.model_copy(
-        update={"verdict": "clean", "flagged_labels": [], "detectors": dets}
-    )
-    return ScanResult(report, scan.all_triggers)
-
-
 def test_auto_unlearns_the_smallest_masks_when_the_scan_flags_nothing(
     fx: BackdoorFixture,
 ) -> None:
@@ -453,7 +444,7 @@ def test_auto_unlearns_the_smallest_masks_when_the_scan_flags_nothing(
     assert set(real.all_triggers) == {0, 1, 2, 3}
     values = {c.label: c.value for c in real.report.detectors[0].classes}
     smallest = sorted(values, key=lambda y: (values[y], y))[:2]
-    missed = _missed(real)
+    missed = missed_scan(real)
     cfg = {**AUTO_FAST, "unflagged_candidates": 2}
     res = hk.Purifier(fx.backdoored.model, "auto", config=cfg, max_ba_drop=1.0).run(
         _loader(fx), scan=missed
