@@ -18,6 +18,11 @@ from hardenkit.data import SyntheticSplits
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HARDENKIT_DISABLE_PLUGINS", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: each worker's torch stays on one thread, or two
+    # workers x two intra-op threads oversubscribe the machine and every op spins.
+    torch.set_num_threads(1)
+
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 # Recipes that plant each attack reliably on the synthetic data (measured: ASR >= 95%).

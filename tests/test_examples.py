@@ -42,8 +42,9 @@ class ExampleRun:
     out: Path
 
 
-CONCURRENT = 2
-"""Examples run single-threaded (``OMP_NUM_THREADS=1``), two at a time: one per core."""
+CONCURRENT = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+"""Examples run single-threaded (``OMP_NUM_THREADS=1``), two at a time: one per core — one at
+a time under pytest-xdist, whose other worker already has the second core."""
 
 
 def _run_example(script: Path, base: Path) -> ExampleRun:

@@ -8,7 +8,10 @@ at most 10 % with BA within 5 points of plain training on the clean part of the 
 On this data the clean task is learned as fast as the backdoor, so DLP's first (lowest-loss)
 isolation finds no poison; the re-scoring during semi-supervised fine-tuning (every epoch
 here, ``rescore_every=1``) finds it from the high-loss end (measured: recall 0.00 → 0.93,
-BA 0.92, ASR 0.04; plain on the clean part: BA 0.91).
+BA 0.92, ASR 0.04; plain on the clean part: BA 0.91). Only the high-loss end is re-scored
+(``rescore_low_ratio=0``): with the low end too the suspected set grows to 55 % of the data and
+its target-class concentration sits on the 1.25x "looks like poison" line (1.19x with one
+thread, 1.27x with two); with the high end alone it is 40 % and 1.61-1.64x.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def dlp_run(
 ) -> TrainingResult:
     return _fit(
         "dlp",
-        {"sl_epochs": 3, "ssl_epochs": 7, "rescore_every": 1},
+        {"sl_epochs": 3, "ssl_epochs": 7, "rescore_every": 1, "rescore_low_ratio": 0.0},
         robust_poisoned,
         robust_data.test,
         robust_attack.build_trigger(),
