@@ -24,7 +24,16 @@ evaluated on the same inversions (none of their thresholds was tuned on these mo
 * ``pixel:log-pixels`` / ``pixel:log-l1`` — PixelBackdoor's trigger sizes (perturbed pixels /
   L1), MAD index on their logs >= 2, only labels whose trigger reached the attack threshold;
 * ``nc-log+pixel`` — either ``nc:mad-log-l1`` or ``pixel:log-pixels`` flags (the scanner's
-  ``combine="any"``).
+  ``combine="any"``);
+* ``warp:default`` — the warp inversion's floored MAD test on log mean shifts;
+* ``share:default`` — the prediction-share detector (a label the model predicts for far less
+  than its share of the clean images; Bonferroni-corrected binomial p-value < 0.01, evidence
+  ``-log10 p`` with the same threshold 2 as the MAD rules);
+* ``nc+warp`` / ``nc+warp+share`` — any of those flags (the default scan presets are
+  ``nc+warp+share``).
+
+Statistics of a detector a saved result lacks are added with ``--from-json ... --add
+DETECTOR`` (the saved weights are scanned with that detector alone, same images).
 
 A backdoored model counts only when its real trigger reached 80 % ASR; a rule "detects" it
 only when it flags the true target. AUROC: of each rule's model-level evidence (its MAD
@@ -184,6 +193,13 @@ def _scan(
                 w_reached=[bool(c.extra["reached_threshold"]) for c in d.classes],
                 w_s=d.seconds,
             )
+        elif d.detector == "prediction-share":
+            out.update(
+                ps_share=[c.value for c in d.classes],
+                ps_p=[float(c.extra["p_value"]) for c in d.classes],
+                ps_images=int(d.info["images"]),
+                ps_s=d.seconds,
+            )
     return out
 
 
@@ -224,8 +240,10 @@ _DETECTOR_RULES: dict[str, tuple[str, str | None, float]] = {
     "pixel:default": ("px_pixels", "px_reached", FLOOR),
     "warp:default": ("w_shift", "w_reached", FLOOR),
 }
+SHARE_ALPHA = 0.01  # PredictionShareConfig.alpha: -log10(alpha) = 2, the MAD rules' threshold
 COMBINED = {
     "nc+warp": ("nc:default", "warp:default"),
+    "nc+warp+share": ("nc:default", "warp:default", "share:default"),
     "nc+pixel+warp": ("nc:default", "pixel:default", "warp:default"),
 }
 
@@ -235,6 +253,8 @@ def has_rule(m: dict[str, Any], rule: str) -> bool:
         return all(has_rule(m, r) for r in COMBINED[rule])
     if rule == "mm-bd":
         return "mm_bd_p" in m
+    if rule == "share:default":
+        return "ps_p" in m
     key = "nc_l1" if rule == "nc:mad-l1" else _DETECTOR_RULES[rule][0]
     return key in m
 
@@ -252,6 +272,9 @@ def rule_flags(m: dict[str, Any], rule: str) -> list[int]:
         return out
     if rule == "mm-bd":
         return list(m.get("mm_bd_flags", []))
+    if rule == "share:default":
+        p = m["ps_p"]
+        return sorted((y for y in range(len(p)) if p[y] < SHARE_ALPHA), key=lambda y: p[y])
     raise ValueError(rule)
 
 
@@ -264,6 +287,8 @@ RULES = [
     "warp:default",
     "nc+warp",
     "nc+pixel+warp",
+    "share:default",
+    "nc+warp+share",
 ]
 
 
@@ -282,6 +307,8 @@ def rule_evidence(m: dict[str, Any], rule: str) -> float:
         return max(rule_evidence(m, r) for r in COMBINED[rule])
     if rule == "mm-bd":
         return -math.log10(max(float(m["mm_bd_p"]), 1e-300))
+    if rule == "share:default":  # -log10 of the smallest corrected p-value: threshold 2
+        return max(0.0, -math.log10(max(min(m["ps_p"]), 1e-300)))
     raise ValueError(rule)
 
 
@@ -364,7 +391,7 @@ def evaluate(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-_SECONDS = {"NC s": "nc_s", "pixel s": "px_s", "warp s": "w_s"}
+_SECONDS = {"NC s": "nc_s", "pixel s": "px_s", "warp s": "w_s", "share s": "ps_s"}
 
 
 def per_model_table(models: list[dict[str, Any]]) -> str:
@@ -397,6 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--clean", type=int, default=3, help="clean models per architecture")
     p.add_argument(
+        "--clean-seeds",
+        default=None,
+        help="seeds of the clean models (comma-separated; default: 0 .. --clean - 1)",
+    )
+    p.add_argument(
         "--seeds",
         default="0",
         help="seeds of the backdoored models (comma-separated; each seed draws a new trigger, "
@@ -408,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="quick")
     p.add_argument(
         "--detectors",
-        default="neural-cleanse,warp",
+        default="neural-cleanse,warp,prediction-share",
         help="detectors of the scan of each new model (comma-separated)",
     )
     p.add_argument("--from-json", type=Path, nargs="+", default=None,
@@ -433,7 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     shown = list(argv) if argv is not None else __import__("sys").argv[1:]
-    keys = {"neural-cleanse": "nc_l1", "pixel": "px_pixels", "warp": "w_shift"}
+    keys = {
+        "neural-cleanse": "nc_l1",
+        "pixel": "px_pixels",
+        "warp": "w_shift",
+        "prediction-share": "ps_p",
+    }
     if args.from_json is not None:
         models = []
         for f in args.from_json:
@@ -464,10 +501,15 @@ def main(argv: list[str] | None = None) -> int:
         done = {d["id"]: d for d in json.loads(partial.read_text())} if partial.is_file() else {}
         models = []
         seeds_bd = [int(v) for v in args.seeds.split(",") if v]
+        seeds_clean = (
+            range(args.clean)
+            if args.clean_seeds is None
+            else [int(v) for v in args.clean_seeds.split(",") if v]
+        )
         plan = [
             (arch, kind, seed)
             for arch in args.archs.split(",")
-            for kind, seeds in [("clean", range(args.clean))]
+            for kind, seeds in [("clean", seeds_clean)]
             + [(a, seeds_bd) for a in args.attacks.split(",") if a]
             for seed in seeds
         ]

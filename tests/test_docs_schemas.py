@@ -43,6 +43,7 @@ from hardenkit.scan import (
     MaxMarginConfig,
     NeuralCleanseConfig,
     PixelConfig,
+    PredictionShareConfig,
     ScanConfig,
     WarpConfig,
 )
@@ -177,6 +178,7 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     (MaxMarginConfig, "scanning.md", "### MaxMarginConfig", set()),
     (PixelConfig, "scanning.md", "### PixelConfig", set()),
     (WarpConfig, "scanning.md", "### WarpConfig", set()),
+    (PredictionShareConfig, "scanning.md", "### PredictionShareConfig", set()),
     # the StrategyConfig fields (max_steps, max_seconds) and, for NCUnlearnConfig, the
     # FinetuneConfig fields are listed in every strategy table
     (FinetuneConfig, "purification.md", "### FinetuneConfig", set()),

@@ -1,11 +1,12 @@
 """Model-level backdoor scanning: trigger inversion batched over classes (Neural Cleanse,
-PixelBackdoor, warp) and data-free MM-BD.
+PixelBackdoor, warp), the prediction share (labels the model never predicts on clean images)
+and data-free MM-BD.
 
 Example:
     >>> import hardenkit as hk
     >>> from hardenkit.scan import DETECTORS
     >>> DETECTORS.names()
-    ['mm-bd', 'neural-cleanse', 'pixel', 'warp']
+    ['mm-bd', 'neural-cleanse', 'pixel', 'prediction-share', 'warp']
 """
 
 from .anomaly import AnomalyStats, gamma_max_pvalue, logistic_score, mad_anomaly
@@ -31,6 +32,7 @@ from .scanner import (
     ScanResult,
     Verdict,
 )
+from .share import PredictionShareConfig, PredictionShareDetector
 from .warp import WarpConfig, WarpDetector
 
 __all__ = [
@@ -51,6 +53,8 @@ __all__ = [
     "NeuralCleanseConfig",
     "PixelConfig",
     "PixelDetector",
+    "PredictionShareConfig",
+    "PredictionShareDetector",
     "ScanConfig",
     "ScanReport",
     "ScanResult",

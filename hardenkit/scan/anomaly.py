@@ -20,6 +20,7 @@ __all__ = [
     "LOG_FLOOR",
     "MAD_CONSISTENCY",
     "AnomalyStats",
+    "binomial_cdf",
     "gamma3_fit",
     "gamma3_max_pvalue",
     "gamma_max_pvalue",
@@ -309,6 +310,27 @@ def gamma3_max_pvalue(values: Sequence[float], *, exponent: int | None = None) -
     k = len(v) if exponent is None else exponent
     p = -math.expm1(k * math.log(cdf)) if cdf > 0 else 1.0
     return min(max(p, 0.0), 1.0) + 0.0, arg
+
+
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """``P(K <= k)`` for ``K ~ Binomial(n, p)`` (summed in log space; exact for any ``n``).
+
+    >>> round(binomial_cdf(0, 240, 0.04), 6), binomial_cdf(240, 240, 0.5)
+    (5.6e-05, 1.0)
+    """
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+        for i in range(k + 1)
+    ]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
 
 def logistic_score(evidence: float, threshold: float, slope: float = 2.0) -> float:

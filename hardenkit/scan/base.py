@@ -74,6 +74,11 @@ class DetectorContext:
     deadline: float | None = None
     """``time.perf_counter()`` value after which a detector stops optimising (the scan's
     ``max_seconds``); it then sets ``info["budget_exhausted"] = True`` in its output."""
+    x_holdout: Tensor | None = None
+    """The scan's held-out clean images (kept out of inversion to measure the recovered
+    triggers); detectors that optimise nothing on the images (``prediction-share``) may use
+    them as well. ``None`` when there are none."""
+    y_holdout: Tensor | None = None
     all_labels: list[int] | None = None
     """Every candidate label of the scan when ``labels`` is one rank's share of them
     (``None``: ``labels`` is the whole list). Detectors draw their random initialisations for

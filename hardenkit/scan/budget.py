@@ -1,7 +1,8 @@
 """Scan budgets: named presets (``quick`` / ``standard`` / ``thorough``) or seconds, and an
 up-front estimate of how long a scan may take.
 
-The presets run Neural Cleanse and the warp inversion (:data:`DEFAULT_DETECTORS`) and scale
+The presets run Neural Cleanse, the warp inversion and the prediction share
+(:data:`DEFAULT_DETECTORS`) and scale
 the Neural Cleanse inversion (images and epochs per label); a budget in seconds uses the
 ``standard`` preset plus ``ScanConfig.max_seconds``, which stops the detectors when the time
 is up and marks the report ``budget_exhausted`` (a ``clean`` verdict is then not
@@ -38,9 +39,11 @@ __all__ = [
     "scan_config_for_budget",
 ]
 
-DEFAULT_DETECTORS = ("neural-cleanse", "warp")
+DEFAULT_DETECTORS = ("neural-cleanse", "warp", "prediction-share")
 """The detectors every preset runs unless the caller names others: Neural Cleanse (patch and
-blend triggers) and the warp inversion (WaNet-class triggers), which it misses."""
+blend triggers), the warp inversion (WaNet-class triggers, which Neural Cleanse misses) and the
+prediction share (clean-label targets the model never predicts without the trigger, e.g. SIG;
+one forward pass over the clean images)."""
 
 SCAN_BUDGETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -181,6 +184,8 @@ def _estimate(
         n = n_inv if wp.max_images is None else min(n_inv, wp.max_images)
         bs = min(wp.batch_size, n)
         total += wp.epochs * max(1, n // bs) * labels * wp.restarts * bs * per_image
+    if "prediction-share" in config.detectors:
+        total += n_inv * per_image  # one forward pass (the timed pass includes a backward)
     if "mm-bd" in config.detectors:
         from .mm_bd import MaxMarginConfig
 

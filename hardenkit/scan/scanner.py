@@ -214,6 +214,12 @@ class ScanReport(BaseReport):
             lines.append(
                 f"  {d.detector}: {d.verdict}, {evidence}, score {d.score:.3f}, {d.seconds:.1f}s"
             )
+            if d.info.get("underpowered"):
+                lines.append(
+                    f"    ({d.detector} could not flag any label with {d.info.get('images')} "
+                    f"clean images: the smallest possible p-value is "
+                    f"{float(d.info.get('smallest_possible_p', 1.0)):.3g}; pass more)"
+                )
         cal = self.calibration
         if cal is not None:
             lines.append(
@@ -596,6 +602,8 @@ class Scanner:
             y=y_inv,
             labels=labels,
             progress=progress,
+            x_holdout=x_hold,
+            y_holdout=y_hold,
             deadline=None if self.config.max_seconds is None else t_start + self.config.max_seconds,
             all_labels=labels,
         )
