@@ -38,7 +38,7 @@ from hardenkit.testing import missed_scan
 
 from .common import CACHE, config_hash, load_cifar10, md_table, write_results
 from .purify_cpu import measure
-from .scanner_zoo import FIXTURES, _model
+from .scanner_zoo import ATTACK_NAMES, FIXTURES, _model
 
 DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto": ("auto", {}),
@@ -105,8 +105,9 @@ def run_cell(
     model.eval()
     trigger = None
     if meta["attack"] != "clean":
-        trigger = build_attack(meta["attack"], {"image_size": 32, "channels": 3,
-                                                **meta["attack_config"]}).trigger  # fmt: skip
+        name = ATTACK_NAMES.get(meta["attack"], meta["attack"])
+        trigger = build_attack(name, {"image_size": 32, "channels": 3,
+                                      **meta["attack_config"]}).trigger  # fmt: skip
     clean, test = _splits(data, meta)
     tgt = 0 if meta["target"] is None else int(meta["target"])
     row: dict[str, Any] = {"model": mid, "arch": meta["arch"], "attack": meta["attack"],

@@ -63,6 +63,8 @@ from .scan_statistic import ARCHS, LOCATIONS, MIN_PLANTED_ASR, PATTERNS
 
 FIXTURES = ROOT / "fixtures" / "scanner_zoo"
 ATTACKS = ("badnets", "blended", "sig", "wanet")
+ATTACK_NAMES = {"sig-half": "sig"}
+"""Zoo attack kinds that are a registered attack with other settings (``_attack_config``)."""
 
 
 def _attack_config(attack: str, rng: random.Random, seed: int) -> dict[str, Any]:
@@ -85,6 +87,9 @@ def _attack_config(attack: str, rng: random.Random, seed: int) -> dict[str, Any]
         }
     if attack == "sig":
         return {"target": target, "frequency": float(rng.choice([4, 6, 8])), "seed": seed}
+    if attack == "sig-half":
+        # half the target class poisoned (5 % of the set): the rest still teaches the class
+        return {**_attack_config("sig", rng, seed), "poison_rate": 0.05}
     if attack == "wanet":
         # a stronger warp than the paper's s=0.5: 6 short epochs do not learn the weak one
         return {
@@ -131,8 +136,8 @@ def _train_or_load(
         attack_cfg = _attack_config(attack, rng, seed)
         factory = ARCHS[arch]
         bd = hk.make_backdoored_model(
-            attack, train, test=test, arch=factory, attack_config=attack_cfg,
-            train_config=tc, runtime=rt,
+            ATTACK_NAMES.get(attack, attack), train, test=test, arch=factory,
+            attack_config=attack_cfg, train_config=tc, runtime=rt,
         )  # fmt: skip
         model, ba, asr = bd.model, bd.metrics["ba"], bd.metrics["asr"]
     meta = {

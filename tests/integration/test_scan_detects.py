@@ -88,3 +88,22 @@ def test_warp_finds_wanet_that_neural_cleanse_misses(
     asr = scan.trigger_asr(wanet_model.target)
     assert asr is not None
     assert asr > 0.8
+
+
+def test_sig_target_is_flagged_by_prediction_share(
+    sig_model: BackdooredModel, clean_model: nn.Module, synthetic: SyntheticSplits
+) -> None:
+    # SIG at 10 % poisons every image of the target class (clean-label): without the sinusoid
+    # the model never predicts the target. The quick preset's images (200 + 200 held out).
+    cfg = hk.scan.scan_config_for_budget("quick", {"detectors": ["prediction-share"]})
+    loader = synthetic.test.loader()
+    scan = hk.Scanner(sig_model.model, 10, config=cfg).run(loader)
+    assert scan.verdict == "backdoored", scan.report.summary()
+    assert scan.flagged_labels == [sig_model.target]
+    det = scan.report.detectors[0]
+    assert det.p_value is not None
+    assert det.p_value < 0.01
+    assert scan.triggers == {}  # a class-level finding: no trigger is offered to a repair
+    twin = hk.Scanner(clean_model, 10, config=cfg).run(loader)
+    assert twin.verdict == "clean", twin.report.summary()
+    assert twin.report.detectors[0].p_value == 1.0
