@@ -46,6 +46,15 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "finetune-20": ("finetune", {"epochs": 20}),
     "d3-20": ("d3", {"epochs": 20}),
     "sau-cheap": ("sau", {"epochs": 5, "steps": 1}),
+    # trigger strategies on their own (the Purifier runs its own quick scan first)
+    "mcl-paper": ("mcl", {"preset": "paper"}),
+    "nc-unlearn-final": ("nc-unlearn", {"selection": "final"}),
+    "nc-unlearn-r50": ("nc-unlearn", {"unlearning_ratio": 0.5}),
+    # = MCL's default since issue 16 (spelled out: the name meant this before the default did)
+    "mcl-anchored": (
+        "mcl",
+        {"anchor_weight": 1.0, "selection": "best-val", "validation_fraction": 0.1},
+    ),
 }
 MIN_ASR = 0.8
 """A zoo model counts as backdoored here only when its real trigger reached this ASR."""

@@ -161,9 +161,9 @@ class PredictionShareDetector(Detector):
         flagged = sorted(
             (lab for lab in labels if corrected[lab] < cfg.alpha), key=lambda lab: corrected[lab]
         )
-        evidence = -math.log10(max(p_model, 1e-300))
+        evidence = max(0.0, -math.log10(max(p_model, 1e-300)))  # max: no "-0.0" at p = 1
         threshold = -math.log10(cfg.alpha)
-        per_index = {lab: -math.log10(max(corrected[lab], 1e-300)) for lab in labels}
+        per_index = {lab: max(0.0, -math.log10(max(corrected[lab], 1e-300))) for lab in labels}
         per_label = {lab: {**inversion.per_label[lab], "p_value": corrected[lab]} for lab in labels}
         _log.debug("scan.detector_done", detector=self.name, p_value=p_model, flagged=flagged)
         info = dict(inversion.info)

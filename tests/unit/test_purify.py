@@ -234,10 +234,19 @@ def test_mcl_anchor_and_validation_split(fx: BackdoorFixture) -> None:
     assert "reason" not in ckpt  # a real choice on the validation split, not the fallback
     assert [int(r["epoch"]) for r in ckpt["history"]] == [1, 2]
     assert res.report.clean_images["validation"] > 0
-    # the default keeps every clean image for training (the reference code)
-    plain = hk.Purifier(bd.model, "mcl", config={"epochs": 1}).run(_loader(fx), scan=scan)
+    # the default is that configuration (with a 10 % split) ...
+    default = hk.Purifier(bd.model, "mcl", config={"epochs": 2}).run(_loader(fx), scan=scan)
+    assert default.report.clean_images["validation"] > 0
+    assert default.report.details["checkpoint"]["mode"] == "best-val"
+    assert default.report.config["anchor_weight"] == 1.0
+    # ... and the paper preset keeps every clean image for training and the last epoch
+    paper = {"epochs": 1, "preset": "paper"}
+    plain = hk.Purifier(bd.model, "mcl", config=paper).run(_loader(fx), scan=scan)
     assert plain.report.clean_images["validation"] == 0
     assert "reason" in plain.report.details["checkpoint"]
+    assert plain.report.config["anchor_weight"] == 0.0
+    assert plain.report.config["selection"] == "final"
+    assert plain.report.config["preset"] == "paper"
 
 
 def test_mcl_config_validation() -> None:
