@@ -12,7 +12,8 @@ Each trigger-free defence runs **without a scan** (``Purifier(model, strategy).r
 *with its flags removed* — what ``auto`` does when the Scanner misses the backdoor (now:
 NC unlearning of the inverted triggers of the 3 labels with the smallest masks; before: plain
 fine-tuning, ``finetune-20`` here at 20 epochs). ``auto`` is the default ``auto`` with the real
-scan — on the clean models, what the default repair costs a model that has no backdoor.
+scan — on the clean models, what the default repair costs a model that has no backdoor;
+``auto-mcl`` is ``auto`` with ``trigger_strategy="mcl"`` (MCL's default) and the real scan.
 Clean budget: 250 CIFAR-10 training images per class that the model never saw (2,500; the
 Purifier holds 10 % out for its own guard). BA / ASR / RA: on the other half of the CIFAR-10
 test split than the zoo's scans (5,000 images), with the model's real trigger and target.
@@ -43,6 +44,7 @@ from .scanner_zoo import ATTACK_NAMES, FIXTURES, _model
 DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto": ("auto", {}),
     "auto-miss": ("auto", {}),
+    "auto-mcl": ("auto", {"trigger_strategy": "mcl"}),  # MCL (its default) on a flagged trigger
     "finetune-20": ("finetune", {"epochs": 20}),
     "d3-20": ("d3", {"epochs": 20}),
     "sau-cheap": ("sau", {"epochs": 5, "steps": 1}),
@@ -127,7 +129,7 @@ def run_cell(
         rt = {"seed": 0, "device": "cpu", "progress": "off"}
         t0 = time.perf_counter()
         scan = None
-        if defence in ("auto", "auto-miss"):
+        if defence in ("auto", "auto-miss", "auto-mcl"):
             scan_cfg = hk.scan.scan_config_for_budget("quick")
             scanner = hk.Scanner(model, 10, config=scan_cfg, runtime=rt)
             found = scanner.run(clean.loader(batch_size=500))
