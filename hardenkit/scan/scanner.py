@@ -214,6 +214,8 @@ class ScanReport(BaseReport):
             lines.append(
                 f"  {d.detector}: {d.verdict}, {evidence}, score {d.score:.3f}, {d.seconds:.1f}s"
             )
+            if d.info.get("finding"):
+                lines.append(f"    {d.info['finding']}")
             if d.info.get("underpowered"):
                 lines.append(
                     f"    ({d.detector} could not flag any label with {d.info.get('images')} "

@@ -165,6 +165,18 @@ class PredictionShareDetector(Detector):
         threshold = -math.log10(cfg.alpha)
         per_index = {lab: max(0.0, -math.log10(max(corrected[lab], 1e-300))) for lab in labels}
         per_label = {lab: {**inversion.per_label[lab], "p_value": corrected[lab]} for lab in labels}
+        finding = None
+        if flagged:
+            parts = [
+                f"label {lab} is predicted for {per_label[lab]['predicted']} clean images, though "
+                f"{per_label[lab]['images']} of them belong to it"
+                for lab in flagged
+            ]
+            finding = (
+                "; ".join(parts) + ": the model does not recognise the class without something "
+                "added to the image — a clean-label backdoor target (SIG-style) or a class it "
+                "never learned; no trigger is recovered, so a repair runs trigger-free"
+            )
         _log.debug("scan.detector_done", detector=self.name, p_value=p_model, flagged=flagged)
         info = dict(inversion.info)
         return DetectorOutput(
@@ -187,6 +199,7 @@ class PredictionShareDetector(Detector):
                 "images": n,
                 "smallest_possible_p": floor,
                 "underpowered": floor >= cfg.alpha,
+                "finding": finding,
                 "budget_exhausted": bool(info.get("budget_exhausted", False)),
             },
         )

@@ -78,6 +78,7 @@ def test_a_never_predicted_label_is_flagged_with_its_share_and_p_value() -> None
     assert out.score > 0.5
     assert out.evidence > out.threshold
     assert out.info["underpowered"] is False
+    assert "label 7 is predicted for 0 clean images, though 25 of them" in out.info["finding"]
 
 
 def test_a_working_model_is_not_flagged() -> None:
@@ -86,6 +87,7 @@ def test_a_working_model_is_not_flagged() -> None:
     assert out.flagged == []
     assert out.p_value == 1.0
     assert out.score < 0.5
+    assert out.info["finding"] is None
 
 
 def test_a_weak_label_at_the_null_share_is_not_flagged() -> None:
@@ -151,6 +153,7 @@ def test_the_scanner_reports_it_and_a_flag_alone_offers_no_trigger() -> None:
     assert det.detector == "prediction-share"
     assert det.p_value is not None
     assert "prediction-share: backdoored" in scan.report.summary()
+    assert "label 4 is predicted for 0 clean images, though 30 of them" in scan.report.summary()
     assert scan.report.clean_images["holdout"] > 0
 
 
