@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import torch
 from pydantic import Field
@@ -70,6 +70,20 @@ class StrategyConfig(HardenkitConfig):
     max_steps: Annotated[int, Field(ge=1)] | None = None
     max_seconds: Annotated[float, Field(gt=0)] | None = None
     max_ba_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+
+
+_Config = TypeVar("_Config", bound=StrategyConfig)
+
+
+def with_preset(config: _Config, preset: dict[str, Any]) -> _Config:
+    """``config`` with the ``preset`` values under the fields the caller set explicitly.
+
+    >>> from hardenkit.purify import FinetuneConfig
+    >>> with_preset(FinetuneConfig(lr=0.5), {"lr": 0.1, "epochs": 3}).model_dump(
+    ...     include={"lr", "epochs"})
+    {'epochs': 3, 'lr': 0.5}
+    """
+    return type(config).model_validate({**preset, **config.model_dump(exclude_unset=True)})
 
 
 TriggerLabels = Literal["most-anomalous", "all-flagged"]

@@ -33,6 +33,7 @@ from .base import (
     StrategyOutcome,
     TriggerLabels,
     select_triggers,
+    with_preset,
 )
 
 __all__ = ["MCLConfig", "MCLStrategy"]
@@ -125,10 +126,7 @@ class MCLConfig(StrategyConfig):
 
     def resolved(self) -> MCLConfig:
         """This config with the ``paper`` preset's values under the fields set explicitly."""
-        if self.preset != "paper":
-            return self
-        mine = self.model_dump(exclude_unset=True)
-        return MCLConfig.model_validate({**_PAPER, **mine})
+        return with_preset(self, _PAPER) if self.preset == "paper" else self
 
 
 class MCLStrategy(PurificationStrategy):

@@ -35,6 +35,7 @@ from .base import (
     Selection,
     StrategyConfig,
     StrategyOutcome,
+    with_preset,
 )
 
 __all__ = ["SAUConfig", "SAUStrategy", "shared_adversarial_examples"]
@@ -98,10 +99,7 @@ class SAUConfig(StrategyConfig):
 
     def resolved(self) -> SAUConfig:
         """This config with the ``paper`` preset's values under the fields set explicitly."""
-        if self.preset != "paper":
-            return self
-        mine = self.model_dump(exclude_unset=True)
-        return SAUConfig.model_validate({**_PAPER, **mine})
+        return with_preset(self, _PAPER) if self.preset == "paper" else self
 
 
 def _js_divergence(logits_a: Tensor, logits_b: Tensor) -> Tensor:
