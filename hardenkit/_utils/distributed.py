@@ -58,6 +58,7 @@ __all__ = [
     "same_input_on_every_rank",
     "same_output_on_every_rank",
     "setup",
+    "shutdown",
     "train_step",
     "world_size",
 ]
@@ -242,6 +243,7 @@ def setup(runtime: Any) -> Distributed | None:
         ConfigError: ``sync_batchnorm=True`` on a device other than CUDA, or an NCCL process
             group with a CPU device.
     """
+    global _INITIALISED_HERE
     mode = getattr(runtime, "distributed", "auto")
     sync_bn = bool(getattr(runtime, "sync_batchnorm", False))
     device_spec = str(getattr(runtime, "device", "auto"))
@@ -268,6 +270,7 @@ def setup(runtime: Any) -> Distributed | None:
         device = runtime.resolve_device()
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        _INITIALISED_HERE = True
         atexit.register(_destroy)
         initialised_here = True
         _log.info(
@@ -309,10 +312,42 @@ def _select_cuda(device_spec: str, local_rank: int) -> None:
         torch.cuda.set_device(local_rank % max(1, torch.cuda.device_count()))
 
 
-def _destroy() -> None:  # pragma: no cover - runs at interpreter exit
+_INITIALISED_HERE = False
+"""True once :func:`setup` initialised the default process group (so hardenkit tears it down)."""
+
+
+def shutdown(timeout_s: float = 60.0) -> None:
+    """Tear down the process group :func:`setup` initialised, all ranks together.
+
+    Every rank first waits at a barrier (gloo: ``monitored_barrier`` bounded by ``timeout_s``),
+    so no rank closes its connections while another still runs a collective or writes the
+    report; a rank that exits early otherwise makes a peer's transport fail as the peer's
+    process exits (seen once in CI as a ``SIGABRT`` of a worker, i.e. exit code 1 on a clean
+    model). A process group the caller initialised is left alone. Never raises: a peer that
+    already died only makes the barrier time out, and the group is destroyed anyway.
+    """
+    global _INITIALISED_HERE
     dist = _dist()
-    if dist.is_available() and dist.is_initialized():
+    if not (_INITIALISED_HERE and dist.is_available() and dist.is_initialized()):
+        return
+    _INITIALISED_HERE = False
+    try:
+        if "gloo" in str(dist.get_backend()):
+            import datetime
+
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s))
+        else:  # pragma: no cover - NCCL needs GPUs
+            dist.barrier()
+    except Exception as exc:  # a dead or stuck peer: tear down anyway, say so
+        _log.warning("distributed.shutdown_barrier_failed", error=str(exc))
+    try:
         dist.destroy_process_group()
+    except Exception as exc:  # pragma: no cover - defensive
+        _log.warning("distributed.destroy_failed", error=str(exc))
+
+
+def _destroy() -> None:  # pragma: no cover - runs at interpreter exit
+    shutdown()
 
 
 # -- the Purifier's and RobustTrainer's bookkeeping ------------------------------------------

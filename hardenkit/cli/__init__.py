@@ -172,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+    finally:  # under torchrun: every rank leaves together (no-op otherwise)
+        from .._utils.distributed import shutdown
+
+        shutdown()
 
 
 def entrypoint() -> None:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 import hardenkit as hk
-from hardenkit._utils.distributed import Distributed, setup, train_step
+from hardenkit._utils import distributed as hk_dist
+from hardenkit._utils.distributed import Distributed, setup, shutdown, train_step
 from hardenkit.errors import ConfigError
 from hardenkit.reports import DistributedInfo
 
@@ -179,6 +180,25 @@ def test_train_step_without_torchrun_is_a_plain_backward() -> None:
 def test_single_process_needs_no_process_group() -> None:
     assert setup(hk.RuntimeConfig(device="cpu")) is None
     assert setup(hk.RuntimeConfig(device="cpu", distributed="off")) is None
+
+
+def test_shutdown_tears_down_only_the_group_hardenkit_initialised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        shutdown()  # the caller's group: left alone
+        assert dist.is_initialized()
+        monkeypatch.setattr(hk_dist, "_INITIALISED_HERE", True)
+        shutdown()  # hardenkit's: barrier (one rank) then destroyed
+        assert not dist.is_initialized()
+        assert hk_dist._INITIALISED_HERE is False
+        shutdown()  # idempotent
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_sync_batchnorm_on_cpu_is_refused() -> None:

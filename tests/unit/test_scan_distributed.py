@@ -350,7 +350,8 @@ def test_cli_scan_under_torchrun_writes_once(tmp_path: Path) -> None:
         ok=(0, 1),  # 1: the (untrained) model was flagged
     )
     saved = json.loads((out / "report.json").read_text())
-    assert (proc.returncode == 1) == (saved["verdict"] == "backdoored" or saved["budget_exhausted"])
+    flagged = saved["verdict"] == "backdoored" or saved["budget_exhausted"]
+    assert (proc.returncode == 1) == flagged, proc.stderr[-4000:]
     assert saved["distributed"]["world_size"] == 2
     assert json.loads(report.read_text())["report_id"] == saved["report_id"]
     assert proc.stderr.count(f"wrote {out}/") == 1
