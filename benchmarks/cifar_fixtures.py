@@ -82,8 +82,16 @@ def is_clean(name: str) -> bool:
     return bool(FIXTURES[name]["attack"] == "clean")
 
 
+COMMITTED = Path(__file__).resolve().parent / "fixtures" / "cifar10_cpu"
+"""Fixtures committed to the repository (model, trigger, poison and clean-budget indices,
+``fixture.json`` with the command's measurements): no later run retrains them."""
+
+
 def fixture_dir(name: str) -> Path:
-    return CACHE / "fixtures" / f"{name}-{config_hash(fixture_config(name))}"
+    """The fixture's directory: the committed copy when there is one, else the local cache
+    (where :func:`build_fixture` trains it; move it under :data:`COMMITTED` to commit it)."""
+    leaf = f"{name}-{config_hash(fixture_config(name))}"
+    return COMMITTED / leaf if (COMMITTED / leaf).is_dir() else CACHE / "fixtures" / leaf
 
 
 def _print_progress(phase: str, step: int, total: int, **info: Any) -> None:

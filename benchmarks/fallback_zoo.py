@@ -13,7 +13,8 @@ Each trigger-free defence runs **without a scan** (``Purifier(model, strategy).r
 NC unlearning of the inverted triggers of the 3 labels with the smallest masks; before: plain
 fine-tuning, ``finetune-20`` here at 20 epochs). ``auto`` is the default ``auto`` with the real
 scan — on the clean models, what the default repair costs a model that has no backdoor;
-``auto-mcl`` is ``auto`` with ``trigger_strategy="mcl"`` (MCL's default) and the real scan.
+``auto-mcl`` / ``auto-nc`` are ``auto`` with ``trigger_strategy="mcl"`` (the default since
+issue 16) / ``"nc-unlearn"`` (the default before) and the real scan.
 Clean budget: 250 CIFAR-10 training images per class that the model never saw (2,500; the
 Purifier holds 10 % out for its own guard). BA / ASR / RA: on the other half of the CIFAR-10
 test split than the zoo's scans (5,000 images), with the model's real trigger and target.
@@ -44,7 +45,9 @@ from .scanner_zoo import ATTACK_NAMES, FIXTURES, _model
 DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto": ("auto", {}),
     "auto-miss": ("auto", {}),
-    "auto-mcl": ("auto", {"trigger_strategy": "mcl"}),  # MCL (its default) on a flagged trigger
+    # auto's trigger branch: MCL (its default since issue 16) vs NC unlearning (the default before)
+    "auto-mcl": ("auto", {"trigger_strategy": "mcl"}),
+    "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
     "finetune-20": ("finetune", {"epochs": 20}),
     "d3-20": ("d3", {"epochs": 20}),
     "sau-cheap": ("sau", {"epochs": 5, "steps": 1}),
@@ -53,6 +56,9 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "nc-unlearn-final": ("nc-unlearn", {"selection": "final"}),
     "nc-unlearn-r50": ("nc-unlearn", {"unlearning_ratio": 0.5}),
     # = MCL's default since issue 16 (spelled out: the name meant this before the default did)
+    # issue 16, the auto trigger branch: MCL variants that may keep more accuracy
+    "mcl-lr01": ("mcl", {"lr_schedule": ((0, 0.01), (10, 0.001))}),
+    "mcl-anchor3": ("mcl", {"anchor_weight": 3.0}),
     "mcl-anchored": (
         "mcl",
         {"anchor_weight": 1.0, "selection": "best-val", "validation_fraction": 0.1},
@@ -104,7 +110,10 @@ def run_cell(
     cached_only: bool = False,
 ) -> dict[str, Any] | None:
     strategy, cfg = DEFENCES.get(defence, (defence, {}))
-    key = config_hash({"model": mid, "defence": defence, "cfg": cfg, "v": 1})
+    # v2 for "auto": its default trigger branch changed (nc-unlearn -> mcl, issue 16)
+    key = config_hash(
+        {"model": mid, "defence": defence, "cfg": cfg, "v": 2 if defence == "auto" else 1}
+    )
     cache = CACHE / "fallback" / f"{mid}-{defence}-{key}.json"
     if cache.is_file():
         cached: dict[str, Any] = json.loads(cache.read_text())
@@ -129,7 +138,7 @@ def run_cell(
         rt = {"seed": 0, "device": "cpu", "progress": "off"}
         t0 = time.perf_counter()
         scan = None
-        if defence in ("auto", "auto-miss", "auto-mcl"):
+        if defence in ("auto", "auto-miss", "auto-mcl", "auto-nc"):
             scan_cfg = hk.scan.scan_config_for_budget("quick")
             scanner = hk.Scanner(model, 10, config=scan_cfg, runtime=rt)
             found = scanner.run(clean.loader(batch_size=500))

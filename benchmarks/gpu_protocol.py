@@ -41,8 +41,8 @@ work). Unit: one "epoch-equivalent" (EE) = 50,000 PreAct-ResNet18 images forward
 about 2-3 s at bf16 with batch 256, channels-last and the data on the device (~20k images/s).
 Per attack: training 12 EE (~35 s with the first epoch's cuDNN autotuning); scan (Neural
 Cleanse: <= 80 epochs x 800 images x 10 labels, input gradients only, early stopping) <= 9 EE,
-~25 s; ``auto`` 1-4 EE (``nc-unlearn`` on a recovered trigger, 20 epochs; ``finetune`` 100
-epochs otherwise), ~10 s; ``mcl`` ~3 EE in 700 steps of batch 64, ~15-20 s; ``d3`` and
+~25 s; ``auto`` ~3-4 EE (``mcl`` on a recovered trigger, 20 epochs; ``finetune`` 100
+epochs otherwise), 15-20 s; ``mcl`` ~3 EE in 700 steps of batch 64, ~15-20 s; ``d3`` and
 ``fine-pruning`` ~4 EE each (800 / 700 steps over 2,025 images plus a validation pass per
 epoch), ~13 s each; ``shapley-pruning`` (its own 300-epoch few-shot scan, then forward passes
 only: ~3,900 BatchNorm channels, 5 full permutations before discarding, ~1,000 images per

@@ -32,6 +32,8 @@ from .scanner_cpu import scan_cache, scan_config
 
 DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto": ("auto", {}),
+    # auto's trigger branch before issue 16 (the ``auto`` of the committed purify_cpu table)
+    "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
     "finetune": ("finetune", {}),
     "nc-unlearn": ("nc-unlearn", {}),
     "mcl": ("mcl", {}),
@@ -126,9 +128,10 @@ def purify_and_measure(
 
 def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
     strategy, cfg = DEFENCES.get(defence, (defence, {}))
-    key = config_hash(
-        {"fixture": fixture_dir(name).name, "defence": defence, "cfg": cfg, "scan": SCAN_CFG}
-    )
+    spec: dict[str, Any] = {"fixture": fixture_dir(name).name, "defence": defence, "cfg": cfg}
+    if defence == "auto":  # its default trigger branch changed (nc-unlearn -> mcl, issue 16)
+        spec["v"] = 2
+    key = config_hash({**spec, "scan": SCAN_CFG})
     cache = CACHE / "purify" / f"{name}-{defence}-{key}.json"
     if cache.is_file():
         row: dict[str, Any] = json.loads(cache.read_text())

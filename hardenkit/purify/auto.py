@@ -27,25 +27,36 @@ class AutoConfig(StrategyConfig):
 
     Attributes:
         trigger_strategy: strategy run when Neural Cleanse recovered a trigger for a flagged
-            label: ``nc-unlearn`` or ``mcl``.
+            label: ``mcl`` (default since issue 16: on nine backdoored models — the scanner
+            zoo's three architectures and the demo's — it left ASR at 0.04–3.6 % where
+            ``nc-unlearn`` left 3.5–21.6 %, at up to 4.0 BA points where ``nc-unlearn`` kept
+            BA; ``benchmarks/results/fallback_zoo_trigger_branch.md``) or ``nc-unlearn``. When
+            ``mcl`` refuses (no inverted trigger reaches its ``min_trigger_asr``),
+            ``nc-unlearn`` runs on the same triggers before ``fallback`` is considered.
         trigger_config: that strategy's config fields.
         fallback: trigger-free strategy run otherwise (or when the trigger strategy refuses):
             ``finetune``, ``d3`` or ``sau``.
         fallback_config: that strategy's config fields.
         unflagged_candidates: when the scan flags no label but Neural Cleanse inverted every
-            label, ``trigger_strategy`` still runs — on the inverted triggers of this many
+            label, ``candidate_strategy`` still runs — on the inverted triggers of this many
             labels with the *smallest* masks (the labels a missed patch or blend backdoor
             would be among; a clean model only unlearns a few natural adversarial patches),
-            keeping its last epoch (``selection="final"`` unless ``trigger_config`` sets one).
-            ``0``: run ``fallback`` instead (the earlier behaviour). Measured in
+            keeping its last epoch (``selection="final"`` unless ``candidate_config`` sets
+            one). ``0``: run ``fallback`` instead (the earlier behaviour). Measured in
             ``benchmarks/fallback_zoo.py``.
+        candidate_strategy: the strategy of that smallest-mask branch: ``nc-unlearn``
+            (default: cheap on the clean models that make up most negative scans) or ``mcl``.
+        candidate_config: its config fields (``trigger_config`` when ``candidate_strategy``
+            equals ``trigger_strategy`` and this is empty).
     """
 
-    trigger_strategy: Literal["nc-unlearn", "mcl"] = "nc-unlearn"
+    trigger_strategy: Literal["nc-unlearn", "mcl"] = "mcl"
     trigger_config: dict[str, Any] = Field(default_factory=dict)
     fallback: Literal["finetune", "d3", "sau"] = "finetune"
     fallback_config: dict[str, Any] = Field(default_factory=dict)
     unflagged_candidates: Annotated[int, Field(ge=0)] = 3
+    candidate_strategy: Literal["nc-unlearn", "mcl"] = "nc-unlearn"
+    candidate_config: dict[str, Any] = Field(default_factory=dict)
 
 
 class AutoStrategy(PurificationStrategy):
@@ -74,8 +85,14 @@ class AutoStrategy(PurificationStrategy):
         # the candidate labels are mostly natural features whose inverted triggers keep some
         # ASR however well the repair works: bounding checkpoints by their ASR would pick the
         # least-trained epoch, so this branch keeps the last epoch unless told otherwise
-        self._candidate = STRATEGIES.get(cfg.trigger_strategy)(
-            {"selection": "final", **cfg.trigger_config}
+        cand_cfg = cfg.candidate_config or _shared(cfg.trigger_config, cfg.candidate_strategy)
+        self._candidate = STRATEGIES.get(cfg.candidate_strategy)({"selection": "final", **cand_cfg})
+        # MCL refuses triggers weaker than its min_trigger_asr; NC unlearning uses any
+        # inverted trigger, so it is tried before the trigger-free fallback
+        self._second = (
+            STRATEGIES.get("nc-unlearn")(_shared(cfg.trigger_config, "nc-unlearn"))
+            if cfg.trigger_strategy == "mcl"
+            else None
         )
         self.validation_fraction = max(
             self._trigger.validation_fraction, self._fallback.validation_fraction
@@ -84,10 +101,12 @@ class AutoStrategy(PurificationStrategy):
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         scan = ctx.scan
         cfg = self.config
-        # the trigger branch to try first, if any: (strategy, its context, extra details)
-        attempt: tuple[PurificationStrategy, PurifyContext, dict[str, Any]] | None = None
+        # the trigger branches to try in turn: (strategy, its context, extra details)
+        attempts: list[tuple[PurificationStrategy, PurifyContext, dict[str, Any]]] = []
         if scan is not None and scan.triggers:
-            attempt = (self._trigger, ctx, {"branch": cfg.trigger_strategy})
+            attempts.append((self._trigger, ctx, {"branch": cfg.trigger_strategy}))
+            if self._second is not None:
+                attempts.append((self._second, ctx, {"branch": self._second.name}))
         elif scan is not None and scan.is_backdoored:
             ctx.notes.append(
                 f"auto: the scan flagged {scan.flagged_labels} without a recovered trigger; "
@@ -97,28 +116,28 @@ class AutoStrategy(PurificationStrategy):
             labels = candidates.flagged_labels
             ctx.notes.append(
                 f"auto: scan verdict {scan.verdict}; in case it missed a backdoor, running "
-                f"{cfg.trigger_strategy} on the inverted triggers of the "
+                f"{cfg.candidate_strategy} on the inverted triggers of the "
                 f"{len(labels)} labels with the smallest masks ({labels})"
             )
             branch = {
-                "branch": f"{cfg.trigger_strategy} (smallest masks)",
+                "branch": f"{cfg.candidate_strategy} (smallest masks)",
                 "candidate_labels": labels,
             }
-            attempt = (self._candidate, dataclasses.replace(ctx, scan=candidates), branch)
+            attempts.append((self._candidate, dataclasses.replace(ctx, scan=candidates), branch))
         else:
             verdict = "no scan" if scan is None else f"scan verdict {scan.verdict}"
             ctx.notes.append(
                 f"auto: {verdict}, no trigger to use: running {cfg.fallback} (trigger-free)"
             )
-        if attempt is not None:
-            strategy, run_ctx, extra = attempt
+        for i, (strategy, run_ctx, extra) in enumerate(attempts):
             out = strategy.run(run_ctx)
             if out.status == "purified":
                 out.details = {**extra, **out.details}
                 return out
+            then = attempts[i + 1][0].name if i + 1 < len(attempts) else cfg.fallback
             ctx.notes.append(
-                f"auto: {cfg.trigger_strategy} could not run; falling back to {cfg.fallback} "
-                "(trigger-free)"
+                f"auto: {strategy.name} could not run; falling back to {then}"
+                + ("" if i + 1 < len(attempts) else " (trigger-free)")
             )
         out = self._fallback.run(ctx)
         out.details = {"branch": cfg.fallback, **out.details}
@@ -144,6 +163,14 @@ class AutoStrategy(PurificationStrategy):
             model=ctx.original,
             num_classes=ctx.num_classes,
         )
+
+
+def _shared(config: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """The keys of ``config`` (another stage's) that ``strategy``'s config also has: a
+    stage dict written for ``mcl`` (``epochs``, ``batch_size``, ``lr`` ...) also sets the
+    ``nc-unlearn`` stage that stands in for it."""
+    fields = STRATEGIES.get(strategy).config_cls.model_fields
+    return {k: v for k, v in config.items() if k in fields}
 
 
 STRATEGIES.register(AutoStrategy.name, AutoStrategy)

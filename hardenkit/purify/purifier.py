@@ -57,8 +57,8 @@ _log = get_logger("purify")
 
 DEFAULT_STRATEGY = "auto"
 """The strategy of ``Purifier(model)`` when none is named: the composite ``auto`` (scan →
-``nc-unlearn`` on a recovered trigger, ``finetune`` otherwise), which had the highest mean DER
-over the four attacks of the CPU benchmark (docs/benchmarks.md)."""
+``mcl`` on a recovered trigger, ``nc-unlearn`` on the smallest masks' triggers when the scan
+flags nothing, ``finetune`` when there is no inversion), measured in docs/benchmarks.md."""
 
 
 class TriggerASR(BaseModel):

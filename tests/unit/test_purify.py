@@ -421,6 +421,9 @@ def test_auto_runs_mcl_on_a_recovered_trigger(fx: BackdoorFixture) -> None:
     assert res.report.details["branch"] == "mcl"
     assert res.report.details["triggers"] == [0]
     res = hk.Purifier(bd.model, "auto", config=AUTO_FAST).run(_loader(fx), scan=scan)
+    assert res.report.details["branch"] == "mcl"  # the default trigger branch
+    nc = {**AUTO_FAST, "trigger_strategy": "nc-unlearn"}
+    res = hk.Purifier(bd.model, "auto", config=nc).run(_loader(fx), scan=scan)
     assert res.report.details["branch"] == "nc-unlearn"
 
 
@@ -440,9 +443,11 @@ def test_auto_falls_back_to_d3(fx: BackdoorFixture, scan: ScanResult) -> None:
         num_classes=4,
         trigger_asr={0: 0.01},
     )
+    # MCL refuses the weak trigger; NC unlearning (which uses any inverted trigger) stands in
+    # before the trigger-free fallback
     res = hk.Purifier(fx.backdoored.model, "auto", config=AUTO_MCL_D3).run(_loader(fx), scan=weak)
-    assert res.report.details["branch"] == "d3"
-    assert any("falling back to d3" in n for n in res.report.notes)
+    assert res.report.details["branch"] == "nc-unlearn"
+    assert any("auto: mcl could not run; falling back to nc-unlearn" in n for n in res.report.notes)
 
 
 def test_auto_unlearns_the_smallest_masks_when_the_scan_flags_nothing(
@@ -476,3 +481,28 @@ def test_auto_validates_stage_configs() -> None:
         hk.purify.AutoStrategy({"fallback": "d3", "fallback_config": {"nope": 1}})
     with pytest.raises(ConfigError):
         hk.purify.AutoStrategy({"fallback": "mcl"})
+
+
+def test_auto_stage_configs_share_their_common_keys() -> None:
+    from hardenkit.purify.auto import AutoStrategy
+
+    auto = AutoStrategy(
+        {"trigger_strategy": "mcl", "trigger_config": {"epochs": 2, "anchor_weight": 3.0}}
+    )
+    assert auto._second is not None
+    assert auto._second.config.epochs == 2  # type: ignore[attr-defined]
+    assert auto._candidate.name == "nc-unlearn"
+    assert auto._candidate.config.epochs == 2  # type: ignore[attr-defined]
+    assert auto._candidate.config.selection == "final"  # type: ignore[attr-defined]
+    own = AutoStrategy({"trigger_strategy": "mcl", "candidate_config": {"epochs": 5}})
+    assert own._candidate.config.epochs == 5  # type: ignore[attr-defined]
+    assert AutoStrategy()._second is not None  # the default trigger branch is mcl
+    assert AutoStrategy({"trigger_strategy": "nc-unlearn"})._second is None  # needs no stand-in
+    both_mcl = AutoStrategy(
+        {
+            "trigger_strategy": "mcl",
+            "candidate_strategy": "mcl",
+            "trigger_config": {"anchor_weight": 2.0},
+        }
+    )
+    assert both_mcl._candidate.config.anchor_weight == 2.0  # type: ignore[attr-defined]
