@@ -329,8 +329,9 @@ REFERENCE_DETECTORS = {"neural-cleanse": "nc_l1", "pixel": "px_pixels", "warp": 
 
 
 def write_reference(models: list[dict[str, Any]], command: str) -> Path:
-    """hardenkit/scan/clean_reference.json: each clean model's anomaly index per detector,
-    computed exactly as the detectors do (floored MAD on log sizes, default settings)."""
+    """hardenkit/scan/clean_reference.json: each clean model's evidence per detector,
+    computed exactly as the detectors do (floored MAD on log sizes, default settings; the
+    prediction share's ``-log10`` of its smallest Bonferroni-corrected p-value)."""
     from hardenkit.scan.calibration import REFERENCE_PATH
 
     clean = [m for m in models if m["attack"] == "clean"]
@@ -341,6 +342,8 @@ def write_reference(models: list[dict[str, Any]], command: str) -> Path:
             for det, key in REFERENCE_DETECTORS.items()
             if key in m
         }
+        if "ps_p" in m:  # the detector's evidence: -log10 of the smallest corrected p-value
+            idx["prediction-share"] = rule_evidence(m, "share:default")
         rows.append({"id": m["id"], "arch": m["arch"], "ba": m["ba"], "indices": idx})
     archs = sorted({m["arch"] for m in clean})
     payload = {

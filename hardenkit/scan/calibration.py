@@ -2,9 +2,11 @@
 
 Every MAD-based detector (``neural-cleanse``, ``pixel``, ``warp``) reports an anomaly index
 on the same scale (a robust z-score of log trigger sizes, floored by ``max_median_ratio``),
-and ``combine="any"`` decides on the largest of them against one threshold (2). That
-threshold was checked against a population of clean models that no threshold was tuned on:
-``clean_reference.json`` (next to this module) holds each clean model's index per detector,
+and ``combine="any"`` decides on the largest of them against one threshold (2); the
+``prediction-share`` detector decides on ``-log10`` of its corrected p-value against the same
+2 (``alpha`` 0.01). That threshold was checked against a population of clean models that no
+threshold was tuned on: ``clean_reference.json`` (next to this module) holds each clean
+model's evidence per detector,
 written by ``python -m benchmarks.scanner_zoo --from-json ... --write-reference`` from the
 committed zoo of CIFAR-10 models (``benchmarks/fixtures/scanner_zoo``). Each scan's report
 then says, per detector and for the combination, how many of those clean models reached its
@@ -36,7 +38,8 @@ REFERENCE_PATH = Path(__file__).with_name("clean_reference.json")
 
 @dataclass(frozen=True)
 class CleanReference:
-    """Per clean reference model, each detector's anomaly index.
+    """Per clean reference model, each detector's evidence (anomaly index; ``-log10 p`` for
+    the prediction share).
 
     Attributes:
         source: where the numbers come from (benchmark and command).
@@ -57,8 +60,13 @@ class CleanReference:
     def size(self) -> int:
         return len(self.models)
 
+    @property
+    def detectors(self) -> frozenset[str]:
+        """The detectors any reference model has evidence for."""
+        return frozenset(d for m in self.models for d in m["indices"])
+
     def compare(self, indices: dict[str, float]) -> dict[str, Any] | None:
-        """Where a scan's per-detector anomaly ``indices`` fall among the clean models.
+        """Where a scan's per-detector evidence (``indices``) falls among the clean models.
 
         Only reference models that have every detector in ``indices`` count; their combined
         index is the largest of those detectors' (``combine="any"``). Returns ``None`` when

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -933,14 +934,22 @@ def _same_images_on_every_rank(dist: Distributed, images: _Images, device: torch
 
 
 def _calibration(det_reports: list[DetectorReport], n_labels: int) -> dict[str, Any] | None:
-    """This scan's MAD-based indices against the clean reference (same number of labels)."""
+    """This scan's evidence against the clean reference (same number of labels): every
+    detector that decides at the reference's threshold (the MAD-based ones; the prediction
+    share at its default alpha 0.01, whose evidence is ``-log10 p``) and that the reference
+    models ran."""
     from .calibration import load_reference
 
     ref = load_reference()
-    mad_based = {d.detector: d.anomaly_index for d in det_reports if d.p_value is None}
-    if ref is None or not mad_based or n_labels != ref.num_classes:
+    if ref is None or n_labels != ref.num_classes:
         return None
-    return ref.compare(mad_based)
+    known = ref.detectors
+    evidence = {
+        d.detector: d.evidence
+        for d in det_reports
+        if d.detector in known and math.isclose(d.threshold, ref.threshold)
+    }
+    return ref.compare(evidence) if evidence else None
 
 
 def _choose_triggers(outputs: list[DetectorOutput]) -> tuple[dict[int, Trigger], dict[int, str]]:

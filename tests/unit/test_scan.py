@@ -587,3 +587,33 @@ def test_the_packaged_clean_reference_has_the_zoo() -> None:
     cal = ref.compare({"neural-cleanse": 0.0, "warp": 0.0})
     assert cal is not None
     assert cal["clean_flagged_at_threshold"] == 0
+
+
+def test_calibration_compares_every_detector_that_decides_at_the_reference_threshold() -> None:
+    from hardenkit.scan.calibration import load_reference
+    from hardenkit.scan.scanner import DetectorReport, _calibration
+
+    ref = load_reference()
+    assert ref is not None
+    assert {"neural-cleanse", "warp", "prediction-share"} <= ref.detectors
+
+    def rep(name: str, evidence: float, threshold: float = 2.0) -> DetectorReport:
+        return DetectorReport.model_construct(detector=name, evidence=evidence, threshold=threshold)
+
+    # a SIG-like model: the inversions see nothing, the prediction share is off the scale
+    cal = _calibration(
+        [rep("neural-cleanse", 0.9), rep("warp", 0.0), rep("prediction-share", 30.0)], 10
+    )
+    assert cal is not None
+    assert cal["detectors"] == ["neural-cleanse", "prediction-share", "warp"]
+    assert cal["combined_index"] == 30.0
+    assert cal["clean_at_or_above"] == 0
+    assert cal["clean_flagged_at_threshold"] == 0  # no clean reference model flagged
+    # another alpha is another scale: left out; MM-BD (threshold -log10 0.05) is not in it
+    cal = _calibration(
+        [rep("neural-cleanse", 0.9), rep("prediction-share", 30.0, 3.0), rep("mm-bd", 5.0, 1.301)],
+        10,
+    )
+    assert cal is not None
+    assert cal["detectors"] == ["neural-cleanse"]
+    assert _calibration([rep("neural-cleanse", 0.9)], 4) is None  # other number of labels
