@@ -13,8 +13,10 @@ Each trigger-free defence runs **without a scan** (``Purifier(model, strategy).r
 NC unlearning of the inverted triggers of the 3 labels with the smallest masks; before: plain
 fine-tuning, ``finetune-20`` here at 20 epochs). ``auto`` is the default ``auto`` with the real
 scan — on the clean models, what the default repair costs a model that has no backdoor;
-``auto-mcl`` / ``auto-nc`` are ``auto`` with ``trigger_strategy="mcl"`` (the default since
-issue 16) / ``"nc-unlearn"`` (the default before) and the real scan.
+``auto-mcl`` / ``auto-nc`` are ``auto`` with ``trigger_strategy="mcl"`` and no accuracy
+check (``max_trigger_ba_drop=None``: MCL's repair whatever it costs) / ``"nc-unlearn"`` (the
+default before issue 16), with the real scan; ``auto`` itself runs MCL and keeps NC
+unlearning's repair instead when MCL cost more than 3 points of validation accuracy.
 Clean budget: 250 CIFAR-10 training images per class that the model never saw (2,500; the
 Purifier holds 10 % out for its own guard). BA / ASR / RA: on the other half of the CIFAR-10
 test split than the zoo's scans (5,000 images), with the model's real trigger and target.
@@ -46,7 +48,7 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto": ("auto", {}),
     "auto-miss": ("auto", {}),
     # auto's trigger branch: MCL (its default since issue 16) vs NC unlearning (the default before)
-    "auto-mcl": ("auto", {"trigger_strategy": "mcl"}),
+    "auto-mcl": ("auto", {"trigger_strategy": "mcl", "max_trigger_ba_drop": None}),
     "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
     "finetune-20": ("finetune", {"epochs": 20}),
     "d3-20": ("d3", {"epochs": 20}),
@@ -110,9 +112,10 @@ def run_cell(
     cached_only: bool = False,
 ) -> dict[str, Any] | None:
     strategy, cfg = DEFENCES.get(defence, (defence, {}))
-    # v2 for "auto": its default trigger branch changed (nc-unlearn -> mcl, issue 16)
+    # "auto" v3: its trigger branch changed (nc-unlearn -> mcl, then mcl guarded by
+    # max_trigger_ba_drop; issue 16)
     key = config_hash(
-        {"model": mid, "defence": defence, "cfg": cfg, "v": 2 if defence == "auto" else 1}
+        {"model": mid, "defence": defence, "cfg": cfg, "v": 3 if defence == "auto" else 1}
     )
     cache = CACHE / "fallback" / f"{mid}-{defence}-{key}.json"
     if cache.is_file():

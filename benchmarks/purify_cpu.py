@@ -34,6 +34,8 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto": ("auto", {}),
     # auto's trigger branch before issue 16 (the ``auto`` of the committed purify_cpu table)
     "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
+    # MCL's repair whatever it costs (auto's MCL branch without its accuracy check)
+    "auto-mcl": ("auto", {"trigger_strategy": "mcl", "max_trigger_ba_drop": None}),
     "finetune": ("finetune", {}),
     "nc-unlearn": ("nc-unlearn", {}),
     "mcl": ("mcl", {}),
@@ -129,8 +131,8 @@ def purify_and_measure(
 def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
     strategy, cfg = DEFENCES.get(defence, (defence, {}))
     spec: dict[str, Any] = {"fixture": fixture_dir(name).name, "defence": defence, "cfg": cfg}
-    if defence == "auto":  # its default trigger branch changed (nc-unlearn -> mcl, issue 16)
-        spec["v"] = 2
+    if defence == "auto":  # its trigger branch changed (nc-unlearn -> guarded mcl, issue 16)
+        spec["v"] = 3
     key = config_hash({**spec, "scan": SCAN_CFG})
     cache = CACHE / "purify" / f"{name}-{defence}-{key}.json"
     if cache.is_file():

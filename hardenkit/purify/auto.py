@@ -9,8 +9,10 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
+from torch import Tensor, nn
 
 from ..scan import ScanResult
+from ..training import evaluate_accuracy
 from .base import (
     STRATEGIES,
     PurificationStrategy,
@@ -48,6 +50,13 @@ class AutoConfig(StrategyConfig):
             (default: cheap on the clean models that make up most negative scans) or ``mcl``.
         candidate_config: its config fields (``trigger_config`` when ``candidate_strategy``
             equals ``trigger_strategy`` and this is empty).
+        max_trigger_ba_drop: when ``trigger_strategy`` is ``mcl`` and its repair costs more
+            than this share of the *validation* accuracy (0.03 = 3 points), ``nc-unlearn``
+            also runs on the same trigger, from the input model, and the repair that kept more
+            validation accuracy is returned (``details``: ``val_ba_drop`` of both). MCL
+            removes more of a backdoor but can cost a well-fitted model several points
+            (CIFAR-10 ``cifar-cnn`` BadNets: 4.4); NC unlearning keeps accuracy. ``None``:
+            never; needs validation images.
     """
 
     trigger_strategy: Literal["nc-unlearn", "mcl"] = "mcl"
@@ -57,6 +66,7 @@ class AutoConfig(StrategyConfig):
     unflagged_candidates: Annotated[int, Field(ge=0)] = 3
     candidate_strategy: Literal["nc-unlearn", "mcl"] = "nc-unlearn"
     candidate_config: dict[str, Any] = Field(default_factory=dict)
+    max_trigger_ba_drop: Annotated[float, Field(ge=0, le=1)] | None = 0.03
 
 
 class AutoStrategy(PurificationStrategy):
@@ -129,10 +139,20 @@ class AutoStrategy(PurificationStrategy):
             ctx.notes.append(
                 f"auto: {verdict}, no trigger to use: running {cfg.fallback} (trigger-free)"
             )
+        guard = (
+            self._second is not None
+            and cfg.max_trigger_ba_drop is not None
+            and len(ctx.y_val) > 0
+            and bool(attempts)
+            and attempts[0][0] is self._trigger
+        )
+        start = _state(ctx.model) if guard else None
         for i, (strategy, run_ctx, extra) in enumerate(attempts):
             out = strategy.run(run_ctx)
             if out.status == "purified":
                 out.details = {**extra, **out.details}
+                if start is not None and i == 0 and out.model is ctx.model:
+                    return self._keep_accuracy(ctx, out, start)
                 return out
             then = attempts[i + 1][0].name if i + 1 < len(attempts) else cfg.fallback
             ctx.notes.append(
@@ -142,6 +162,45 @@ class AutoStrategy(PurificationStrategy):
         out = self._fallback.run(ctx)
         out.details = {"branch": cfg.fallback, **out.details}
         return out
+
+    def _keep_accuracy(
+        self, ctx: PurifyContext, first: StrategyOutcome, start: dict[str, Tensor]
+    ) -> StrategyOutcome:
+        """``first`` (MCL's repair) unless it cost more validation accuracy than
+        ``max_trigger_ba_drop`` and NC unlearning, run from the input weights, kept more."""
+        assert self._second is not None
+        assert self.config.max_trigger_ba_drop is not None
+        name = self.config.trigger_strategy
+        before = evaluate_accuracy(ctx.original, ctx.val_images, ctx.y_val, runtime=ctx.runtime)
+        drop = before - evaluate_accuracy(ctx.model, ctx.val_images, ctx.y_val, runtime=ctx.runtime)
+        first.details["val_ba_drop"] = {name: drop}
+        if drop <= self.config.max_trigger_ba_drop:
+            return first
+        kept = _state(ctx.model)
+        ctx.model.load_state_dict(start)
+        second = self._second.run(ctx)
+        drops = {name: drop}
+        if second.status == "purified" and second.model is ctx.model:
+            drops["nc-unlearn"] = before - evaluate_accuracy(
+                ctx.model, ctx.val_images, ctx.y_val, runtime=ctx.runtime
+            )
+            if drops["nc-unlearn"] < drop:
+                ctx.notes.append(
+                    f"auto: {name} cost {100 * drop:.1f} points of validation accuracy "
+                    f"(> max_trigger_ba_drop {100 * self.config.max_trigger_ba_drop:g}); "
+                    f"nc-unlearn on the same trigger cost {100 * drops['nc-unlearn']:.1f}: "
+                    "kept nc-unlearn's repair"
+                )
+                second.details = {"branch": "nc-unlearn", **second.details, "val_ba_drop": drops}
+                return second
+        other = f"{100 * drops['nc-unlearn']:.1f}" if "nc-unlearn" in drops else "could not run"
+        ctx.notes.append(
+            f"auto: {name} cost {100 * drop:.1f} points of validation accuracy; nc-unlearn "
+            f"did not keep more ({other}): kept {name}'s repair"
+        )
+        ctx.model.load_state_dict(kept)
+        first.details["val_ba_drop"] = drops
+        return first
 
     def _candidates(self, ctx: PurifyContext, scan: ScanResult) -> ScanResult | None:
         """A scan result "flagging" the ``unflagged_candidates`` labels with the smallest
@@ -163,6 +222,11 @@ class AutoStrategy(PurificationStrategy):
             model=ctx.original,
             num_classes=ctx.num_classes,
         )
+
+
+def _state(model: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of ``model``'s weights and buffers."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _shared(config: dict[str, Any], strategy: str) -> dict[str, Any]:

@@ -506,3 +506,38 @@ def test_auto_stage_configs_share_their_common_keys() -> None:
         }
     )
     assert both_mcl._candidate.config.anchor_weight == 2.0  # type: ignore[attr-defined]
+
+
+def test_auto_keeps_nc_unlearning_when_mcl_costs_too_much_accuracy(fx: BackdoorFixture) -> None:
+    bd = fx.backdoored
+    scan = ScanResult.from_triggers(
+        {0: bd.trigger}, model=bd.model, num_classes=4, trigger_asr={0: 1.0}
+    )
+    # an MCL run that wrecks the model (LR 5): NC unlearning from the input weights keeps more
+    wreck = {
+        **AUTO_FAST,
+        "trigger_config": {"epochs": 1, "lr_schedule": [[0, 5.0]], "selection": "final"},
+        "max_trigger_ba_drop": 0.0,
+    }
+    res = hk.Purifier(bd.model, "auto", config=wreck, max_ba_drop=1.0).run(_loader(fx), scan=scan)
+    drops = res.report.details["val_ba_drop"]
+    assert res.report.details["branch"] == "nc-unlearn"
+    assert set(drops) == {"mcl", "nc-unlearn"}
+    assert drops["nc-unlearn"] < drops["mcl"]
+    assert any("kept nc-unlearn's repair" in n for n in res.report.notes)
+    nc_only = {**AUTO_FAST, "trigger_strategy": "nc-unlearn"}
+    want = hk.Purifier(bd.model, "auto", config=nc_only, max_ba_drop=1.0).run(
+        _loader(fx), scan=scan
+    )
+    for a, b in zip(res.model.state_dict().values(), want.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the same repair as nc-unlearn alone from the input weights
+    # within the bound: MCL's repair, its drop reported; None: no check at all
+    res = hk.Purifier(
+        bd.model, "auto", config={**wreck, "max_trigger_ba_drop": 1.0}, max_ba_drop=1.0
+    ).run(_loader(fx), scan=scan)
+    assert res.report.details["branch"] == "mcl"
+    assert set(res.report.details["val_ba_drop"]) == {"mcl"}
+    res = hk.Purifier(bd.model, "auto", config={**AUTO_FAST, "max_trigger_ba_drop": None}).run(
+        _loader(fx), scan=scan
+    )
+    assert "val_ba_drop" not in res.report.details
