@@ -115,7 +115,7 @@ def run_cell(
     # "auto" v3: its trigger branch changed (nc-unlearn -> mcl, then mcl guarded by
     # max_trigger_ba_drop; issue 16)
     key = config_hash(
-        {"model": mid, "defence": defence, "cfg": cfg, "v": 3 if defence == "auto" else 1}
+        {"model": mid, "defence": defence, "cfg": cfg, "v": 4 if defence == "auto" else 1}
     )
     cache = CACHE / "fallback" / f"{mid}-{defence}-{key}.json"
     if cache.is_file():

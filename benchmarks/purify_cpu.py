@@ -132,7 +132,7 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
     strategy, cfg = DEFENCES.get(defence, (defence, {}))
     spec: dict[str, Any] = {"fixture": fixture_dir(name).name, "defence": defence, "cfg": cfg}
     if defence == "auto":  # its trigger branch changed (nc-unlearn -> guarded mcl, issue 16)
-        spec["v"] = 3
+        spec["v"] = 4
     key = config_hash({**spec, "scan": SCAN_CFG})
     cache = CACHE / "purify" / f"{name}-{defence}-{key}.json"
     if cache.is_file():
