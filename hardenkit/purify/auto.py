@@ -29,10 +29,10 @@ class AutoConfig(StrategyConfig):
 
     Attributes:
         trigger_strategy: strategy run when Neural Cleanse recovered a trigger for a flagged
-            label: ``mcl`` (default since issue 16: on nine backdoored models — the scanner
-            zoo's three architectures and the demo's — it left ASR at 0.04–3.6 % where
-            ``nc-unlearn`` left 3.5–21.6 %, at up to 4.0 BA points where ``nc-unlearn`` kept
-            BA; ``benchmarks/results/fallback_zoo_trigger_branch.md``) or ``nc-unlearn``. When
+            label: ``mcl`` (default since issue 16, checked by ``max_trigger_ba_drop``: on
+            seven scanner-zoo models ``nc-unlearn`` alone left 3.5–21.6 % ASR, MCL alone
+            <= 3.58 % at 1.3–4.0 BA points, the checked default <= 5 % on five;
+            ``benchmarks/results/fallback_zoo_trigger_branch.md``) or ``nc-unlearn``. When
             ``mcl`` refuses (no inverted trigger reaches its ``min_trigger_asr``),
             ``nc-unlearn`` runs on the same triggers before ``fallback`` is considered.
         trigger_config: that strategy's config fields.

@@ -57,8 +57,9 @@ _log = get_logger("purify")
 
 DEFAULT_STRATEGY = "auto"
 """The strategy of ``Purifier(model)`` when none is named: the composite ``auto`` (scan →
-``mcl`` on a recovered trigger, ``nc-unlearn`` on the smallest masks' triggers when the scan
-flags nothing, ``finetune`` when there is no inversion), measured in docs/benchmarks.md."""
+``mcl`` on a recovered trigger — ``nc-unlearn``'s repair when MCL's costs more than 3 points
+of clean accuracy — ``nc-unlearn`` on the smallest masks' triggers when the scan flags
+nothing, ``finetune`` when there is no inversion), measured in docs/benchmarks.md."""
 
 
 class TriggerASR(BaseModel):
