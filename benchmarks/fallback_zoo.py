@@ -151,6 +151,9 @@ def run_cell(
             clean.loader(batch_size=500), scan=scan
         )
         row["branch"] = res.report.details.get("branch")
+        for k in ("val_ba_drop", "train_ba_drop"):  # auto's accuracy check, when it ran
+            if k in res.report.details:
+                row[k] = res.report.details[k]
         row.update(_measure(res.model, trigger, test, tgt))
         row.update(seconds=time.perf_counter() - t0, status=res.status)
     cache.parent.mkdir(parents=True, exist_ok=True)
