@@ -1,16 +1,18 @@
 """Robust training on untrusted CIFAR-10 (CPU): plain vs ABL vs DLP, side by side.
 
-    python -m benchmarks.robust_train_cpu       # the whole protocol (~25 min, 2 shared cores)
+    python -m benchmarks.robust_train_cpu       # the whole protocol (~35 min on one idle core)
     python -m benchmarks.robust_train_cpu --only badnets-0.1 --method dlp
 
-Protocol: a class-balanced subset of the CIFAR-10 training set (``SUBSET_PER_CLASS`` = 500
-images per class, 5,000 in all, seeded; sized for ~25 min on 2 shared CPU cores), poisoned
+Protocol: a class-balanced subset of the CIFAR-10 training set (``SUBSET_PER_CLASS`` = 1,000
+images per class, 10,000 in all, seeded), poisoned
 with BadNets or Blended at 10 % (target 0), the zoo's ``cifar-cnn`` (width 16; see ``ARCH``)
 trained from scratch with each method; BA on the full clean CIFAR-10 test set (10,000 images),
 ASR with the real trigger on the test images not of the target class; isolation
 precision/recall against the true poison indices; seconds per stage.
 One extra cell runs DLP on BadNets at 1 % (the low-rate failure mode: the report should flag
-the isolated set as unlike poison). Per-cell results are cached under
+the isolated set as unlike poison), and the ``clean`` cell runs DLP and ABL on the same subset
+without its poisoned samples (a clean training set: the status must not say the isolation found
+poison; ASR there is the BadNets trigger's natural rate). Per-cell results are cached under
 ``benchmarks/cache/robust/``; results go to ``benchmarks/results/robust_train_cpu.{json,md}``
 (rewritten after every cell, so a partial run leaves partial results).
 Without the CIFAR-10 archive the script prints a message and exits 0.
@@ -32,7 +34,10 @@ from hardenkit.robust import RobustTrainer
 
 from .common import CACHE, DEFAULT_ARCHIVE, config_hash, load_cifar10, peak_rss_mb, write_results
 
-SUBSET_PER_CLASS = 500
+SUBSET_PER_CLASS = 1000
+# 500 per class (the first protocol) was too small to plant BadNets with plain training
+# (crop + flip, 12 epochs: ASR 22.5 %, floor 4.8 %), so that cell could not show a defence's
+# effect; at 1,000 per class plain training reaches 88 % (run of 2026-12-03).
 ARCH = "cifar-cnn"
 ARCH_KW: dict[str, Any] = {"width": 16}
 # Not ``small-cnn``: at this budget (5,000 images, 12 epochs) the zoo's small-cnn (three convs
@@ -46,12 +51,28 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain-clean": ("plain", {"epochs": 12}),
     "abl": ("abl", {"isolation_epochs": 3, "finetune_epochs": 9, "unlearning_epochs": 5}),
     "dlp": ("dlp", {"sl_epochs": 3, "ssl_epochs": 9}),
+    # the re-scoring ends, side by side: DLP's defaults before 2026-12-03 (both ends, every
+    # second epoch) and the low-loss end alone
+    "dlp-both": (
+        "dlp",
+        {
+            "sl_epochs": 3,
+            "ssl_epochs": 9,
+            "rescore_every": 2,
+            "rescore_low_ratio": 0.025,
+            "rescore_high_ratio": 0.025,
+        },
+    ),
+    "dlp-low": (
+        "dlp",
+        {"sl_epochs": 3, "ssl_epochs": 9, "rescore_low_ratio": 0.025, "rescore_high_ratio": 0.0},
+    ),
 }
 CELLS: dict[str, dict[str, Any]] = {
     "badnets-0.1": {
         "attack": "badnets",
         "poison_rate": 0.1,
-        "methods": ["dlp", "plain", "abl", "plain-clean"],
+        "methods": ["dlp", "plain", "abl", "plain-clean", "dlp-both", "dlp-low"],
     },
     "blended-0.1": {
         "attack": "blended",
@@ -59,9 +80,10 @@ CELLS: dict[str, dict[str, Any]] = {
         "methods": ["dlp", "plain", "abl", "plain-clean"],
     },
     "badnets-0.01": {"attack": "badnets", "poison_rate": 0.01, "methods": ["dlp"]},
+    "clean": {"attack": "badnets", "poison_rate": 0.1, "clean": True, "methods": ["dlp", "abl"]},
 }
-CODE_VERSION = {"dlp": 3}
-"""Bumped when a method's code changes (part of the cell cache key)."""
+CODE_VERSION = {"dlp": 4, "abl": 2}
+"""Bumped when a strategy's code changes (part of the cell cache key)."""
 COLUMNS = [
     "cell",
     "method",
@@ -70,7 +92,11 @@ COLUMNS = [
     "precision %",
     "recall %",
     "suspected",
+    "judged",
     "dominant %",
+    "disagree %",
+    "source %",
+    "source class",
     "status",
     "stages s",
     "total s",
@@ -92,18 +118,21 @@ def run_cell(
             "arch_kw": ARCH_KW,
             "subset": SUBSET_PER_CLASS,
             "seed": SEED,
-            "version": 3,
-            "code": CODE_VERSION.get(method, 1),
+            "version": 4,
+            "code": CODE_VERSION.get(strategy, 1),
         }
     )
     cache = CACHE / "robust" / f"{cell}-{method}-{key}.json"
     if cache.is_file():
-        return {**json.loads(cache.read_text()), "cached": True}
+        row = json.loads(cache.read_text())
+        # cells cached before the report had ``source_class`` (same training, same check)
+        row.setdefault("source class", (row.get("isolation") or {}).get("source_class"))
+        return {**row, "cached": True}
     attack = hk.build_attack(spec["attack"], poison_rate=spec["poison_rate"], target=0, seed=SEED)
     poisoned = attack.poison(data["train"].subset(subset))
     trigger = attack.build_trigger()
     train: hk.ImageDataset = poisoned
-    if method == "plain-clean":  # the reference: plain training on the non-poisoned samples
+    if method == "plain-clean" or spec.get("clean"):  # training on the non-poisoned samples
         keep = torch.ones(len(poisoned), dtype=torch.bool)
         keep[poisoned.poison_indices] = False
         train = poisoned.subset(torch.nonzero(keep).flatten())
@@ -121,6 +150,10 @@ def run_cell(
         "BA %": 100 * (rep.ba or 0.0),
         "ASR %": 100 * (rep.asr or 0.0),
         "precision %": None if iso is None or iso.precision is None else 100 * iso.precision,
+        "judged": None if iso is None else iso.judged_size,
+        "disagree %": None if iso is None or iso.disagreement is None else 100 * iso.disagreement,
+        "source %": None if iso is None or iso.source_share is None else 100 * iso.source_share,
+        "source class": None if iso is None else iso.source_class,
         "recall %": None if iso is None or iso.recall is None else 100 * iso.recall,
         "suspected": None if iso is None else iso.suspected,
         "dominant %": None
@@ -130,6 +163,7 @@ def run_cell(
         "stages s": ", ".join(f"{s.name} {s.seconds:.0f}" for s in rep.stages),
         "total s": time.perf_counter() - t0,
         "config": cfg,
+        "isolation": None if iso is None else iso.model_dump(),
         "isolation_history": rep.isolation_history,
         "warnings": rep.warnings,
         "stages": [s.model_dump() for s in rep.stages],

@@ -79,12 +79,30 @@ class RobustConfig(HardenkitConfig):
         momentum: SGD momentum.
         weight_decay: L2 penalty.
         augment: random crop (pad 4) + horizontal flip on the device for supervised steps.
-        min_dominant_share: the suspected set "looks like poison" when its most common class
-            holds at least this share of it (all-to-one poisoning concentrates the isolated
-            set on the target class) and ``min_concentration`` holds too; otherwise the
-            report warns and the status is ``isolation-doubtful``.
+        judge_ratio: the poison-likeness check looks at the suspected samples the trained
+            model fits worst: the highest-loss (on their given labels) ``judge_ratio`` of the
+            training set (at least 20), or the whole suspected set when it is smaller. Once a
+            backdoor is removed its poisoned samples are mislabeled, so they rank first;
+            judging the whole set instead let DLP's re-scorings (which add mostly clean
+            samples) dilute the target class of a real poison set below
+            ``min_dominant_share``.
+        min_dominant_share: the judged set "looks like poison" when its most common class
+            holds at least this share of it (all-to-one poisoning concentrates it on the
+            target class) and the three checks below hold too; otherwise the report warns
+            and the status is ``isolation-doubtful``.
         min_concentration: ... and when that class is at least this many times more
-            frequent in the suspected set than in the whole training set.
+            frequent in the judged set than in the whole training set.
+        min_disagreement: ... and when the trained model disagrees with the given label of at
+            least this share of the judged samples. A poisoned sample is mislabeled: once the
+            backdoor is gone the model predicts its true class. Clean samples that were merely
+            easy (a natural class such as CIFAR-10's ships fills the lowest-loss 5 % of a clean
+            training set) are predicted as labeled; so are poisoned ones whose backdoor is
+            still there, which is why that case is untrusted too.
+        max_source_share: ... and when, among the judged samples of that class the model
+            disagrees with, no single predicted class holds more than this share. An all-to-one
+            poison set drawn from every class is predicted as its many true classes once the
+            backdoor is gone; an easy natural class that the isolation (and DLP's unlearning)
+            took away is predicted as one neighbour (CIFAR-10: ships → airplanes).
         max_steps: stop after this many optimisation steps (``None`` = the schedule decides);
             a run cut short has status ``budget-exhausted``.
         max_seconds: stop after this much wall time (checked between steps); same status.
@@ -95,8 +113,11 @@ class RobustConfig(HardenkitConfig):
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[float, Field(ge=0)] = 5e-4
     augment: bool = True
+    judge_ratio: Annotated[float, Field(gt=0, le=1)] = 0.05
     min_dominant_share: Annotated[float, Field(gt=0, le=1)] = 0.4
     min_concentration: Annotated[float, Field(ge=1)] = 1.25
+    min_disagreement: Annotated[float, Field(ge=0, le=1)] = 0.5
+    max_source_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     max_steps: Annotated[int, Field(ge=1)] | None = None
     max_seconds: Annotated[float, Field(gt=0)] | None = None
 
@@ -284,8 +305,13 @@ def isolation_metrics(
 def isolation_record(
     ctx: RobustContext, suspected: Tensor, *, epoch: int, stage: str, **extra: Any
 ) -> dict[str, Any]:
-    """One row of the isolation history (precision/recall only when poison indices are known)."""
+    """One row of the isolation history: size, most common class and its share (precision and
+    recall only when poison indices are known)."""
     rec: dict[str, Any] = {"stage": stage, "epoch": epoch, "suspected": len(suspected), **extra}
+    if len(suspected):
+        hist = torch.bincount(ctx.y.cpu()[suspected.cpu()], minlength=ctx.num_classes)
+        rec["dominant_class"] = int(hist.argmax())
+        rec["dominant_share"] = float(hist.max()) / len(suspected)
     if ctx.poison_indices is not None:
         rec["precision"], rec["recall"] = isolation_metrics(suspected, ctx.poison_indices)
     return rec
@@ -326,14 +352,31 @@ class IsolationReport(BaseModel):
     suspected: int
     fraction: float
     class_histogram: list[int]
+    """Class histogram of the (final) suspected set."""
     dominant_class: int | None
     dominant_share: float | None
-    """Share of the suspected set held by its most common class."""
+    """Share of the judged set (see ``judged_on``) held by its most common class."""
     concentration: float | None = None
     """``dominant_share`` divided by the dominant class's share of the whole training set."""
+    disagreement: float | None = None
+    """Share of the judged set whose prediction by the trained model differs from its given
+    label (high for mislabeled = poisoned samples once the backdoor is gone)."""
+    source_class: int | None = None
+    """The most common prediction of those samples (``None`` when there are none)."""
+    source_share: float | None = None
+    """Among the judged samples of the dominant class that the trained model disagrees with,
+    the share of its most common prediction (``None`` when there are none): low for a poison
+    set drawn from every class, high for an easy natural class the isolation took away."""
     looks_like_poison: bool | None
-    """``dominant_share >= min_dominant_share`` and ``concentration >= min_concentration``;
-    ``None`` when nothing was suspected."""
+    """``dominant_share >= min_dominant_share``, ``concentration >= min_concentration``,
+    ``disagreement >= min_disagreement`` and ``source_share <= max_source_share``; ``None``
+    when nothing was suspected."""
+    judged_on: Literal["suspected", "highest-loss"] = "suspected"
+    """The set the poison-likeness check looked at: the whole suspected set, or (when it is
+    larger than ``judge_ratio`` of the training set) its highest-loss part under the trained
+    model."""
+    judged_size: int | None = None
+    """Size of the judged set."""
     true_poison: int | None = None
     """Number of true poison indices given (``None``: not given)."""
     poison_indices_source: Literal["argument", "dataset", "none"] = "none"
@@ -397,14 +440,23 @@ class TrainingReport(BaseReport):
         ]
         iso = self.isolation
         if iso is not None:
-            line = (
-                f"  suspected: {iso.suspected} of {self.num_samples} "
-                f"({100 * iso.fraction:.1f}%), dominant class {iso.dominant_class} "
-                f"({pct(iso.dominant_share)})"
-            )
+            line = f"  suspected: {iso.suspected} of {self.num_samples} ({100 * iso.fraction:.1f}%)"
             if iso.precision is not None or iso.recall is not None:
                 line += f", precision {pct(iso.precision)}, recall {pct(iso.recall)}"
             lines.append(line)
+            if iso.judged_size is not None:
+                lines.append(
+                    f"  poison-likeness ({iso.judged_size} "
+                    + ("suspected" if iso.judged_on == "suspected" else "worst-fitted suspected")
+                    + f"): class {iso.dominant_class} holds {pct(iso.dominant_share)}, "
+                    f"model disagrees with {pct(iso.disagreement)}, one prediction "
+                    f"({iso.source_class}) takes {pct(iso.source_share)} -> "
+                    + (
+                        "looks like poison"
+                        if iso.looks_like_poison
+                        else "does not look like poison"
+                    )
+                )
         if self.test_images:
             lines.append(f"  test: BA {pct(self.ba)}, ASR {pct(self.asr)}")
         lines += [f"  WARNING: {w}" for w in self.warnings]

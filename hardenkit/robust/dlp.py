@@ -17,10 +17,12 @@ No public code exists and the full paper could not be read (ALGORITHMS.md §4, p
    (weak = crop + flip, strong = + colour jitter, noise, cutout; confidence threshold
    ``fixmatch_threshold``) fine-tunes on labeled + unlabeled data for ``ssl_epochs``. Every
    ``rescore_every`` epochs all samples are re-scored with the current model and labeled
-   samples move to the unlabeled set from both ends of the loss ranking: the
-   ``rescore_low_ratio`` lowest (a missed poisoned sample re-learns the backdoor fast, so its
-   loss falls again) and the ``rescore_high_ratio`` highest (once the backdoor is unlearned a
-   poisoned sample is a *mislabeled* one: the model disagrees with its given label). Moves
+   samples move to the unlabeled set from the ends of the loss ranking: the
+   ``rescore_high_ratio`` highest (once the backdoor is unlearned a poisoned sample is a
+   *mislabeled* one: the model disagrees with its given label) and, optionally, the
+   ``rescore_low_ratio`` lowest (the idea: a missed poisoned sample re-learns the backdoor
+   fast. Off by default: on CIFAR-10 eight such moves took only clean samples, the recall
+   stayed at 0.88, while the high end alone took it to 0.99). Moves
    are one-way (a flagged sample never gets its label back): a first version that redrew the
    whole split by high loss alone let the missed poison back in and re-planted BadNets on
    CIFAR-10 (recall 0.85 → 0.03), while on the synthetic data, where the clean task is learned
@@ -110,8 +112,8 @@ class DLPConfig(RobustConfig):
     unlearn_stop_accuracy: Annotated[float, Field(ge=0, le=1)] = 0.2
     ssl_epochs: Annotated[int, Field(ge=1)] = 10
     ssl_lr: Annotated[float, Field(gt=0)] = 0.05
-    rescore_every: Annotated[int, Field(ge=0)] = 2
-    rescore_low_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.025
+    rescore_every: Annotated[int, Field(ge=0)] = 1
+    rescore_low_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.0
     rescore_high_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.025
     fixmatch_threshold: Annotated[float, Field(gt=0, le=1)] = 0.95
     unlabeled_weight: Annotated[float, Field(ge=0)] = 1.0

@@ -43,7 +43,13 @@ from ..errors import ConfigError, DataError, ModelCompatibilityError
 from ..io import save_state_dict
 from ..logging import get_logger
 from ..reports import ModelFingerprint
-from ..training import build_optimizer, evaluate_accuracy, infer_num_classes, trigger_asr
+from ..training import (
+    build_optimizer,
+    evaluate_accuracy,
+    infer_num_classes,
+    predict,
+    trigger_asr,
+)
 from .base import (
     TRAINERS,
     TRUSTED_STATUSES,
@@ -63,6 +69,10 @@ __all__ = ["DEFAULT_TRAINER", "RobustTrainer", "TrainingResult"]
 _log = get_logger("hardenkit.robust")
 
 DEFAULT_TRAINER = "dlp"
+
+_MIN_JUDGED = 20
+"""The poison-likeness check never judges fewer suspected samples than this (class shares of a
+handful of samples mean nothing)."""
 
 DataSource = ImageDataset | tuple[Tensor, Tensor] | BatchSource
 """An :class:`~hardenkit.data.ImageDataset` (a poisoned one carries its poison indices), an
@@ -372,7 +382,7 @@ class RobustTrainer:
             output_fp = same_output_on_every_rank(dist, model, output_fp, notes)
         suspected = torch.sort(outcome.suspected.cpu().to(torch.int64)).values
         warnings: list[str] = []
-        isolation = self._isolation(strat, suspected, y, k, poison, source, warnings)
+        isolation = self._isolation(strat, suspected, ctx, poison, source, warnings, model, rt)
         ba = asr = None
         test_n = 0
         if x_te is not None and y_te is not None:
@@ -451,25 +461,50 @@ class RobustTrainer:
     def _isolation(
         strat: RobustStrategy,
         suspected: Tensor,
-        y: Tensor,
-        k: int,
+        ctx: RobustContext,
         poison: Tensor | None,
         source: str,
         warnings: list[str],
+        model: nn.Module,
+        rt: RuntimeConfig,
     ) -> IsolationReport | None:
         if not strat.isolates:
             return None
+        y, k = ctx.y.cpu(), ctx.num_classes
         n = len(y)
         hist = torch.bincount(y.cpu()[suspected], minlength=k).tolist()
-        dom = share = conc = None
-        looks: bool | None = None
         cfg = strat.config
+        judged = suspected
+        dom = share = conc = disagree = src_share = src_class = None
+        looks: bool | None = None
         if len(suspected):
-            dom = int(np.argmax(hist))
-            share = hist[dom] / len(suspected)
+            logits = predict(model, ctx.x[suspected.to(ctx.x.device)], runtime=rt)
+            cap = max(_MIN_JUDGED, round(cfg.judge_ratio * n))
+            if len(suspected) > cap:  # the suspected samples the trained model fits worst
+                ce = torch.nn.functional.cross_entropy(logits, y[suspected], reduction="none")
+                worst = torch.topk(ce, cap).indices
+                judged, logits = suspected[worst], logits[worst]
+            yj = y[judged]
+            jhist = torch.bincount(yj, minlength=k)
+            dom = int(jhist.argmax())
+            share = int(jhist[dom]) / len(judged)
             prior = int((y == dom).sum()) / max(1, n)
             conc = share / prior if prior > 0 else math.inf
-            looks = share >= cfg.min_dominant_share and conc >= cfg.min_concentration
+            pred = logits.argmax(1)
+            off = pred != yj
+            disagree = float(off.float().mean())
+            off_dom = off & (yj == dom)
+            if bool(off_dom.any()):
+                src_hist = torch.bincount(pred[off_dom], minlength=k)
+                src_class = int(src_hist.argmax())
+                src_share = int(src_hist[src_class]) / int(off_dom.sum())
+            looks = (
+                share >= cfg.min_dominant_share
+                and conc >= cfg.min_concentration
+                and disagree >= cfg.min_disagreement
+                and src_share is not None
+                and src_share <= cfg.max_source_share
+            )
         precision = recall = None
         if poison is not None:
             precision, recall = isolation_metrics(suspected, poison)
@@ -479,15 +514,27 @@ class RobustTrainer:
                 "removed; check the isolation settings"
             )
         elif not looks:
+            what = (
+                f"the {len(suspected)} suspected samples"
+                if judged is suspected
+                else f"the {len(judged)} suspected samples the trained model fits worst"
+            )
             warnings.append(
                 f"the isolated set does not look like a poison set: its most common class "
-                f"({dom}) holds {100 * (share or 0):.1f}% of the {len(suspected)} suspected "
-                f"samples, {conc or 0:.2f}x its share of the training set (a poison set needs "
-                f">= {cfg.min_dominant_share} and >= {cfg.min_concentration}x). Either the "
-                "data is clean, or the attack is one that loss/entropy isolation does not see "
-                "(clean-label attacks such as SIG, or a very low poison rate such as 1%): the "
-                "model may still carry a backdoor — validate it (hk.Validator) or scan it "
-                "(hk.Scanner) before use"
+                f"({dom}) holds {100 * (share or 0):.1f}% of {what}, "
+                f"{conc or 0:.2f}x its share of the training set; the trained model "
+                f"disagrees with the given label of {100 * (disagree or 0):.1f}% of them and "
+                f"predicts {100 * (src_share or 0):.1f}% of those of class {dom} as one class "
+                f"({src_class})"
+                f"(a poison set "
+                f"needs >= {cfg.min_dominant_share}, >= {cfg.min_concentration}x, "
+                f">= {100 * cfg.min_disagreement:.0f}% and <= "
+                f"{100 * cfg.max_source_share:.0f}%). Either the data is clean (the "
+                "isolation found a naturally easy class), the backdoor was not removed (the "
+                "model still predicts the target on its poisoned samples), or the attack is "
+                "one that loss/entropy isolation does not see (clean-label attacks such as "
+                "SIG, or a very low poison rate such as 1%): the model may still carry a "
+                "backdoor — validate it (hk.Validator) or scan it (hk.Scanner) before use"
             )
         return IsolationReport(
             suspected=len(suspected),
@@ -496,7 +543,12 @@ class RobustTrainer:
             dominant_class=dom,
             dominant_share=share,
             concentration=conc,
+            disagreement=disagree,
+            source_class=src_class,
+            source_share=src_share,
             looks_like_poison=looks,
+            judged_on="suspected" if judged is suspected else "highest-loss",
+            judged_size=len(judged) if len(suspected) else None,
             true_poison=None if poison is None else len(poison),
             poison_indices_source=source,  # type: ignore[arg-type]
             precision=precision,

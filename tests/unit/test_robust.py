@@ -25,6 +25,9 @@ from hardenkit.robust import (
     ABLConfig,
     DLPConfig,
     PlainConfig,
+    RobustContext,
+    RobustOutcome,
+    RobustStrategy,
     RobustTrainer,
     TrainingReport,
     isolation_metrics,
@@ -365,3 +368,86 @@ def test_dlp_rescoring_only_moves_samples_to_the_unlabeled_set(
     assert len(after) == 3 + round(0.1 * len(y)) + round(0.05 * len(y))
     assert len(torch.unique(after)) == len(after)
     assert scores.shape == (len(y),)
+
+
+# --- the poison-likeness check -------------------------------------------------------------
+
+
+class _Lookup(nn.Module):
+    """Logits looked up by the sample index written into pixel (0, 0, 0)."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = nn.Parameter(table)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table[(x[:, 0, 0, 0] * 255).round().long()]
+
+
+def _judge(predicted: torch.Tensor) -> TrainingReport:
+    """A 10-class set with 40 samples relabeled to class 0 (indices 0-39, true classes 1-9)
+    plus 15 clean samples per class; a fixed strategy suspects the 40 and 10 clean samples;
+    ``predicted`` is what the 'trained' model says about the 40."""
+    k = 10
+    y = torch.cat([torch.zeros(40, dtype=torch.int64), torch.arange(k).repeat_interleave(15)])
+    n = len(y)
+    x = torch.zeros(n, 3, 8, 8)
+    x[:, 0, 0, 0] = torch.arange(n) / 255
+    table = torch.full((n, k), -5.0)
+    table[torch.arange(n), y] = 5.0  # every sample predicted as labeled ...
+    table[:40] = -5.0
+    table[torch.arange(40), predicted] = 5.0  # ... except the 40, predicted as told
+    suspected = torch.cat([torch.arange(40), torch.arange(55, 65)])  # + 10 clean of class 1
+
+    class Fixed(RobustStrategy):
+        name = "fixed-suspects"
+
+        def fit(self, ctx: RobustContext) -> RobustOutcome:
+            return RobustOutcome(model=ctx.model, suspected=suspected, scores=None)
+
+    TRAINERS.register("fixed-suspects", Fixed, override=True)
+    try:
+        res = RobustTrainer(_Lookup(table), "fixed-suspects", runtime=RT).fit((x, y))
+    finally:
+        TRAINERS.unregister("fixed-suspects")
+    return res.report
+
+
+def test_poison_set_predicted_as_many_classes_looks_like_poison() -> None:
+    rep = _judge(torch.arange(40) % 9 + 1)  # the backdoor is gone: true classes 1-9
+    iso = rep.isolation
+    assert iso is not None
+    # 50 suspected > max(20, 5 % of 175): judged on the 20 the model fits worst (the 40's)
+    assert iso.judged_on == "highest-loss"
+    assert iso.judged_size == 20
+    assert iso.dominant_class == 0
+    assert iso.dominant_share == 1.0
+    assert iso.disagreement == 1.0
+    assert iso.source_share is not None
+    assert iso.source_share <= 0.5
+    assert iso.looks_like_poison is True
+    assert rep.status == "trained"
+    assert iso.class_histogram[:2] == [40, 10]  # the histogram is the whole suspected set's
+
+
+def test_easy_class_predicted_as_one_neighbour_is_doubtful() -> None:
+    rep = _judge(torch.full((40,), 1))  # all predicted as one class: not a mixed-source set
+    iso = rep.isolation
+    assert iso is not None
+    assert iso.dominant_share == 1.0
+    assert iso.disagreement == 1.0
+    assert iso.source_share == 1.0
+    assert iso.source_class == 1
+    assert iso.looks_like_poison is False
+    assert rep.status == "isolation-doubtful"
+    assert any("as one class" in w for w in rep.warnings)
+
+
+def test_suspects_still_predicted_as_labeled_are_doubtful() -> None:
+    rep = _judge(torch.zeros(40, dtype=torch.int64))  # the backdoor is still there
+    iso = rep.isolation
+    assert iso is not None
+    assert iso.disagreement == 0.0
+    assert iso.source_share is None
+    assert iso.looks_like_poison is False
+    assert rep.status == "isolation-doubtful"
