@@ -2,6 +2,7 @@
 
     python -m benchmarks.robust_train_cpu       # the whole protocol (~35 min on one idle core)
     python -m benchmarks.robust_train_cpu --only badnets-0.1 --method dlp
+    python -m benchmarks.robust_train_cpu --seed 1 --out robust_train_cpu_seed1   # a 2nd seed
 
 Protocol: a class-balanced subset of the CIFAR-10 training set (``SUBSET_PER_CLASS`` = 1,000
 images per class, 10,000 in all, seeded), poisoned
@@ -104,7 +105,11 @@ COLUMNS = [
 
 
 def run_cell(
-    cell: str, method: str, data: dict[str, hk.ImageDataset], subset: torch.Tensor
+    cell: str,
+    method: str,
+    data: dict[str, hk.ImageDataset],
+    subset: torch.Tensor,
+    seed: int = SEED,
 ) -> dict[str, Any]:
     spec = CELLS[cell]
     strategy, cfg = METHODS[method]
@@ -117,7 +122,7 @@ def run_cell(
             "arch": ARCH,
             "arch_kw": ARCH_KW,
             "subset": SUBSET_PER_CLASS,
-            "seed": SEED,
+            "seed": seed,
             "version": 4,
             "code": CODE_VERSION.get(strategy, 1),
         }
@@ -127,8 +132,9 @@ def run_cell(
         row = json.loads(cache.read_text())
         # cells cached before the report had ``source_class`` (same training, same check)
         row.setdefault("source class", (row.get("isolation") or {}).get("source_class"))
+        row.setdefault("seed", seed)
         return {**row, "cached": True}
-    attack = hk.build_attack(spec["attack"], poison_rate=spec["poison_rate"], target=0, seed=SEED)
+    attack = hk.build_attack(spec["attack"], poison_rate=spec["poison_rate"], target=0, seed=seed)
     poisoned = attack.poison(data["train"].subset(subset))
     trigger = attack.build_trigger()
     train: hk.ImageDataset = poisoned
@@ -136,10 +142,10 @@ def run_cell(
         keep = torch.ones(len(poisoned), dtype=torch.bool)
         keep[poisoned.poison_indices] = False
         train = poisoned.subset(torch.nonzero(keep).flatten())
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = hk.build_model(ARCH, 10, **ARCH_KW)
     t0 = time.perf_counter()
-    res = RobustTrainer(model, strategy, config=cfg, runtime={"device": "cpu", "seed": SEED}).fit(
+    res = RobustTrainer(model, strategy, config=cfg, runtime={"device": "cpu", "seed": seed}).fit(
         train, test=data["test"], trigger=trigger, target=0
     )
     rep = res.report
@@ -147,6 +153,7 @@ def run_cell(
     row: dict[str, Any] = {
         "cell": cell,
         "method": method,
+        "seed": seed,
         "BA %": 100 * (rep.ba or 0.0),
         "ASR %": 100 * (rep.asr or 0.0),
         "precision %": None if iso is None or iso.precision is None else 100 * iso.precision,
@@ -181,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", action="append", choices=sorted(METHODS), help="method(s)")
     p.add_argument("--out", default="robust_train_cpu", help="result file stem")
     p.add_argument(
+        "--seed",
+        type=int,
+        default=SEED,
+        help="seed of the subset, the poisoning, the model and the run (its own cells)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: CIFAR-10 archive not found at {DEFAULT_ARCHIVE}", file=sys.stderr)
         return 0
     data = load_cifar10()
-    subset = stratified_indices(data["train"].labels, per_class=SUBSET_PER_CLASS, seed=SEED)
+    subset = stratified_indices(data["train"].labels, per_class=SUBSET_PER_CLASS, seed=args.seed)
     rows: list[dict[str, Any]] = []
     command = "python -m benchmarks.robust_train_cpu " + " ".join(argv or sys.argv[1:])
     for cell in args.only or list(CELLS):
@@ -200,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.method and method not in args.method:
                 continue
             print(f"[{time.strftime('%H:%M:%S')}] {cell} / {method} ...", flush=True)
-            row = run_cell(cell, method, data, subset)
+            row = run_cell(cell, method, data, subset, args.seed)
             print(
                 f"  BA {row['BA %']:.2f}  ASR {row['ASR %']:.2f}  status {row['status']}  "
                 f"{row['total s']:.0f}s  {row['stages s']}",
@@ -214,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "command": command.strip(),
                     "protocol": {
-                        "train_subset": f"{SUBSET_PER_CLASS} per class (seed {SEED})",
+                        "train_subset": f"{SUBSET_PER_CLASS} per class (seed {args.seed})",
                         "test": "full CIFAR-10 test set",
                         "arch": ARCH,
                         "arch_kwargs": ARCH_KW,
