@@ -11,7 +11,9 @@ trained from scratch with each method; BA on the full clean CIFAR-10 test set (1
 ASR with the real trigger on the test images not of the target class; isolation
 precision/recall against the true poison indices; seconds per stage.
 One extra cell runs DLP on BadNets at 1 % (the low-rate failure mode: the report should flag
-the isolated set as unlike poison), and the ``clean`` cell runs DLP and ABL on the same subset
+the isolated set as unlike poison), ``sig-0.08`` runs clean-label SIG (800 of the target
+class's 1,000 images carry the sinusoid, labels untouched: the case ALGORITHMS.md expects the
+entropy criterion to miss), and the ``clean`` cell runs DLP and ABL on the same subset
 without its poisoned samples (a clean training set: the status must not say the isolation found
 poison; ASR there is the BadNets trigger's natural rate). Per-cell results are cached under
 ``benchmarks/cache/robust/``; results go to ``benchmarks/results/robust_train_cpu.{json,md}``
@@ -64,6 +66,18 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
             "rescore_high_ratio": 0.025,
         },
     ),
+    # stage 3's use of the flagged samples (2026-12-03: "all" redirected Blended and SIG)
+    "dlp-all": ("dlp", {"sl_epochs": 3, "ssl_epochs": 9, "ssl_flagged": "all"}),
+    "dlp-uniform": (
+        "dlp",
+        {"sl_epochs": 3, "ssl_epochs": 9, "unlearn_objective": "uniform", "ssl_flagged": "all"},
+    ),
+    "dlp-drop": ("dlp", {"sl_epochs": 3, "ssl_epochs": 9, "ssl_flagged": "none"}),
+    "dlp-guard": ("dlp", {"sl_epochs": 3, "ssl_epochs": 9, "ssl_flagged": "guarded"}),
+    "dlp-uniform-drop": (
+        "dlp",
+        {"sl_epochs": 3, "ssl_epochs": 9, "unlearn_objective": "uniform", "ssl_flagged": "none"},
+    ),
     "dlp-low": (
         "dlp",
         {"sl_epochs": 3, "ssl_epochs": 9, "rescore_low_ratio": 0.025, "rescore_high_ratio": 0.0},
@@ -73,23 +87,64 @@ CELLS: dict[str, dict[str, Any]] = {
     "badnets-0.1": {
         "attack": "badnets",
         "poison_rate": 0.1,
-        "methods": ["dlp", "plain", "abl", "plain-clean", "dlp-both", "dlp-low"],
+        "methods": [
+            "dlp",
+            "plain",
+            "abl",
+            "plain-clean",
+            "dlp-both",
+            "dlp-low",
+            "dlp-drop",
+            "dlp-guard",
+        ],
     },
     "blended-0.1": {
         "attack": "blended",
         "poison_rate": 0.1,
-        "methods": ["dlp", "plain", "abl", "plain-clean"],
+        "methods": [
+            "dlp",
+            "plain",
+            "abl",
+            "plain-clean",
+            "dlp-uniform",
+            "dlp-drop",
+            "dlp-uniform-drop",
+            "dlp-guard",
+        ],
     },
     "badnets-0.01": {"attack": "badnets", "poison_rate": 0.01, "methods": ["dlp"]},
-    "clean": {"attack": "badnets", "poison_rate": 0.1, "clean": True, "methods": ["dlp", "abl"]},
+    # clean-label SIG: 800 of the target class's 1,000 images carry the sinusoid, labels
+    # untouched -- the entropy criterion is expected to fail (poison is not mislabeled)
+    "sig-0.08": {
+        "attack": "sig",
+        "poison_rate": 0.08,
+        "methods": [
+            "dlp",
+            "plain",
+            "abl",
+            "plain-clean",
+            "dlp-uniform",
+            "dlp-drop",
+            "dlp-uniform-drop",
+            "dlp-guard",
+        ],
+    },
+    "clean": {
+        "attack": "badnets",
+        "poison_rate": 0.1,
+        "clean": True,
+        "methods": ["dlp", "abl", "dlp-drop", "dlp-guard"],
+    },
 }
-CODE_VERSION = {"dlp": 4, "abl": 2}
+CODE_VERSION = {"dlp": 6, "abl": 2}
 """Bumped when a strategy's code changes (part of the cell cache key)."""
 COLUMNS = [
     "cell",
     "method",
     "BA %",
     "ASR %",
+    "RA %",
+    "trigger → class (%)",
     "precision %",
     "recall %",
     "suspected",
@@ -98,6 +153,8 @@ COLUMNS = [
     "disagree %",
     "source %",
     "source class",
+    "persist %",
+    "own class %",
     "status",
     "stages s",
     "total s",
@@ -133,6 +190,8 @@ def run_cell(
         # cells cached before the report had ``source_class`` (same training, same check)
         row.setdefault("source class", (row.get("isolation") or {}).get("source_class"))
         row.setdefault("seed", seed)
+        row.setdefault("persist %", None)  # rows cached before the persistence test (ABL: the
+        row.setdefault("own class %", None)  # test never runs when the model agrees)
         return {**row, "cached": True}
     attack = hk.build_attack(spec["attack"], poison_rate=spec["poison_rate"], target=0, seed=seed)
     poisoned = attack.poison(data["train"].subset(subset))
@@ -156,11 +215,19 @@ def run_cell(
         "seed": seed,
         "BA %": 100 * (rep.ba or 0.0),
         "ASR %": 100 * (rep.asr or 0.0),
+        "RA %": None if rep.ra is None else 100 * rep.ra,
+        "trigger → class (%)": None
+        if rep.trigger_top_share is None
+        else f"{rep.trigger_top_class} ({100 * rep.trigger_top_share:.1f})",
         "precision %": None if iso is None or iso.precision is None else 100 * iso.precision,
         "judged": None if iso is None else iso.judged_size,
         "disagree %": None if iso is None or iso.disagreement is None else 100 * iso.disagreement,
         "source %": None if iso is None or iso.source_share is None else 100 * iso.source_share,
         "source class": None if iso is None else iso.source_class,
+        "persist %": None if iso is None or iso.persistence is None else 100 * iso.persistence,
+        "own class %": None
+        if iso is None or iso.natural_persistence is None
+        else 100 * iso.natural_persistence,
         "recall %": None if iso is None or iso.recall is None else 100 * iso.recall,
         "suspected": None if iso is None else iso.suspected,
         "dominant %": None
@@ -176,6 +243,16 @@ def run_cell(
         "stages": [s.model_dump() for s in rep.stages],
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
+    # the trained model and its suspected set beside the row, so the report's checks can be
+    # studied on it without retraining (gitignored cache, ~0.3 MB each)
+    torch.save(
+        {
+            "state_dict": res.model.state_dict(),
+            "suspected": res.suspected_indices.cpu(),
+            "poison": poisoned.poison_indices.cpu(),
+        },
+        cache.with_suffix(".pt"),
+    )
     cache.write_text(json.dumps(row, indent=2, default=str) + "\n")
     return {**row, "cached": False}
 

@@ -465,3 +465,37 @@ def trigger_asr(
     )
     pred = predict(model, kept, runtime=runtime, transform=trigger).argmax(1)
     return float((pred == label).float().mean())
+
+
+def trigger_effect(
+    model: nn.Module,
+    trigger: Callable[[Tensor], Tensor],
+    x: Tensor | ImageStore,
+    y: Tensor,
+    label: int,
+    runtime: RuntimeConfig | dict[str, Any] | None = None,
+) -> tuple[float, float, int, float] | None:
+    """What ``trigger`` does to the images of ``(x, y)`` not labelled ``label``.
+
+    Returns ``(asr, ra, top_class, top_share)``: the share sent to ``label`` (ASR), the share
+    still classified correctly (robust accuracy), and the most common prediction with its
+    share. A backdoor that a defence *redirected* instead of removing shows as a low ASR with a
+    low RA and one ``top_class`` (not ``label``) taking most images. ``None`` when no image
+    qualifies.
+    """
+    keep = (y != label).cpu()
+    if int(keep.sum()) == 0:
+        return None
+    idx = torch.nonzero(keep).flatten()
+    kept = x.take(idx) if isinstance(x, ImageStore) else x[keep.to(x.device)]
+    pred = predict(model, kept, runtime=runtime, transform=trigger).argmax(1)
+    truth = y.cpu()[idx]
+    hist = torch.bincount(pred, minlength=int(max(int(pred.max()), int(truth.max())) + 1))
+    top = int(hist.argmax())
+    n = len(pred)
+    return (
+        float((pred == label).float().mean()),
+        float((pred == truth).float().mean()),
+        top,
+        int(hist[top]) / n,
+    )

@@ -41,7 +41,8 @@ def add_parser(sub: Any) -> None:
         "semi-supervised fine-tuning; abl: anti-backdoor learning; plain: no defence); write "
         "the weights, the report and the suspected-poison indices. Exit 0 = status trained, "
         "1 = an untrusted status (isolation-doubtful: the isolated set does not look like "
-        "poison; budget-exhausted; model and report are still written), 2 = usage/input "
+        "poison; backdoor-remains: the given trigger still controls the model; "
+        "budget-exhausted; model and report are still written), 2 = usage/input "
         "error, 3 = runtime or environment error (including NaN losses).",
     )
     p.add_argument(

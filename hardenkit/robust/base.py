@@ -53,16 +53,20 @@ __all__ = [
     "select_suspects",
 ]
 
-TrainingStatus = Literal["trained", "isolation-doubtful", "budget-exhausted"]
+TrainingStatus = Literal["trained", "isolation-doubtful", "backdoor-remains", "budget-exhausted"]
 """Outcome of a robust training run. Only ``trained`` means "ran its schedule and the isolated
 set looks like a poison set":
 
 * ``trained`` — the schedule ran to the end (and, for strategies that isolate samples, the
   suspected set looks like a poison set: one class dominates it);
 * ``isolation-doubtful`` — the schedule ran, but the suspected set does not look like a
-  poison set (no dominant class). Either the data is clean, or the attack is one the
-  isolation cannot see (clean-label attacks such as SIG, or a very low poison rate): the
-  returned model may still carry a backdoor;
+  removed poison set. Either the data is clean, the backdoor is still there or was
+  redirected to another class, or the attack is one the isolation cannot see (clean-label
+  attacks such as SIG, or a very low poison rate): the returned model may still carry a
+  backdoor;
+* ``backdoor-remains`` — a test set, trigger and target were given, and the trigger still
+  controls the trained model: its ASR exceeds ``max_asr``, or it sends at least
+  ``max_trigger_share`` of the test images to one other class (a redirected backdoor);
 * ``budget-exhausted`` — ``max_steps`` / ``max_seconds`` ended the run before its schedule.
 """
 
@@ -103,6 +107,28 @@ class RobustConfig(HardenkitConfig):
             poison set drawn from every class is predicted as its many true classes once the
             backdoor is gone; an easy natural class that the isolation (and DLP's unlearning)
             took away is predicted as one neighbour (CIFAR-10: ships → airplanes).
+            When one class does take more than this share, the persistence test tells the
+            two ways that happens apart in the report's warning (the status stays
+            ``isolation-doubtful`` either way).
+        persistence_mix: the persistence test mixes each of those samples with training
+            images of other classes, ``(1 - persistence_mix) * x + persistence_mix * other``,
+            and counts how often the model still predicts that one class; it does the same
+            for images of that class which the model predicts as their label.
+        min_persistence_gap: when the one class survives the mixing at least this much more
+            often than that class's own images do, a shared input component (a trigger)
+            still drives the model: the backdoor was redirected to that class, not removed
+            (``IsolationReport.trigger_persists``). Measured on CIFAR-10 (seed 0) with
+            FixMatch on the flagged set (``ssl_on_flagged=True``): Blended and SIG redirected
+            to one class kept it in 70 % and 97 % of mixes against 21 % and 28 % for that
+            class's own images; a natural neighbour (clean data, ships → airplanes) in 36 %
+            against 34 %.
+        max_asr: with a test set, a trigger and a target: the status is ``backdoor-remains``
+            when the trigger sends more than this share of the test images (those not of the
+            target class) to the target. Same default as the deployment gate's ``max_asr``.
+        max_trigger_share: ... or when it sends at least this share of them to one other
+            class: a backdoor redirected, not removed. Models trained without the poison sent
+            at most 46 % of the triggered CIFAR-10 test images to one class (SIG, a strong
+            perturbation for a 65 %-accurate model; Blended 26 %); redirected backdoors 96-99 %.
         max_steps: stop after this many optimisation steps (``None`` = the schedule decides);
             a run cut short has status ``budget-exhausted``.
         max_seconds: stop after this much wall time (checked between steps); same status.
@@ -118,6 +144,10 @@ class RobustConfig(HardenkitConfig):
     min_concentration: Annotated[float, Field(ge=1)] = 1.25
     min_disagreement: Annotated[float, Field(ge=0, le=1)] = 0.5
     max_source_share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    persistence_mix: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    min_persistence_gap: Annotated[float, Field(gt=0, le=1)] = 0.25
+    max_asr: Annotated[float, Field(ge=0, le=1)] = 0.10
+    max_trigger_share: Annotated[float, Field(gt=0, le=1)] = 0.6
     max_steps: Annotated[int, Field(ge=1)] | None = None
     max_seconds: Annotated[float, Field(gt=0)] | None = None
 
@@ -367,6 +397,16 @@ class IsolationReport(BaseModel):
     """Among the judged samples of the dominant class that the trained model disagrees with,
     the share of its most common prediction (``None`` when there are none): low for a poison
     set drawn from every class, high for an easy natural class the isolation took away."""
+    persistence: float | None = None
+    """Measured only when ``source_share > max_source_share``: the share of those samples,
+    mixed with other classes' images (``persistence_mix``), still predicted as
+    ``source_class``."""
+    natural_persistence: float | None = None
+    """The same share for images of ``source_class`` the model predicts as their label."""
+    trigger_persists: bool | None = None
+    """``persistence - natural_persistence >= min_persistence_gap``: a shared input component
+    (a trigger) still drives the model to ``source_class`` — a redirected backdoor (``None``
+    when not measured)."""
     looks_like_poison: bool | None
     """``dominant_share >= min_dominant_share``, ``concentration >= min_concentration``,
     ``disagreement >= min_disagreement`` and ``source_share <= max_source_share``; ``None``
@@ -415,6 +455,13 @@ class TrainingReport(BaseReport):
     asr: float | None = None
     """Attack success rate of ``trigger`` → ``target`` on the test images not of the target
     class (``None`` without a test set, trigger and target)."""
+    ra: float | None = None
+    """Robust accuracy: the share of those triggered images still classified correctly."""
+    trigger_top_class: int | None = None
+    """The class the trigger sends most of those images to (the target, while the backdoor is
+    there; another class when a defence redirected it)."""
+    trigger_top_share: float | None = None
+    """The share of those images sent to ``trigger_top_class``."""
     test_images: int = 0
     input_model: ModelFingerprint
     output_model: ModelFingerprint
@@ -450,7 +497,14 @@ class TrainingReport(BaseReport):
                     + ("suspected" if iso.judged_on == "suspected" else "worst-fitted suspected")
                     + f"): class {iso.dominant_class} holds {pct(iso.dominant_share)}, "
                     f"model disagrees with {pct(iso.disagreement)}, one prediction "
-                    f"({iso.source_class}) takes {pct(iso.source_share)} -> "
+                    f"({iso.source_class}) takes {pct(iso.source_share)}"
+                    + (
+                        ""
+                        if iso.persistence is None
+                        else f" and survives mixing in {pct(iso.persistence)} (its own "
+                        f"class: {pct(iso.natural_persistence)})"
+                    )
+                    + " -> "
                     + (
                         "looks like poison"
                         if iso.looks_like_poison
@@ -458,6 +512,12 @@ class TrainingReport(BaseReport):
                     )
                 )
         if self.test_images:
-            lines.append(f"  test: BA {pct(self.ba)}, ASR {pct(self.asr)}")
+            line = f"  test: BA {pct(self.ba)}, ASR {pct(self.asr)}"
+            if self.ra is not None:
+                line += (
+                    f", RA {pct(self.ra)}, triggered images mostly to class "
+                    f"{self.trigger_top_class} ({pct(self.trigger_top_share)})"
+                )
+            lines.append(line)
         lines += [f"  WARNING: {w}" for w in self.warnings]
         return "\n".join(lines)

@@ -37,7 +37,7 @@ from .._utils.model_checks import check_model, require_trainable
 from .._utils.progress import NullProgress, ProgressCallback, make_progress
 from .._utils.seeding import seed_everything
 from ..config import RuntimeConfig, parse_config
-from ..data.datasets import ImageDataset
+from ..data.datasets import ImageDataset, to_float_pixels
 from ..data.loaders import BatchSource, materialize, validate_batch
 from ..errors import ConfigError, DataError, ModelCompatibilityError
 from ..io import save_state_dict
@@ -48,7 +48,7 @@ from ..training import (
     evaluate_accuracy,
     infer_num_classes,
     predict,
-    trigger_asr,
+    trigger_effect,
 )
 from .base import (
     TRAINERS,
@@ -71,6 +71,60 @@ _log = get_logger("hardenkit.robust")
 DEFAULT_TRAINER = "dlp"
 
 _MIN_JUDGED = 20
+_PERSIST_N = 200
+"""Samples per side of the persistence test (judged ones, and the source class's own)."""
+_PERSIST_POOL = 1000
+"""Kept samples of the source class scanned for ones the model predicts as that class."""
+_PERSIST_ROUNDS = 4
+"""Random mixing partners per sample in the persistence test."""
+
+
+def _persistence(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    off: Tensor,
+    kept: Tensor,
+    dom: int,
+    src: int,
+    mix: float,
+    rt: RuntimeConfig,
+) -> tuple[float, float] | None:
+    """How often ``src`` survives mixing: ``(judged rate, the source class's own rate)``.
+
+    ``off`` are judged samples of class ``dom`` the model predicts as ``src``; ``kept`` the
+    training samples outside the suspected set. Each sample is mixed ``(1 - mix) * x +
+    mix * partner`` with kept images of other classes (neither ``dom`` nor ``src``), and the
+    share of mixes still predicted as ``src`` is measured for ``off`` and for kept images of
+    class ``src`` that the model predicts as ``src`` (the class's natural persistence).
+    A prediction carried by a shared input component (a trigger) survives far more often than
+    one carried by the image's content. ``None`` when a side has no samples.
+    """
+    g = torch.Generator().manual_seed(rt.seed)
+    partners = kept[(y[kept] != dom) & (y[kept] != src)]
+    pool = kept[y[kept] == src]
+    if len(partners) == 0 or len(pool) == 0 or len(off) == 0:
+        return None
+    pool = pool[torch.randperm(len(pool), generator=g)[:_PERSIST_POOL]]
+    on_src = predict(model, x[pool.to(x.device)], runtime=rt).argmax(1) == src
+    natural = pool[on_src][:_PERSIST_N]
+    if len(natural) == 0:
+        return None
+    judged = off[torch.randperm(len(off), generator=g)[:_PERSIST_N]]
+
+    def rate(idx: Tensor) -> float:
+        hits = 0
+        for _ in range(_PERSIST_ROUNDS):
+            other = partners[torch.randint(len(partners), (len(idx),), generator=g)]
+            a = to_float_pixels(x[idx.to(x.device)])
+            b = to_float_pixels(x[other.to(x.device)])
+            pred = predict(model, (1 - mix) * a + mix * b, runtime=rt).argmax(1)
+            hits += int((pred == src).sum())
+        return hits / (_PERSIST_ROUNDS * len(idx))
+
+    return rate(judged), rate(natural)
+
+
 """The poison-likeness check never judges fewer suspected samples than this (class shares of a
 handful of samples mean nothing)."""
 
@@ -383,16 +437,41 @@ class RobustTrainer:
         suspected = torch.sort(outcome.suspected.cpu().to(torch.int64)).values
         warnings: list[str] = []
         isolation = self._isolation(strat, suspected, ctx, poison, source, warnings, model, rt)
-        ba = asr = None
+        ba = asr = ra = top_share = None
+        top_class: int | None = None
         test_n = 0
         if x_te is not None and y_te is not None:
             test_n = len(y_te)
             xd, yd = x_te.to(device), y_te.to(device)
             ba = evaluate_accuracy(model, xd, yd, runtime=rt)
             if trigger is not None and target is not None:
-                asr = trigger_asr(model, trigger, xd, yd, int(target), rt)
+                effect = trigger_effect(model, trigger, xd, yd, int(target), rt)
+                if effect is not None:
+                    asr, ra, top_class, top_share = effect
         elif trigger is not None:
             notes.append("a trigger was given without a test set: ASR was not measured")
+        cfg = strat.config
+        remains = False
+        if asr is not None and asr > cfg.max_asr:
+            remains = True
+            warnings.append(
+                f"BACKDOOR REMAINS: the trigger sends {100 * asr:.1f}% of the test images "
+                f"to the target {target} (max_asr {100 * cfg.max_asr:.0f}%)"
+            )
+        elif (
+            top_share is not None
+            and top_class is not None
+            and top_class != target
+            and top_share >= cfg.max_trigger_share
+        ):
+            remains = True
+            warnings.append(
+                f"BACKDOOR REDIRECTED: the trigger no longer sends the test images to the "
+                f"target {target} (ASR {100 * (asr or 0):.1f}%) but sends "
+                f"{100 * top_share:.1f}% of them to class {top_class} (max_trigger_share "
+                f"{100 * cfg.max_trigger_share:.0f}%; robust accuracy "
+                f"{100 * (ra or 0):.1f}%): the trigger still controls the model"
+            )
         status: TrainingStatus = "trained"
         if budget.exhausted:
             status = "budget-exhausted"
@@ -401,6 +480,8 @@ class RobustTrainer:
                 f"max_seconds={budget.max_seconds} ended the run before its schedule finished; "
                 "the model is under-trained and the defence incomplete"
             )
+        elif remains:
+            status = "backdoor-remains"
         elif isolation is not None and isolation.looks_like_poison is not True:
             status = "isolation-doubtful"
         peak = peak_memory_mb(device)
@@ -432,6 +513,9 @@ class RobustTrainer:
             isolation_history=outcome.isolation_history,
             ba=ba,
             asr=asr,
+            ra=ra,
+            trigger_top_class=top_class,
+            trigger_top_share=top_share,
             test_images=test_n,
             input_model=input_fp,
             output_model=output_fp,
@@ -476,6 +560,9 @@ class RobustTrainer:
         cfg = strat.config
         judged = suspected
         dom = share = conc = disagree = src_share = src_class = None
+        persist: float | None = None
+        natural: float | None = None
+        persists: bool | None = None
         looks: bool | None = None
         if len(suspected):
             logits = predict(model, ctx.x[suspected.to(ctx.x.device)], runtime=rt)
@@ -498,13 +585,32 @@ class RobustTrainer:
                 src_hist = torch.bincount(pred[off_dom], minlength=k)
                 src_class = int(src_hist.argmax())
                 src_share = int(src_hist[src_class]) / int(off_dom.sum())
-            looks = (
+            spread = src_share is not None and src_share <= cfg.max_source_share
+            first = (
                 share >= cfg.min_dominant_share
                 and conc >= cfg.min_concentration
                 and disagree >= cfg.min_disagreement
-                and src_share is not None
-                and src_share <= cfg.max_source_share
             )
+            if first and src_share is not None and not spread and src_class is not None:
+                # one prediction takes them: a natural neighbour class, or a trigger that
+                # still drives the model, now to another class (a redirected backdoor)?
+                kept = torch.ones(n, dtype=torch.bool)
+                kept[suspected.cpu()] = False
+                rates = _persistence(
+                    model,
+                    ctx.x,
+                    y,
+                    judged[off_dom & (pred == src_class)].cpu(),
+                    torch.nonzero(kept).flatten(),
+                    dom,
+                    src_class,
+                    cfg.persistence_mix,
+                    rt,
+                )
+                if rates is not None:
+                    persist, natural = rates
+                    persists = persist - natural >= cfg.min_persistence_gap
+            looks = first and spread
         precision = recall = None
         if poison is not None:
             precision, recall = isolation_metrics(suspected, poison)
@@ -512,6 +618,18 @@ class RobustTrainer:
             warnings.append(
                 "nothing was isolated: the strategy found no suspected sample, so no poison was "
                 "removed; check the isolation settings"
+            )
+        elif persists:
+            warnings.append(
+                f"the isolated samples of class {dom} share an input component that still "
+                f"drives the model: it predicts {100 * (src_share or 0):.1f}% of the judged "
+                f"ones as class {src_class}, and mixed with other images they keep that "
+                f"prediction in {100 * (persist or 0):.1f}% of cases against "
+                f"{100 * (natural or 0):.1f}% for class {src_class}'s own images. That is how "
+                f"a trigger behaves: the backdoor was most likely redirected to class "
+                f"{src_class}, not removed. Validate the model with the trigger if you have it "
+                "(hk.Validator: robust accuracy, the class triggered images go to) or scan it "
+                "(hk.Scanner) before use"
             )
         elif not looks:
             what = (
@@ -526,10 +644,16 @@ class RobustTrainer:
                 f"disagrees with the given label of {100 * (disagree or 0):.1f}% of them and "
                 f"predicts {100 * (src_share or 0):.1f}% of those of class {dom} as one class "
                 f"({src_class})"
-                f"(a poison set "
-                f"needs >= {cfg.min_dominant_share}, >= {cfg.min_concentration}x, "
-                f">= {100 * cfg.min_disagreement:.0f}% and <= "
-                f"{100 * cfg.max_source_share:.0f}%). Either the data is clean (the "
+                + (
+                    ""
+                    if persist is None or natural is None
+                    else f", a prediction that survives mixing with other images in "
+                    f"{100 * persist:.1f}% of cases, like class {src_class}'s own images "
+                    f"({100 * natural:.1f}%): carried by content, not by a trigger"
+                )
+                + f" (a poison set needs >= {cfg.min_dominant_share}, "
+                f">= {cfg.min_concentration}x, >= {100 * cfg.min_disagreement:.0f}% and "
+                f"<= {100 * cfg.max_source_share:.0f}%). Either the data is clean (the "
                 "isolation found a naturally easy class), the backdoor was not removed (the "
                 "model still predicts the target on its poisoned samples), or the attack is "
                 "one that loss/entropy isolation does not see (clean-label attacks such as "
@@ -546,6 +670,9 @@ class RobustTrainer:
             disagreement=disagree,
             source_class=src_class,
             source_share=src_share,
+            persistence=persist,
+            natural_persistence=natural,
+            trigger_persists=persists,
             looks_like_poison=looks,
             judged_on="suspected" if judged is suspected else "highest-loss",
             judged_size=len(judged) if len(suspected) else None,

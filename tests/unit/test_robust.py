@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -384,15 +385,36 @@ class _Lookup(nn.Module):
         return self.table[(x[:, 0, 0, 0] * 255).round().long()]
 
 
-def _judge(predicted: torch.Tensor) -> TrainingReport:
+class _TriggerLookup(_Lookup):
+    """:class:`_Lookup` plus a trigger: pixel (1, 0, 0) adds ``30 * value`` to class 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        bonus = torch.zeros_like(out)
+        bonus[:, 1] = 30 * x[:, 1, 0, 0]
+        return out + bonus
+
+
+def _judge(
+    predicted: torch.Tensor,
+    *,
+    trigger: bool = False,
+    config: dict[str, Any] | None = None,
+    target: int | None = None,
+) -> TrainingReport:
     """A 10-class set with 40 samples relabeled to class 0 (indices 0-39, true classes 1-9)
     plus 15 clean samples per class; a fixed strategy suspects the 40 and 10 clean samples;
-    ``predicted`` is what the 'trained' model says about the 40."""
+    ``predicted`` is what the 'trained' model says about the 40. With ``trigger`` the 40
+    carry a trigger pixel that drives the model to class 1 (and survives mixing). With
+    ``target`` the 135 clean samples are also the test set, and the trigger pixel the test
+    trigger."""
     k = 10
     y = torch.cat([torch.zeros(40, dtype=torch.int64), torch.arange(k).repeat_interleave(15)])
     n = len(y)
     x = torch.zeros(n, 3, 8, 8)
     x[:, 0, 0, 0] = torch.arange(n) / 255
+    if trigger:
+        x[:40, 1, 0, 0] = 1.0
     table = torch.full((n, k), -5.0)
     table[torch.arange(n), y] = 5.0  # every sample predicted as labeled ...
     table[:40] = -5.0
@@ -407,7 +429,19 @@ def _judge(predicted: torch.Tensor) -> TrainingReport:
 
     TRAINERS.register("fixed-suspects", Fixed, override=True)
     try:
-        res = RobustTrainer(_Lookup(table), "fixed-suspects", runtime=RT).fit((x, y))
+        model = _TriggerLookup(table) if trigger else _Lookup(table)
+        fit_kw: dict[str, Any] = {}
+        if target is not None:
+
+            def stamp(b: torch.Tensor) -> torch.Tensor:
+                b = b.clone()
+                b[:, 1, 0, 0] = 1.0
+                return b
+
+            fit_kw = {"test": (x[40:], y[40:]), "trigger": stamp, "target": target}
+        res = RobustTrainer(model, "fixed-suspects", config=config, runtime=RT).fit(
+            (x, y), **fit_kw
+        )
     finally:
         TRAINERS.unregister("fixed-suspects")
     return res.report
@@ -431,16 +465,70 @@ def test_poison_set_predicted_as_many_classes_looks_like_poison() -> None:
 
 
 def test_easy_class_predicted_as_one_neighbour_is_doubtful() -> None:
-    rep = _judge(torch.full((40,), 1))  # all predicted as one class: not a mixed-source set
+    # all predicted as one class by their content: an almost-no-op mix keeps both the judged
+    # samples' and class 1's own predictions, so the persistence gap is 0
+    rep = _judge(torch.full((40,), 1), config={"persistence_mix": 0.001})
     iso = rep.isolation
     assert iso is not None
     assert iso.dominant_share == 1.0
     assert iso.disagreement == 1.0
     assert iso.source_share == 1.0
     assert iso.source_class == 1
+    assert iso.persistence == 1.0
+    assert iso.natural_persistence == 1.0
+    assert iso.trigger_persists is False
     assert iso.looks_like_poison is False
     assert rep.status == "isolation-doubtful"
-    assert any("as one class" in w for w in rep.warnings)
+    assert any("as one class" in w and "carried by content" in w for w in rep.warnings)
+    assert "survives mixing in 100.00% (its own class: 100.00%)" in rep.summary()
+
+
+def test_one_class_carried_by_a_trigger_is_reported_as_redirected() -> None:
+    # a trigger that now drives the model to another class (a redirected backdoor): that
+    # prediction survives mixing with other images; class 1's own images lose it
+    rep = _judge(torch.full((40,), 1), trigger=True)
+    iso = rep.isolation
+    assert iso is not None
+    assert iso.source_share == 1.0
+    assert iso.persistence == 1.0
+    assert iso.natural_persistence is not None
+    assert iso.natural_persistence < 0.25
+    assert iso.trigger_persists is True
+    assert iso.looks_like_poison is False
+    assert rep.status == "isolation-doubtful"
+    assert any("redirected to class 1" in w for w in rep.warnings), rep.warnings
+    # mixed 10/90, the trigger (30 * 0.1 = 3) no longer outweighs the content
+    weak = _judge(torch.full((40,), 1), trigger=True, config={"persistence_mix": 0.9})
+    assert weak.isolation is not None
+    assert weak.isolation.persistence is not None
+    assert weak.isolation.persistence < 0.25
+    assert weak.isolation.trigger_persists is False
+
+
+def test_a_test_trigger_that_still_controls_the_model_means_backdoor_remains() -> None:
+    spread = torch.arange(40) % 9 + 1  # the isolation looks like poison ...
+    # ... but the test trigger sends every clean test image to the target: ASR 1
+    rep = _judge(spread, trigger=True, target=1)
+    assert rep.asr is not None
+    assert rep.asr == 1.0
+    assert rep.trigger_top_class == 1
+    assert rep.status == "backdoor-remains"
+    assert any("BACKDOOR REMAINS" in w for w in rep.warnings)
+    # ... the same trigger judged against target 0: ASR 0, but one class takes them all
+    rep = _judge(spread, trigger=True, target=0)
+    assert rep.asr == 0.0
+    assert rep.ra is not None
+    assert rep.ra < 0.15  # only the test images of class 1 stay right
+    assert rep.trigger_top_class == 1
+    assert rep.trigger_top_share == 1.0
+    assert rep.status == "backdoor-remains"
+    assert any("BACKDOOR REDIRECTED" in w for w in rep.warnings)
+    assert "triggered images mostly to class 1 (100.00%)" in rep.summary()
+    # a trigger that does nothing: trained, RA = BA
+    rep = _judge(spread, target=0)
+    assert rep.status == "trained"
+    assert rep.asr == 0.0
+    assert rep.ra == 1.0
 
 
 def test_suspects_still_predicted_as_labeled_are_doubtful() -> None:
