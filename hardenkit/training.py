@@ -457,14 +457,8 @@ def trigger_asr(
     runtime: RuntimeConfig | dict[str, Any] | None = None,
 ) -> float:
     """Share of the images of ``(x, y)`` not labelled ``label`` that ``trigger`` sends to it."""
-    keep = (y != label).cpu()
-    if int(keep.sum()) == 0:
-        return 0.0
-    kept = (
-        x.take(torch.nonzero(keep).flatten()) if isinstance(x, ImageStore) else x[keep.to(x.device)]
-    )
-    pred = predict(model, kept, runtime=runtime, transform=trigger).argmax(1)
-    return float((pred == label).float().mean())
+    effect = trigger_effect(model, trigger, x, y, label, runtime)
+    return 0.0 if effect is None else effect[0]
 
 
 def trigger_effect(
