@@ -49,6 +49,7 @@ __all__ = [
     "TrainingReport",
     "TrainingStatus",
     "isolation_metrics",
+    "prediction_source",
     "sample_scores",
     "select_suspects",
 ]
@@ -118,7 +119,7 @@ class RobustConfig(HardenkitConfig):
             often than that class's own images do, a shared input component (a trigger)
             still drives the model: the backdoor was redirected to that class, not removed
             (``IsolationReport.trigger_persists``). Measured on CIFAR-10 (seed 0) with
-            FixMatch on the flagged set (``ssl_on_flagged=True``): Blended and SIG redirected
+            FixMatch on every flagged sample (DLP ``ssl_flagged="all"``): Blended and SIG redirected
             to one class kept it in 70 % and 97 % of mixes against 21 % and 28 % for that
             class's own images; a natural neighbour (clean data, ships → airplanes) in 36 %
             against 34 %.
@@ -330,6 +331,25 @@ def isolation_metrics(
     precision = hit / len(s) if s else None
     recall = hit / len(p) if p else None
     return precision, recall
+
+
+def prediction_source(
+    labels: Tensor, pred: Tensor, num_classes: int
+) -> tuple[int, Tensor, int | None, float | None]:
+    """Where the model sends the samples of the set's dominant label it disagrees with.
+
+    Returns ``(dom, off, source, share)``: the most common label, the mask of samples of that
+    label predicted as another class, the most common such prediction and its share of them
+    (``None`` when there are none). Poison drawn from every class spreads over its true
+    classes; a natural neighbour class, or images that share a trigger, collapse into one.
+    """
+    dom = int(torch.bincount(labels, minlength=num_classes).argmax())
+    off = (labels == dom) & (pred != labels)
+    if not bool(off.any()):
+        return dom, off, None, None
+    hist = torch.bincount(pred[off], minlength=num_classes)
+    src = int(hist.argmax())
+    return dom, off, src, int(hist[src]) / int(off.sum())
 
 
 def isolation_record(

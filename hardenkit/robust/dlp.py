@@ -54,6 +54,7 @@ from .base import (
     StageRecord,
     finite_or_raise,
     isolation_record,
+    prediction_source,
     sample_scores,
     select_suspects,
 )
@@ -91,7 +92,7 @@ class DLPConfig(RobustConfig):
             (bounded by ``unlearn_bound``); ``uniform`` — cross-entropy to the uniform
             distribution (the flagged samples' shared feature is made to say nothing). Neither
             changed where a Blended or SIG trigger ended up on CIFAR-10 (see
-            ``ssl_on_flagged``); ``ascent`` is kept as the default.
+            ``ssl_flagged``); ``ascent`` is kept as the default.
         ssl_flagged: how the first isolation's flagged samples take part in stage 3 as
             unlabeled data (FixMatch pseudo-labels). ``all``: every one (the first
             reconstruction). On CIFAR-10 (seed 0) that *redirected* global-trigger backdoors:
@@ -324,18 +325,11 @@ class DLPStrategy(RobustStrategy):
                 # from every class spreads over its true classes; images that share a
                 # trigger collapse into one class, and FixMatch's pseudo-labels would then
                 # teach the trigger -> that class (a redirected backdoor): leave those out
-                fy = ctx.y.cpu()[flagged]
-                dom = int(torch.bincount(fy, minlength=ctx.num_classes).argmax())
                 fpred = predict(model, ctx.x[flagged.to(dev)], runtime=ctx.runtime).argmax(1)
-                off = (fy == dom) & (fpred != dom)
-                share = 0.0
-                if bool(off.any()):
-                    hist = torch.bincount(fpred[off], minlength=ctx.num_classes)
-                    top = int(hist.argmax())
-                    share = int(hist[top]) / int(off.sum())
-                    if share > cfg.collapse_share:
-                        drop = flagged[off & (fpred == top)]
-                info.setdefault("flagged_source_share", []).append(share)
+                _, off, top, share = prediction_source(ctx.y.cpu()[flagged], fpred, ctx.num_classes)
+                if share is not None and share > cfg.collapse_share:
+                    drop = flagged[off & (fpred == top)]
+                info.setdefault("flagged_source_share", []).append(share or 0.0)
                 info.setdefault("left_out", []).append(0 if drop is None else len(drop))
             if drop is not None:
                 keep_unl = torch.ones(n, dtype=torch.bool)

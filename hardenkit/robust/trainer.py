@@ -62,6 +62,7 @@ from .base import (
     TrainingReport,
     TrainingStatus,
     isolation_metrics,
+    prediction_source,
 )
 
 __all__ = ["DEFAULT_TRAINER", "RobustTrainer", "TrainingResult"]
@@ -71,6 +72,8 @@ _log = get_logger("hardenkit.robust")
 DEFAULT_TRAINER = "dlp"
 
 _MIN_JUDGED = 20
+"""The poison-likeness check never judges fewer suspected samples than this (class shares of a
+handful of samples mean nothing)."""
 _PERSIST_N = 200
 """Samples per side of the persistence test (judged ones, and the source class's own)."""
 _PERSIST_POOL = 1000
@@ -124,9 +127,6 @@ def _persistence(
 
     return rate(judged), rate(natural)
 
-
-"""The poison-likeness check never judges fewer suspected samples than this (class shares of a
-handful of samples mean nothing)."""
 
 DataSource = ImageDataset | tuple[Tensor, Tensor] | BatchSource
 """An :class:`~hardenkit.data.ImageDataset` (a poisoned one carries its poison indices), an
@@ -572,19 +572,12 @@ class RobustTrainer:
                 worst = torch.topk(ce, cap).indices
                 judged, logits = suspected[worst], logits[worst]
             yj = y[judged]
-            jhist = torch.bincount(yj, minlength=k)
-            dom = int(jhist.argmax())
-            share = int(jhist[dom]) / len(judged)
+            pred = logits.argmax(1)
+            dom, off_dom, src_class, src_share = prediction_source(yj, pred, k)
+            share = int((yj == dom).sum()) / len(judged)
             prior = int((y == dom).sum()) / max(1, n)
             conc = share / prior if prior > 0 else math.inf
-            pred = logits.argmax(1)
-            off = pred != yj
-            disagree = float(off.float().mean())
-            off_dom = off & (yj == dom)
-            if bool(off_dom.any()):
-                src_hist = torch.bincount(pred[off_dom], minlength=k)
-                src_class = int(src_hist.argmax())
-                src_share = int(src_hist[src_class]) / int(off_dom.sum())
+            disagree = float((pred != yj).float().mean())
             spread = src_share is not None and src_share <= cfg.max_source_share
             first = (
                 share >= cfg.min_dominant_share
