@@ -73,7 +73,30 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
         {"sl_epochs": 3, "ssl_epochs": 9, "unlearn_objective": "uniform", "ssl_flagged": "all"},
     ),
     "dlp-drop": ("dlp", {"sl_epochs": 3, "ssl_epochs": 9, "ssl_flagged": "none"}),
-    "dlp-guard": ("dlp", {"sl_epochs": 3, "ssl_epochs": 9, "ssl_flagged": "guarded"}),
+    "dlp-restart": ("dlp", {"sl_epochs": 3, "ssl_epochs": 9, "ssl_init": "restart"}),
+    "dlp-restart-all": (
+        "dlp",
+        {"sl_epochs": 3, "ssl_epochs": 9, "ssl_init": "restart", "ssl_flagged": "all"},
+    ),
+    "dlp-restart12": ("dlp", {"sl_epochs": 3, "ssl_epochs": 12, "ssl_init": "restart"}),
+    "dlp-restart12-r3": (
+        "dlp",
+        {"sl_epochs": 3, "ssl_epochs": 12, "ssl_init": "restart", "rescore_every": 3},
+    ),
+    "dlp-restart12-iso30": (
+        "dlp",
+        {
+            "sl_epochs": 3,
+            "ssl_epochs": 12,
+            "ssl_init": "restart",
+            "rescore_every": 0,
+            "isolation_ratio": 0.3,
+        },
+    ),
+    "dlp-restart12-fixed": (
+        "dlp",
+        {"sl_epochs": 3, "ssl_epochs": 12, "ssl_init": "restart", "rescore_every": 0},
+    ),
     "dlp-uniform-drop": (
         "dlp",
         {"sl_epochs": 3, "ssl_epochs": 9, "unlearn_objective": "uniform", "ssl_flagged": "none"},
@@ -83,6 +106,16 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
         {"sl_epochs": 3, "ssl_epochs": 9, "rescore_low_ratio": 0.025, "rescore_high_ratio": 0.0},
     ),
 }
+# where stage 3 starts (``ssl_init``): every-flagged-sample DLP and the restart variants,
+# run on every 10 % cell and the clean one
+RESTART_VARIANTS = [
+    "dlp-all",
+    "dlp-restart",
+    "dlp-restart-all",
+    "dlp-restart12-fixed",
+    "dlp-restart12-r3",
+    "dlp-restart12-iso30",
+]
 CELLS: dict[str, dict[str, Any]] = {
     "badnets-0.1": {
         "attack": "badnets",
@@ -95,7 +128,7 @@ CELLS: dict[str, dict[str, Any]] = {
             "dlp-both",
             "dlp-low",
             "dlp-drop",
-            "dlp-guard",
+            *RESTART_VARIANTS,
         ],
     },
     "blended-0.1": {
@@ -109,7 +142,7 @@ CELLS: dict[str, dict[str, Any]] = {
             "dlp-uniform",
             "dlp-drop",
             "dlp-uniform-drop",
-            "dlp-guard",
+            *RESTART_VARIANTS,
         ],
     },
     "badnets-0.01": {"attack": "badnets", "poison_rate": 0.01, "methods": ["dlp"]},
@@ -126,14 +159,19 @@ CELLS: dict[str, dict[str, Any]] = {
             "dlp-uniform",
             "dlp-drop",
             "dlp-uniform-drop",
-            "dlp-guard",
+            *RESTART_VARIANTS,
         ],
     },
     "clean": {
         "attack": "badnets",
         "poison_rate": 0.1,
         "clean": True,
-        "methods": ["dlp", "abl", "dlp-drop", "dlp-guard"],
+        "methods": [
+            "dlp",
+            "abl",
+            "dlp-drop",
+            *RESTART_VARIANTS,
+        ],
     },
 }
 CODE_VERSION = {"dlp": 6, "abl": 2}

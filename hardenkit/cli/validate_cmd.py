@@ -57,6 +57,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--min-ba", type=float, help="policy: minimum BA (fraction)")
     p.add_argument("--max-asr", type=float, help="policy: maximum ASR (fraction)")
     p.add_argument("--max-ba-drop", type=float, help="policy: maximum BA drop vs --baseline-ba")
+    p.add_argument(
+        "--max-trigger-share",
+        type=float,
+        help="policy: maximum share of triggered images sent to one class other than the "
+        "target (a redirected backdoor; default 0.6)",
+    )
     p.add_argument("--baseline-ba", type=float, help="BA of the model before repair")
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -73,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--trigger and --target go together.", hint="pass both or neither")
     # cheap checks of the user's inputs first: the policy and the target
     fields: dict[str, Any] = load_policy_file(args.policy) if args.policy else {}
-    for key in ("min_ba", "max_asr", "max_ba_drop"):
+    for key in ("min_ba", "max_asr", "max_ba_drop", "max_trigger_share"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
     policy = GatePolicy(**fields)

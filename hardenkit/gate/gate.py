@@ -72,6 +72,8 @@ RULES: dict[str, str] = {
     "HK-BA-002": "benign-accuracy drop against the input model at most max_ba_drop",
     "HK-ASR-001": "every recovered trigger's ASR on the shipped model at most max_asr",
     "HK-ASR-002": "every known trigger's ASR on the shipped model at most max_asr",
+    "HK-ASR-003": "no known trigger sends more than max_trigger_share of the images to one "
+    "other class (a redirected backdoor)",
     "HK-ONNX-001": "the ONNX export matches the shipped model on ONNX Runtime",
     "HK-ONNX-002": "ONNX Runtime ran on the policy's execution provider",
 }
@@ -110,6 +112,10 @@ class TriggerMeasurement(BaseModel):
     input_asr: float | None
     output_asr: float | None
     images: int
+    output_top_class: int | None = None
+    """On the shipped model: the class taking the most triggered images other than the
+    target (a redirected backdoor shows here, not in the ASR)."""
+    output_top_share: float | None = None
 
 
 class GateReport(BaseReport):
@@ -711,6 +717,10 @@ class Gate:
                             input_asr=None if a_in.attack_success_rate is None else a_in.asr,
                             output_asr=None if a_out.attack_success_rate is None else a_out.asr,
                             images=a_out.triggered_samples,
+                            output_top_class=a_out.trigger_top_class,
+                            output_top_share=None
+                            if a_out.trigger_top_share is None
+                            else a_out.trigger_top_share.value,
                         )
                     )
             except NonFiniteError as exc:
@@ -742,6 +752,22 @@ class Gate:
             else:
                 mine = [m for m in measurements if m.source.startswith("known:")]
                 self._asr_rule(rules, "HK-ASR-002", mine, pol.max_asr)
+                if pol.max_trigger_share is not None:
+                    shares = [m for m in mine if m.output_top_share is not None]
+                    if len(shares) < len(mine):
+                        rules.unevaluated(
+                            "HK-ASR-003", "a known trigger had no eligible held-out image"
+                        )
+                    else:
+                        top = max(shares, key=lambda m: m.output_top_share or 0.0)
+                        rules.check(
+                            "HK-ASR-003",
+                            top.output_top_share,
+                            pol.max_trigger_share,
+                            "<=",
+                            f"largest share sent to one other class ({top.source}, class "
+                            f"{top.output_top_class})",
+                        )
 
         # 6. ONNX ------------------------------------------------------------------------
         workdir: Path | None = None

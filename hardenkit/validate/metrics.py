@@ -129,6 +129,16 @@ class Counts:
     asr_hits: int = 0
     ra_hits: int = 0
     triggered: int = 0
+    redirected: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    """Per class: triggered images predicted as that class when it is not their target (a
+    trigger that still controls the model but sends images to another class)."""
+
+    def redirect_top(self) -> tuple[int, int] | None:
+        """The class most triggered images go to other than their target, and how many."""
+        if self.triggered == 0 or len(self.redirected) == 0:
+            return None
+        top = int(self.redirected.argmax())
+        return top, int(self.redirected[top])
 
 
 @torch.no_grad()
@@ -178,6 +188,7 @@ def evaluate_counts(
                     num_classes=k,
                     per_class_correct=torch.zeros(k, dtype=torch.int64),
                     per_class_total=torch.zeros(k, dtype=torch.int64),
+                    redirected=torch.zeros(k, dtype=torch.int64),
                 )
                 if target is not None:
                     table = _target_table(target, k).to(device)
@@ -208,6 +219,8 @@ def evaluate_counts(
                     counts.asr_hits += int((pt == tgt[keep]).sum())
                     counts.ra_hits += int((pt == y[keep]).sum())
                     counts.triggered += int(keep.sum())
+                    off = pt[pt != tgt[keep]]
+                    counts.redirected += torch.bincount(off, minlength=k).cpu()
     if counts is None:  # pragma: no cover - iter_batches raises on empty loaders
         raise DataError(f"{where}: the loader yielded no batches.")
     return counts

@@ -68,8 +68,14 @@ class GatePolicy(HardenkitConfig):
         max_asr: highest acceptable attack success rate (None = no rule).
         max_ba_drop: largest acceptable BA drop against a baseline (None = no rule).
         require_all_rules: a rule that cannot be evaluated fails instead of being skipped.
-        use_upper_confidence_bound: judge ASR by the upper end of its 95% Wilson interval
-            (stricter on small test sets) instead of the point estimate.
+        use_upper_confidence_bound: judge ASR (and the triggered-class share) by the upper
+            end of its 95% Wilson interval (stricter on small test sets) instead of the point
+            estimate.
+        max_trigger_share: highest acceptable share of triggered images sent to one class
+            other than their target (None = no rule). Catches a *redirected* backdoor: a repair
+            or training-time defence that moved the trigger's effect to another class reads as
+            ASR 0 %. 0.6 leaves room for a clean model's natural bias (26-46 % on CIFAR-10 for
+            Blended and SIG triggers, docs/training.md "Redirected backdoors").
     """
 
     min_ba: Fraction | None = None
@@ -77,6 +83,7 @@ class GatePolicy(HardenkitConfig):
     max_ba_drop: Fraction | None = 0.03
     require_all_rules: bool = False
     use_upper_confidence_bound: bool = False
+    max_trigger_share: Fraction | None = 0.6
 
     def evaluate(
         self,
@@ -84,12 +91,20 @@ class GatePolicy(HardenkitConfig):
         ba: float | None,
         asr: float | None = None,
         baseline_ba: float | None = None,
+        trigger_share: float | None = None,
     ) -> GateDecision:
-        """Decide on measured ``ba``/``asr`` (and ``baseline_ba`` for the drop rule).
+        """Decide on measured ``ba``/``asr`` (and ``baseline_ba`` for the drop rule,
+        ``trigger_share`` -- the largest share of triggered images sent to one class other
+        than their target -- for the redirection rule).
 
         All rates are fractions in [0, 1]; anything else raises :class:`ConfigError`.
         """
-        for label, rate in (("ba", ba), ("asr", asr), ("baseline_ba", baseline_ba)):
+        for label, rate in (
+            ("ba", ba),
+            ("asr", asr),
+            ("baseline_ba", baseline_ba),
+            ("trigger_share", trigger_share),
+        ):
             if rate is not None and not 0.0 <= rate <= 1.0:
                 raise ConfigError(
                     f"{label} must be a fraction in [0, 1], got {rate}.", hint="pass 0.9 for 90%"
@@ -154,4 +169,13 @@ class GatePolicy(HardenkitConfig):
             "<=",
             "no baseline BA given, so the BA drop was not measured",
         )
+        if trigger_share is not None:  # measured only with a trigger
+            add(
+                "triggered_class_share",
+                "HK-ASR-003",
+                trigger_share,
+                self.max_trigger_share,
+                "<=",
+                "",
+            )
         return GateDecision(passed=all(r.status != "fail" for r in rules), rules=rules)

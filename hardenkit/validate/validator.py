@@ -57,6 +57,15 @@ class ValidationReport(BaseReport):
     attack_success_rate: RateEstimate | None = None
     robust_accuracy: RateEstimate | None = None
     triggered_samples: int = 0
+    trigger_top_class: int | None = None
+    """The class that takes the most triggered images other than their target (``None`` when
+    every triggered image went to its target, or without a trigger)."""
+    trigger_top_share: RateEstimate | None = None
+    """The share of triggered images sent to ``trigger_top_class``: a trigger that still
+    controls the model but was *redirected* (by a repair, or a training-time defence) shows as a
+    low ASR with most triggered images on one other class (and a low RA). A model with no
+    backdoor spreads them: on CIFAR-10, 26-46 % for a Blended or SIG trigger (the class the
+    trigger's look resembles plus that class's own images)."""
     per_class_accuracy: list[ClassAccuracy]
     trigger: dict[str, Any] | None = None
     target: int | dict[str, int] | None = None
@@ -95,6 +104,9 @@ class ValidationReport(BaseReport):
             f"ASR {pct(self.attack_success_rate)}",
             f"RA  {pct(self.robust_accuracy)}",
         ]
+        if self.trigger_top_share is not None:
+            where = "none" if self.trigger_top_class is None else f"class {self.trigger_top_class}"
+            lines.append(f"triggered -> one other class ({where}): {pct(self.trigger_top_share)}")
         if self.decision is not None:
             lines.append(self.decision.summary())
         return "\n".join(lines)
@@ -180,17 +192,28 @@ class Validator:
             for i in range(c.num_classes)
         ]
         ba = RateEstimate.from_counts(c.correct, c.total)
-        asr = ra = None
+        asr = ra = top_share = None
+        top_class: int | None = None
         if trig is not None:
             asr = RateEstimate.from_counts(c.asr_hits, c.triggered)
             ra = RateEstimate.from_counts(c.ra_hits, c.triggered)
+            redirect = c.redirect_top()
+            if redirect is not None:
+                top_class = redirect[0] if redirect[1] else None
+                top_share = RateEstimate.from_counts(redirect[1], c.triggered)
         pol = parse_config(GatePolicy, policy) if policy is not None else self.policy
         decision = None
         if pol is not None:
             asr_value = None
             if asr is not None and asr.value is not None:
                 asr_value = asr.ci_high if pol.use_upper_confidence_bound else asr.value
-            decision = pol.evaluate(ba=ba.value, asr=asr_value, baseline_ba=baseline_ba)
+            share_value = None
+            if top_share is not None and top_share.value is not None:
+                ucb = pol.use_upper_confidence_bound
+                share_value = top_share.ci_high if ucb else top_share.value
+            decision = pol.evaluate(
+                ba=ba.value, asr=asr_value, baseline_ba=baseline_ba, trigger_share=share_value
+            )
         tgt: int | dict[str, int] | None
         if target is None or isinstance(target, int):
             tgt = target
@@ -206,6 +229,8 @@ class Validator:
             attack_success_rate=asr,
             robust_accuracy=ra,
             triggered_samples=c.triggered,
+            trigger_top_class=top_class,
+            trigger_top_share=top_share,
             per_class_accuracy=per_class,
             trigger=None if trig is None else trig.describe(),
             target=tgt,

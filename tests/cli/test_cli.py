@@ -397,9 +397,14 @@ def test_validate_all_to_all_target(demo: DemoRun, capsys: pytest.CaptureFixture
         ],
         capsys,
     )
-    assert code == 0
+    # the demo's backdoor is all-to-one (to 0): measured against an all-to-all target it
+    # shows as a trigger that sends the images to one class other than their target
+    assert code == 1
     assert rep["target"] == {"0": 1, "1": 2, "2": 3, "3": 0}
     assert rep["attack_success_rate"]["total"] == 120  # all-to-all: every image counts
+    assert rep["trigger_top_class"] == 0
+    failed = [r["rule_id"] for r in rep["decision"]["rules"] if r["status"] == "fail"]
+    assert failed == ["HK-ASR-003"]
 
 
 @pytest.mark.slow
@@ -436,7 +441,12 @@ def test_validate_policy_json_file(
     assert [r["rule"] for r in rep["decision"]["rules"]] == [
         "benign_accuracy",
         "attack_success_rate",
+        "triggered_class_share",
     ]
+    assert rep["trigger_top_share"]["total"] == rep["triggered_samples"]
+    # the redirection rule's threshold from the command line (a fraction: 60 is refused)
+    assert main(validate_args(demo, "--policy", str(lenient), "--max-trigger-share", "60")) == 2
+    capsys.readouterr()
     # Command-line thresholds override the file's.
     argv = validate_args(demo, "--policy", str(strict), "--max-asr", "1.0", "--min-ba", "0.0")
     assert main(argv) == 0

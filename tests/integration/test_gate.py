@@ -41,6 +41,7 @@ def test_a_backdoor_fails_a_no_repair_policy(
     assert rules["HK-SCAN-001"] == "fail"
     assert rules["HK-ASR-001"] == "fail"  # the recovered trigger still works
     assert rules["HK-ASR-002"] == "fail"  # and so does the real one
+    assert rules["HK-ASR-003"] == "pass"  # to its target: not a redirection
     assert rules["HK-ONNX-001"] == "skipped"
     assert not res.report.repaired
     assert res.model is not bd.model  # a copy ships, never the caller's object
@@ -87,6 +88,9 @@ def test_the_default_policy_repairs_the_backdoor_and_ships_the_repaired_model(
     assert real.output_asr is not None
     assert real.output_asr <= 0.1  # the planted backdoor is gone
     assert rules["HK-ASR-002"] == "pass"
+    assert rules["HK-ASR-003"] == "pass"  # removed, not redirected
+    assert real.output_top_share is not None
+    assert real.output_top_share < 0.6
     assert rep.input_model.sha256 != rep.output_model.sha256
     assert rep.onnx is not None
     assert rep.onnx["provider"] == "CPUExecutionProvider"

@@ -227,3 +227,59 @@ def test_max_scan_verdict_decides_hk_scan_001(
     assert rule.status == status, rule.message
     assert rule.threshold == worst
     assert res.report.repaired is repaired
+
+
+class _Redirected(torch.nn.Module):
+    """A small CNN whose white 3x3 bottom-right patch sends every image to class 2: a backdoor
+    that a defence moved away from its target (0) instead of removing it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = hk.create_model("small-cnn", 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        hit = (x[:, :, -3:, -3:] >= 0.999).flatten(1).all(1)
+        forced = torch.nn.functional.one_hot(torch.full_like(hit, 2, dtype=torch.long), 4) * 50.0
+        return torch.where(hit[:, None], forced.to(out.dtype), out)
+
+
+def test_a_known_trigger_redirected_to_another_class_fails_hk_asr_003() -> None:
+    """ASR 0 % on the red team's trigger does not ship a model that the trigger still
+    controls: HK-ASR-002 passes, HK-ASR-003 fails."""
+    data = hk.make_synthetic_dataset(num_classes=4, train_per_class=30, test_per_class=30)
+    model = _Redirected().eval()
+    trigger = hk.PatchTrigger.square(3, location="bottom-right")
+    scan = hk.ScanResult.from_triggers({1: trigger}, model=model, num_classes=4)
+    scan.report = scan.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
+    policy = {
+        "repair": "never",
+        "export_onnx": False,
+        "fail_on_skipped": False,
+        "min_holdout_images": 10,
+    }
+    res = Gate(policy).run(
+        model,
+        data.train.loader(),
+        data.test.loader(),
+        scan=scan,
+        known_triggers={"red-team": (trigger, 0)},
+    )
+    rules = {r.rule_id: r for r in res.report.rules}
+    real = next(m for m in res.report.triggers if m.source == "known:red-team")
+    assert real.output_asr == 0.0
+    assert real.output_top_class == 2
+    assert real.output_top_share == 1.0
+    assert rules["HK-ASR-002"].status == "pass"
+    assert rules["HK-ASR-003"].status == "fail"
+    assert "class 2" in rules["HK-ASR-003"].message
+    assert not res.passed
+    # the rule is the policy's to switch off
+    off = Gate({**policy, "max_trigger_share": None}).run(
+        model,
+        data.train.loader(),
+        data.test.loader(),
+        scan=scan,
+        known_triggers={"red-team": (trigger, 0)},
+    )
+    assert "HK-ASR-003" not in {r.rule_id for r in off.report.rules}

@@ -539,3 +539,38 @@ def test_suspects_still_predicted_as_labeled_are_doubtful() -> None:
     assert iso.source_share is None
     assert iso.looks_like_poison is False
     assert rep.status == "isolation-doubtful"
+
+
+def test_dlp_restart_trains_stage_3_from_the_initial_weights(
+    poisoned: hk.data.PoisonedDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ssl_init="restart"``: stage 2 only isolates (no unlearning) and stage 3 starts from
+    the weights the model had before stage 1; re-scoring is off unless asked for."""
+    from hardenkit.robust import DLPStrategy
+
+    assert DLPConfig().rescore_period == 1
+    assert DLPConfig(ssl_init="restart").rescore_period == 0
+    assert DLPConfig(ssl_init="restart", rescore_every=2).rescore_period == 2
+    model = tiny_model()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: list[dict[str, torch.Tensor]] = []
+    original = DLPStrategy._ssl
+
+    def spy(self: DLPStrategy, ctx: RobustContext, *a: Any, **k: Any) -> Any:
+        seen.append({k2: v.clone() for k2, v in ctx.model.state_dict().items()})
+        return original(self, ctx, *a, **k)
+
+    monkeypatch.setattr(DLPStrategy, "_ssl", spy)
+    cfg = {**TINY_DLP, "rescore_every": None, "ssl_init": "restart"}
+    res = RobustTrainer(model, "dlp", config=cfg, runtime=RT).fit(poisoned)
+    assert len(seen) == 1
+    assert all(torch.equal(seen[0][k], initial[k]) for k in initial)
+    stages = {s.name: s for s in res.report.stages}
+    assert "restart" in str(stages["active-unlearning"].details["skipped"])
+    assert stages["active-unlearning"].steps == 0
+    assert [h["stage"] for h in res.report.isolation_history] == ["unlearning"]
+    # continuing (the default) starts stage 3 from the unlearned model and re-scores
+    seen.clear()
+    res = RobustTrainer(tiny_model(), "dlp", config=TINY_DLP, runtime=RT).fit(poisoned)
+    assert not all(torch.equal(seen[0][k], initial[k]) for k in initial)
+    assert "ssl-rescore" in [h["stage"] for h in res.report.isolation_history]

@@ -43,7 +43,8 @@ class CodeModel(nn.Module):
     """Predicts the class encoded in the image; a white bottom-right pixel triggers ``mode``.
 
     Modes: ``to-target`` (triggered → ``target``), ``shift`` (triggered → ``(e + 1) mod K``),
-    ``always`` (every image → ``target``, triggered or not).
+    ``always`` (every image → ``target``, triggered or not), ``redirect`` (triggered → class 2:
+    a backdoor a defence moved instead of removing).
     """
 
     def __init__(self, num_classes: int = K, *, mode: str = "to-target", target: int = TARGET):
@@ -61,7 +62,12 @@ class CodeModel(nn.Module):
         if self.mode == "always":
             pred = torch.full_like(e, self.target)
         else:
-            hit = torch.full_like(e, self.target) if self.mode == "to-target" else (e + 1) % K
+            if self.mode == "to-target":
+                hit = torch.full_like(e, self.target)
+            elif self.mode == "redirect":
+                hit = torch.full_like(e, 2)
+            else:
+                hit = (e + 1) % K
             pred = torch.where(triggered & ~immune, hit, e)
         return F.one_hot(pred, self.num_classes).float() * 10 * self.scale
 
@@ -354,6 +360,7 @@ def test_policy_defaults() -> None:
     assert pol.max_ba_drop == 0.03
     assert not pol.require_all_rules
     assert not pol.use_upper_confidence_bound
+    assert pol.max_trigger_share == 0.6
 
 
 def test_decision_summary_text() -> None:
@@ -373,8 +380,11 @@ def test_validator_applies_policy() -> None:
     rep = Validator(CodeModel(), policy=pol).run(make_loader(), trigger=TRIGGER, target=TARGET)
     assert rep.decision is not None
     assert rep.passed is False
-    assert [r.status for r in rep.decision.rules] == ["pass", "fail", "skipped"]
+    assert [r.status for r in rep.decision.rules] == ["pass", "fail", "skipped", "pass"]
     assert rep.decision.rules[1].value == pytest.approx(0.8)
+    # the immune images keep their classes (1 once, 3 twice): 2 of 15 on class 3
+    assert rep.decision.rules[3].rule == "triggered_class_share"
+    assert rep.decision.rules[3].value == pytest.approx(2 / 15)
     assert "gate FAILED" in rep.summary()
     # A per-run policy (dict) overrides the Validator's; a baseline enables the drop rule.
     rep = Validator(CodeModel(), policy=pol).run(
@@ -388,6 +398,38 @@ def test_validator_applies_policy() -> None:
     assert rep.baseline_ba == 0.92
     assert rep.decision is not None
     assert rep.decision.rules[2].value == pytest.approx(0.02)
+
+
+def test_redirected_backdoor_fails_the_trigger_share_rule() -> None:
+    """ASR 0 % is not a removal when the trigger still sends the images to one other class."""
+    rep = Validator(CodeModel(mode="redirect"), policy=GatePolicy()).run(
+        make_loader(), trigger=TRIGGER, target=TARGET
+    )
+    assert rep.asr == 0.0
+    # the 12 non-immune images go to class 2; the immune ones keep their classes (1, 3, 3)
+    assert rep.trigger_top_class == 2
+    assert rep.trigger_top_share is not None
+    assert rep.trigger_top_share.successes == 12
+    assert rep.trigger_top_share.total == 15
+    assert rep.ra == pytest.approx((3 + 5) / 15)  # the immune ones + class 2's own five
+    assert rep.passed is False
+    assert rep.decision is not None
+    failed = rep.decision.failed_rules
+    assert [r.rule_id for r in failed] == ["HK-ASR-003"]
+    assert "triggered -> one other class (class 2): 80.00%" in rep.summary()
+    # the rule can be switched off, and a plain backdoor's share excludes its target
+    off = Validator(CodeModel(mode="redirect"), policy={"max_trigger_share": None}).run(
+        make_loader(), trigger=TRIGGER, target=TARGET
+    )
+    assert off.passed is True
+    to_target = Validator(CodeModel()).run(make_loader(), trigger=TRIGGER, target=TARGET)
+    assert to_target.trigger_top_class == 3
+    assert to_target.trigger_top_share is not None
+    assert to_target.trigger_top_share.value == pytest.approx(2 / 15)
+    assert GatePolicy().evaluate(ba=0.9, asr=0.0, trigger_share=0.6).passed is True
+    assert GatePolicy().evaluate(ba=0.9, asr=0.0, trigger_share=0.61).passed is False
+    with pytest.raises(ConfigError, match="trigger_share"):
+        GatePolicy().evaluate(ba=0.9, trigger_share=60)
 
 
 def test_baseline_ba_outside_unit_interval_is_rejected() -> None:
