@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,12 +43,14 @@ __all__ = [
     "EpochStats",
     "TrainConfig",
     "TrainHistory",
+    "TriggerEffect",
     "augment_batch",
     "build_optimizer",
     "build_scheduler",
     "evaluate_accuracy",
     "predict",
     "train_model",
+    "trigger_effect",
 ]
 
 _log = get_logger("hardenkit.training")
@@ -457,8 +459,25 @@ def trigger_asr(
     runtime: RuntimeConfig | dict[str, Any] | None = None,
 ) -> float:
     """Share of the images of ``(x, y)`` not labelled ``label`` that ``trigger`` sends to it."""
-    effect = trigger_effect(model, trigger, x, y, label, runtime)
-    return 0.0 if effect is None else effect[0]
+    effect = trigger_effect(model, trigger, x, y, label, runtime, without_trigger=False)
+    return 0.0 if effect is None else effect.asr
+
+
+class TriggerEffect(NamedTuple):
+    """What a trigger does to the images not labelled with its target (fractions)."""
+
+    asr: float
+    """Share sent to the target label."""
+    ra: float
+    """Share still classified correctly (robust accuracy)."""
+    top_class: int
+    """The class that takes the most triggered images from other classes (the target while
+    the backdoor works; another class when a defence redirected it)."""
+    top_share: float
+    """Its share of the triggered images (images of its own class not counted)."""
+    asr_without_trigger: float | None
+    """Share of the same images predicted as the target *without* the trigger: the model's
+    own bias towards it, the floor under the ASR (``None`` when not measured)."""
 
 
 def trigger_effect(
@@ -468,14 +487,16 @@ def trigger_effect(
     y: Tensor,
     label: int,
     runtime: RuntimeConfig | dict[str, Any] | None = None,
-) -> tuple[float, float, int, float] | None:
+    *,
+    without_trigger: bool = True,
+) -> TriggerEffect | None:
     """What ``trigger`` does to the images of ``(x, y)`` not labelled ``label``.
 
-    Returns ``(asr, ra, top_class, top_share)``: the share sent to ``label`` (ASR), the share
-    still classified correctly (robust accuracy), and the most common prediction with its
-    share. A backdoor that a defence *redirected* instead of removing shows as a low ASR with a
-    low RA and one ``top_class`` (not ``label``) taking most images. ``None`` when no image
-    qualifies.
+    A backdoor that a defence *redirected* instead of removing shows as a low ASR with a low RA
+    and one ``top_class`` (not ``label``) taking most images from the other classes.
+    ``asr_without_trigger`` (one more pass, skipped with ``without_trigger=False``) is the
+    share the model sends to ``label`` anyway: a model biased towards the target has that ASR
+    with no backdoor at all. ``None`` when no image qualifies.
     """
     keep = (y != label).cpu()
     if int(keep.sum()) == 0:
@@ -484,12 +505,20 @@ def trigger_effect(
     kept = x.take(idx) if isinstance(x, ImageStore) else x[keep.to(x.device)]
     pred = predict(model, kept, runtime=runtime, transform=trigger).argmax(1)
     truth = y.cpu()[idx]
-    hist = torch.bincount(pred, minlength=int(max(int(pred.max()), int(truth.max())) + 1))
+    # where the trigger *moves* images: a class's own images predicted as that class are not
+    # counted (with few classes they alone would make one class look dominant)
+    moved = pred[pred != truth]
+    hist = torch.bincount(moved, minlength=int(max(int(pred.max()), int(truth.max())) + 1))
     top = int(hist.argmax())
     n = len(pred)
-    return (
-        float((pred == label).float().mean()),
-        float((pred == truth).float().mean()),
-        top,
-        int(hist[top]) / n,
+    base = None
+    if without_trigger:
+        clean = predict(model, kept, runtime=runtime).argmax(1)
+        base = float((clean == label).float().mean())
+    return TriggerEffect(
+        asr=float((pred == label).float().mean()),
+        ra=float((pred == truth).float().mean()),
+        top_class=top,
+        top_share=int(hist[top]) / n,
+        asr_without_trigger=base,
     )

@@ -60,8 +60,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--max-trigger-share",
         type=float,
-        help="policy: maximum share of triggered images sent to one class other than the "
-        "target (a redirected backdoor; default 0.6)",
+        help="policy: maximum share of triggered images moved to one class other than the "
+        "target and their own (a redirected backdoor; default 0.5)",
     )
     p.add_argument("--baseline-ba", type=float, help="BA of the model before repair")
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")

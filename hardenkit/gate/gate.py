@@ -72,7 +72,7 @@ RULES: dict[str, str] = {
     "HK-BA-002": "benign-accuracy drop against the input model at most max_ba_drop",
     "HK-ASR-001": "every recovered trigger's ASR on the shipped model at most max_asr",
     "HK-ASR-002": "every known trigger's ASR on the shipped model at most max_asr",
-    "HK-ASR-003": "no known trigger sends more than max_trigger_share of the images to one "
+    "HK-ASR-003": "no known trigger moves more than max_trigger_share of the images to one "
     "other class (a redirected backdoor)",
     "HK-ONNX-001": "the ONNX export matches the shipped model on ONNX Runtime",
     "HK-ONNX-002": "ONNX Runtime ran on the policy's execution provider",

@@ -61,10 +61,10 @@ class DeploymentPolicy(HardenkitConfig):
             model, on the same held-out images.
         max_asr: highest attack success rate of every recovered trigger (from both scans) and
             every known trigger on the shipped model, on held-out images.
-        max_trigger_share: highest share of held-out images that a *known* trigger may send
-            to one class other than its target on the shipped model (rule ``HK-ASR-003``;
-            None: no rule). A repair that redirected a backdoor instead of removing it reads
-            as ASR 0 % with most triggered images on one other class.
+        max_trigger_share: highest share of held-out images that a *known* trigger may move
+            to one class other than its target (and their own class) on the shipped model
+            (rule ``HK-ASR-003``; None: no rule). A repair that redirected a backdoor instead
+            of removing it reads as ASR 0 % with most triggered images on one other class.
         holdout_fraction: share of the clean images held out for the measurements when no
             ``holdout_loader`` is given (stratified; the rest scans and repairs).
         min_holdout_images: fewer held-out images fail ``HK-DATA-001`` (too few to measure).
@@ -96,7 +96,7 @@ class DeploymentPolicy(HardenkitConfig):
     min_ba: Fraction | None = None
     max_ba_drop: Fraction = 0.03
     max_asr: Fraction = 0.10
-    max_trigger_share: Fraction | None = 0.6
+    max_trigger_share: Fraction | None = 0.5
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     min_holdout_images: Annotated[int, Field(ge=1)] = 100
     export_onnx: bool = True

@@ -66,8 +66,10 @@ set looks like a poison set":
   attacks such as SIG, or a very low poison rate): the returned model may still carry a
   backdoor;
 * ``backdoor-remains`` — a test set, trigger and target were given, and the trigger still
-  controls the trained model: its ASR exceeds ``max_asr``, or it sends at least
-  ``max_trigger_share`` of the test images to one other class (a redirected backdoor);
+  controls the trained model: its ASR exceeds the model's own rate of predicting the target
+  without the trigger by more than ``max_asr``, or it sends at least
+  ``max_trigger_share`` of the test images from other classes to one class (a redirected
+  backdoor);
 * ``budget-exhausted`` — ``max_steps`` / ``max_seconds`` ended the run before its schedule.
 """
 
@@ -125,11 +127,17 @@ class RobustConfig(HardenkitConfig):
             against 34 %.
         max_asr: with a test set, a trigger and a target: the status is ``backdoor-remains``
             when the trigger sends more than this share of the test images (those not of the
-            target class) to the target. Same default as the deployment gate's ``max_asr``.
-        max_trigger_share: ... or when it sends at least this share of them to one other
-            class: a backdoor redirected, not removed. Models trained without the poison sent
-            at most 46 % of the triggered CIFAR-10 test images to one class (SIG, a strong
-            perturbation for a 65 %-accurate model; Blended 26 %); redirected backdoors 96-99 %.
+            target class) to the target *beyond* the share the model sends there without
+            the trigger (``TrainingReport.asr_without_trigger``). The raw ASR would call a
+            model biased towards the target backdoored: DLP on a clean CIFAR-10 set predicts
+            airplanes for 11.5 % of the other test images, with the BadNets patch or without
+            (ASR 11.3 %, no backdoor); a backdoor adds tens of points. Same default as the
+            deployment gate's ``max_asr`` (which judges the raw ASR).
+        max_trigger_share: ... or when it moves at least this share of them to one other
+            class (images of that class not counted): a backdoor redirected, not removed.
+            Models trained without the poison moved at most 36 % of the triggered CIFAR-10
+            test images to one class (SIG, a strong perturbation for a 65 %-accurate model;
+            Blended 18-21 %); backdoors that DLP redirected 84-89 %.
         max_steps: stop after this many optimisation steps (``None`` = the schedule decides);
             a run cut short has status ``budget-exhausted``.
         max_seconds: stop after this much wall time (checked between steps); same status.
@@ -148,7 +156,7 @@ class RobustConfig(HardenkitConfig):
     persistence_mix: Annotated[float, Field(gt=0, lt=1)] = 0.5
     min_persistence_gap: Annotated[float, Field(gt=0, le=1)] = 0.25
     max_asr: Annotated[float, Field(ge=0, le=1)] = 0.10
-    max_trigger_share: Annotated[float, Field(gt=0, le=1)] = 0.6
+    max_trigger_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     max_steps: Annotated[int, Field(ge=1)] | None = None
     max_seconds: Annotated[float, Field(gt=0)] | None = None
 
@@ -482,6 +490,10 @@ class TrainingReport(BaseReport):
     there; another class when a defence redirected it)."""
     trigger_top_share: float | None = None
     """The share of those images sent to ``trigger_top_class``."""
+    asr_without_trigger: float | None = None
+    """The share of the same images the model predicts as the target *without* the trigger:
+    its own bias, the floor under ``asr``; ``asr - asr_without_trigger`` is what the trigger
+    does (judged against ``max_asr``)."""
     test_images: int = 0
     input_model: ModelFingerprint
     output_model: ModelFingerprint
@@ -533,6 +545,8 @@ class TrainingReport(BaseReport):
                 )
         if self.test_images:
             line = f"  test: BA {pct(self.ba)}, ASR {pct(self.asr)}"
+            if self.asr_without_trigger is not None:
+                line += f" ({pct(self.asr_without_trigger)} without the trigger)"
             if self.ra is not None:
                 line += (
                     f", RA {pct(self.ra)}, triggered images mostly to class "

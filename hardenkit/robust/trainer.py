@@ -437,7 +437,7 @@ class RobustTrainer:
         suspected = torch.sort(outcome.suspected.cpu().to(torch.int64)).values
         warnings: list[str] = []
         isolation = self._isolation(strat, suspected, ctx, poison, source, warnings, model, rt)
-        ba = asr = ra = top_share = None
+        ba = asr = ra = top_share = base = None
         top_class: int | None = None
         test_n = 0
         if x_te is not None and y_te is not None:
@@ -447,16 +447,18 @@ class RobustTrainer:
             if trigger is not None and target is not None:
                 effect = trigger_effect(model, trigger, xd, yd, int(target), rt)
                 if effect is not None:
-                    asr, ra, top_class, top_share = effect
+                    asr, ra, top_class, top_share, base = effect
         elif trigger is not None:
             notes.append("a trigger was given without a test set: ASR was not measured")
         cfg = strat.config
         remains = False
-        if asr is not None and asr > cfg.max_asr:
+        lift = None if asr is None else asr - (base or 0.0)
+        if lift is not None and lift > cfg.max_asr:
             remains = True
             warnings.append(
-                f"BACKDOOR REMAINS: the trigger sends {100 * asr:.1f}% of the test images "
-                f"to the target {target} (max_asr {100 * cfg.max_asr:.0f}%)"
+                f"BACKDOOR REMAINS: the trigger sends {100 * (asr or 0):.1f}% of the test "
+                f"images to the target {target}, {100 * lift:.1f} points more than without "
+                f"it ({100 * (base or 0):.1f}%; max_asr {100 * cfg.max_asr:.0f}%)"
             )
         elif (
             top_share is not None
@@ -516,6 +518,7 @@ class RobustTrainer:
             ra=ra,
             trigger_top_class=top_class,
             trigger_top_share=top_share,
+            asr_without_trigger=base,
             test_images=test_n,
             input_model=input_fp,
             output_model=output_fp,

@@ -129,12 +129,16 @@ class Counts:
     asr_hits: int = 0
     ra_hits: int = 0
     triggered: int = 0
+    base_hits: int = 0
+    """Triggered-eligible images predicted as their target *without* the trigger."""
     redirected: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    """Per class: triggered images predicted as that class when it is not their target (a
-    trigger that still controls the model but sends images to another class)."""
+    """Per class: triggered images predicted as that class when it is neither their target
+    nor their own class (a trigger that still controls the model but sends images to another
+    class)."""
 
     def redirect_top(self) -> tuple[int, int] | None:
-        """The class most triggered images go to other than their target, and how many."""
+        """The class most triggered images are moved to (not their target, not their own
+        class), and how many."""
         if self.triggered == 0 or len(self.redirected) == 0:
             return None
         top = int(self.redirected.argmax())
@@ -219,7 +223,8 @@ def evaluate_counts(
                     counts.asr_hits += int((pt == tgt[keep]).sum())
                     counts.ra_hits += int((pt == y[keep]).sum())
                     counts.triggered += int(keep.sum())
-                    off = pt[pt != tgt[keep]]
+                    counts.base_hits += int((pred[keep] == tgt[keep]).sum())
+                    off = pt[(pt != tgt[keep]) & (pt != y[keep])]
                     counts.redirected += torch.bincount(off, minlength=k).cpu()
     if counts is None:  # pragma: no cover - iter_batches raises on empty loaders
         raise DataError(f"{where}: the loader yielded no batches.")

@@ -71,11 +71,12 @@ class GatePolicy(HardenkitConfig):
         use_upper_confidence_bound: judge ASR (and the triggered-class share) by the upper
             end of its 95% Wilson interval (stricter on small test sets) instead of the point
             estimate.
-        max_trigger_share: highest acceptable share of triggered images sent to one class
-            other than their target (None = no rule). Catches a *redirected* backdoor: a repair
-            or training-time defence that moved the trigger's effect to another class reads as
-            ASR 0 %. 0.6 leaves room for a clean model's natural bias (26-46 % on CIFAR-10 for
-            Blended and SIG triggers, docs/training.md "Redirected backdoors").
+        max_trigger_share: highest acceptable share of triggered images moved to one class
+            other than their target and their own class (None = no rule). Catches a
+            *redirected* backdoor: a repair or training-time defence that moved the trigger's
+            effect to another class reads as ASR 0 %. 0.5 leaves room for a clean model's
+            natural bias (at most 36 % on CIFAR-10 for Blended and SIG triggers; redirected
+            backdoors 84-89 %, docs/training.md "Redirected backdoors").
     """
 
     min_ba: Fraction | None = None
@@ -83,7 +84,7 @@ class GatePolicy(HardenkitConfig):
     max_ba_drop: Fraction | None = 0.03
     require_all_rules: bool = False
     use_upper_confidence_bound: bool = False
-    max_trigger_share: Fraction | None = 0.6
+    max_trigger_share: Fraction | None = 0.5
 
     def evaluate(
         self,

@@ -57,15 +57,18 @@ class ValidationReport(BaseReport):
     attack_success_rate: RateEstimate | None = None
     robust_accuracy: RateEstimate | None = None
     triggered_samples: int = 0
+    asr_without_trigger: RateEstimate | None = None
+    """The share of the same images the model predicts as their target *without* the trigger:
+    its own bias, the floor under the ASR (the ASR rule judges the ASR itself)."""
     trigger_top_class: int | None = None
-    """The class that takes the most triggered images other than their target (``None`` when
-    every triggered image went to its target, or without a trigger)."""
+    """The class that takes the most triggered images moved away from their own class to a
+    class other than their target (``None`` when none was, or without a trigger)."""
     trigger_top_share: RateEstimate | None = None
-    """The share of triggered images sent to ``trigger_top_class``: a trigger that still
-    controls the model but was *redirected* (by a repair, or a training-time defence) shows as a
-    low ASR with most triggered images on one other class (and a low RA). A model with no
-    backdoor spreads them: on CIFAR-10, 26-46 % for a Blended or SIG trigger (the class the
-    trigger's look resembles plus that class's own images)."""
+    """The share of triggered images moved to ``trigger_top_class`` (its own images not
+    counted): a trigger that still controls the model but was *redirected* (by a repair, or a
+    training-time defence) shows as a low ASR with most triggered images on one other class
+    (and a low RA). A model with no backdoor spreads them: on CIFAR-10 at most 36 % for a
+    Blended or SIG trigger (the class the trigger's look resembles); redirected 84-89 %."""
     per_class_accuracy: list[ClassAccuracy]
     trigger: dict[str, Any] | None = None
     target: int | dict[str, int] | None = None
@@ -101,7 +104,12 @@ class ValidationReport(BaseReport):
 
         lines = [
             f"BA  {pct(self.benign_accuracy)}",
-            f"ASR {pct(self.attack_success_rate)}",
+            f"ASR {pct(self.attack_success_rate)}"
+            + (
+                ""
+                if self.asr_without_trigger is None
+                else f"; without the trigger {pct(self.asr_without_trigger)}"
+            ),
             f"RA  {pct(self.robust_accuracy)}",
         ]
         if self.trigger_top_share is not None:
@@ -192,11 +200,12 @@ class Validator:
             for i in range(c.num_classes)
         ]
         ba = RateEstimate.from_counts(c.correct, c.total)
-        asr = ra = top_share = None
+        asr = ra = top_share = base = None
         top_class: int | None = None
         if trig is not None:
             asr = RateEstimate.from_counts(c.asr_hits, c.triggered)
             ra = RateEstimate.from_counts(c.ra_hits, c.triggered)
+            base = RateEstimate.from_counts(c.base_hits, c.triggered)
             redirect = c.redirect_top()
             if redirect is not None:
                 top_class = redirect[0] if redirect[1] else None
@@ -229,6 +238,7 @@ class Validator:
             attack_success_rate=asr,
             robust_accuracy=ra,
             triggered_samples=c.triggered,
+            asr_without_trigger=base,
             trigger_top_class=top_class,
             trigger_top_share=top_share,
             per_class_accuracy=per_class,

@@ -269,7 +269,7 @@ def test_a_known_trigger_redirected_to_another_class_fails_hk_asr_003() -> None:
     real = next(m for m in res.report.triggers if m.source == "known:red-team")
     assert real.output_asr == 0.0
     assert real.output_top_class == 2
-    assert real.output_top_share == 1.0
+    assert real.output_top_share == pytest.approx(2 / 3)  # class 2's own images not counted
     assert rules["HK-ASR-002"].status == "pass"
     assert rules["HK-ASR-003"].status == "fail"
     assert "class 2" in rules["HK-ASR-003"].message

@@ -401,13 +401,14 @@ def _judge(
     trigger: bool = False,
     config: dict[str, Any] | None = None,
     target: int | None = None,
+    bias: int = 0,
 ) -> TrainingReport:
     """A 10-class set with 40 samples relabeled to class 0 (indices 0-39, true classes 1-9)
     plus 15 clean samples per class; a fixed strategy suspects the 40 and 10 clean samples;
     ``predicted`` is what the 'trained' model says about the 40. With ``trigger`` the 40
     carry a trigger pixel that drives the model to class 1 (and survives mixing). With
     ``target`` the 135 clean samples are also the test set, and the trigger pixel the test
-    trigger."""
+    trigger. ``bias`` clean samples of class 1 are predicted as class 0."""
     k = 10
     y = torch.cat([torch.zeros(40, dtype=torch.int64), torch.arange(k).repeat_interleave(15)])
     n = len(y)
@@ -419,6 +420,9 @@ def _judge(
     table[torch.arange(n), y] = 5.0  # every sample predicted as labeled ...
     table[:40] = -5.0
     table[torch.arange(40), predicted] = 5.0  # ... except the 40, predicted as told
+    if bias:  # the first ``bias`` clean samples of class 1 predicted as class 0
+        table[55 : 55 + bias] = -5.0
+        table[55 : 55 + bias, 0] = 5.0
     suspected = torch.cat([torch.arange(40), torch.arange(55, 65)])  # + 10 clean of class 1
 
     class Fixed(RobustStrategy):
@@ -520,15 +524,32 @@ def test_a_test_trigger_that_still_controls_the_model_means_backdoor_remains() -
     assert rep.ra is not None
     assert rep.ra < 0.15  # only the test images of class 1 stay right
     assert rep.trigger_top_class == 1
-    assert rep.trigger_top_share == 1.0
+    assert rep.trigger_top_share == pytest.approx(120 / 135)  # class 1's own 15 not counted
     assert rep.status == "backdoor-remains"
     assert any("BACKDOOR REDIRECTED" in w for w in rep.warnings)
-    assert "triggered images mostly to class 1 (100.00%)" in rep.summary()
+    assert "triggered images mostly to class 1 (88.89%)" in rep.summary()
     # a trigger that does nothing: trained, RA = BA
     rep = _judge(spread, target=0)
     assert rep.status == "trained"
     assert rep.asr == 0.0
     assert rep.ra == 1.0
+    assert rep.asr_without_trigger == 0.0
+
+
+def test_a_model_biased_towards_the_target_is_not_called_backdoored() -> None:
+    """ASR 11 % of which the model gives 11 % without the trigger: no backdoor (DLP on clean
+    CIFAR-10 data, ships -> airplanes); the same bias plus a working trigger still is."""
+    spread = torch.arange(40) % 9 + 1
+    rep = _judge(spread, target=0, bias=15)  # the 'trigger' changes nothing
+    assert rep.asr == pytest.approx(15 / 135)
+    assert rep.asr_without_trigger == pytest.approx(15 / 135)
+    assert rep.status == "trained", rep.warnings
+    assert "without the trigger" in rep.summary()
+    rep = _judge(spread, trigger=True, target=1, bias=15)
+    assert rep.asr == 1.0
+    assert rep.asr_without_trigger == 0.0  # class 1 is the target: the biased ones are excluded
+    assert rep.status == "backdoor-remains"
+    assert any("points more than without it" in w for w in rep.warnings)
 
 
 def test_suspects_still_predicted_as_labeled_are_doubtful() -> None:

@@ -124,6 +124,8 @@ def test_ba_asr_ra_exact_values() -> None:
     assert rep.robust_accuracy.total == 15
     assert rep.ra == pytest.approx(0.2)
     assert rep.triggered_samples == 15
+    assert rep.asr_without_trigger is not None
+    assert rep.asr_without_trigger.successes == 0  # no clean non-target image says 0
     per_class = {c.label: (c.correct, c.total, c.accuracy) for c in rep.per_class_accuracy}
     assert per_class == {0: (5, 5, 1.0), 1: (4, 5, 0.8), 2: (4, 5, 0.8), 3: (5, 5, 1.0)}
     assert rep.target == TARGET
@@ -163,6 +165,11 @@ def test_all_to_all_mapping() -> None:
     # RA: the 3 immune images keep their true class; every other image moves.
     assert rep.robust_accuracy.successes == 3
     assert rep.target == {str(k): v for k, v in mapping.items()}
+    # without the trigger, indices 5 (y=1, encodes 2) and 10 (y=2, encodes 3) already land
+    # on their targets: the floor under the ASR
+    assert rep.asr_without_trigger is not None
+    assert rep.asr_without_trigger.successes == 2
+    assert rep.asr_without_trigger.total == 20
 
 
 def test_mapping_to_itself_excludes_the_class() -> None:
@@ -203,6 +210,7 @@ def test_summary_text() -> None:
     assert text.splitlines()[0].startswith("BA  90.00% [")
     assert "(n=20)" in text
     assert "ASR 80.00%" in text
+    assert "; without the trigger 0.00%" in text
     assert "(n=15)" in text
     assert "RA  20.00%" in text
 
@@ -360,7 +368,7 @@ def test_policy_defaults() -> None:
     assert pol.max_ba_drop == 0.03
     assert not pol.require_all_rules
     assert not pol.use_upper_confidence_bound
-    assert pol.max_trigger_share == 0.6
+    assert pol.max_trigger_share == 0.5
 
 
 def test_decision_summary_text() -> None:
@@ -382,9 +390,9 @@ def test_validator_applies_policy() -> None:
     assert rep.passed is False
     assert [r.status for r in rep.decision.rules] == ["pass", "fail", "skipped", "pass"]
     assert rep.decision.rules[1].value == pytest.approx(0.8)
-    # the immune images keep their classes (1 once, 3 twice): 2 of 15 on class 3
+    # the immune images keep their own classes: none is moved to another class
     assert rep.decision.rules[3].rule == "triggered_class_share"
-    assert rep.decision.rules[3].value == pytest.approx(2 / 15)
+    assert rep.decision.rules[3].value == 0.0
     assert "gate FAILED" in rep.summary()
     # A per-run policy (dict) overrides the Validator's; a baseline enables the drop rule.
     rep = Validator(CodeModel(), policy=pol).run(
@@ -401,33 +409,36 @@ def test_validator_applies_policy() -> None:
 
 
 def test_redirected_backdoor_fails_the_trigger_share_rule() -> None:
-    """ASR 0 % is not a removal when the trigger still sends the images to one other class."""
+    """ASR 0 % is not a removal when the trigger still moves the images to one other class."""
+    x = make_images(immune=torch.zeros(20, dtype=torch.bool))
+    loader = [(x, LABELS)]
     rep = Validator(CodeModel(mode="redirect"), policy=GatePolicy()).run(
-        make_loader(), trigger=TRIGGER, target=TARGET
+        loader, trigger=TRIGGER, target=TARGET
     )
     assert rep.asr == 0.0
-    # the 12 non-immune images go to class 2; the immune ones keep their classes (1, 3, 3)
+    # every triggered image goes to class 2: classes 1 and 3 (10 of 15) are moved there;
+    # class 2's own five are not counted (with few classes they alone would dominate)
     assert rep.trigger_top_class == 2
     assert rep.trigger_top_share is not None
-    assert rep.trigger_top_share.successes == 12
+    assert rep.trigger_top_share.successes == 10
     assert rep.trigger_top_share.total == 15
-    assert rep.ra == pytest.approx((3 + 5) / 15)  # the immune ones + class 2's own five
+    assert rep.ra == pytest.approx(5 / 15)
     assert rep.passed is False
     assert rep.decision is not None
-    failed = rep.decision.failed_rules
-    assert [r.rule_id for r in failed] == ["HK-ASR-003"]
-    assert "triggered -> one other class (class 2): 80.00%" in rep.summary()
-    # the rule can be switched off, and a plain backdoor's share excludes its target
+    assert [r.rule_id for r in rep.decision.failed_rules] == ["HK-ASR-003"]
+    assert "triggered -> one other class (class 2): 66.67%" in rep.summary()
+    # the rule can be switched off; a backdoor to its target and a clean model move nothing
     off = Validator(CodeModel(mode="redirect"), policy={"max_trigger_share": None}).run(
-        make_loader(), trigger=TRIGGER, target=TARGET
+        loader, trigger=TRIGGER, target=TARGET
     )
     assert off.passed is True
-    to_target = Validator(CodeModel()).run(make_loader(), trigger=TRIGGER, target=TARGET)
-    assert to_target.trigger_top_class == 3
-    assert to_target.trigger_top_share is not None
-    assert to_target.trigger_top_share.value == pytest.approx(2 / 15)
-    assert GatePolicy().evaluate(ba=0.9, asr=0.0, trigger_share=0.6).passed is True
-    assert GatePolicy().evaluate(ba=0.9, asr=0.0, trigger_share=0.61).passed is False
+    for model in (CodeModel(), CodeModel(mode="always")):
+        rep = Validator(model).run(loader, trigger=TRIGGER, target=TARGET)
+        assert rep.trigger_top_class is None
+        assert rep.trigger_top_share is not None
+        assert rep.trigger_top_share.value == 0.0
+    assert GatePolicy().evaluate(ba=0.9, asr=0.0, trigger_share=0.5).passed is True
+    assert GatePolicy().evaluate(ba=0.9, asr=0.0, trigger_share=0.51).passed is False
     with pytest.raises(ConfigError, match="trigger_share"):
         GatePolicy().evaluate(ba=0.9, trigger_share=60)
 
