@@ -51,6 +51,13 @@ ARCH_KW: dict[str, Any] = {"width": 16}
 # poison (lowest-loss 20 % held 26-41 % poison); ``cifar-cnn`` (the cifar10-cpu fixtures'
 # model, six convs) costs about the same per epoch and separates it (42-45 %).
 SEED = 0
+
+
+def _restart(ssl_epochs: int, **cfg: Any) -> tuple[str, dict[str, Any]]:
+    """A DLP method whose stage 3 starts from the initial weights."""
+    return ("dlp", {"sl_epochs": 3, "ssl_epochs": ssl_epochs, "ssl_init": "restart", **cfg})
+
+
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain": ("plain", {"epochs": 12}),
     "plain-clean": ("plain", {"epochs": 12}),
@@ -77,39 +84,11 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "dlp-drop": ("dlp", {"sl_epochs": 3, "ssl_epochs": 9, "ssl_flagged": "none"}),
     # ``ssl_init="restart"`` variants tried on seed 0 (run them with ``--method``);
     # ``dlp-restart12-fixed`` is the documented setting (re-scoring off, the restart default)
-    "dlp-restart": (
-        "dlp",
-        {"sl_epochs": 3, "ssl_epochs": 9, "ssl_init": "restart", "rescore_every": 1},
-    ),
-    "dlp-restart-all": (
-        "dlp",
-        {
-            "sl_epochs": 3,
-            "ssl_epochs": 9,
-            "ssl_init": "restart",
-            "rescore_every": 1,
-            "ssl_flagged": "all",
-        },
-    ),
-    "dlp-restart12": ("dlp", {"sl_epochs": 3, "ssl_epochs": 12, "ssl_init": "restart"}),
-    "dlp-restart12-r3": (
-        "dlp",
-        {"sl_epochs": 3, "ssl_epochs": 12, "ssl_init": "restart", "rescore_every": 3},
-    ),
-    "dlp-restart12-iso30": (
-        "dlp",
-        {
-            "sl_epochs": 3,
-            "ssl_epochs": 12,
-            "ssl_init": "restart",
-            "rescore_every": 0,
-            "isolation_ratio": 0.3,
-        },
-    ),
-    "dlp-restart12-fixed": (
-        "dlp",
-        {"sl_epochs": 3, "ssl_epochs": 12, "ssl_init": "restart", "rescore_every": 0},
-    ),
+    "dlp-restart": _restart(9, rescore_every=1),
+    "dlp-restart-all": _restart(9, rescore_every=1, ssl_flagged="all"),
+    "dlp-restart12-r3": _restart(12, rescore_every=3),
+    "dlp-restart12-iso30": _restart(12, rescore_every=0, isolation_ratio=0.3),
+    "dlp-restart12-fixed": _restart(12, rescore_every=0),
     "dlp-uniform-drop": (
         "dlp",
         {"sl_epochs": 3, "ssl_epochs": 9, "unlearn_objective": "uniform", "ssl_flagged": "none"},

@@ -765,7 +765,7 @@ class Gate:
                             top.output_top_share,
                             pol.max_trigger_share,
                             "<=",
-                            f"largest share sent to one other class ({top.source}, class "
+                            f"largest share moved to one other class ({top.source}, class "
                             f"{top.output_top_class})",
                         )
 
