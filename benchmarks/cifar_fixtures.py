@@ -13,6 +13,7 @@ Results: ``benchmarks/results/cifar10_cpu_undefended.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -92,6 +93,14 @@ def fixture_dir(name: str) -> Path:
     (where :func:`build_fixture` trains it; move it under :data:`COMMITTED` to commit it)."""
     leaf = f"{name}-{config_hash(fixture_config(name))}"
     return COMMITTED / leaf if (COMMITTED / leaf).is_dir() else CACHE / "fixtures" / leaf
+
+
+def fixture_key(name: str) -> str:
+    """A cache key for results computed on fixture ``name``: its directory name and a digest of
+    its weights — a rebuilt fixture (same config, new weights) never re-uses old results."""
+    d = fixture_dir(name)
+    digest = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()[:12]
+    return f"{d.name}@{digest}"
 
 
 def _print_progress(phase: str, step: int, total: int, **info: Any) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import hardenkit as hk
 from hardenkit.scan import ScanResult
 
-from .cifar_fixtures import ATTACKS_10, FIXTURES, fixture_dir, load_fixture
+from .cifar_fixtures import ATTACKS_10, FIXTURES, fixture_key, load_fixture
 from .common import CACHE, config_hash, load_cifar10, peak_rss_mb, write_results
 from .scanner_cpu import scan_cache, scan_config
 
@@ -39,6 +39,9 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "finetune": ("finetune", {}),
     "nc-unlearn": ("nc-unlearn", {}),
     "mcl": ("mcl", {}),
+    "mcl-paper": ("mcl", {"preset": "paper"}),
+    "mcl-anchor3": ("mcl", {"anchor_weight": 3.0}),
+    "mcl-anchor+ce": ("mcl", {"ce_weight": 1.0}),
     "mcl+ce": ("mcl", {"ce_weight": 1.0}),
     "mcl-lr0.01": ("mcl", {"lr_schedule": [[0, 0.01], [10, 0.001]]}),
     "d3-0.5": ("d3", {"lmd": 0.5}),
@@ -130,7 +133,7 @@ def purify_and_measure(
 
 def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
     strategy, cfg = DEFENCES.get(defence, (defence, {}))
-    spec: dict[str, Any] = {"fixture": fixture_dir(name).name, "defence": defence, "cfg": cfg}
+    spec: dict[str, Any] = {"fixture": fixture_key(name), "defence": defence, "cfg": cfg}
     if defence == "auto":  # its trigger branch changed (nc-unlearn -> guarded mcl, issue 16)
         spec["v"] = 4
     key = config_hash({**spec, "scan": SCAN_CFG})

@@ -30,7 +30,7 @@ import torch
 
 import hardenkit as hk
 
-from .cifar_fixtures import ATTACKS_10, FIXTURES, fixture_dir, is_clean, load_fixture
+from .cifar_fixtures import ATTACKS_10, FIXTURES, fixture_dir, fixture_key, is_clean, load_fixture
 from .common import CACHE, config_hash, load_cifar10, peak_rss_mb, write_results
 
 BACKDOORED = [f"{a}-0.1{s}" for s in ("", "-s1") for a in ATTACKS_10]
@@ -58,7 +58,7 @@ def auroc(pos: list[float], neg: list[float]) -> float | None:
 
 def scan_cache(name: str, cfg: dict) -> Path:
     """``<cache>/scans/<fixture>-<hash>.json`` (the row); the ScanResult is saved beside it."""
-    key = config_hash({"fixture": fixture_dir(name).name, "scan": cfg, "v": 1})
+    key = config_hash({"fixture": fixture_key(name), "scan": cfg, "v": 1})
     return CACHE / "scans" / f"{name}-{key}.json"
 
 

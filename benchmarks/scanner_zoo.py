@@ -35,8 +35,8 @@ evaluated on the same inversions (none of their thresholds was tuned on these mo
 Statistics of a detector a saved result lacks are added with ``--from-json ... --add
 DETECTOR`` (the saved weights are scanned with that detector alone, same images).
 
-A backdoored model counts only when its real trigger reached 80 % ASR; a rule "detects" it
-only when it flags the true target. AUROC: of each rule's model-level evidence (its MAD
+A backdoored model counts only when its real trigger reached 80 % ASR (``--min-asr``); a rule
+"detects" it only when it flags the true target. AUROC: of each rule's model-level evidence (its MAD
 anomaly index; the combination takes the larger), backdoored vs clean models — how well a
 threshold *could* separate them. Writes ``benchmarks/results/scanner_zoo.{json,md}``.
 """
@@ -328,7 +328,7 @@ def auroc(pos: list[float], neg: list[float]) -> float | None:
 REFERENCE_DETECTORS = {"neural-cleanse": "nc_l1", "pixel": "px_pixels", "warp": "w_shift"}
 
 
-def write_reference(models: list[dict[str, Any]], command: str) -> Path:
+def write_reference(models: list[dict[str, Any]], command: str, name: str = "scanner_zoo") -> Path:
     """hardenkit/scan/clean_reference.json: each clean model's evidence per detector,
     computed exactly as the detectors do (floored MAD on log sizes, default settings; the
     prediction share's ``-log10`` of its smallest Bonferroni-corrected p-value)."""
@@ -346,10 +346,12 @@ def write_reference(models: list[dict[str, Any]], command: str) -> Path:
             idx["prediction-share"] = rule_evidence(m, "share:default")
         rows.append({"id": m["id"], "arch": m["arch"], "ba": m["ba"], "indices": idx})
     archs = sorted({m["arch"] for m in clean})
+    epochs = sorted({int(m["epochs"]) for m in clean})
+    trained = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
     payload = {
-        "source": f"benchmarks/results/scanner_zoo.md ({command})",
-        "description": f"{len(clean)} clean CIFAR-10 models ({', '.join(archs)}; 6 epochs on "
-        "600 images per class), scanned at the 'quick' budget, default detector settings",
+        "source": f"benchmarks/results/{name}.md ({command})",
+        "description": f"{len(clean)} clean CIFAR-10 models ({', '.join(archs)}; {trained} epochs "
+        "on 600 images per class), scanned at the 'quick' budget, default detector settings",
         "threshold": 2.0,
         "num_classes": 10,
         "models": rows,
@@ -363,7 +365,11 @@ def _rules(models: list[dict[str, Any]]) -> list[str]:
     return [r for r in [*RULES, "mm-bd"] if all(has_rule(m, r) for m in models)]
 
 
-def evaluate(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def evaluate(
+    models: list[dict[str, Any]], min_asr: float = MIN_PLANTED_ASR
+) -> list[dict[str, Any]]:
+    """Per attack (and ``all``) and rule: TPR with the right target over the backdoored models
+    whose real trigger reached ``min_asr``, FPR over the clean models, AUROC."""
     rows = []
     groups = sorted({m["attack"] for m in models if m["attack"] != "clean"})
     rules = _rules(models)
@@ -373,7 +379,7 @@ def evaluate(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for m in models
             if m["attack"] != "clean"
             and split in ("all", m["attack"])
-            and (m["true_asr"] or 0) >= MIN_PLANTED_ASR
+            and (m["true_asr"] or 0) >= min_asr
         ]
         clean = [m for m in models if m["attack"] == "clean"]
         for rule in rules:
@@ -461,6 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--name", default="scanner_zoo")
     p.add_argument(
+        "--min-asr",
+        type=float,
+        default=MIN_PLANTED_ASR,
+        help="a backdoored model counts when its real trigger reached this ASR "
+        f"(default {MIN_PLANTED_ASR})",
+    )
+    p.add_argument(
         "--write-reference",
         action="store_true",
         help="also write the clean models' indices to hardenkit/scan/clean_reference.json",
@@ -540,13 +553,13 @@ def main(argv: list[str] | None = None) -> int:
             partial.write_text(json.dumps(models))
         if partial.is_file():
             partial.unlink()
-    rows = evaluate(models)
+    rows = evaluate(models, args.min_asr)
     cmd = ("python -m benchmarks.scanner_zoo " + " ".join(shown)).strip()
     path = write_results(args.name, rows, list(rows[0]), {"command": cmd, "models": models})
     with path.open("a") as f:
         f.write("\n## Per model (flagged labels per rule)\n\n" + per_model_table(models))
     if args.write_reference:
-        print(f"wrote {write_reference(models, cmd)}")
+        print(f"wrote {write_reference(models, cmd, args.name)}")
     return 0
 
 

@@ -513,6 +513,12 @@ class Purifier:
             (ctx.val_images, ctx.y_val),
             notes,
         )
+        if status == "purified" and len(y_ho) and not asr_rows:
+            notes.append(
+                "no trigger was known to measure: 'purified' says the repair ran and kept benign "
+                "accuracy, not that a backdoor is gone; measure the attack success rate with a "
+                "known trigger (hk.Validator, hardenkit validate/gate) before you rely on it"
+            )
         peak = peak_memory_mb(device)
         if dist is not None:
             peak = dist.max_values(peak)

@@ -108,6 +108,17 @@ def test_report_contents(fx: BackdoorFixture, scan: ScanResult) -> None:
     assert rep.scan is not None
     assert rep.scan["flagged_labels"] == [0]
     assert "strategy finetune" in rep.summary()
+    assert not any(n.startswith("no trigger was known") for n in rep.notes)  # ASR measured
+
+
+def test_purified_without_a_known_trigger_says_the_backdoor_was_not_measured(
+    fx: BackdoorFixture,
+) -> None:
+    res = hk.Purifier(fx.backdoored.model, "finetune", config={"epochs": 2}).run(_loader(fx))
+    assert res.status == "purified"  # BA kept: the status judges what it can measure
+    assert res.report.trigger_asr == []
+    assert res.report.notes[-1].startswith("no trigger was known to measure")
+    assert "not that a backdoor is gone" in res.report.summary()
     assert "finetune" in repr(res)
 
 
@@ -436,7 +447,9 @@ def test_auto_falls_back_to_d3(fx: BackdoorFixture, scan: ScanResult) -> None:
     assert res.status == "purified"  # a negative scan is not a silent no-op
     assert res.report.details["branch"] == "d3"
     assert res.report.clean_images["validation"] > 0  # d3 as a stage keeps its split
-    assert "scan verdict clean" in res.report.notes[-1]
+    assert "scan verdict clean" in res.report.notes[-2]
+    # no trigger was recovered: the report says the backdoor itself was not measured
+    assert res.report.notes[-1].startswith("no trigger was known to measure")
     weak = ScanResult.from_triggers(
         {0: hk.PatchTrigger.square(3, location="top-left", pattern="black")},
         model=fx.backdoored.model,
