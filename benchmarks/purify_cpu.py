@@ -41,7 +41,6 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "mcl": ("mcl", {}),
     "mcl-paper": ("mcl", {"preset": "paper"}),
     "mcl-anchor3": ("mcl", {"anchor_weight": 3.0}),
-    "mcl-anchor+ce": ("mcl", {"ce_weight": 1.0}),
     "mcl+ce": ("mcl", {"ce_weight": 1.0}),
     "mcl-lr0.01": ("mcl", {"lr_schedule": [[0, 0.01], [10, 0.001]]}),
     "d3-0.5": ("d3", {"lmd": 0.5}),

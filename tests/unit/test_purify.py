@@ -109,6 +109,7 @@ def test_report_contents(fx: BackdoorFixture, scan: ScanResult) -> None:
     assert rep.scan["flagged_labels"] == [0]
     assert "strategy finetune" in rep.summary()
     assert not any(n.startswith("no trigger was known") for n in rep.notes)  # ASR measured
+    assert "finetune" in repr(res)
 
 
 def test_purified_without_a_known_trigger_says_the_backdoor_was_not_measured(
@@ -119,7 +120,6 @@ def test_purified_without_a_known_trigger_says_the_backdoor_was_not_measured(
     assert res.report.trigger_asr == []
     assert res.report.notes[-1].startswith("no trigger was known to measure")
     assert "not that a backdoor is gone" in res.report.summary()
-    assert "finetune" in repr(res)
 
 
 def test_save_and_export_onnx(fx: BackdoorFixture, scan: ScanResult, tmp_path: Path) -> None:
