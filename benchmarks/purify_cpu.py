@@ -46,6 +46,10 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "d3-0.5": ("d3", {"lmd": 0.5}),
     "d3-1": ("d3", {"lmd": 1.0}),
     "d3-10": ("d3", {"lmd": 10.0}),
+    "d3-rel": ("d3", {"hinge": "relative"}),
+    "d3-rel-norm": ("d3", {"hinge": "relative", "distance": "relative"}),
+    "d3-paper": ("d3", {"preset": "paper"}),
+    "d3-kl-norm": ("d3", {"hinge": "distill", "distance": "relative"}),
     "fine-pruning": ("fine-pruning", {}),
     "anp": ("anp", {}),
     "anp-number": ("anp", {"pruning_by": "number"}),
@@ -147,7 +151,12 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
     if defence in ONE_SHOT:
         clean = clean.subset(hk.data.stratified_indices(clean.labels, per_class=1, seed=0))
         holdout = 0.0
-    row = {"fixture": name, "attack": info["config"]["attack"], "defence": defence}
+    row = {
+        "fixture": name,
+        "model": info["config"]["arch"],
+        "attack": info["config"]["attack"],
+        "defence": defence,
+    }
     if defence == "none":
         row.update(measure(model, trigger, data["test"]))
         row.update({"seconds": 0.0, "status": "-", "steps": 0, "clean_images": 0})
@@ -206,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     table = [
         {
+            "model": r.get("model", "cifar-cnn"),
             "attack": r["attack"],
             "defence": r["defence"],
             "BA %": 100 * r["ba"],
@@ -228,12 +238,14 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "defence": d,
                 "mean DER %": 100 * sum(r["der"] for r in cells) / len(cells),
+                "worst DER %": 100 * min(r["der"] for r in cells),
                 "mean BA %": 100 * sum(r["ba"] for r in cells) / len(cells),
                 "mean ASR %": 100 * sum(r["asr"] for r in cells) / len(cells),
                 "mean seconds": sum(r["seconds"] for r in cells) / len(cells),
             }
         )
     cols = [
+        "model",
         "attack",
         "defence",
         "BA %",
@@ -261,12 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     md = out.read_text() + "\n## Summary (mean over the attacks)\n\n"
     md += (
-        "| defence | mean DER % | mean BA % | mean ASR % | mean seconds |\n|---|---|---|---|---|\n"
+        "| defence | mean DER % | worst DER % | mean BA % | mean ASR % | mean seconds |\n"
+        "|---|---|---|---|---|---|\n"
     )
     for s in summary:
         md += (
-            f"| {s['defence']} | {s['mean DER %']:.1f} | {s['mean BA %']:.2f} | "
-            f"{s['mean ASR %']:.2f} | {s['mean seconds']:.0f} |\n"
+            f"| {s['defence']} | {s['mean DER %']:.1f} | {s['worst DER %']:.1f} | "
+            f"{s['mean BA %']:.2f} | {s['mean ASR %']:.2f} | {s['mean seconds']:.0f} |\n"
         )
     out.write_text(md)
     print(md)

@@ -136,20 +136,23 @@ def _make_layer(
 class PreActResNet18(nn.Module):
     """PreAct-ResNet-18 for 32×32 inputs, the BackdoorBench reference architecture.
 
-    Layout: 3×3 conv stem (64) → four stages of two :class:`PreActBlock` (64/128/256/512,
-    strides 1/2/2/2) → ``bn`` + ReLU → adaptive average pool → ``linear``. Penultimate
-    features are 512-dimensional. Parameter names match BackdoorBench.
+    Layout: 3×3 conv stem (``width``) → four stages of two :class:`PreActBlock` (``width`` ×
+    1/2/4/8 channels, strides 1/2/2/2) → ``bn`` + ReLU → adaptive average pool → ``linear``.
+    Penultimate features are ``8 * width``-dimensional. The default ``width=64`` is the
+    BackdoorBench network (parameter names match); ``width=16`` is about 1/16 of its compute,
+    the reduced-width residual family of the CPU benchmarks.
     """
 
-    def __init__(self, *, num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, *, num_classes: int = 10, in_channels: int = 3, width: int = 64) -> None:
         super().__init__()
-        _check_sizes(num_classes, in_channels)
+        _check_sizes(num_classes, in_channels, width=width)
         self.num_classes = num_classes
-        self.conv1 = _conv3x3(in_channels, 64)
-        self.layer1, planes = _make_layer(PreActBlock, 64, 64, 2, 1)
-        self.layer2, planes = _make_layer(PreActBlock, planes, 128, 2, 2)
-        self.layer3, planes = _make_layer(PreActBlock, planes, 256, 2, 2)
-        self.layer4, planes = _make_layer(PreActBlock, planes, 512, 2, 2)
+        w = width
+        self.conv1 = _conv3x3(in_channels, w)
+        self.layer1, planes = _make_layer(PreActBlock, w, w, 2, 1)
+        self.layer2, planes = _make_layer(PreActBlock, planes, 2 * w, 2, 2)
+        self.layer3, planes = _make_layer(PreActBlock, planes, 4 * w, 2, 2)
+        self.layer4, planes = _make_layer(PreActBlock, planes, 8 * w, 2, 2)
         self.bn = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=False)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))

@@ -9,7 +9,7 @@ is the answer when the Scanner finds nothing or the trigger is not a patch.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,19 +30,43 @@ from .base import (
     Selection,
     StrategyConfig,
     StrategyOutcome,
+    with_preset,
 )
 
-__all__ = ["D3Config", "D3Strategy", "selected_weights"]
+__all__ = ["D3Config", "D3Strategy", "hinge_excess", "selected_weights"]
 
 _log = get_logger("purify.d3")
+
+
+_PAPER: dict[str, Any] = {
+    "lmd": 0.5,
+    "eps": 0.1,
+    "hinge": "absolute",
+    "distance": "absolute",
+    "selection": "final",
+    "validation_fraction": 0.0,
+}
+"""The official code's procedure: its hinge and distance, the last epoch, every clean image
+trains."""
 
 
 class D3Config(StrategyConfig):
     """D3 settings (defaults: the official code, ``config/defense/d3/config.yaml``).
 
     Attributes:
+        preset: ``default`` (the fields below) or ``paper`` — the official code's procedure:
+            ``hinge``/``distance`` ``absolute``, λ 0.5, ε 0.1, ``selection="final"``,
+            ``validation_fraction`` 0 (fields you set win).
         lmd: λ, the weight of the clean-loss hinge (code 0.5; the paper says 10).
         eps: ε, the clean-loss level the hinge allows per sample.
+        hinge: ``absolute`` — ``max(0, ℓᵢ − ε)``, the code's hinge: ε is a loss level, so on
+            a model that does not fit its clean images the hinge is active almost everywhere;
+            ``relative`` — ``max(0, ℓᵢ − ℓ⁰ᵢ − ε)``, where ``ℓ⁰ᵢ`` is the input model's own
+            loss on the same (augmented) image: ε is the loss each image may *gain*;
+            ``distill`` — ``max(0, KL(p⁰ᵢ ‖ pᵢ) − ε)``: each clean image's prediction may move
+            at most ε (nats) from the input model's, whatever its label.
+        distance: ``absolute`` — ``‖W − W0‖ₚ`` (the code); ``relative`` — divided by
+            ``‖W0‖ₚ``, so the distance term's weight does not depend on the layer's scale.
         p: the norm of the distance and of the projection (2 = Frobenius).
         scale_large_lambda: for λ > 1 use ``(λ·H − Dist) / (λ + 1)`` as the code does "to
             avoid explosion"; ``False`` always uses ``λ·H − Dist``.
@@ -65,10 +89,16 @@ class D3Config(StrategyConfig):
             ``final`` — the last epoch (the code); ``best-val-ba`` — the highest validation
             BA whatever the ASR.
         selection_max_asr: the ASR bound of ``best-val`` selection.
+        validation_fraction: share of the purification images held out (stratified) for
+            selection (default 0.1; 0, the code: every clean image trains).
     """
+
+    preset: Literal["default", "paper"] = "default"
 
     lmd: Annotated[float, Field(gt=0)] = 0.5
     eps: Annotated[float, Field(ge=0)] = 0.1
+    hinge: Literal["absolute", "relative", "distill"] = "absolute"
+    distance: Literal["absolute", "relative"] = "absolute"
     p: Annotated[float, Field(gt=0)] = 2.0
     scale_large_lambda: bool = True
     layers: tuple[str, ...] | None = None
@@ -82,6 +112,11 @@ class D3Config(StrategyConfig):
     train_mode: bool = True
     selection: Selection = "best-val"
     selection_max_asr: Annotated[float, Field(ge=0, le=1)] = 0.1
+    validation_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+    def resolved(self) -> D3Config:
+        """This config with the ``paper`` preset's values under the fields set explicitly."""
+        return with_preset(self, _PAPER) if self.preset == "paper" else self
 
 
 def _global_terms(ctx: PurifyContext, terms: dict[str, Tensor], idx: Tensor) -> tuple[float, float]:
@@ -94,6 +129,34 @@ def _global_terms(ctx: PurifyContext, terms: dict[str, Tensor], idx: Tensor) -> 
     vals = torch.stack([terms.get(k, zero).float().reshape(()) * w for k in ("hinge", "dist")])
     ctx.dist.all_sum([vals])  # the distance is the same on every rank: its weighted mean
     return float(vals[0]), float(vals[1])
+
+
+def hinge_excess(
+    logits: Tensor,
+    y: Tensor,
+    ref_logits: Tensor | None,
+    mode: Literal["absolute", "relative", "distill"] = "absolute",
+) -> Tensor:
+    """The per-image quantity D3's hinge holds below ε (see :attr:`D3Config.hinge`).
+
+    ``absolute``: the cross-entropy; ``relative``: the cross-entropy minus the input model's
+    (``ref_logits``) on the same image; ``distill``: KL(input model ‖ model).
+
+    >>> z = torch.tensor([[2.0, 0.0], [0.0, 1.0]]); y = torch.tensor([0, 0])
+    >>> hinge_excess(z, y, z, "relative").tolist(), hinge_excess(z, y, z, "distill").tolist()
+    ([0.0, 0.0], [0.0, 0.0])
+    """
+    if mode == "absolute":
+        return F.cross_entropy(logits, y, reduction="none")
+    if ref_logits is None:
+        raise ValueError(f"hinge {mode!r} needs the input model's logits")
+    if mode == "relative":
+        return F.cross_entropy(logits, y, reduction="none") - F.cross_entropy(
+            ref_logits, y, reduction="none"
+        )
+    logp = F.log_softmax(logits, dim=1)
+    ref_logp = F.log_softmax(ref_logits, dim=1)
+    return (ref_logp.exp() * (ref_logp - logp)).sum(dim=1)
 
 
 def selected_weights(model: nn.Module, layers: tuple[str, ...] | None) -> list[tuple[str, Tensor]]:
@@ -121,8 +184,12 @@ class D3Strategy(PurificationStrategy):
     name = "d3"
     config_cls = D3Config
     needs_trigger = False
-    validation_fraction = 0.1
     config: D3Config
+
+    def __init__(self, config: StrategyConfig | dict[str, Any] | None = None) -> None:
+        super().__init__(config)
+        self.config = self.config.resolved()  # the paper preset's values, when asked for
+        self.validation_fraction = self.config.validation_fraction
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         cfg = self.config
@@ -130,6 +197,11 @@ class D3Strategy(PurificationStrategy):
         sel = selected_weights(model, cfg.layers)
         w0 = [w.detach().clone() for _, w in sel]
         norm0 = [torch.linalg.vector_norm(w, ord=cfg.p) for w in w0]
+        dist_scale = (
+            [n.clamp_min(1e-12) for n in norm0]
+            if cfg.distance == "relative"
+            else [torch.ones((), device=w.device) for w in w0]
+        )
         g = torch.Generator().manual_seed(ctx.runtime.seed + 17)
         self._warm_start(sel, w0, norm0, g)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -165,12 +237,16 @@ class D3Strategy(PurificationStrategy):
                     xb, yb = ctx.images[local], ctx.y[local]
                     if aug is not None:
                         xb = apply_augment(xb, slice_augment(aug, part))
-                    ce = F.cross_entropy(model(xb), yb, reduction="none")
-                    hinge = (ce - cfg.eps).clamp(min=0).mean()
+                    ref = None
+                    if cfg.hinge != "absolute":
+                        with torch.no_grad():
+                            ref = ctx.original(xb)
+                    excess = hinge_excess(model(xb), yb, ref, cfg.hinge)
+                    hinge = (excess - cfg.eps).clamp(min=0).mean()
                     dist = sum(
                         (
-                            torch.linalg.vector_norm(w - w_0, ord=cfg.p)
-                            for (_, w), w_0 in zip(sel, w0, strict=True)
+                            torch.linalg.vector_norm(w - w_0, ord=cfg.p) / scale
+                            for (_, w), w_0, scale in zip(sel, w0, dist_scale, strict=True)
                         ),
                         torch.zeros((), device=ctx.device),
                     )

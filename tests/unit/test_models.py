@@ -329,6 +329,15 @@ def test_create_model_errors_and_kwargs() -> None:
     assert isinstance(wide, CifarCNN)
     assert find_last_linear(wide)[1].in_features == 32
     assert isinstance(create_model("  Small-CNN "), NormalizedModel)
+    narrow = create_model("preact-resnet18", width=8, normalization=None)
+    assert find_last_linear(narrow)[1].in_features == 64  # 8 * width
+    assert narrow(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    # the default width is the BackdoorBench network, parameter names unchanged
+    assert create_model("preact-resnet18", normalization=None).state_dict().keys() == (
+        narrow.state_dict().keys()
+    )
+    with pytest.raises(ConfigError, match="width"):
+        PreActResNet18(width=0)
 
 
 def test_build_model_with_zoo_name_and_spec() -> None:

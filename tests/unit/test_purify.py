@@ -407,6 +407,53 @@ def test_d3_best_val_selection_and_layers(fx: BackdoorFixture) -> None:
         hk.Purifier(fx.backdoored.model, "d3", config={"layers": ["avgpool"]}).run(_loader(fx))
 
 
+def test_d3_hinge_excess_modes() -> None:
+    from hardenkit.purify.d3 import hinge_excess
+
+    g = torch.Generator().manual_seed(0)
+    z, ref = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    ce = torch.nn.functional.cross_entropy(z, y, reduction="none")
+    assert torch.allclose(hinge_excess(z, y, None, "absolute"), ce)
+    ce_ref = torch.nn.functional.cross_entropy(ref, y, reduction="none")
+    assert torch.allclose(hinge_excess(z, y, ref, "relative"), ce - ce_ref)
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(z, 1), torch.log_softmax(ref, 1), log_target=True, reduction="none"
+    ).sum(1)
+    assert torch.allclose(hinge_excess(z, y, ref, "distill"), kl, atol=1e-6)
+    # the model itself: nothing to hold back, whatever its labels
+    assert hinge_excess(z, y, z, "relative").abs().max() == 0
+    assert hinge_excess(z, y, z, "distill").abs().max() < 1e-6
+    with pytest.raises(ValueError, match="input model's logits"):
+        hinge_excess(z, y, None, "distill")
+
+
+@pytest.mark.parametrize("hinge", ["relative", "distill"])
+def test_d3_hinges_against_the_input_model_run(hinge: str, fx: BackdoorFixture) -> None:
+    model = fx.backdoored.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = hk.Purifier(
+        model, "d3", config={"epochs": 2, "hinge": hinge, "distance": "relative"}
+    ).run(_loader(fx))
+    assert res.report.details["final_epoch"] == 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not in place
+
+
+def test_d3_paper_preset_is_the_official_procedure(fx: BackdoorFixture) -> None:
+    from hardenkit.purify.d3 import D3Config, D3Strategy
+
+    paper = D3Config(preset="paper").resolved()
+    assert (paper.hinge, paper.distance, paper.selection) == ("absolute", "absolute", "final")
+    assert (paper.lmd, paper.eps, paper.validation_fraction) == (0.5, 0.1, 0.0)
+    assert D3Config(preset="paper", lmd=10.0).resolved().lmd == 10.0  # fields set win
+    assert D3Strategy({"preset": "paper"}).validation_fraction == 0.0
+    res = hk.Purifier(fx.backdoored.model, "d3", config={"preset": "paper", "epochs": 2}).run(
+        _loader(fx)
+    )
+    assert res.report.clean_images["validation"] == 0  # every clean image trains
+    assert res.report.details["chosen_epoch"] == 2
+
+
 def test_scan_of_other_weights_is_noted(fx: BackdoorFixture) -> None:
     other = hk.create_model("small-cnn", 4)
     scan = ScanResult.from_triggers({0: fx.backdoored.trigger}, model=other, num_classes=4)
