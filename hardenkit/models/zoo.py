@@ -139,8 +139,8 @@ class PreActResNet18(nn.Module):
     Layout: 3×3 conv stem (``width``) → four stages of two :class:`PreActBlock` (``width`` ×
     1/2/4/8 channels, strides 1/2/2/2) → ``bn`` + ReLU → adaptive average pool → ``linear``.
     Penultimate features are ``8 * width``-dimensional. The default ``width=64`` is the
-    BackdoorBench network (parameter names match); ``width=16`` is about 1/16 of its compute,
-    the reduced-width residual family of the CPU benchmarks.
+    BackdoorBench network (parameter names match); ``width=8`` (about 1/64 of its compute)
+    is the residual family of the CPU benchmarks.
     """
 
     def __init__(self, *, num_classes: int = 10, in_channels: int = 3, width: int = 64) -> None:
