@@ -197,10 +197,8 @@ class D3Strategy(PurificationStrategy):
         sel = selected_weights(model, cfg.layers)
         w0 = [w.detach().clone() for _, w in sel]
         norm0 = [torch.linalg.vector_norm(w, ord=cfg.p) for w in w0]
-        dist_scale = (
-            [n.clamp_min(1e-12) for n in norm0]
-            if cfg.distance == "relative"
-            else [torch.ones((), device=w.device) for w in w0]
+        dist_scale: list[Tensor | float] = (
+            [n.clamp_min(1e-12) for n in norm0] if cfg.distance == "relative" else [1.0] * len(w0)
         )
         g = torch.Generator().manual_seed(ctx.runtime.seed + 17)
         self._warm_start(sel, w0, norm0, g)
