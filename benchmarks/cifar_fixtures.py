@@ -60,6 +60,12 @@ RESNET: dict[str, Any] = {"arch": "preact-resnet18", "arch_kwargs": {"width": 8}
 FIXTURES.update(
     {f"preact-{a}-0.1": {"attack": a, "poison_rate": 0.1, **RESNET} for a in ATTACKS_10}
 )
+FIXTURES.update(
+    {
+        f"preact-{a}-0.1-s1": {"attack": a, "poison_rate": 0.1, "seed": 1, **RESNET}
+        for a in ATTACKS_10
+    }
+)
 CLEAN_FRACTION = 0.05
 SEED = 0
 

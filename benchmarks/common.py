@@ -39,6 +39,14 @@ def config_hash(cfg: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def load_cached(cache: Path) -> dict[str, Any] | None:
+    """The benchmark cell cached at ``cache`` (a JSON row), or ``None`` when not measured."""
+    if not cache.is_file():
+        return None
+    row: dict[str, Any] = json.loads(cache.read_text())
+    return row
+
+
 def load_cifar10(archive: Path = DEFAULT_ARCHIVE) -> dict[str, ImageDataset]:
     """CIFAR-10 train/test from the JPEG archive, cached as uint8 safetensors (not committed)."""
     if not archive.is_file():

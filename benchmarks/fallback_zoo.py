@@ -40,7 +40,7 @@ from hardenkit.attacks.base import build_attack
 from hardenkit.data import stratified_indices
 from hardenkit.testing import missed_scan
 
-from .common import CACHE, config_hash, load_cifar10, md_table, write_results
+from .common import CACHE, config_hash, load_cached, load_cifar10, md_table, write_results
 from .purify_cpu import measure
 from .scanner_zoo import ATTACK_NAMES, FIXTURES, _model
 
@@ -50,6 +50,8 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # auto's trigger branch: MCL (its default since issue 16) vs NC unlearning (the default before)
     "auto-mcl": ("auto", {"trigger_strategy": "mcl", "max_trigger_ba_drop": None}),
     "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
+    # auto with MCL's anchor weight 3 in its trigger branch (issue 16: the anchor default)
+    "auto-anchor3": ("auto", {"trigger_config": {"anchor_weight": 3.0}}),
     "finetune-20": ("finetune", {"epochs": 20}),
     "d3-20": ("d3", {"epochs": 20}),
     "sau-cheap": ("sau", {"epochs": 5, "steps": 1}),
@@ -114,15 +116,15 @@ def run_cell(
     strategy, cfg = DEFENCES.get(defence, (defence, {}))
     # "auto" v3: its trigger branch changed (nc-unlearn -> mcl, then mcl guarded by
     # max_trigger_ba_drop; issue 16)
-    key = config_hash(
-        {"model": mid, "defence": defence, "cfg": cfg, "v": 4 if defence == "auto" else 1}
-    )
+    spec = {"model": mid, "defence": defence, "cfg": cfg, "v": 4 if defence == "auto" else 1}
+    if strategy in ("auto", "mcl") and "anchor_weight" not in json.dumps(cfg):
+        # MCL's default anchor weight (1 -> 3 at stop 34) decides these cells
+        spec["mcl_anchor"] = hk.purify.MCLConfig().anchor_weight
+    key = config_hash(spec)
     cache = CACHE / "fallback" / f"{mid}-{defence}-{key}.json"
-    if cache.is_file():
-        cached: dict[str, Any] = json.loads(cache.read_text())
+    cached = load_cached(cache)
+    if cached is not None or cached_only:
         return cached
-    if cached_only:
-        return None
     model = _model(meta["arch"])
     model.load_state_dict(load_file(FIXTURES / f"{mid}.safetensors"))
     model.eval()
@@ -141,7 +143,7 @@ def run_cell(
         rt = {"seed": 0, "device": "cpu", "progress": "off"}
         t0 = time.perf_counter()
         scan = None
-        if defence in ("auto", "auto-miss", "auto-mcl", "auto-nc"):
+        if defence.startswith("auto"):
             scan_cfg = hk.scan.scan_config_for_budget("quick")
             scanner = hk.Scanner(model, 10, config=scan_cfg, runtime=rt)
             found = scanner.run(clean.loader(batch_size=500))

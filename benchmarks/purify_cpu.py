@@ -36,6 +36,8 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
     # MCL's repair whatever it costs (auto's MCL branch without its accuracy check)
     "auto-mcl": ("auto", {"trigger_strategy": "mcl", "max_trigger_ba_drop": None}),
+    # auto with MCL's anchor weight 3 in its trigger branch (issue 16: the anchor default)
+    "auto-anchor3": ("auto", {"trigger_config": {"anchor_weight": 3.0}}),
     "finetune": ("finetune", {}),
     "nc-unlearn": ("nc-unlearn", {}),
     "mcl": ("mcl", {}),
@@ -139,6 +141,9 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
     spec: dict[str, Any] = {"fixture": fixture_key(name), "defence": defence, "cfg": cfg}
     if defence == "auto":  # its trigger branch changed (nc-unlearn -> guarded mcl, issue 16)
         spec["v"] = 4
+    if strategy in ("auto", "mcl") and "anchor_weight" not in json.dumps(cfg):
+        # MCL's default anchor weight (1 -> 3 at stop 34) decides these cells
+        spec["mcl_anchor"] = hk.purify.MCLConfig().anchor_weight
     key = config_hash({**spec, "scan": SCAN_CFG})
     cache = CACHE / "purify" / f"{name}-{defence}-{key}.json"
     if cache.is_file():
@@ -207,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             r["der"] = hk.der(
                 ba_before=base["ba"], ba_after=r["ba"], asr_before=base["asr"], asr_after=r["asr"]
             )
+            r["ba_drop"] = base["ba"] - r["ba"]
             rows.append(r)
             print(
                 f"  BA {100 * r['ba']:.2f} ASR {100 * r['asr']:.2f} RA {100 * r['ra']:.2f} "
@@ -257,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "pruned %",
         "status",
     ]
+    over_seeds = seed_summary(rows)
     out = write_results(
         args.out,
         table,
@@ -266,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             "defences": {d: DEFENCES.get(d, (d, {})) for d in defences},
             "scan_config": SCAN_CFG,
             "summary": summary,
+            "over_seeds": over_seeds,
             "details": rows,
             "peak_rss_mb": peak_rss_mb(),
             "command": "python -m benchmarks.purify_cpu " + " ".join(argv or sys.argv[1:]),
@@ -281,9 +289,68 @@ def main(argv: list[str] | None = None) -> int:
             f"| {s['defence']} | {s['mean DER %']:.1f} | {s['worst DER %']:.1f} | "
             f"{s['mean BA %']:.2f} | {s['mean ASR %']:.2f} | {s['mean seconds']:.0f} |\n"
         )
+    if over_seeds:
+        md += "\n" + seeds_markdown(over_seeds)
     out.write_text(md)
     print(md)
     return 0
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and worst case per (model, attack, defence) over the fixtures' seeds, for the
+    groups measured on two or more seeds (``badnets-0.1`` and ``badnets-0.1-s1`` ...);
+    ``best`` marks the defence with the highest worst-case DER of its (model, attack)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["defence"] != "none":
+            key = (r.get("model", "cifar-cnn"), r["attack"], r["defence"])
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (model, attack, defence), cells in groups.items():
+        if len(cells) < 2:
+            continue
+        n = len(cells)
+        out.append(
+            {
+                "model": model,
+                "attack": attack,
+                "defence": defence,
+                "seeds": n,
+                "mean BA drop": 100 * sum(c["ba_drop"] for c in cells) / n,
+                "worst BA drop": 100 * max(c["ba_drop"] for c in cells),
+                "mean ASR %": 100 * sum(c["asr"] for c in cells) / n,
+                "worst ASR %": 100 * max(c["asr"] for c in cells),
+                "mean RA %": 100 * sum(c["ra"] for c in cells) / n,
+                "mean DER %": 100 * sum(c["der"] for c in cells) / n,
+                "worst DER %": 100 * min(c["der"] for c in cells),
+                "mean seconds": sum(c["seconds"] for c in cells) / n,
+                "statuses": ", ".join(str(c["status"]) for c in cells),
+            }
+        )
+    for model, attack in {(o["model"], o["attack"]) for o in out}:
+        same = [o for o in out if (o["model"], o["attack"]) == (model, attack)]
+        max(same, key=lambda o: (o["worst DER %"], -o["worst BA drop"]))["best"] = True
+    return out
+
+
+def seeds_markdown(over_seeds: list[dict[str, Any]]) -> str:
+    """The ``seed_summary`` rows as a markdown section (best defence per attack in bold)."""
+    md = (
+        "## Over seeds (mean / worst per model, attack and defence)\n\n"
+        "| model | attack | defence | seeds | BA drop mean / worst | ASR % mean / worst "
+        "| RA % mean | DER % mean / worst | mean seconds | statuses |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    for o in over_seeds:
+        d = f"**{o['defence']}** (best)" if o.get("best") else o["defence"]
+        md += (
+            f"| {o['model']} | {o['attack']} | {d} | {o['seeds']} | "
+            f"{o['mean BA drop']:.2f} / {o['worst BA drop']:.2f} | "
+            f"{o['mean ASR %']:.2f} / {o['worst ASR %']:.2f} | {o['mean RA %']:.2f} | "
+            f"{o['mean DER %']:.1f} / {o['worst DER %']:.1f} | {o['mean seconds']:.0f} | "
+            f"{o['statuses']} |\n"
+        )
+    return md
 
 
 if __name__ == "__main__":

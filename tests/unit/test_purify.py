@@ -249,7 +249,7 @@ def test_mcl_anchor_and_validation_split(fx: BackdoorFixture) -> None:
     default = hk.Purifier(bd.model, "mcl", config={"epochs": 2}).run(_loader(fx), scan=scan)
     assert default.report.clean_images["validation"] > 0
     assert default.report.details["checkpoint"]["mode"] == "best-val"
-    assert default.report.config["anchor_weight"] == 1.0
+    assert default.report.config["anchor_weight"] == 3.0
     # ... and the paper preset keeps every clean image for training and the last epoch
     paper = {"epochs": 1, "preset": "paper"}
     plain = hk.Purifier(bd.model, "mcl", config=paper).run(_loader(fx), scan=scan)

@@ -1,0 +1,355 @@
+"""The default ``Purifier(model)`` on models a user trained with a script of their own.
+
+    python -m benchmarks.user_script                       # train (or load) and purify all
+    python -m benchmarks.user_script --models patch-tl     # one model
+
+Issue 16's acceptance: the default repair must reach DER >= 95 on plain user-style
+``nn.Sequential`` models trained *outside* hardenkit — no attack helper, no training helper,
+no model factory. Everything here up to the ``Purifier`` call is plain PyTorch: the model (an
+``nn.Sequential`` with the input normalisation inside), the poisoning (this file's own
+triggers: a patch at another position and colour than the attack helpers', a blend pattern
+they do not have), the training loop and the BA/ASR measurement. hardenkit only loads the
+CIFAR-10 archive (as uint8 tensors) and is then called exactly as the README shows::
+
+    result = hk.Purifier(model).run(clean_loader)     # a torch DataLoader of 2,500 images
+
+``default-miss`` is the same call when the scan misses: the Purifier's own scan settings are
+run first, their verdict is turned to ``clean`` (``hardenkit.testing.missed_scan``: no label
+flagged, every per-label inversion kept) and passed in as ``run(clean_loader, scan=...)``.
+
+The trained weights and the clean-budget indices are committed in
+``benchmarks/fixtures/user_script/`` (``<model>.safetensors`` + ``index.json``), so a later
+run only purifies. None of hardenkit's defaults was chosen on these models. Writes
+``benchmarks/results/user_script.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import hardenkit as hk
+from hardenkit.testing import missed_scan
+
+from .common import CACHE, ROOT, config_hash, load_cached, load_cifar10, md_table, write_results
+
+FIXTURES = ROOT / "fixtures" / "user_script"
+SEED = 0
+POISON_RATE = 0.1
+EPOCHS = 12
+CLEAN_PER_CLASS = 250  # 2,500 clean images: 5 % of the training set, the issue's budget
+
+
+def _patch(size: int, seed: int, kind: str) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "random":  # a random colour per pixel
+        return torch.rand(3, size, size, generator=g)
+    # a red / blue checkerboard
+    red, blue = torch.tensor([1.0, 0.1, 0.1]), torch.tensor([0.1, 0.2, 1.0])
+    ij = torch.arange(size)
+    mask = ((ij[:, None] + ij[None, :]) % 2).bool()
+    return torch.where(mask, red[:, None, None], blue[:, None, None])
+
+
+def _smooth_noise(seed: int) -> Tensor:
+    """A low-frequency colour pattern: 6x6 uniform noise, bilinearly upsampled to 32x32."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(1, 3, 6, 6, generator=g)
+    return F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)[0]
+
+
+MODELS: dict[str, dict[str, Any]] = {
+    # a 4x4 random-colour patch near the top-left corner (the issue's report: 4x4, random colour)
+    "patch-tl": {"kind": "patch", "pattern": "random", "size": 4, "at": (2, 2), "target": 3},
+    # a 5x5 red/blue checkerboard on the left edge, mid-height
+    "patch-mid": {"kind": "patch", "pattern": "checker", "size": 5, "at": (14, 1), "target": 8},
+    # a smooth colour pattern blended at alpha 0.15 (not the helpers' uniform noise)
+    "blend-smooth": {"kind": "blend", "alpha": 0.15, "target": 5},
+}
+
+
+def stamp(x: Tensor, spec: dict[str, Any]) -> Tensor:
+    """``x`` (N,3,32,32 in [0,1]) with the model's trigger applied (a new tensor)."""
+    x = x.clone()
+    if spec["kind"] == "patch":
+        s, (i, j) = spec["size"], spec["at"]
+        x[:, :, i : i + s, j : j + s] = _patch(s, SEED + 11, spec["pattern"])
+        return x
+    a = spec["alpha"]
+    return (1 - a) * x + a * _smooth_noise(SEED + 13)
+
+
+class Normalize(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.491, 0.482, 0.447]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.247, 0.243, 0.262]).view(1, 3, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def user_model() -> nn.Sequential:
+    """A plain VGG-style ``nn.Sequential`` with the normalisation as its first layer."""
+
+    def block(i: int, o: int) -> list[nn.Module]:
+        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+
+    return nn.Sequential(
+        Normalize(),
+        *block(3, 16),
+        *block(16, 16),
+        nn.MaxPool2d(2),
+        *block(16, 32),
+        *block(32, 32),
+        nn.MaxPool2d(2),
+        *block(32, 64),
+        nn.MaxPool2d(2),
+        *block(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
+
+
+def _augment(x: Tensor, g: torch.Generator) -> Tensor:
+    """Random crop (4-pixel zero padding) and horizontal flip, per image."""
+    n = len(x)
+    padded = F.pad(x, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=g).tolist()
+    dy = torch.randint(0, 9, (n,), generator=g).tolist()
+    crops = torch.stack([padded[k, :, dy[k] : dy[k] + 32, dx[k] : dx[k] + 32] for k in range(n)])
+    flip = torch.rand(n, generator=g) < 0.5
+    crops[flip] = crops[flip].flip(3)
+    return crops
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    model.eval()
+    hits = sum(
+        int((model(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum())
+        for i in range(0, len(x), 1000)
+    )
+    return hits / len(x)
+
+
+def ba_asr(model: nn.Module, spec: dict[str, Any], x: Tensor, y: Tensor) -> dict[str, float]:
+    """BA on the clean test set; ASR on its non-target images with the trigger stamped."""
+    keep = y != spec["target"]
+    asr = accuracy(model, stamp(x[keep], spec), torch.full_like(y[keep], spec["target"]))
+    return {"ba": accuracy(model, x, y), "asr": asr}
+
+
+def train(name: str, x: Tensor, y: Tensor) -> tuple[nn.Module, dict[str, Any]]:
+    """The user's training script: poison 10 % of the non-target images, train 12 epochs."""
+    spec = MODELS[name]
+    g = torch.Generator().manual_seed(SEED)
+    torch.manual_seed(SEED)
+    # the defender's clean budget: 250 images per class that were never poisoned
+    perm = torch.randperm(len(y), generator=g)
+    clean_idx = torch.cat([perm[y[perm] == c][:CLEAN_PER_CLASS] for c in range(10)])
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[clean_idx] = False
+    cand = torch.nonzero(rest & (y != spec["target"])).flatten()
+    poison_idx = cand[torch.randperm(len(cand), generator=g)[: int(POISON_RATE * len(y))]]
+    xp, yp = x.clone(), y.clone()
+    xp[poison_idx] = stamp(x[poison_idx], spec)
+    yp[poison_idx] = spec["target"]
+    model = user_model()
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True
+    )
+    steps = EPOCHS * math.ceil(len(yp) / 128)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=steps)
+    t0 = time.perf_counter()
+    for epoch in range(EPOCHS):
+        model.train()
+        order = torch.randperm(len(yp), generator=g)
+        for i in range(0, len(order), 128):
+            b = order[i : i + 128]
+            loss = F.cross_entropy(model(_augment(xp[b], g)), yp[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        print(
+            f"  [{time.strftime('%H:%M:%S')}] {name} epoch {epoch + 1}/{EPOCHS} "
+            f"loss {loss.item():.3f}",
+            flush=True,
+        )
+    model.eval()
+    return model, {
+        "clean_idx": clean_idx,
+        "poison_idx": poison_idx,
+        "train_seconds": time.perf_counter() - t0,
+    }
+
+
+def load_or_train(name: str, data: dict[str, hk.ImageDataset]) -> tuple[nn.Module, dict[str, Any]]:
+    """The committed model (or a freshly trained one, then saved next to the others)."""
+    index_path = FIXTURES / "index.json"
+    index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    model = user_model()
+    if name in index and (FIXTURES / f"{name}.safetensors").is_file():
+        tensors = load_file(FIXTURES / f"{name}.safetensors")
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.eval()
+        return model, {**index[name], "clean_idx": tensors["clean_idx"]}
+    x, y = data["train"].tensors()
+    model, extra = train(name, x, y)
+    xt, yt = data["test"].tensors()
+    entry = {
+        "spec": MODELS[name],
+        "seed": SEED,
+        "epochs": EPOCHS,
+        "poison_rate": POISON_RATE,
+        "train_seconds": extra["train_seconds"],
+        **ba_asr(model, MODELS[name], xt, yt),
+    }
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors["clean_idx"] = extra["clean_idx"]
+    tensors["poison_idx"] = extra["poison_idx"]
+    save_file(tensors, FIXTURES / f"{name}.safetensors")
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index[name] = entry
+    index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return model, {**entry, "clean_idx": extra["clean_idx"]}
+
+
+def run_cell(
+    name: str, defence: str, data: dict[str, hk.ImageDataset], cached_only: bool = False
+) -> dict[str, Any] | None:
+    """One row: the model as trained (``none``) or after ``Purifier(model[, defence]).run``."""
+    spec = MODELS[name]
+    # MCL's default anchor weight decides what the default repair runs (3 since stop 34)
+    anchor = hk.purify.MCLConfig().anchor_weight
+    key = config_hash({"model": name, "spec": spec, "defence": defence, "mcl_anchor": anchor})
+    cache = CACHE / "user_script" / f"{name}-{defence}-{key}.json"
+    cached = load_cached(cache)
+    if cached is not None or cached_only:
+        return cached
+    model, info = load_or_train(name, data)
+    xt, yt = data["test"].tensors()
+    row = {"model": name, "trigger": _describe(spec), "target": spec["target"], "defence": defence}
+    if defence == "none":
+        row.update(ba_asr(model, spec, xt, yt), seconds=0.0, status="-")
+    else:
+        x, y = data["train"].tensors()
+        idx = info["clean_idx"]
+        loader = DataLoader(TensorDataset(x[idx], y[idx]), batch_size=256, shuffle=False)
+        t0 = time.perf_counter()
+        if defence.startswith("default"):
+            purifier = hk.Purifier(model)
+        else:
+            purifier = hk.Purifier(model, defence)
+        scan = None
+        if defence == "default-miss":
+            # the default when its scan misses: the Purifier's own scan settings, its verdict
+            # turned to "clean" (every per-label inversion kept), passed in as the user's scan
+            found = hk.Scanner(model, 10, config=purifier.scan_config).run(loader)
+            row["found_flagged"] = found.flagged_labels
+            scan = missed_scan(found)
+        res = purifier.run(loader, scan=scan)
+        row["seconds"] = time.perf_counter() - t0
+        row.update(ba_asr(res.model, spec, xt, yt), status=res.status)
+        row["branch"] = res.report.details.get("branch")
+        row["flagged"] = (res.report.scan or {}).get("flagged_labels")
+        row["notes"] = res.report.notes
+        # the user's model is never modified in place
+        fresh = load_or_train(name, data)[0].state_dict()
+        row["input_unchanged"] = all(
+            torch.equal(v, fresh[k]) for k, v in model.state_dict().items()
+        )
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(row, indent=2, default=str))
+    return row
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    if spec["kind"] == "patch":
+        return f"{spec['size']}x{spec['size']} {spec['pattern']} patch at {tuple(spec['at'])}"
+    return f"smooth-noise blend, alpha {spec['alpha']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated")
+    p.add_argument(
+        "--defences",
+        default="default",
+        help="comma-separated: 'default' (Purifier(model)), 'default-miss' (the same when "
+        "its scan flags nothing) and/or strategy names",
+    )
+    p.add_argument("--out", default="user_script", help="results name")
+    p.add_argument("--train-only", action="store_true", help="train / load the models only")
+    p.add_argument("--cached-only", action="store_true", help="only cells already measured")
+    args = p.parse_args(argv)
+    data = load_cifar10()
+    names = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
+    if args.train_only:
+        for name in names:
+            load_or_train(name, data)
+        return 0
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        base = None
+        for d in ["none", *[d for d in args.defences.split(",") if d]]:
+            print(f"[{time.strftime('%H:%M:%S')}] {name} / {d} ...", flush=True)
+            r = run_cell(name, d, data, cached_only=args.cached_only)
+            if r is None:
+                continue
+            if d == "none":
+                base = r
+            assert base is not None
+            r["ba_drop"] = base["ba"] - r["ba"]
+            r["der"] = hk.der(
+                ba_before=base["ba"], ba_after=r["ba"], asr_before=base["asr"], asr_after=r["asr"]
+            )
+            rows.append(r)
+            print(json.dumps({k: r.get(k) for k in ("ba", "asr", "der", "status", "branch")}))
+    table = [
+        {
+            **r,
+            "BA %": 100 * r["ba"],
+            "ASR %": 100 * r["asr"],
+            "BA drop": 100 * r["ba_drop"],
+            "DER %": 100 * r["der"],
+        }
+        for r in rows
+    ]
+    cols = ["model", "trigger", "target", "defence", "BA %", "ASR %", "BA drop", "DER %",
+            "seconds", "status", "flagged", "branch"]  # fmt: skip
+    write_results(
+        args.out,
+        table,
+        cols,
+        {
+            "protocol": "user-script purification (issue 16)",
+            "models": {m: MODELS[m] for m in names},
+            "peak_rss_mb": None,
+            "command": "python -m benchmarks.user_script " + " ".join(argv or sys.argv[1:]),
+        },
+    )
+    print(md_table(table, cols))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

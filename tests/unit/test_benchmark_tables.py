@@ -1,0 +1,75 @@
+"""The purification benchmark's seed summary: mean and worst case over the fixtures' seeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from benchmarks.purify_cpu import seed_summary, seeds_markdown
+
+
+def _row(fixture: str, defence: str, ba: float, asr: float, der: float) -> dict[str, Any]:
+    return {
+        "fixture": fixture,
+        "model": "preact-resnet18",
+        "attack": "badnets",
+        "defence": defence,
+        "ba": ba,
+        "asr": asr,
+        "ra": 0.5,
+        "der": der,
+        "ba_drop": 0.80 - ba,
+        "seconds": 10.0,
+        "status": "purified",
+    }
+
+
+def test_seed_summary_mean_worst_and_best() -> None:
+    rows = [
+        _row("preact-badnets-0.1", "none", 0.80, 0.95, 0.5),
+        _row("preact-badnets-0.1", "auto", 0.79, 0.01, 0.97),
+        _row("preact-badnets-0.1", "d3", 0.77, 0.00, 0.96),
+        _row("preact-badnets-0.1-s1", "none", 0.80, 0.95, 0.5),
+        _row("preact-badnets-0.1-s1", "auto", 0.78, 0.03, 0.95),
+        _row("preact-badnets-0.1-s1", "d3", 0.76, 0.10, 0.90),
+        # one seed only: not summarised
+        _row("preact-badnets-0.1", "mcl", 0.80, 0.0, 0.99),
+    ]
+    out = {o["defence"]: o for o in seed_summary(rows)}
+    assert set(out) == {"auto", "d3"}
+    auto = out["auto"]
+    assert auto["seeds"] == 2
+    assert auto["mean BA drop"] == pytest.approx(1.5)
+    assert auto["worst BA drop"] == pytest.approx(2.0)
+    assert auto["worst ASR %"] == pytest.approx(3.0)
+    assert auto["mean DER %"] == pytest.approx(96.0)
+    assert auto["worst DER %"] == pytest.approx(95.0)
+    assert auto.get("best") is True
+    assert "best" not in out["d3"]
+    md = seeds_markdown(list(out.values()))
+    assert "**auto** (best)" in md
+    assert "| 1.50 / 2.00 |" in md
+
+
+def test_user_script_triggers_and_model() -> None:
+    """The user-script benchmark's own triggers touch what they say, and its model is a
+    plain ``nn.Sequential`` taking [0, 1] pixels (the normalisation is its first layer)."""
+    import torch
+
+    from benchmarks.user_script import MODELS, stamp, user_model
+
+    x = torch.rand(4, 3, 32, 32)
+    tl = stamp(x, MODELS["patch-tl"])
+    changed = (tl != x).any(dim=(0, 1))
+    assert changed[2:6, 2:6].all()
+    assert changed.sum() == 16
+    mid = stamp(x, MODELS["patch-mid"])
+    assert ((mid != x).any(dim=(0, 1))).sum() == 25
+    blend = stamp(x, MODELS["blend-smooth"])
+    assert (blend != x).any(dim=(0, 1)).all()
+    assert float((blend - x).abs().max()) <= 0.15
+    assert torch.equal(stamp(x, MODELS["patch-tl"]), tl)  # a fixed trigger
+    model = user_model()
+    assert isinstance(model, torch.nn.Sequential)
+    assert model(x).shape == (4, 10)
