@@ -52,6 +52,9 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
     # auto with MCL's anchor weight 3 in its trigger branch (issue 16: the anchor default)
     "auto-anchor3": ("auto", {"trigger_config": {"anchor_weight": 3.0}}),
+    # auto with MCL on the smallest-mask labels' triggers when the scan flags nothing
+    # (exploratory, stop 34): what it costs a clean model
+    "auto-cand-mcl": ("auto", {"candidate_strategy": "mcl"}),
     "finetune-20": ("finetune", {"epochs": 20}),
     "d3-20": ("d3", {"epochs": 20}),
     "sau-cheap": ("sau", {"epochs": 5, "steps": 1}),
