@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from hardenkit._utils.environment import environment_info
 from hardenkit.data import ImageDataset, load_image_archive
+from hardenkit.purify import MCLConfig
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCHIVE = ROOT.parent.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -37,6 +38,14 @@ CIFAR10_CLASSES = (
 def config_hash(cfg: dict[str, Any]) -> str:
     """Stable short hash of a JSON-able config (the fixture cache key)."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Cache-key fields for a cell whose result depends on MCL's default anchor weight (1 -> 3
+    at stop 34): ``auto`` and ``mcl`` cells whose config does not set ``anchor_weight``."""
+    if strategy in ("auto", "mcl") and "anchor_weight" not in json.dumps(cfg):
+        return {"mcl_anchor": MCLConfig().anchor_weight}
+    return {}
 
 
 def load_cached(cache: Path) -> dict[str, Any] | None:

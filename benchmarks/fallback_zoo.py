@@ -40,7 +40,15 @@ from hardenkit.attacks.base import build_attack
 from hardenkit.data import stratified_indices
 from hardenkit.testing import missed_scan
 
-from .common import CACHE, config_hash, load_cached, load_cifar10, md_table, write_results
+from .common import (
+    CACHE,
+    config_hash,
+    load_cached,
+    load_cifar10,
+    mcl_default_key,
+    md_table,
+    write_results,
+)
 from .purify_cpu import measure
 from .scanner_zoo import ATTACK_NAMES, FIXTURES, _model
 
@@ -120,9 +128,7 @@ def run_cell(
     # "auto" v3: its trigger branch changed (nc-unlearn -> mcl, then mcl guarded by
     # max_trigger_ba_drop; issue 16)
     spec = {"model": mid, "defence": defence, "cfg": cfg, "v": 4 if defence == "auto" else 1}
-    if strategy in ("auto", "mcl") and "anchor_weight" not in json.dumps(cfg):
-        # MCL's default anchor weight (1 -> 3 at stop 34) decides these cells
-        spec["mcl_anchor"] = hk.purify.MCLConfig().anchor_weight
+    spec.update(mcl_default_key(strategy, cfg))
     key = config_hash(spec)
     cache = CACHE / "fallback" / f"{mid}-{defence}-{key}.json"
     cached = load_cached(cache)

@@ -27,7 +27,7 @@ import hardenkit as hk
 from hardenkit.scan import ScanResult
 
 from .cifar_fixtures import ATTACKS_10, FIXTURES, fixture_key, load_fixture
-from .common import CACHE, config_hash, load_cifar10, peak_rss_mb, write_results
+from .common import CACHE, config_hash, load_cifar10, mcl_default_key, peak_rss_mb, write_results
 from .scanner_cpu import scan_cache, scan_config
 
 DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -141,9 +141,7 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
     spec: dict[str, Any] = {"fixture": fixture_key(name), "defence": defence, "cfg": cfg}
     if defence == "auto":  # its trigger branch changed (nc-unlearn -> guarded mcl, issue 16)
         spec["v"] = 4
-    if strategy in ("auto", "mcl") and "anchor_weight" not in json.dumps(cfg):
-        # MCL's default anchor weight (1 -> 3 at stop 34) decides these cells
-        spec["mcl_anchor"] = hk.purify.MCLConfig().anchor_weight
+    spec.update(mcl_default_key(strategy, cfg))
     key = config_hash({**spec, "scan": SCAN_CFG})
     cache = CACHE / "purify" / f"{name}-{defence}-{key}.json"
     if cache.is_file():
