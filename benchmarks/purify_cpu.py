@@ -11,7 +11,9 @@ out for its own before/after numbers) is the only data a defence sees. Trigger-b
 (nc-unlearn, mcl) use the Scanner result of ``benchmarks.scanner_cpu`` (same scan config,
 loaded from its cache, or scanned here), never the real trigger. BA, ASR and RA are measured on
 the full CIFAR-10 test set with the fixture's *real* trigger; DER against the undefended model
-(``none``). Per-cell results are cached under ``benchmarks/cache/purify/``.
+(``none``). ``auto-miss`` is the default ``auto`` given that scan with its flags removed
+(``hardenkit.testing.missed_scan``): the default when the Scanner misses the backdoor.
+Per-cell results are cached under ``benchmarks/cache/purify/``.
 Writes ``benchmarks/results/purify_cpu.{json,md}``.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 
 import hardenkit as hk
 from hardenkit.scan import ScanResult
+from hardenkit.testing import missed_scan
 
 from .cifar_fixtures import ATTACKS_10, FIXTURES, fixture_key, load_fixture
 from .common import CACHE, config_hash, load_cifar10, mcl_default_key, peak_rss_mb, write_results
@@ -32,6 +35,9 @@ from .scanner_cpu import scan_cache, scan_config
 
 DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto": ("auto", {}),
+    # the default auto given the cached scan with its flags removed (hardenkit.testing.missed_scan):
+    # what the default does when the Scanner misses the backdoor (issue 16's acceptance)
+    "auto-miss": ("auto", {}),
     # auto's trigger branch before issue 16 (the ``auto`` of the committed purify_cpu table)
     "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
     # MCL's repair whatever it costs (auto's MCL branch without its accuracy check)
@@ -139,7 +145,7 @@ def purify_and_measure(
 def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
     strategy, cfg = DEFENCES.get(defence, (defence, {}))
     spec: dict[str, Any] = {"fixture": fixture_key(name), "defence": defence, "cfg": cfg}
-    if defence == "auto":  # its trigger branch changed (nc-unlearn -> guarded mcl, issue 16)
+    if defence in ("auto", "auto-miss"):  # trigger branch: nc-unlearn -> guarded mcl (issue 16)
         spec["v"] = 4
     spec.update(mcl_default_key(strategy, cfg))
     key = config_hash({**spec, "scan": SCAN_CFG})
@@ -165,6 +171,8 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
         row.update({"seconds": 0.0, "status": "-", "steps": 0, "clean_images": 0})
     else:
         scan = get_scan(name, model, clean) if uses_scan(strategy) else None
+        if defence == "auto-miss" and scan is not None:
+            scan = missed_scan(scan)
         cell, _ = purify_and_measure(
             model,
             strategy,
