@@ -63,6 +63,10 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # auto with MCL on the smallest-mask labels' triggers when the scan flags nothing
     # (exploratory, stop 34): what it costs a clean model
     "auto-cand-mcl": ("auto", {"candidate_strategy": "mcl"}),
+    # auto with the smallest-mask branch (flagged labels first) when the scan flags labels
+    # without a recovered trigger, instead of fine-tuning: measured before it became auto's
+    # default (stop 35); the same as "auto" now
+    "auto-flag-cand": ("auto", {"flagged_without_trigger": "candidates"}),
     "finetune-20": ("finetune", {"epochs": 20}),
     "d3-20": ("d3", {"epochs": 20}),
     "sau-cheap": ("sau", {"epochs": 5, "steps": 1}),
@@ -127,7 +131,8 @@ def run_cell(
     strategy, cfg = DEFENCES.get(defence, (defence, {}))
     # "auto" v3: its trigger branch changed (nc-unlearn -> mcl, then mcl guarded by
     # max_trigger_ba_drop; issue 16)
-    spec = {"model": mid, "defence": defence, "cfg": cfg, "v": 4 if defence == "auto" else 1}
+    # "auto" v5: flagged labels without a trigger -> their inversions + smallest masks (stop 35)
+    spec = {"model": mid, "defence": defence, "cfg": cfg, "v": 5 if defence == "auto" else 1}
     spec.update(mcl_default_key(strategy, cfg))
     key = config_hash(spec)
     cache = CACHE / "fallback" / f"{mid}-{defence}-{key}.json"

@@ -44,6 +44,10 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto-mcl": ("auto", {"trigger_strategy": "mcl", "max_trigger_ba_drop": None}),
     # auto with MCL's anchor weight 3 in its trigger branch (issue 16: the anchor default)
     "auto-anchor3": ("auto", {"trigger_config": {"anchor_weight": 3.0}}),
+    # auto with the smallest-mask branch (flagged labels first) when the scan flags labels
+    # without a recovered trigger, instead of fine-tuning: measured before it became auto's
+    # default (stop 35); the same as "auto" now
+    "auto-flag-cand": ("auto", {"flagged_without_trigger": "candidates"}),
     "finetune": ("finetune", {}),
     "nc-unlearn": ("nc-unlearn", {}),
     "mcl": ("mcl", {}),
@@ -145,7 +149,9 @@ def purify_and_measure(
 def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
     strategy, cfg = DEFENCES.get(defence, (defence, {}))
     spec: dict[str, Any] = {"fixture": fixture_key(name), "defence": defence, "cfg": cfg}
-    if defence in ("auto", "auto-miss"):  # trigger branch: nc-unlearn -> guarded mcl (issue 16)
+    if defence == "auto":  # guarded mcl (issue 16); flagged_without_trigger (stop 35)
+        spec["v"] = 5
+    elif defence == "auto-miss":  # no flagged label: flagged_without_trigger never applies
         spec["v"] = 4
     spec.update(mcl_default_key(strategy, cfg))
     key = config_hash({**spec, "scan": SCAN_CFG})

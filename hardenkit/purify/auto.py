@@ -1,11 +1,13 @@
 """Composite strategy: scan; repair with the recovered trigger when there is one, with the
-smallest-mask labels' inverted triggers when the scan flags nothing, otherwise with a
-trigger-free strategy. The defaults were chosen by the CPU benchmarks (docs/benchmarks.md)."""
+smallest-mask labels' inverted triggers when the scan flags nothing (and, first, the flagged
+labels' when it flagged some without a recovered trigger), otherwise with a trigger-free
+strategy. The defaults were chosen by the CPU benchmarks (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -50,6 +52,15 @@ class AutoConfig(StrategyConfig):
             (default: cheap on the clean models that make up most negative scans) or ``mcl``.
         candidate_config: its config fields (``trigger_config`` when ``candidate_strategy``
             equals ``trigger_strategy`` and this is empty).
+        flagged_without_trigger: what runs when the scan flagged labels but recovered no
+            trigger for them (e.g. MM-BD alone flagged them): ``candidates`` (default since
+            stop 35) — ``candidate_strategy`` on the inverted triggers of the flagged labels
+            first, then of the smallest-mask labels, up to ``unflagged_candidates`` (at least
+            the flagged ones), when Neural Cleanse inverted every label (else ``fallback``);
+            ``fallback`` — the trigger-free ``fallback`` (the behaviour before). On the five
+            models measured in that branch (``auto-flag-cand`` in ``benchmarks/purify_cpu.py``
+            and ``benchmarks/fallback_zoo.py``) it left 0.21–9.81 % ASR where fine-tuning left
+            0.16–12.86 %, lowest DER 90.4 against 87.8, in 15–31 % of the time on CIFAR-10.
         max_trigger_ba_drop: when ``trigger_strategy`` is ``mcl`` and its repair costs more
             than this share of the clean accuracy (0.03 = 3 points; the larger of its drop on
             the validation split and on the purification images, which MCL never fits the
@@ -68,15 +79,17 @@ class AutoConfig(StrategyConfig):
     unflagged_candidates: Annotated[int, Field(ge=0)] = 3
     candidate_strategy: Literal["nc-unlearn", "mcl"] = "nc-unlearn"
     candidate_config: dict[str, Any] = Field(default_factory=dict)
+    flagged_without_trigger: Literal["fallback", "candidates"] = "candidates"
     max_trigger_ba_drop: Annotated[float, Field(ge=0, le=1)] | None = 0.03
 
 
 class AutoStrategy(PurificationStrategy):
     """Scan → ``trigger_strategy`` on the recovered trigger(s) when Neural Cleanse flagged a label;
-    when it flagged nothing, ``trigger_strategy`` on the inverted triggers of the
+    when it flagged nothing, ``candidate_strategy`` on the inverted triggers of the
     ``unflagged_candidates`` labels with the smallest masks (a statistic can miss a backdoor
-    whose trigger the inversion found); ``fallback`` (trigger-free) when there is nothing
-    inverted to use.
+    whose trigger the inversion found) — with the flagged labels' inverted triggers first when
+    it flagged labels without recovering a trigger (``flagged_without_trigger``);
+    ``fallback`` (trigger-free) when there is nothing inverted to use.
 
     A negative scan never becomes a silent no-op: the model is always repaired, and the report
     says which branch ran and why (``details["branch"]``, ``notes``).
@@ -120,10 +133,31 @@ class AutoStrategy(PurificationStrategy):
             if self._second is not None:
                 attempts.append((self._second, ctx, {"branch": self._second.name}))
         elif scan is not None and scan.is_backdoored:
-            ctx.notes.append(
-                f"auto: the scan flagged {scan.flagged_labels} without a recovered trigger; "
-                f"running {cfg.fallback} (trigger-free)"
+            flagged = scan.flagged_labels
+            candidates = (
+                self._candidates(ctx, scan, first=flagged)
+                if cfg.flagged_without_trigger == "candidates"
+                else None
             )
+            if candidates is None:
+                ctx.notes.append(
+                    f"auto: the scan flagged {flagged} without a recovered trigger; "
+                    f"running {cfg.fallback} (trigger-free)"
+                )
+            else:
+                labels = candidates.flagged_labels
+                ctx.notes.append(
+                    f"auto: the scan flagged {flagged} without a recovered trigger; running "
+                    f"{cfg.candidate_strategy} on the inverted triggers of {labels} (the "
+                    "flagged labels, then the smallest masks)"
+                )
+                branch = {
+                    "branch": f"{cfg.candidate_strategy} (flagged + smallest masks)",
+                    "candidate_labels": labels,
+                }
+                attempts.append(
+                    (self._candidate, dataclasses.replace(ctx, scan=candidates), branch)
+                )
         elif scan is not None and (candidates := self._candidates(ctx, scan)) is not None:
             labels = candidates.flagged_labels
             ctx.notes.append(
@@ -218,9 +252,12 @@ class AutoStrategy(PurificationStrategy):
         first.details["val_ba_drop"] = drops
         return first
 
-    def _candidates(self, ctx: PurifyContext, scan: ScanResult) -> ScanResult | None:
-        """A scan result "flagging" the ``unflagged_candidates`` labels with the smallest
-        Neural Cleanse masks (their inverted triggers), or ``None`` when there are none."""
+    def _candidates(
+        self, ctx: PurifyContext, scan: ScanResult, first: Sequence[int] = ()
+    ) -> ScanResult | None:
+        """A scan result "flagging" the labels of ``first`` that have an inverted trigger,
+        then the labels with the smallest Neural Cleanse masks, ``unflagged_candidates`` in
+        all (at least those of ``first``), or ``None`` when there are none."""
         k = self.config.unflagged_candidates
         if k == 0 or not scan.all_triggers:
             return None
@@ -230,11 +267,14 @@ class AutoStrategy(PurificationStrategy):
         rows = sorted(
             (c for c in nc.classes if c.label in scan.all_triggers and math.isfinite(c.value)),
             key=lambda c: (c.value, c.label),
-        )[:k]
-        if not rows:
+        )
+        labels = [y for y in first if y in scan.all_triggers]
+        labels += [c.label for c in rows if c.label not in labels]
+        labels = labels[: max(k, len([y for y in first if y in scan.all_triggers]))]
+        if not labels:
             return None
         return ScanResult.from_triggers(
-            {c.label: scan.all_triggers[c.label] for c in rows},
+            {y: scan.all_triggers[y] for y in labels},
             model=ctx.original,
             num_classes=ctx.num_classes,
         )

@@ -534,6 +534,45 @@ def test_auto_unlearns_the_smallest_masks_when_the_scan_flags_nothing(
     assert res.report.details["branch"] == "finetune"
 
 
+def test_auto_unlearns_flagged_then_smallest_masks_when_no_trigger_was_recovered(
+    fx: BackdoorFixture,
+) -> None:
+    nc = {"detector_options": {"neural-cleanse": {"epochs": 2}}}
+    real = hk.Scanner(fx.backdoored.model, 4, config=nc).run(_loader(fx))
+    values = {c.label: c.value for c in real.report.detectors[0].classes}
+    by_mask = sorted(values, key=lambda y: (values[y], y))
+    flagged = by_mask[-1]  # the largest mask: never among the smallest-mask candidates
+    # as if MM-BD alone had flagged it: backdoored, but no detector that inverts flagged it
+    dets = [d.model_copy(update={"flagged_labels": []}) for d in real.report.detectors]
+    report = real.report.model_copy(
+        update={"verdict": "backdoored", "flagged_labels": [flagged], "detectors": dets}
+    )
+    scan = ScanResult(report, real.all_triggers)
+    assert scan.is_backdoored
+    assert not scan.triggers
+    old = {**AUTO_FAST, "flagged_without_trigger": "fallback"}
+    res = hk.Purifier(fx.backdoored.model, "auto", config=old, max_ba_drop=1.0).run(
+        _loader(fx), scan=scan
+    )
+    assert res.report.details["branch"] == "finetune"  # the behaviour before stop 35
+    cfg = {
+        **AUTO_FAST,
+        "unflagged_candidates": 2,
+    }  # the default: flagged_without_trigger="candidates"
+    res = hk.Purifier(fx.backdoored.model, "auto", config=cfg, max_ba_drop=1.0).run(
+        _loader(fx), scan=scan
+    )
+    assert res.report.details["branch"] == "nc-unlearn (flagged + smallest masks)"
+    assert sorted(res.report.details["candidate_labels"]) == sorted([flagged, by_mask[0]])
+    assert any("the flagged labels, then the smallest masks" in n for n in res.report.notes)
+    # no inversion to use (unflagged_candidates=0): the fallback, as before
+    cfg = {**cfg, "unflagged_candidates": 0}
+    res = hk.Purifier(fx.backdoored.model, "auto", config=cfg, max_ba_drop=1.0).run(
+        _loader(fx), scan=scan
+    )
+    assert res.report.details["branch"] == "finetune"
+
+
 def test_auto_validates_stage_configs() -> None:
     with pytest.raises(ConfigError):
         hk.purify.AutoStrategy({"trigger_strategy": "mcl", "trigger_config": {"temperature": -1}})
