@@ -151,12 +151,8 @@ class AutoStrategy(PurificationStrategy):
                     f"{cfg.candidate_strategy} on the inverted triggers of {labels} (the "
                     "flagged labels, then the smallest masks)"
                 )
-                branch = {
-                    "branch": f"{cfg.candidate_strategy} (flagged + smallest masks)",
-                    "candidate_labels": labels,
-                }
                 attempts.append(
-                    (self._candidate, dataclasses.replace(ctx, scan=candidates), branch)
+                    self._candidate_attempt(ctx, candidates, "flagged + smallest masks")
                 )
         elif scan is not None and (candidates := self._candidates(ctx, scan)) is not None:
             labels = candidates.flagged_labels
@@ -165,11 +161,7 @@ class AutoStrategy(PurificationStrategy):
                 f"{cfg.candidate_strategy} on the inverted triggers of the "
                 f"{len(labels)} labels with the smallest masks ({labels})"
             )
-            branch = {
-                "branch": f"{cfg.candidate_strategy} (smallest masks)",
-                "candidate_labels": labels,
-            }
-            attempts.append((self._candidate, dataclasses.replace(ctx, scan=candidates), branch))
+            attempts.append(self._candidate_attempt(ctx, candidates, "smallest masks"))
         else:
             verdict = "no scan" if scan is None else f"scan verdict {scan.verdict}"
             ctx.notes.append(
@@ -252,6 +244,16 @@ class AutoStrategy(PurificationStrategy):
         first.details["val_ba_drop"] = drops
         return first
 
+    def _candidate_attempt(
+        self, ctx: PurifyContext, candidates: ScanResult, which: str
+    ) -> tuple[PurificationStrategy, PurifyContext, dict[str, Any]]:
+        """``candidate_strategy`` on the ``candidates`` triggers, with its ``details``."""
+        branch = {
+            "branch": f"{self.config.candidate_strategy} ({which})",
+            "candidate_labels": candidates.flagged_labels,
+        }
+        return self._candidate, dataclasses.replace(ctx, scan=candidates), branch
+
     def _candidates(
         self, ctx: PurifyContext, scan: ScanResult, first: Sequence[int] = ()
     ) -> ScanResult | None:
@@ -268,9 +270,9 @@ class AutoStrategy(PurificationStrategy):
             (c for c in nc.classes if c.label in scan.all_triggers and math.isfinite(c.value)),
             key=lambda c: (c.value, c.label),
         )
-        labels = [y for y in first if y in scan.all_triggers]
-        labels += [c.label for c in rows if c.label not in labels]
-        labels = labels[: max(k, len([y for y in first if y in scan.all_triggers]))]
+        inverted = [y for y in first if y in scan.all_triggers]
+        rest = [c.label for c in rows if c.label not in inverted]
+        labels = (inverted + rest)[: max(k, len(inverted))]
         if not labels:
             return None
         return ScanResult.from_triggers(
