@@ -174,9 +174,16 @@ def check_strategy(
 
 
 def missed_scan(scan: ScanResult) -> ScanResult:
-    """``scan`` as if its statistic had flagged nothing: verdict ``clean``, no flagged label in
-    the report or any detector, every per-label inversion (``all_triggers``) kept — to test
-    what a pipeline (e.g. ``auto``) does when the Scanner misses a backdoor.
+    """``scan`` as if its statistics had flagged nothing: verdict ``clean``, no flagged label in
+    the report or any detector — to test what a pipeline (e.g. ``auto``) does when the Scanner
+    misses a backdoor.
+
+    The per-label inversions (``all_triggers``) a genuine miss would have are kept: when no
+    detector flags a label, its trigger is the first inverting detector's (Neural Cleanse's in
+    every preset). A label whose trigger came from *another* detector because that detector
+    flagged it (e.g. ``warp`` on a WaNet target) is dropped from ``all_triggers``: the scan
+    did not keep the first detector's inversion of it, and a missed scan must not hand the
+    repair the flagging detector's trigger (that would measure a hit, not a miss).
 
     >>> import hardenkit as hk
     >>> m = hk.create_model("small-cnn", 4)
@@ -186,7 +193,24 @@ def missed_scan(scan: ScanResult) -> ScanResult:
     ('clean', [], [1])
     """
     dets = [d.model_copy(update={"flagged_labels": []}) for d in scan.report.detectors]
+    first = next((d.detector for d in scan.report.detectors if d.produces_triggers), None)
+    source = {c.label: c.trigger_source for c in scan.report.classes}
+    kept = {
+        y: t
+        for y, t in scan.all_triggers.items()
+        if source.get(y) is None or first is None or source[y] == first
+    }
     report = scan.report.model_copy(
-        update={"verdict": "clean", "flagged_labels": [], "detectors": dets}
+        update={
+            "verdict": "clean",
+            "flagged_labels": [],
+            "detectors": dets,
+            "classes": [
+                c.model_copy(update={"flagged": False})
+                if c.label in kept or c.trigger_source is None
+                else c.model_copy(update={"flagged": False, "trigger_source": None})
+                for c in scan.report.classes
+            ],
+        }
     )
-    return ScanResult(report, scan.all_triggers)
+    return ScanResult(report, kept)

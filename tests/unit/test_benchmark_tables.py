@@ -6,7 +6,11 @@ from typing import Any
 
 import pytest
 
-from benchmarks.purify_cpu import seed_summary, seeds_markdown
+import hardenkit as hk
+import hardenkit.purify.purifier as purifier_mod
+from benchmarks.purify_cpu import _scans_missed, seed_summary, seeds_markdown
+from hardenkit.scan import scan_config_for_budget
+from hardenkit.testing import tiny_backdoored_model
 
 
 def _row(fixture: str, defence: str, ba: float, asr: float, der: float) -> dict[str, Any]:
@@ -73,3 +77,25 @@ def test_user_script_triggers_and_model() -> None:
     model = user_model()
     assert isinstance(model, torch.nn.Sequential)
     assert model(x).shape == (4, 10)
+
+
+def test_auto_quick_miss_hides_the_purifiers_own_scan_flags() -> None:
+    """``auto-quick-miss``: the Purifier's own scan comes back with its flags removed, and
+    the Scanner is restored afterwards."""
+    fx = tiny_backdoored_model(seed=0)
+    original = purifier_mod.Scanner
+    with _scans_missed(True):
+        assert purifier_mod.Scanner is not original
+        res = hk.Purifier(fx.backdoored.model, "auto", config={"max_steps": 2}).run(
+            fx.data.test.loader(batch_size=64)
+        )
+    assert purifier_mod.Scanner is original
+    assert res.scan is not None
+    assert res.scan.verdict == "clean"
+    assert res.scan.flagged_labels == []
+    assert res.report.details["branch"] == "nc-unlearn (smallest masks)"  # the miss branch
+    quick = scan_config_for_budget("quick")  # the Purifier's own scan settings
+    real = hk.Scanner(fx.backdoored.model, 4, config=quick).run(fx.data.test.loader(batch_size=64))
+    assert real.verdict == "backdoored"  # the same scan, unpatched, flags the target
+    with _scans_missed(False):
+        assert purifier_mod.Scanner is original

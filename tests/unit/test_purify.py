@@ -534,6 +534,24 @@ def test_auto_unlearns_the_smallest_masks_when_the_scan_flags_nothing(
     assert res.report.details["branch"] == "finetune"
 
 
+def test_missed_scan_drops_a_trigger_only_the_flagging_detector_recovered(
+    fx: BackdoorFixture,
+) -> None:
+    nc = {"detector_options": {"neural-cleanse": {"epochs": 2}}}
+    real = hk.Scanner(fx.backdoored.model, 4, config=nc).run(_loader(fx))
+    # as if a later detector (warp) had flagged label 0 and so supplied its trigger
+    classes = [
+        c.model_copy(update={"trigger_source": "warp", "flagged": True}) if c.label == 0 else c
+        for c in real.report.classes
+    ]
+    hit = ScanResult(real.report.model_copy(update={"classes": classes}), real.all_triggers)
+    missed = missed_scan(hit)
+    assert sorted(missed.all_triggers) == [1, 2, 3]  # a genuine miss has NC's, not warp's
+    assert not any(c.flagged for c in missed.report.classes)
+    assert missed.report.classes[0].trigger_source is None
+    assert sorted(missed_scan(real).all_triggers) == [0, 1, 2, 3]  # NC-sourced: all kept
+
+
 def test_auto_unlearns_flagged_then_smallest_masks_when_no_trigger_was_recovered(
     fx: BackdoorFixture,
 ) -> None:
