@@ -19,13 +19,14 @@ import argparse
 import sys
 import time
 from typing import Any
+from unittest import mock
 
 import torch
 
 import hardenkit as hk
 import hardenkit.purify.d3 as d3mod
 from hardenkit.purify.base import CheckpointSelector
-from hardenkit.training import evaluate_accuracy
+from hardenkit.training import evaluate_accuracy, trigger_asr
 
 from .cifar_fixtures import FIXTURES, load_fixture
 from .common import load_cifar10, peak_rss_mb, write_results
@@ -44,17 +45,13 @@ def trajectory(
     model, trigger, idx, _ = load_fixture(name)
     assert trigger is not None
     x_test, y_test = test
-    target = 0
-    keep = y_test != target
-    x_trig = trigger.apply(x_test[keep])
-    y_target = torch.full((int(keep.sum()),), target)
     clean = data["train"].subset(idx["clean_indices"])
     rt = hk.RuntimeConfig(device="cpu", seed=0)
     rows: list[dict[str, Any]] = []
 
     def measure(m: torch.nn.Module, epoch: int | str) -> None:
         ba = evaluate_accuracy(m, x_test, y_test, runtime=rt)
-        asr = evaluate_accuracy(m, x_trig, y_target, runtime=rt)
+        asr = trigger_asr(m, trigger, x_test, y_test, 0, rt)  # the fixtures' target is 0
         rows.append({"fixture": name, "epoch": epoch, "BA %": 100 * ba, "ASR %": 100 * asr})
         print(f"  {name} epoch {epoch}: BA {100 * ba:.2f} ASR {100 * asr:.2f}", flush=True)
 
@@ -69,14 +66,10 @@ def trajectory(
     measure(model, 0)
     strategy, cfg = DEFENCES[defence]
     t0 = time.perf_counter()
-    orig = d3mod.CheckpointSelector
-    d3mod.CheckpointSelector = Traced  # type: ignore[misc]
-    try:
+    with mock.patch.object(d3mod, "CheckpointSelector", Traced):
         res = hk.Purifier(model, strategy, config=cfg, runtime={"device": "cpu", "seed": 0}).run(
             clean.loader(batch_size=500)
         )
-    finally:
-        d3mod.CheckpointSelector = orig  # type: ignore[misc]
     chosen = res.report.details.get("chosen_epoch")
     print(f"[{name}] {defence}: {time.perf_counter() - t0:.0f}s, returned epoch {chosen}")
     measure(res.model, f"returned ({chosen}, {res.status})")

@@ -29,6 +29,7 @@ import sys
 import time
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import hardenkit as hk
 import hardenkit.purify.purifier as purifier_mod
@@ -173,11 +174,8 @@ def _scans_missed(active: bool) -> Iterator[None]:
         def run(self, *args: Any, **kwargs: Any) -> ScanResult:
             return missed_scan(super().run(*args, **kwargs))
 
-    purifier_mod.Scanner = MissingScanner  # type: ignore[misc]
-    try:
+    with mock.patch.object(purifier_mod, "Scanner", MissingScanner):
         yield
-    finally:
-        purifier_mod.Scanner = original  # type: ignore[misc]
 
 
 def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:

@@ -206,9 +206,12 @@ def missed_scan(scan: ScanResult) -> ScanResult:
             "flagged_labels": [],
             "detectors": dets,
             "classes": [
-                c.model_copy(update={"flagged": False})
-                if c.label in kept or c.trigger_source is None
-                else c.model_copy(update={"flagged": False, "trigger_source": None})
+                c.model_copy(
+                    update={
+                        "flagged": False,
+                        "trigger_source": c.trigger_source if c.label in kept else None,
+                    }
+                )
                 for c in scan.report.classes
             ],
         }
