@@ -67,6 +67,11 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # without a recovered trigger, instead of fine-tuning: measured before it became auto's
     # default (stop 35); the same as "auto" now
     "auto-flag-cand": ("auto", {"flagged_without_trigger": "candidates"}),
+    # auto-miss with Neural Cleanse's candidates only (no warp candidate: before stop 37)
+    "auto-miss-nc": ("auto", {"other_inversion_candidates": 0}),
+    # auto with 40 % of the clean images stamped in the candidate branch (default 20 %; stop 37)
+    "auto-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
+    "auto-miss-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
     "finetune-20": ("finetune", {"epochs": 20}),
     "d3-20": ("d3", {"epochs": 20}),
     "sau-cheap": ("sau", {"epochs": 5, "steps": 1}),
@@ -132,7 +137,10 @@ def run_cell(
     # "auto" v3: its trigger branch changed (nc-unlearn -> mcl, then mcl guarded by
     # max_trigger_ba_drop; issue 16)
     # "auto" v5: flagged labels without a trigger -> their inversions + smallest masks (stop 35)
-    spec = {"model": mid, "defence": defence, "cfg": cfg, "v": 5 if defence == "auto" else 1}
+    # "auto" v6 / "auto-miss*" v2: a missed scan keeps every detector's inversions and the
+    # candidates add warp's smallest reached label (stop 37)
+    v = 6 if defence == "auto" else 2 if defence.startswith("auto-miss") else 1
+    spec = {"model": mid, "defence": defence, "cfg": cfg, "v": v}
     spec.update(mcl_default_key(strategy, cfg))
     key = config_hash(spec)
     cache = CACHE / "fallback" / f"{mid}-{defence}-{key}.json"
@@ -162,11 +170,13 @@ def run_cell(
             scanner = hk.Scanner(model, 10, config=scan_cfg, runtime=rt)
             found = scanner.run(clean.loader(batch_size=500))
             row["scan_flagged"] = found.flagged_labels
-            scan = missed_scan(found) if defence == "auto-miss" else found
+            scan = missed_scan(found) if defence.startswith("auto-miss") else found
         res = hk.Purifier(model, strategy, config=cfg, runtime=rt).run(
             clean.loader(batch_size=500), scan=scan
         )
         row["branch"] = res.report.details.get("branch")
+        if "candidate_sources" in res.report.details:  # which detectors' triggers it unlearned
+            row["candidate_sources"] = res.report.details["candidate_sources"]
         for k in ("val_ba_drop", "train_ba_drop"):  # auto's accuracy check, when it ran
             if k in res.report.details:
                 row[k] = res.report.details[k]

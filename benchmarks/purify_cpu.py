@@ -52,6 +52,10 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # the shipped default when its own quick scan misses: as auto-quick, with the flags of the
     # Purifier's scan removed (hardenkit.testing.missed_scan) before the repair sees them
     "auto-quick-miss": ("auto", {}),
+    # the same with Neural Cleanse's candidates only (no warp candidate: before stop 37)
+    "auto-quick-miss-nc": ("auto", {"other_inversion_candidates": 0}),
+    # the same with 40 % of the clean images stamped in the candidate branch (default 20 %)
+    "auto-quick-miss-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
     # auto's trigger branch before issue 16 (the ``auto`` of the committed purify_cpu table)
     "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
     # MCL's repair whatever it costs (auto's MCL branch without its accuracy check)
@@ -185,8 +189,8 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
         spec["v"] = 5
     elif defence == "auto-miss":  # no flagged label: flagged_without_trigger never applies
         spec["v"] = 4
-    elif defence in ("auto-quick", "auto-quick-miss"):
-        spec["v"] = 1
+    elif defence.startswith("auto-quick"):  # v2: + warp's smallest reached label (stop 37)
+        spec["v"] = 2
     spec.update(mcl_default_key(strategy, cfg))
     key = config_hash({**spec, "scan": SCAN_CFG})
     cache = CACHE / "purify" / f"{name}-{defence}-{key}.json"
@@ -214,7 +218,7 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
         scan = get_scan(name, model, clean) if uses_scan(strategy) and not own_scan else None
         if defence == "auto-miss" and scan is not None:
             scan = missed_scan(scan)
-        with _scans_missed(defence == "auto-quick-miss"):
+        with _scans_missed(defence.startswith("auto-quick-miss")):
             cell, _ = purify_and_measure(
                 model,
                 strategy,

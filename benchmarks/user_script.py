@@ -81,6 +81,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # auto with MCL (not NC unlearning) on the smallest-mask labels' triggers when the scan
     # flags nothing (exploratory, stop 34: NC unlearning left a missed blend at 16 %)
     "candidates-mcl": ("auto", {"candidate_strategy": "mcl"}),
+    # NC unlearning of the candidates with 40 % of the clean images stamped (default 20 %)
+    "candidates-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
 }
 """Named non-default Purifier settings; any name (or strategy) + ``-miss`` gets the missed scan."""
 
@@ -242,7 +244,11 @@ def run_cell(
     spec = MODELS[name]
     # MCL's default anchor weight decides what the default repair runs (3 since stop 34)
     anchor = hk.purify.MCLConfig().anchor_weight
-    key = config_hash({"model": name, "spec": spec, "defence": defence, "mcl_anchor": anchor})
+    spec_key: dict[str, Any] = {"model": name, "spec": spec, "defence": defence}
+    spec_key["mcl_anchor"] = anchor
+    if defence.endswith("-miss"):  # v2: a missed scan keeps every detector's inversions and
+        spec_key["v"] = 2  # auto adds warp's smallest reached label (stop 37)
+    key = config_hash(spec_key)
     cache = CACHE / "user_script" / f"{name}-{defence}-{key}.json"
     cached = load_cached(cache)
     if cached is not None or cached_only:

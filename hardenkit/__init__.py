@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from .training import TrainConfig, train_model
     from .triggers import (
         AdditiveTrigger,
+        AlternatingTrigger,
         BlendTrigger,
         CallableTrigger,
         MaskPatternTrigger,
@@ -160,6 +161,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "VerificationReport": (".export", "VerificationReport"),
     "verify_onnx": (".export", "verify_onnx"),
     "WarpTrigger": (".triggers", "WarpTrigger"),
+    "AlternatingTrigger": (".triggers", "AlternatingTrigger"),
     "with_normalization": (".models", "with_normalization"),
 }
 """Public name -> (submodule, attribute); attribute None means the submodule itself."""
@@ -182,6 +184,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AdditiveTrigger",
+    "AlternatingTrigger",
     "BackdooredModel",
     "BaseReport",
     "BlendTrigger",

@@ -10,6 +10,8 @@ Types:
     * :class:`MaskPatternTrigger` — ``(1 - m) x + m * pattern`` (Neural Cleanse's form).
     * :class:`AdditiveTrigger` — ``clamp(x + delta)`` (SIG's sinusoid and similar).
     * :class:`WarpTrigger` — a fixed smooth warping field (WaNet).
+    * :class:`AlternatingTrigger` — several triggers in turn over a batch (image ``i`` gets
+      trigger ``i mod n``): one label's inversions from several detectors, unlearned together.
     * :class:`CallableTrigger` — wraps any user function (not serialisable).
 
 Example:
@@ -41,6 +43,7 @@ from .registry import Registry
 __all__ = [
     "TRIGGERS",
     "AdditiveTrigger",
+    "AlternatingTrigger",
     "BlendTrigger",
     "CallableTrigger",
     "MaskPatternTrigger",
@@ -486,6 +489,55 @@ class WarpTrigger(Trigger):
         return cls(tensors["noise_grid"], float(params["strength"]), int(params.get("k", 4)))
 
 
+class AlternatingTrigger(Trigger):
+    """Several triggers taking turns over a batch: image ``i`` gets ``parts[i mod n]``.
+
+    One label can have several candidate triggers (Neural Cleanse's mask inversion and the
+    ``warp`` detector's flow field); a repair that stamps clean images with their own label
+    (``nc-unlearn``, ``mcl``) unlearns all of them at once when given this trigger. Its attack
+    success rate is the mean of the parts' over the batch.
+
+    >>> import torch
+    >>> t = AlternatingTrigger([PatchTrigger.square(3), BlendTrigger.random_noise(alpha=0.2)])
+    >>> x = t(torch.zeros(4, 3, 32, 32))
+    >>> float(x[0, :, -3:, -3:].min()), float(x[1, :, :3, :3].max()) > 0
+    (1.0, True)
+    >>> Trigger.load(t.save(__import__("tempfile").mkdtemp() + "/t.safetensors")).kind
+    'alternating'
+    """
+
+    kind = "alternating"
+
+    def __init__(self, parts: list[Trigger]) -> None:
+        if len(parts) < 1 or not all(isinstance(p, Trigger) for p in parts):
+            raise ConfigError("AlternatingTrigger needs at least one Trigger.")
+        if any(isinstance(p, AlternatingTrigger) for p in parts):
+            raise ConfigError("AlternatingTrigger parts cannot themselves alternate.")
+        self.parts = list(parts)
+
+    def _apply(self, x: Tensor) -> Tensor:
+        n = len(self.parts)
+        out = x.clone()
+        for i, part in enumerate(self.parts):
+            if i < len(x):
+                out[i::n] = part.apply(x[i::n])
+        return out
+
+    def params(self) -> dict[str, Any]:
+        return {"parts": [{"kind": p.kind, "params": p.params()} for p in self.parts]}
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f"{i}.{k}": v for i, p in enumerate(self.parts) for k, v in p.tensors().items()}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], tensors: dict[str, Tensor]) -> AlternatingTrigger:
+        parts: list[Trigger] = []
+        for i, spec in enumerate(params["parts"]):
+            own = {k.removeprefix(f"{i}."): v for k, v in tensors.items() if k.startswith(f"{i}.")}
+            parts.append(TRIGGERS.get(spec["kind"]).from_state(spec["params"], own))
+        return cls(parts)
+
+
 class CallableTrigger(Trigger):
     """Wraps any ``fn(x) -> x_triggered`` on pixel batches (cannot be saved)."""
 
@@ -529,5 +581,12 @@ def as_trigger(trigger: Trigger | Callable[[Tensor], Tensor]) -> Trigger:
     return CallableTrigger(trigger)
 
 
-for _cls in (PatchTrigger, BlendTrigger, MaskPatternTrigger, AdditiveTrigger, WarpTrigger):
+for _cls in (
+    PatchTrigger,
+    BlendTrigger,
+    MaskPatternTrigger,
+    AdditiveTrigger,
+    WarpTrigger,
+    AlternatingTrigger,
+):
     TRIGGERS.register(_cls.kind, _cls)

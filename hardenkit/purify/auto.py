@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..scan import ScanResult
 from ..training import evaluate_accuracy
+from ..triggers import AlternatingTrigger, Trigger
 from .base import (
     STRATEGIES,
     PurificationStrategy,
@@ -48,6 +49,15 @@ class AutoConfig(StrategyConfig):
             keeping its last epoch (``selection="final"`` unless ``candidate_config`` sets
             one). ``0``: run ``fallback`` instead (the earlier behaviour). Measured in
             ``benchmarks/fallback_zoo.py``.
+        other_inversion_candidates: in that branch, also the labels (this many per detector)
+            whose inversion by each *other* trigger-recovering detector of the scan (``warp``
+            in the ``quick`` preset, ``pixel``) reached its attack threshold with the smallest
+            size — with that detector's trigger (:attr:`ScanResult.inversions`; alternated
+            with Neural Cleanse's when the label is already a candidate,
+            :class:`~hardenkit.triggers.AlternatingTrigger`). A WaNet target whose warp
+            the statistic did not flag is the smallest warp, but Neural Cleanse's masks do
+            not rank it among the smallest. ``0``: Neural Cleanse's candidates only (the
+            behaviour before stop 37).
         candidate_strategy: the strategy of that smallest-mask branch: ``nc-unlearn``
             (default: cheap on the clean models that make up most negative scans) or ``mcl``.
         candidate_config: its config fields (``trigger_config`` when ``candidate_strategy``
@@ -77,6 +87,7 @@ class AutoConfig(StrategyConfig):
     fallback: Literal["finetune", "d3", "sau"] = "finetune"
     fallback_config: dict[str, Any] = Field(default_factory=dict)
     unflagged_candidates: Annotated[int, Field(ge=0)] = 3
+    other_inversion_candidates: Annotated[int, Field(ge=0)] = 1
     candidate_strategy: Literal["nc-unlearn", "mcl"] = "nc-unlearn"
     candidate_config: dict[str, Any] = Field(default_factory=dict)
     flagged_without_trigger: Literal["fallback", "candidates"] = "candidates"
@@ -145,23 +156,21 @@ class AutoStrategy(PurificationStrategy):
                     f"running {cfg.fallback} (trigger-free)"
                 )
             else:
-                labels = candidates.flagged_labels
                 ctx.notes.append(
                     f"auto: the scan flagged {flagged} without a recovered trigger; running "
-                    f"{cfg.candidate_strategy} on the inverted triggers of {labels} (the "
-                    "flagged labels, then the smallest masks)"
+                    f"{cfg.candidate_strategy} on the inverted triggers of "
+                    f"{_described(candidates[1])} (the flagged labels, then the smallest)"
                 )
                 attempts.append(
-                    self._candidate_attempt(ctx, candidates, "flagged + smallest masks")
+                    self._candidate_attempt(ctx, *candidates, "flagged + smallest masks")
                 )
         elif scan is not None and (candidates := self._candidates(ctx, scan)) is not None:
-            labels = candidates.flagged_labels
             ctx.notes.append(
                 f"auto: scan verdict {scan.verdict}; in case it missed a backdoor, running "
-                f"{cfg.candidate_strategy} on the inverted triggers of the "
-                f"{len(labels)} labels with the smallest masks ({labels})"
+                f"{cfg.candidate_strategy} on the inverted triggers with the smallest sizes: "
+                f"{_described(candidates[1])}"
             )
-            attempts.append(self._candidate_attempt(ctx, candidates, "smallest masks"))
+            attempts.append(self._candidate_attempt(ctx, *candidates, "smallest masks"))
         else:
             verdict = "no scan" if scan is None else f"scan verdict {scan.verdict}"
             ctx.notes.append(
@@ -245,22 +254,30 @@ class AutoStrategy(PurificationStrategy):
         return first
 
     def _candidate_attempt(
-        self, ctx: PurifyContext, candidates: ScanResult, which: str
+        self,
+        ctx: PurifyContext,
+        candidates: ScanResult,
+        sources: dict[int, list[str]],
+        which: str,
     ) -> tuple[PurificationStrategy, PurifyContext, dict[str, Any]]:
         """``candidate_strategy`` on the ``candidates`` triggers, with its ``details``."""
         branch = {
             "branch": f"{self.config.candidate_strategy} ({which})",
             "candidate_labels": candidates.flagged_labels,
+            "candidate_sources": {str(y): d for y, d in sources.items()},
         }
         return self._candidate, dataclasses.replace(ctx, scan=candidates), branch
 
     def _candidates(
         self, ctx: PurifyContext, scan: ScanResult, first: Sequence[int] = ()
-    ) -> ScanResult | None:
+    ) -> tuple[ScanResult, dict[int, list[str]]] | None:
         """A scan result "flagging" the labels of ``first`` that have an inverted trigger,
         then the labels with the smallest Neural Cleanse masks, ``unflagged_candidates`` in
-        all (at least those of ``first``), or ``None`` when there are none."""
-        k = self.config.unflagged_candidates
+        all (at least those of ``first``), then each other inverting detector's smallest
+        reached labels (``other_inversion_candidates``), and the detectors each label's
+        trigger(s) came from; ``None`` when there are none."""
+        cfg = self.config
+        k = cfg.unflagged_candidates
         if k == 0 or not scan.all_triggers:
             return None
         nc = next((d for d in scan.report.detectors if d.detector == "neural-cleanse"), None)
@@ -273,13 +290,55 @@ class AutoStrategy(PurificationStrategy):
         inverted = [y for y in first if y in scan.all_triggers]
         rest = [c.label for c in rows if c.label not in inverted]
         labels = (inverted + rest)[: max(k, len(inverted))]
-        if not labels:
+        source = {c.label: c.trigger_source for c in scan.report.classes}
+        parts: dict[int, list[Trigger]] = {y: [scan.all_triggers[y]] for y in labels}
+        sources = {y: [source.get(y) or "neural-cleanse"] for y in labels}
+        for det, y, trig in self._other_inversions(scan):
+            if not any(t is trig for t in parts.setdefault(y, [])):
+                parts[y].append(trig)
+                sources.setdefault(y, []).append(det)
+        if not parts:
             return None
-        return ScanResult.from_triggers(
-            {y: scan.all_triggers[y] for y in labels},
+        result = ScanResult.from_triggers(
+            {y: ts[0] if len(ts) == 1 else AlternatingTrigger(ts) for y, ts in parts.items()},
             model=ctx.original,
             num_classes=ctx.num_classes,
         )
+        return result, sources
+
+    def _other_inversions(self, scan: ScanResult) -> list[tuple[str, int, Trigger]]:
+        """Per trigger-recovering detector other than Neural Cleanse, the
+        ``other_inversion_candidates`` labels whose inversion reached its attack threshold
+        with the smallest size (its statistic's suspicious side), with that trigger."""
+        m = self.config.other_inversion_candidates
+        out: list[tuple[str, int, Trigger]] = []
+        for det in scan.report.detectors:
+            inv = scan.inversions.get(det.detector, {})
+            if m == 0 or det.detector == "neural-cleanse" or not inv:
+                continue
+            sign = 1.0 if det.suspicious_side == "low" else -1.0
+            reached = sorted(
+                (
+                    c
+                    for c in det.classes
+                    if c.label in inv
+                    and c.extra.get("reached_threshold") is True
+                    and math.isfinite(c.value)
+                ),
+                key=lambda c: (sign * c.value, c.label),
+            )
+            out += [(det.detector, c.label, inv[c.label]) for c in reached[:m]]
+        return out
+
+
+def _described(sources: dict[int, list[str]]) -> str:
+    """``{9: ["neural-cleanse"], 0: ["neural-cleanse", "warp"]}`` as
+    ``"labels [9, 0] (neural-cleanse), [0] (warp)"``."""
+    by: dict[str, list[int]] = {}
+    for y, dets in sources.items():
+        for d in dets:
+            by.setdefault(d, []).append(y)
+    return "labels " + ", ".join(f"{ys} ({d})" for d, ys in by.items())
 
 
 def _state(model: nn.Module) -> dict[str, Tensor]:

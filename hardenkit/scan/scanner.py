@@ -244,7 +244,12 @@ class ScanResult:
 
     Attributes:
         report: the :class:`ScanReport`.
-        all_triggers: the recovered trigger of every candidate label (Neural Cleanse).
+        all_triggers: the recovered trigger of every candidate label: the first detector's
+            that flagged it, else the first inverting detector's (Neural Cleanse's).
+        inversions: every trigger-recovering detector's inversion of every label it inverted,
+            ``{detector: {label: trigger}}`` (e.g. ``warp``'s flow field for a label whose
+            ``all_triggers`` entry is Neural Cleanse's mask): what ``auto`` draws its
+            candidate triggers from when the scan flags nothing.
         rank: this process's rank under ``torchrun`` (0 otherwise); every rank holds the same
             report and triggers, and only rank 0's :meth:`save` writes.
     """
@@ -256,11 +261,13 @@ class ScanResult:
         example: Tensor | None = None,
         *,
         rank: int = 0,
+        inversions: Mapping[str, Mapping[int, Trigger]] | None = None,
     ) -> None:
         self.report = report
         self.all_triggers = dict(all_triggers or {})
         self._example = example
         self.rank = rank
+        self.inversions = {d: dict(t) for d, t in (inversions or {}).items()}
 
     @property
     def verdict(self) -> Verdict:
@@ -325,7 +332,9 @@ class ScanResult:
         return None if row is None else row.trigger_asr
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``report.json``, ``triggers/label_<y>.safetensors`` and the PNG figures.
+        """Write ``report.json``, ``triggers/label_<y>.safetensors`` (:attr:`all_triggers`),
+        ``triggers/<detector>/label_<y>.safetensors`` (the other :attr:`inversions`) and the
+        PNG figures.
 
         Figures: ``flagged_label_<y>.png`` (the recovered trigger of each flagged label) and
         ``anomaly_<detector>.png`` (each detector's per-label bar chart); see docs/scanning.md.
@@ -339,6 +348,10 @@ class ScanResult:
         d.mkdir(parents=True, exist_ok=True)
         for y, trig in self.all_triggers.items():
             trig.save(d / "triggers" / f"label_{y}.safetensors")
+        for name, inv in self.inversions.items():
+            for y, trig in inv.items():
+                if trig is not self.all_triggers.get(y):
+                    trig.save(d / "triggers" / name / f"label_{y}.safetensors")
         mask_l1 = {c.label: c.mask_l1 for c in self.report.classes}
         for y in self.flagged_labels:
             if y in self.all_triggers:
@@ -425,7 +438,15 @@ class ScanResult:
             int(p.stem.removeprefix("label_")): Trigger.load(p)
             for p in sorted((d / "triggers").glob("label_*.safetensors"))
         }
-        return cls(report, triggers)
+        inversions: dict[str, dict[int, Trigger]] = {}
+        for c in report.classes:
+            if c.trigger_source is not None and c.label in triggers:
+                inversions.setdefault(c.trigger_source, {})[c.label] = triggers[c.label]
+        for det in report.detectors:
+            for p in sorted((d / "triggers" / det.detector).glob("label_*.safetensors")):
+                y = int(p.stem.removeprefix("label_"))
+                inversions.setdefault(det.detector, {})[y] = Trigger.load(p)
+        return cls(report, triggers, inversions=inversions)
 
     def __repr__(self) -> str:
         return (
@@ -632,7 +653,14 @@ class Scanner:
             flagged=report.flagged_labels,
             seconds=report.timings["total_seconds"],
         )
-        return ScanResult(report, all_triggers, example, rank=0 if dist is None else dist.rank)
+        inversions = {o.detector: dict(o.triggers) for o in outputs if o.triggers}
+        return ScanResult(
+            report,
+            all_triggers,
+            example,
+            rank=0 if dist is None else dist.rank,
+            inversions=inversions,
+        )
 
     # ------------------------------------------------------------------ helpers
     def _check_model(self, model: nn.Module, probe: Tensor) -> int:

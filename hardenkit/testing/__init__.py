@@ -14,8 +14,9 @@ from typing import Any
 
 from ..attacks import BackdooredModel, make_backdoored_model
 from ..data import SyntheticSplits, make_synthetic_dataset
-from ..scan import ScanResult
+from ..scan import ClassScan, ScanResult
 from ..training import TrainConfig
+from ..triggers import Trigger
 
 __all__ = ["BackdoorFixture", "check_strategy", "missed_scan", "tiny_backdoored_model"]
 
@@ -178,12 +179,13 @@ def missed_scan(scan: ScanResult) -> ScanResult:
     the report or any detector — to test what a pipeline (e.g. ``auto``) does when the Scanner
     misses a backdoor.
 
-    The per-label inversions (``all_triggers``) a genuine miss would have are kept: when no
-    detector flags a label, its trigger is the first inverting detector's (Neural Cleanse's in
-    every preset). A label whose trigger came from *another* detector because that detector
-    flagged it (e.g. ``warp`` on a WaNet target) is dropped from ``all_triggers``: the scan
-    did not keep the first detector's inversion of it, and a missed scan must not hand the
-    repair the flagging detector's trigger (that would measure a hit, not a miss).
+    What a genuine miss would hold is rebuilt: when no detector flags a label, its trigger
+    (``all_triggers``) is the first inverting detector's (Neural Cleanse's in every preset).
+    A label whose trigger came from *another* detector because that detector flagged it (e.g.
+    ``warp`` on a WaNet target) gets the first detector's inversion back from
+    ``scan.inversions`` (its held-out ``trigger_asr`` is then unknown: ``None``), or is dropped
+    when the scan does not hold it (a result loaded from a report saved before inversions were
+    kept). Every detector's inversions (``inversions``) stay: a scan that misses still ran them.
 
     >>> import hardenkit as hk
     >>> m = hk.create_model("small-cnn", 4)
@@ -195,25 +197,30 @@ def missed_scan(scan: ScanResult) -> ScanResult:
     dets = [d.model_copy(update={"flagged_labels": []}) for d in scan.report.detectors]
     first = next((d.detector for d in scan.report.detectors if d.produces_triggers), None)
     source = {c.label: c.trigger_source for c in scan.report.classes}
-    kept = {
-        y: t
-        for y, t in scan.all_triggers.items()
-        if source.get(y) is None or first is None or source[y] == first
-    }
+    own = scan.inversions.get(first, {}) if first is not None else {}
+    kept: dict[int, Trigger] = {}
+    swapped: set[int] = set()
+    for y, t in scan.all_triggers.items():
+        if source.get(y) is None or first is None or source[y] == first:
+            kept[y] = t
+        elif y in own:
+            kept[y] = own[y]
+            swapped.add(y)
+
+    def _row(c: ClassScan) -> ClassScan:
+        update: dict[str, Any] = {"flagged": False}
+        if c.label in swapped:
+            update.update(trigger_source=first, trigger_asr=None)
+        elif c.label not in kept:
+            update.update(trigger_source=None, trigger_asr=None)
+        return c.model_copy(update=update)
+
     report = scan.report.model_copy(
         update={
             "verdict": "clean",
             "flagged_labels": [],
             "detectors": dets,
-            "classes": [
-                c.model_copy(
-                    update={
-                        "flagged": False,
-                        "trigger_source": c.trigger_source if c.label in kept else None,
-                    }
-                )
-                for c in scan.report.classes
-            ],
+            "classes": [_row(c) for c in scan.report.classes],
         }
     )
-    return ScanResult(report, kept)
+    return ScanResult(report, kept, scan.example, inversions=scan.inversions)

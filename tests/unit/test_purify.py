@@ -525,7 +525,8 @@ def test_auto_unlearns_the_smallest_masks_when_the_scan_flags_nothing(
     )
     assert res.report.details["branch"] == "nc-unlearn (smallest masks)"
     assert res.report.details["candidate_labels"] == smallest
-    assert any("smallest masks" in n for n in res.report.notes)
+    assert any("with the smallest sizes: labels" in n for n in res.report.notes)
+    assert res.report.details["candidate_sources"] == {str(y): ["neural-cleanse"] for y in smallest}
     # 0 candidates: the trigger-free fallback, as before
     cfg = {**AUTO_FAST, "unflagged_candidates": 0}
     res = hk.Purifier(fx.backdoored.model, "auto", config=cfg, max_ba_drop=1.0).run(
@@ -582,7 +583,7 @@ def test_auto_unlearns_flagged_then_smallest_masks_when_no_trigger_was_recovered
     )
     assert res.report.details["branch"] == "nc-unlearn (flagged + smallest masks)"
     assert sorted(res.report.details["candidate_labels"]) == sorted([flagged, by_mask[0]])
-    assert any("the flagged labels, then the smallest masks" in n for n in res.report.notes)
+    assert any("(the flagged labels, then the smallest)" in n for n in res.report.notes)
     # no inversion to use (unflagged_candidates=0): the fallback, as before
     cfg = {**cfg, "unflagged_candidates": 0}
     res = hk.Purifier(fx.backdoored.model, "auto", config=cfg, max_ba_drop=1.0).run(
