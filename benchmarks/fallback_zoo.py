@@ -69,6 +69,8 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto-flag-cand": ("auto", {"flagged_without_trigger": "candidates"}),
     # auto-miss with Neural Cleanse's candidates only (no warp candidate: before stop 37)
     "auto-miss-nc": ("auto", {"other_inversion_candidates": 0}),
+    # auto with MCL on the smallest mask's (and smallest warp's) inversion only (stop 37)
+    "auto-c1mcl": ("auto", {"unflagged_candidates": 1, "candidate_strategy": "mcl"}),
     # auto with 40 % of the clean images stamped in the candidate branch (default 20 %; stop 37)
     "auto-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
     "auto-miss-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),

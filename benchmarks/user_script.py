@@ -83,6 +83,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "candidates-mcl": ("auto", {"candidate_strategy": "mcl"}),
     # NC unlearning of the candidates with 40 % of the clean images stamped (default 20 %)
     "candidates-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
+    # only the smallest mask's inversion (the target's on blend-smooth): is the stamp split or
+    # the inversion the limit of the missed blend? (stop 37, exploratory)
+    "candidates-1": ("auto", {"unflagged_candidates": 1}),
+    "candidates-1-mcl": ("auto", {"unflagged_candidates": 1, "candidate_strategy": "mcl"}),
 }
 """Named non-default Purifier settings; any name (or strategy) + ``-miss`` gets the missed scan."""
 
