@@ -276,8 +276,7 @@ class AutoStrategy(PurificationStrategy):
         all (at least those of ``first``), then each other inverting detector's smallest
         reached labels (``other_inversion_candidates``), and the detectors each label's
         trigger(s) came from; ``None`` when there are none."""
-        cfg = self.config
-        k = cfg.unflagged_candidates
+        k = self.config.unflagged_candidates
         if k == 0 or not scan.all_triggers:
             return None
         nc = next((d for d in scan.report.detectors if d.detector == "neural-cleanse"), None)
@@ -312,9 +311,11 @@ class AutoStrategy(PurificationStrategy):
         with the smallest size (its statistic's suspicious side), with that trigger."""
         m = self.config.other_inversion_candidates
         out: list[tuple[str, int, Trigger]] = []
+        if m == 0:
+            return out
         for det in scan.report.detectors:
             inv = scan.inversions.get(det.detector, {})
-            if m == 0 or det.detector == "neural-cleanse" or not inv:
+            if det.detector == "neural-cleanse" or not inv:
                 continue
             sign = 1.0 if det.suspicious_side == "low" else -1.0
             reached = sorted(
