@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from hardenkit._utils.environment import environment_info
 from hardenkit.data import ImageDataset, load_image_archive
-from hardenkit.purify import MCLConfig
+from hardenkit.purify import AutoConfig, MCLConfig
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCHIVE = ROOT.parent.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -41,11 +41,16 @@ def config_hash(cfg: dict[str, Any]) -> str:
 
 
 def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Cache-key fields for a cell whose result depends on MCL's default anchor weight (1 -> 3
-    at stop 34): ``auto`` and ``mcl`` cells whose config does not set ``anchor_weight``."""
+    """Cache-key fields for a cell whose result depends on a default that changed: MCL's anchor
+    weight (1 -> 3 at stop 34) for ``auto`` and ``mcl`` cells whose config does not set
+    ``anchor_weight``; ``auto``'s ``candidate_mcl`` (0 -> 1 at stop 38) for ``auto`` cells
+    whose config does not set it (no field while it was 0: older keys stay valid)."""
+    key: dict[str, Any] = {}
     if strategy in ("auto", "mcl") and "anchor_weight" not in json.dumps(cfg):
-        return {"mcl_anchor": MCLConfig().anchor_weight}
-    return {}
+        key["mcl_anchor"] = MCLConfig().anchor_weight
+    if strategy == "auto" and "candidate_mcl" not in cfg and AutoConfig().candidate_mcl:
+        key["candidate_mcl"] = AutoConfig().candidate_mcl
+    return key
 
 
 def load_cached(cache: Path) -> dict[str, Any] | None:

@@ -71,6 +71,13 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto-miss-nc": ("auto", {"other_inversion_candidates": 0}),
     # auto with MCL on the smallest mask's (and smallest warp's) inversion only (stop 37)
     "auto-c1mcl": ("auto", {"unflagged_candidates": 1, "candidate_strategy": "mcl"}),
+    # auto with checked MCL first in the candidate branch (stop 38): kept when it costs
+    # <= 1.5 points of clean accuracy, else the default NC unlearning of the candidates
+    "auto-cmcl": ("auto", {"candidate_mcl": 1}),
+    "auto-miss-cmcl": ("auto", {"candidate_mcl": 1}),
+    # ... and without it: the default of stops 35-37 (candidate_mcl 0)
+    "auto-c0": ("auto", {"candidate_mcl": 0}),
+    "auto-miss-c0": ("auto", {"candidate_mcl": 0}),
     # auto with 40 % of the clean images stamped in the candidate branch (default 20 %; stop 37)
     "auto-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
     "auto-miss-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
@@ -179,7 +186,7 @@ def run_cell(
         row["branch"] = res.report.details.get("branch")
         if "candidate_sources" in res.report.details:  # which detectors' triggers it unlearned
             row["candidate_sources"] = res.report.details["candidate_sources"]
-        for k in ("val_ba_drop", "train_ba_drop"):  # auto's accuracy check, when it ran
+        for k in ("val_ba_drop", "train_ba_drop", "candidate_mcl"):  # auto's accuracy checks
             if k in res.report.details:
                 row[k] = res.report.details[k]
         row.update(_measure(res.model, trigger, test, tgt))

@@ -57,6 +57,13 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # the same with MCL on the smallest mask's (and the smallest warp's) inversion only
     # (exploratory, stop 37: the missed user blend went 15.97 -> 6.20 % with it)
     "auto-quick-miss-c1mcl": ("auto", {"unflagged_candidates": 1, "candidate_strategy": "mcl"}),
+    # the shipped default with checked MCL first in the candidate branch (stop 38): MCL on
+    # the smallest candidate, kept when it costs <= 1.5 points, else the default branch
+    "auto-quick-cmcl": ("auto", {"candidate_mcl": 1}),
+    "auto-quick-miss-cmcl": ("auto", {"candidate_mcl": 1}),
+    # ... and without it: the default of stops 35-37 (candidate_mcl 0)
+    "auto-quick-c0": ("auto", {"candidate_mcl": 0}),
+    "auto-quick-miss-c0": ("auto", {"candidate_mcl": 0}),
     # the same with 40 % of the clean images stamped in the candidate branch (default 20 %)
     "auto-quick-miss-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
     # auto's trigger branch before issue 16 (the ``auto`` of the committed purify_cpu table)
@@ -160,6 +167,7 @@ def purify_and_measure(
             "flagged": None if res.scan is None else res.scan.flagged_labels,
             "notes": res.report.notes,
             "branch": res.report.details.get("branch"),
+            "candidate_mcl": res.report.details.get("candidate_mcl"),
             "clean_images": used["train"] + used["validation"],
             "pruned_fraction": None if pruning is None else pruning["fraction"],
             "pruned": None if pruning is None else pruning["pruned"],

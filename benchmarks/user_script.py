@@ -41,7 +41,16 @@ from torch.utils.data import DataLoader, TensorDataset
 import hardenkit as hk
 from hardenkit.testing import missed_scan
 
-from .common import CACHE, ROOT, config_hash, load_cached, load_cifar10, md_table, write_results
+from .common import (
+    CACHE,
+    ROOT,
+    config_hash,
+    load_cached,
+    load_cifar10,
+    mcl_default_key,
+    md_table,
+    write_results,
+)
 
 FIXTURES = ROOT / "fixtures" / "user_script"
 SEED = 0
@@ -87,6 +96,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the inversion the limit of the missed blend? (stop 37, exploratory)
     "candidates-1": ("auto", {"unflagged_candidates": 1}),
     "candidates-1-mcl": ("auto", {"unflagged_candidates": 1, "candidate_strategy": "mcl"}),
+    # checked MCL first: MCL on the smallest candidate, kept when it costs <= 1.5 points of
+    # clean accuracy, else the default NC unlearning of the candidates (stop 38)
+    "candidates-cmcl": ("auto", {"candidate_mcl": 1}),
+    # ... and without it: the default of stops 35-37 (candidate_mcl 0)
+    "candidates-c0": ("auto", {"candidate_mcl": 0}),
 }
 """Named non-default Purifier settings; any name (or strategy) + ``-miss`` gets the missed scan."""
 
@@ -250,6 +264,9 @@ def run_cell(
     anchor = hk.purify.MCLConfig().anchor_weight
     spec_key: dict[str, Any] = {"model": name, "spec": spec, "defence": defence}
     spec_key["mcl_anchor"] = anchor
+    base = defence.removesuffix("-miss")
+    strategy, cfg = ("auto", {}) if base == "default" else VARIANTS.get(base, (base, {}))
+    spec_key.update(mcl_default_key(strategy, cfg))  # + auto's candidate_mcl (stop 38)
     if defence.endswith("-miss"):  # v2: a missed scan keeps every detector's inversions and
         spec_key["v"] = 2  # auto adds warp's smallest reached label (stop 37)
     key = config_hash(spec_key)
@@ -285,6 +302,7 @@ def run_cell(
         row["seconds"] = time.perf_counter() - t0
         row.update(ba_asr(res.model, spec, xt, yt), status=res.status)
         row["branch"] = res.report.details.get("branch")
+        row["candidate_mcl"] = res.report.details.get("candidate_mcl")
         row["flagged"] = (res.report.scan or {}).get("flagged_labels")
         row["notes"] = res.report.notes
         # the user's model is never modified in place

@@ -1,6 +1,7 @@
 """Composite strategy: scan; repair with the recovered trigger when there is one, with the
 smallest-mask labels' inverted triggers when the scan flags nothing (and, first, the flagged
-labels' when it flagged some without a recovered trigger), otherwise with a trigger-free
+labels' when it flagged some without a recovered trigger) — MCL on the first, kept when it
+costs little clean accuracy, else NC unlearning of several — otherwise with a trigger-free
 strategy. The defaults were chosen by the CPU benchmarks (docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ class AutoConfig(StrategyConfig):
             behaviour before stop 37).
         candidate_strategy: the strategy of that smallest-mask branch: ``nc-unlearn``
             (default: cheap on the clean models that make up most negative scans) or ``mcl``.
+        candidate_mcl: before that branch, MCL on the inverted trigger(s) of this many
+            candidates only (the flagged labels first, then the smallest mask, plus each
+            other detector's smallest reached inversion); its repair is kept when it costs at
+            most ``candidate_mcl_max_ba_drop`` of the clean accuracy (measured as
+            ``max_trigger_ba_drop`` is), otherwise it is undone and ``candidate_strategy``
+            runs from the input weights. Contrasting away a real trigger costs little
+            accuracy; contrasting away a clean model's natural feature costs points. ``0``:
+            off (the behaviour before stop 38). Skipped when ``candidate_strategy`` is
+            ``mcl``, without validation images, and under a ``max_steps`` / ``max_seconds``
+            budget (it would spend what the repair needs).
+        candidate_mcl_max_ba_drop: the accuracy cost up to which that MCL repair is kept.
         candidate_config: its config fields (``trigger_config`` when ``candidate_strategy``
             equals ``trigger_strategy`` and this is empty).
         flagged_without_trigger: what runs when the scan flagged labels but recovered no
@@ -90,16 +102,20 @@ class AutoConfig(StrategyConfig):
     other_inversion_candidates: Annotated[int, Field(ge=0)] = 1
     candidate_strategy: Literal["nc-unlearn", "mcl"] = "nc-unlearn"
     candidate_config: dict[str, Any] = Field(default_factory=dict)
+    candidate_mcl: Annotated[int, Field(ge=0)] = 1
+    candidate_mcl_max_ba_drop: Annotated[float, Field(ge=0, le=1)] = 0.015
     flagged_without_trigger: Literal["fallback", "candidates"] = "candidates"
     max_trigger_ba_drop: Annotated[float, Field(ge=0, le=1)] | None = 0.03
 
 
 class AutoStrategy(PurificationStrategy):
     """Scan → ``trigger_strategy`` on the recovered trigger(s) when Neural Cleanse flagged a label;
-    when it flagged nothing, ``candidate_strategy`` on the inverted triggers of the
-    ``unflagged_candidates`` labels with the smallest masks (a statistic can miss a backdoor
-    whose trigger the inversion found) — with the flagged labels' inverted triggers first when
-    it flagged labels without recovering a trigger (``flagged_without_trigger``);
+    when it flagged nothing, MCL on the smallest mask's inverted trigger, kept when it costs
+    little clean accuracy (``candidate_mcl``), else ``candidate_strategy`` on the inverted
+    triggers of the ``unflagged_candidates`` labels with the smallest masks (a statistic can
+    miss a backdoor whose trigger the inversion found) — with the flagged labels' inverted
+    triggers first when it flagged labels without recovering a trigger
+    (``flagged_without_trigger``);
     ``fallback`` (trigger-free) when there is nothing inverted to use.
 
     A negative scan never becomes a silent no-op: the model is always repaired, and the report
@@ -123,6 +139,11 @@ class AutoStrategy(PurificationStrategy):
         # least-trained epoch, so this branch keeps the last epoch unless told otherwise
         cand_cfg = cfg.candidate_config or _shared(cfg.trigger_config, cfg.candidate_strategy)
         self._candidate = STRATEGIES.get(cfg.candidate_strategy)({"selection": "final", **cand_cfg})
+        self._probe = (
+            STRATEGIES.get("mcl")({"selection": "final", **_shared(cfg.trigger_config, "mcl")})
+            if cfg.candidate_mcl > 0 and cfg.candidate_strategy != "mcl"
+            else None
+        )
         # MCL refuses triggers weaker than its min_trigger_asr; NC unlearning uses any
         # inverted trigger, so it is tried before the trigger-free fallback
         self._second = (
@@ -139,6 +160,8 @@ class AutoStrategy(PurificationStrategy):
         cfg = self.config
         # the trigger branches to try in turn: (strategy, its context, extra details)
         attempts: list[tuple[PurificationStrategy, PurifyContext, dict[str, Any]]] = []
+        # the candidate branch: (its flagged labels, its name, why it runs, what it runs)
+        probe: tuple[Sequence[int], str, str, str] | None = None
         if scan is not None and scan.triggers:
             attempts.append((self._trigger, ctx, {"branch": cfg.trigger_strategy}))
             if self._second is not None:
@@ -156,26 +179,43 @@ class AutoStrategy(PurificationStrategy):
                     f"running {cfg.fallback} (trigger-free)"
                 )
             else:
-                ctx.notes.append(
-                    f"auto: the scan flagged {flagged} without a recovered trigger; running "
-                    f"{cfg.candidate_strategy} on the inverted triggers of "
+                why = f"auto: the scan flagged {flagged} without a recovered trigger; "
+                note = (
+                    f"running {cfg.candidate_strategy} on the inverted triggers of "
                     f"{_described(candidates[1])} (the flagged labels, then the smallest)"
                 )
                 attempts.append(
                     self._candidate_attempt(ctx, *candidates, "flagged + smallest masks")
                 )
+                probe = (flagged, "flagged + smallest masks", why, note)
         elif scan is not None and (candidates := self._candidates(ctx, scan)) is not None:
-            ctx.notes.append(
-                f"auto: scan verdict {scan.verdict}; in case it missed a backdoor, running "
-                f"{cfg.candidate_strategy} on the inverted triggers with the smallest sizes: "
-                f"{_described(candidates[1])}"
+            why = f"auto: scan verdict {scan.verdict}; in case it missed a backdoor, "
+            note = (
+                f"running {cfg.candidate_strategy} on the inverted triggers with the smallest "
+                f"sizes: {_described(candidates[1])}"
             )
             attempts.append(self._candidate_attempt(ctx, *candidates, "smallest masks"))
+            probe = ((), "smallest masks", why, note)
         else:
             verdict = "no scan" if scan is None else f"scan verdict {scan.verdict}"
             ctx.notes.append(
                 f"auto: {verdict}, no trigger to use: running {cfg.fallback} (trigger-free)"
             )
+        if probe is not None and scan is not None:
+            first, which, why, note = probe
+            budgeted = ctx.budget.max_steps is not None or ctx.budget.max_seconds is not None
+            if self._probe is not None and budgeted:
+                ctx.notes.append(
+                    "auto: candidate_mcl skipped: a step or time budget is set, and it would "
+                    "spend what the repair needs"
+                )
+            elif self._probe is not None:
+                kept = self._checked_mcl(ctx, scan, first, which, why, attempts[-1][2])
+                if kept is not None:
+                    return kept
+                if "candidate_mcl" in attempts[-1][2]:  # it ran, and its note said why
+                    why = "auto: "
+            ctx.notes.append(why + note)
         guard = (
             self._second is not None
             and cfg.max_trigger_ba_drop is not None
@@ -208,15 +248,7 @@ class AutoStrategy(PurificationStrategy):
         assert self._second is not None
         assert self.config.max_trigger_ba_drop is not None
         name = self.config.trigger_strategy
-        before = evaluate_accuracy(ctx.original, ctx.val_images, ctx.y_val, runtime=ctx.runtime)
-        drop = before - evaluate_accuracy(ctx.model, ctx.val_images, ctx.y_val, runtime=ctx.runtime)
-        # MCL picked its epoch by validation accuracy, so the validation drop is optimistic
-        # (CIFAR-10 cifar-cnn BadNets: under 3 points there, 8 on the Purifier's holdout).
-        # It never fits the labels (contrast + feature anchor), so its accuracy on the
-        # purification images is a second, unselected estimate: the larger one decides.
-        on_train = evaluate_accuracy(
-            ctx.original, ctx.images, ctx.y, runtime=ctx.runtime
-        ) - evaluate_accuracy(ctx.model, ctx.images, ctx.y, runtime=ctx.runtime)
+        before, drop, on_train = _ba_drops(ctx)
         first.details["val_ba_drop"] = {name: drop}
         first.details["train_ba_drop"] = {name: on_train}
         drop = max(drop, on_train)
@@ -253,30 +285,85 @@ class AutoStrategy(PurificationStrategy):
         first.details["val_ba_drop"] = drops
         return first
 
+    def _checked_mcl(
+        self,
+        ctx: PurifyContext,
+        scan: ScanResult,
+        first: Sequence[int],
+        which: str,
+        why: str,
+        fallback_details: dict[str, Any],
+    ) -> StrategyOutcome | None:
+        """MCL on the inverted triggers of ``candidate_mcl`` candidates, kept (returned) when
+        it cost at most ``candidate_mcl_max_ba_drop``; otherwise undone (``None``), with what
+        it cost in ``fallback_details["candidate_mcl"]``."""
+        cfg = self.config
+        assert self._probe is not None
+        found = self._candidates(ctx, scan, first=first, k=cfg.candidate_mcl)
+        if found is None or len(ctx.y_val) == 0:
+            return None
+        start = _state(ctx.model)
+        _, run_ctx, extra = self._candidate_attempt(ctx, *found, which, self._probe)
+        labels = _described(found[1])
+        out = self._probe.run(run_ctx)
+        info: dict[str, Any] = {"labels": found[0].flagged_labels, "kept": False}
+        if out.status == "purified" and out.model is ctx.model:
+            _, val, train = _ba_drops(ctx)
+            cost = max(val, train)
+            info.update(val_ba_drop=val, train_ba_drop=train)
+            if cost <= cfg.candidate_mcl_max_ba_drop:
+                info["kept"] = True
+                ctx.notes.append(
+                    f"{why}ran mcl on the inverted triggers of {labels}: it cost "
+                    f"{100 * cost:.1f} points of clean accuracy (<= candidate_mcl_max_ba_drop "
+                    f"{100 * cfg.candidate_mcl_max_ba_drop:g}): kept its repair"
+                )
+                out.details = {**extra, **out.details, "candidate_mcl": info}
+                return out
+            what = f"cost {100 * cost:.1f} points of clean accuracy"
+        else:
+            what = "could not run"
+        ctx.model.load_state_dict(start)
+        ctx.notes.append(
+            f"{why}ran mcl on the inverted triggers of {labels} first: it {what} "
+            f"(> candidate_mcl_max_ba_drop {100 * cfg.candidate_mcl_max_ba_drop:g}): undone"
+            if what.startswith("cost")
+            else f"{why}mcl on the inverted triggers of {labels} {what}: undone"
+        )
+        fallback_details["candidate_mcl"] = info
+        return None
+
     def _candidate_attempt(
         self,
         ctx: PurifyContext,
         candidates: ScanResult,
         sources: dict[int, list[str]],
         which: str,
+        strategy: PurificationStrategy | None = None,
     ) -> tuple[PurificationStrategy, PurifyContext, dict[str, Any]]:
-        """``candidate_strategy`` on the ``candidates`` triggers, with its ``details``."""
+        """``strategy`` (default ``candidate_strategy``) on the ``candidates`` triggers, with
+        its ``details``."""
+        strategy = strategy or self._candidate
         branch = {
-            "branch": f"{self.config.candidate_strategy} ({which})",
+            "branch": f"{strategy.name} ({which})",
             "candidate_labels": candidates.flagged_labels,
             "candidate_sources": {str(y): d for y, d in sources.items()},
         }
-        return self._candidate, dataclasses.replace(ctx, scan=candidates), branch
+        return strategy, dataclasses.replace(ctx, scan=candidates), branch
 
     def _candidates(
-        self, ctx: PurifyContext, scan: ScanResult, first: Sequence[int] = ()
+        self,
+        ctx: PurifyContext,
+        scan: ScanResult,
+        first: Sequence[int] = (),
+        k: int | None = None,
     ) -> tuple[ScanResult, dict[int, list[str]]] | None:
         """A scan result "flagging" the labels of ``first`` that have an inverted trigger,
-        then the labels with the smallest Neural Cleanse masks, ``unflagged_candidates`` in
-        all (at least those of ``first``), then each other inverting detector's smallest
-        reached labels (``other_inversion_candidates``), and the detectors each label's
-        trigger(s) came from; ``None`` when there are none."""
-        k = self.config.unflagged_candidates
+        then the labels with the smallest Neural Cleanse masks, ``k`` (default
+        ``unflagged_candidates``) in all (at least those of ``first``), then each other
+        inverting detector's smallest reached labels (``other_inversion_candidates``), and
+        the detectors each label's trigger(s) came from; ``None`` when there are none."""
+        k = self.config.unflagged_candidates if k is None else k
         if k == 0 or not scan.all_triggers:
             return None
         nc = next((d for d in scan.report.detectors if d.detector == "neural-cleanse"), None)
@@ -340,6 +427,20 @@ def _described(sources: dict[int, list[str]]) -> str:
         for d in dets:
             by.setdefault(d, []).append(y)
     return "labels " + ", ".join(f"{ys} ({d})" for d, ys in by.items())
+
+
+def _ba_drops(ctx: PurifyContext) -> tuple[float, float, float]:
+    """(validation accuracy of the input model, what ``ctx.model`` lost of it, what it lost
+    on the purification images). A strategy that picked its epoch by validation accuracy
+    makes the first drop optimistic (CIFAR-10 cifar-cnn BadNets, MCL: under 3 points there,
+    8 on the Purifier's holdout); MCL never fits the labels (contrast + feature anchor), so
+    its accuracy on the purification images is a second, unselected estimate."""
+    before = evaluate_accuracy(ctx.original, ctx.val_images, ctx.y_val, runtime=ctx.runtime)
+    drop = before - evaluate_accuracy(ctx.model, ctx.val_images, ctx.y_val, runtime=ctx.runtime)
+    on_train = evaluate_accuracy(
+        ctx.original, ctx.images, ctx.y, runtime=ctx.runtime
+    ) - evaluate_accuracy(ctx.model, ctx.images, ctx.y, runtime=ctx.runtime)
+    return before, drop, on_train
 
 
 def _state(model: nn.Module) -> dict[str, Tensor]:

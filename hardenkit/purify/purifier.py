@@ -58,8 +58,9 @@ _log = get_logger("purify")
 DEFAULT_STRATEGY = "auto"
 """The strategy of ``Purifier(model)`` when none is named: the composite ``auto`` (scan →
 ``mcl`` on a recovered trigger — ``nc-unlearn``'s repair when MCL's costs more than 3 points
-of clean accuracy — ``nc-unlearn`` on the smallest masks' triggers when the scan flags
-nothing, ``finetune`` when there is no inversion), measured in docs/benchmarks.md."""
+of clean accuracy — when the scan flags nothing, ``mcl`` on the smallest mask's trigger kept
+when it costs at most 1.5 points, else ``nc-unlearn`` on the smallest masks' triggers,
+``finetune`` when there is no inversion), measured in docs/benchmarks.md."""
 
 
 class TriggerASR(BaseModel):

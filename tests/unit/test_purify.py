@@ -659,3 +659,101 @@ def test_auto_keeps_nc_unlearning_when_mcl_costs_too_much_accuracy(fx: BackdoorF
         _loader(fx), scan=scan
     )
     assert "val_ba_drop" not in res.report.details
+
+
+def test_auto_checked_mcl_on_the_smallest_candidate_is_kept_or_undone(
+    fx: BackdoorFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nc = {"detector_options": {"neural-cleanse": {"epochs": 2}}}
+    real = hk.Scanner(fx.backdoored.model, 4, config=nc).run(_loader(fx))
+    values = {c.label: c.value for c in real.report.detectors[0].classes}
+    smallest = sorted(values, key=lambda y: (values[y], y))
+    missed = missed_scan(real)
+    base = {
+        **AUTO_FAST,
+        "unflagged_candidates": 2,
+        "candidate_config": {"epochs": 1},
+        # the tiny fixture's inversions are weak: let MCL use them
+        "trigger_config": {"epochs": 1, "min_trigger_asr": 0.0},
+    }
+    # within the bound: MCL's repair on the smallest candidate is kept
+    keep = {**base, "candidate_mcl": 1, "candidate_mcl_max_ba_drop": 1.0}
+    res = hk.Purifier(fx.backdoored.model, "auto", config=keep, max_ba_drop=1.0).run(
+        _loader(fx), scan=missed
+    )
+    info = res.report.details["candidate_mcl"]
+    assert res.report.details["branch"] == "mcl (smallest masks)"
+    assert res.report.details["candidate_labels"] == smallest[:1] == info["labels"]
+    assert info["kept"] is True
+    assert {"val_ba_drop", "train_ba_drop"} <= set(info)
+    assert res.report.notes[0].startswith(
+        "auto: scan verdict clean; in case it missed a backdoor, ran mcl on the inverted "
+        f"triggers of labels {smallest[:1]} (neural-cleanse): it cost"
+    )
+    assert res.report.notes[0].endswith("kept its repair")
+    assert not any("running nc-unlearn" in n for n in res.report.notes)
+    # an MCL run that wrecks the model (LR 5) costs more than the bound: undone, and the
+    # default branch runs from the input weights — the same repair as without the check
+    wreck = {
+        **base,
+        "candidate_mcl": 1,
+        "candidate_mcl_max_ba_drop": 0.0,
+        "trigger_config": {"epochs": 1, "min_trigger_asr": 0.0, "lr_schedule": [[0, 5.0]]},
+    }
+    res = hk.Purifier(fx.backdoored.model, "auto", config=wreck, max_ba_drop=1.0).run(
+        _loader(fx), scan=missed
+    )
+    info = res.report.details["candidate_mcl"]
+    assert res.report.details["branch"] == "nc-unlearn (smallest masks)"
+    assert res.report.details["candidate_labels"] == smallest[:2]
+    assert info["kept"] is False
+    assert max(info["val_ba_drop"], info["train_ba_drop"]) > 0.0
+    assert any(n.endswith("(> candidate_mcl_max_ba_drop 0): undone") for n in res.report.notes)
+    assert res.report.notes[-2].startswith("auto: running nc-unlearn on the inverted triggers")
+    off = {**base, "candidate_mcl": 0}  # the behaviour before stop 38
+    want = hk.Purifier(fx.backdoored.model, "auto", config=off, max_ba_drop=1.0).run(
+        _loader(fx), scan=missed
+    )
+    assert "candidate_mcl" not in want.report.details
+    for a, b in zip(res.model.state_dict().values(), want.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # MCL refusing its candidate (e.g. too weak a trigger) is undone the same way
+    from hardenkit.purify.mcl import MCLStrategy
+
+    def refuse(self: MCLStrategy, ctx: PurifyContext) -> StrategyOutcome:
+        ctx.model.train()  # touched, as a real run would
+        return StrategyOutcome(model=ctx.model, status="refused")
+
+    monkeypatch.setattr(MCLStrategy, "run", refuse)
+    res = hk.Purifier(
+        fx.backdoored.model, "auto", config={**base, "candidate_mcl": 1}, max_ba_drop=1.0
+    ).run(_loader(fx), scan=missed)
+    assert res.report.details["branch"] == "nc-unlearn (smallest masks)"
+    assert res.report.details["candidate_mcl"] == {"labels": smallest[:1], "kept": False}
+    assert any("could not run: undone" in n for n in res.report.notes)
+
+
+def test_auto_checked_mcl_is_off_when_the_candidate_branch_is_mcl() -> None:
+    from hardenkit.purify.auto import AutoStrategy
+
+    assert AutoStrategy()._probe is not None  # on by default since stop 38
+    assert AutoStrategy({"candidate_mcl": 1, "candidate_strategy": "mcl"})._probe is None
+    assert AutoStrategy({"candidate_mcl": 0})._probe is None
+    with pytest.raises(ConfigError):
+        AutoStrategy({"candidate_mcl": -1})
+
+
+def test_auto_checked_mcl_is_skipped_under_a_budget(fx: BackdoorFixture) -> None:
+    nc = {"detector_options": {"neural-cleanse": {"epochs": 2}}}
+    missed = missed_scan(hk.Scanner(fx.backdoored.model, 4, config=nc).run(_loader(fx)))
+    cfg = {**AUTO_FAST, "candidate_mcl": 1, "max_steps": 3}
+    res = hk.Purifier(fx.backdoored.model, "auto", config=cfg, max_ba_drop=1.0).run(
+        _loader(fx), scan=missed
+    )
+    assert "candidate_mcl" not in res.report.details
+    assert res.report.details["branch"] == "nc-unlearn (smallest masks)"
+    assert any("candidate_mcl skipped: a step or time budget is set" in n for n in res.report.notes)
+    assert any(
+        n.startswith("auto: scan verdict clean; in case it missed a backdoor, running nc-unlearn")
+        for n in res.report.notes
+    )
