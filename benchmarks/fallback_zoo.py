@@ -71,8 +71,8 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto-miss-nc": ("auto", {"other_inversion_candidates": 0}),
     # auto with MCL on the smallest mask's (and smallest warp's) inversion only (stop 37)
     "auto-c1mcl": ("auto", {"unflagged_candidates": 1, "candidate_strategy": "mcl"}),
-    # auto with checked MCL first in the candidate branch (stop 38): kept when it costs
-    # <= 1.5 points of clean accuracy, else the default NC unlearning of the candidates
+    # auto with checked MCL first in the candidate branch (the default since stop 38): kept
+    # when it costs <= 1.5 points of clean accuracy, else NC unlearning of the candidates
     "auto-cmcl": ("auto", {"candidate_mcl": 1}),
     "auto-miss-cmcl": ("auto", {"candidate_mcl": 1}),
     # ... and without it: the default of stops 35-37 (candidate_mcl 0)

@@ -57,8 +57,8 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # the same with MCL on the smallest mask's (and the smallest warp's) inversion only
     # (exploratory, stop 37: the missed user blend went 15.97 -> 6.20 % with it)
     "auto-quick-miss-c1mcl": ("auto", {"unflagged_candidates": 1, "candidate_strategy": "mcl"}),
-    # the shipped default with checked MCL first in the candidate branch (stop 38): MCL on
-    # the smallest candidate, kept when it costs <= 1.5 points, else the default branch
+    # auto with checked MCL first in the candidate branch (the default since stop 38): MCL on
+    # the first candidate, kept when it costs <= 1.5 points, else NC unlearning of the three
     "auto-quick-cmcl": ("auto", {"candidate_mcl": 1}),
     "auto-quick-miss-cmcl": ("auto", {"candidate_mcl": 1}),
     # ... and without it: the default of stops 35-37 (candidate_mcl 0)

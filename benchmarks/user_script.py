@@ -96,8 +96,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # the inversion the limit of the missed blend? (stop 37, exploratory)
     "candidates-1": ("auto", {"unflagged_candidates": 1}),
     "candidates-1-mcl": ("auto", {"unflagged_candidates": 1, "candidate_strategy": "mcl"}),
-    # checked MCL first: MCL on the smallest candidate, kept when it costs <= 1.5 points of
-    # clean accuracy, else the default NC unlearning of the candidates (stop 38)
+    # checked MCL first (the default since stop 38): MCL on the first candidate, kept when it
+    # costs <= 1.5 points of clean accuracy, else NC unlearning of the candidates
     "candidates-cmcl": ("auto", {"candidate_mcl": 1}),
     # ... and without it: the default of stops 35-37 (candidate_mcl 0)
     "candidates-c0": ("auto", {"candidate_mcl": 0}),
