@@ -284,7 +284,6 @@ def run_cell(
         idx = info["clean_idx"]
         loader = DataLoader(TensorDataset(x[idx], y[idx]), batch_size=256, shuffle=False)
         t0 = time.perf_counter()
-        base = defence.removesuffix("-miss")
         if base == "default":
             purifier = hk.Purifier(model)
         elif base in VARIANTS:

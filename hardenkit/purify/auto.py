@@ -210,10 +210,11 @@ class AutoStrategy(PurificationStrategy):
                     "spend what the repair needs"
                 )
             elif self._probe is not None:
-                kept = self._checked_mcl(ctx, scan, first, which, why, attempts[-1][2])
+                kept, info = self._checked_mcl(ctx, scan, first, which, why)
                 if kept is not None:
                     return kept
-                if "candidate_mcl" in attempts[-1][2]:  # it ran, and its note said why
+                if info is not None:  # it ran and was undone; its note said why
+                    attempts[-1][2]["candidate_mcl"] = info
                     why = "auto: "
             ctx.notes.append(why + note)
         guard = (
@@ -292,21 +293,21 @@ class AutoStrategy(PurificationStrategy):
         first: Sequence[int],
         which: str,
         why: str,
-        fallback_details: dict[str, Any],
-    ) -> StrategyOutcome | None:
-        """MCL on the inverted triggers of ``candidate_mcl`` candidates, kept (returned) when
-        it cost at most ``candidate_mcl_max_ba_drop``; otherwise undone (``None``), with what
-        it cost in ``fallback_details["candidate_mcl"]``."""
+    ) -> tuple[StrategyOutcome | None, dict[str, Any] | None]:
+        """MCL on the inverted triggers of ``candidate_mcl`` candidates: (its outcome, kept
+        because it cost at most ``candidate_mcl_max_ba_drop``, else ``None``; what it cost,
+        ``None`` when it did not run). An MCL repair that is not kept is undone."""
         cfg = self.config
         assert self._probe is not None
         found = self._candidates(ctx, scan, first=first, k=cfg.candidate_mcl)
         if found is None or len(ctx.y_val) == 0:
-            return None
+            return None, None
         start = _state(ctx.model)
         _, run_ctx, extra = self._candidate_attempt(ctx, *found, which, self._probe)
         labels = _described(found[1])
         out = self._probe.run(run_ctx)
         info: dict[str, Any] = {"labels": found[0].flagged_labels, "kept": False}
+        bound = f"candidate_mcl_max_ba_drop {100 * cfg.candidate_mcl_max_ba_drop:g}"
         if out.status == "purified" and out.model is ctx.model:
             _, val, train = _ba_drops(ctx)
             cost = max(val, train)
@@ -315,23 +316,19 @@ class AutoStrategy(PurificationStrategy):
                 info["kept"] = True
                 ctx.notes.append(
                     f"{why}ran mcl on the inverted triggers of {labels}: it cost "
-                    f"{100 * cost:.1f} points of clean accuracy (<= candidate_mcl_max_ba_drop "
-                    f"{100 * cfg.candidate_mcl_max_ba_drop:g}): kept its repair"
+                    f"{100 * cost:.1f} points of clean accuracy (<= {bound}): kept its repair"
                 )
                 out.details = {**extra, **out.details, "candidate_mcl": info}
-                return out
-            what = f"cost {100 * cost:.1f} points of clean accuracy"
+                return out, info
+            what = (
+                f"ran mcl on the inverted triggers of {labels} first: it cost "
+                f"{100 * cost:.1f} points of clean accuracy (> {bound})"
+            )
         else:
-            what = "could not run"
+            what = f"mcl on the inverted triggers of {labels} could not run"
         ctx.model.load_state_dict(start)
-        ctx.notes.append(
-            f"{why}ran mcl on the inverted triggers of {labels} first: it {what} "
-            f"(> candidate_mcl_max_ba_drop {100 * cfg.candidate_mcl_max_ba_drop:g}): undone"
-            if what.startswith("cost")
-            else f"{why}mcl on the inverted triggers of {labels} {what}: undone"
-        )
-        fallback_details["candidate_mcl"] = info
-        return None
+        ctx.notes.append(f"{why}{what}: undone")
+        return None, info
 
     def _candidate_attempt(
         self,
