@@ -83,6 +83,8 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "mcl-anchor3": ("mcl", {"anchor_weight": 3.0}),
     "mcl+ce": ("mcl", {"ce_weight": 1.0}),
     "mcl-lr0.01": ("mcl", {"lr_schedule": [[0, 0.01], [10, 0.001]]}),
+    # D3 (the official code's train / hinge / λ 0.5, best-val selection) and its λ, hinge and
+    # distance variants; "d3-paper" is the code's procedure exactly
     "d3-0.5": ("d3", {"lmd": 0.5}),
     "d3-1": ("d3", {"lmd": 1.0}),
     "d3-10": ("d3", {"lmd": 10.0}),
@@ -90,6 +92,32 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "d3-rel-norm": ("d3", {"hinge": "relative", "distance": "relative"}),
     "d3-paper": ("d3", {"preset": "paper"}),
     "d3-kl-norm": ("d3", {"hinge": "distill", "distance": "relative"}),
+    # stop 39: only the last linear layer trains (train="selected"), at the code's λ 0.5 ...
+    "d3-head": ("d3", {"train": "selected"}),
+    "d3-head-rel": ("d3", {"train": "selected", "hinge": "relative"}),
+    # ... and at λ 10 / 30 without the code's rescaling; d3-head-rel-30 = preset="last-layer"
+    # (spelled out)
+    "d3-head-rel-10": (
+        "d3",
+        {"train": "selected", "hinge": "relative", "lmd": 10.0, "scale_large_lambda": False},
+    ),
+    "d3-head-rel-30": (
+        "d3",
+        {"train": "selected", "hinge": "relative", "lmd": 30.0, "scale_large_lambda": False},
+    ),
+    # ... with the last stage's convolutions in the distance and trained too (Blended probe)
+    "d3-stage3-rel-30": (
+        "d3",
+        {
+            "train": "selected",
+            "layers": ("model.stage3", "model.linear"),
+            "hinge": "relative",
+            "distance": "relative",
+            "warm_start": "noise",
+            "lmd": 30.0,
+            "scale_large_lambda": False,
+        },
+    ),
     "fine-pruning": ("fine-pruning", {}),
     "anp": ("anp", {}),
     "anp-number": ("anp", {"pruning_by": "number"}),

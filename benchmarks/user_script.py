@@ -101,6 +101,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "candidates-cmcl": ("auto", {"candidate_mcl": 1}),
     # ... and without it: the default of stops 35-37 (candidate_mcl 0)
     "candidates-c0": ("auto", {"candidate_mcl": 0}),
+    # D3 with only the last linear layer trained, a relative hinge, λ 30 (stop 39; spelled-out
+    # preset="last-layer") ...
+    "d3-head-rel-30": (
+        "d3",
+        {"train": "selected", "hinge": "relative", "lmd": 30.0, "scale_large_lambda": False},
+    ),
+    # ... and D3's default (the official code's: every parameter trains, absolute hinge, λ 0.5)
+    "d3-code": ("d3", {}),
 }
 """Named non-default Purifier settings; any name (or strategy) + ``-miss`` gets the missed scan."""
 

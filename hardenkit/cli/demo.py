@@ -18,6 +18,7 @@ from ._common import (
     add_command,
     class_count,
     nonnegative_int,
+    parse_kv,
     positive_int,
     quiet_exporter,
 )
@@ -76,6 +77,13 @@ def add_parser(sub: Any) -> None:
         default=DEFAULT_STRATEGY,
         help="purification strategy of the purify step",
     )
+    p.add_argument(
+        "--set",
+        dest="settings",
+        default="",
+        metavar="K=V,...",
+        help="the strategy's config values, e.g. 'preset=last-layer' for --strategy d3",
+    )
     p.add_argument("--no-purify", action="store_true", help="skip the purification step")
     p.add_argument(
         "--no-export", action="store_true", help="skip the ONNX export + verification step"
@@ -101,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     rt = RuntimeConfig(device=args.device, seed=args.seed, progress="auto")
     say = _Say()
     needs_trigger = STRATEGIES.get(args.strategy).needs_trigger  # unknown name: exit 2 now
+    settings = parse_kv(args.settings, "--set") or None
+    STRATEGIES.get(args.strategy)(settings)  # a bad --set value: exit 2 before training
 
     t0 = time.perf_counter()
     data = make_synthetic_dataset(num_classes=args.classes, seed=args.seed)
@@ -178,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     purification = after = None
     if not args.no_purify and not (needs_trigger and scan is None):
         t0 = time.perf_counter()
-        res = Purifier(bd.model, args.strategy, runtime=rt).run(
+        res = Purifier(bd.model, args.strategy, config=settings, runtime=rt).run(
             budget.loader(batch_size=500),
             scan=scan,
             # The utility guard's BA before/after on the 1,000 test images: never used for the

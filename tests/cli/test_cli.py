@@ -260,6 +260,8 @@ def test_demo_stdout_last_line_is_json(demo: DemoRun) -> None:
         ["--classes", "1"],  # DataError from the synthetic generator
         ["--classes", "2", "--epochs", "0"],  # ConfigError from TrainConfig
         ["--classes", "2", "--epochs", "1", "--seed", "-1"],  # ConfigError from RuntimeConfig
+        ["--strategy", "d3", "--set", "nope=1"],  # ConfigError from D3Config, before training
+        ["--strategy", "d3", "--set", "preset=best"],  # not a D3 preset
     ],
 )
 def test_demo_bad_values_exit_2(

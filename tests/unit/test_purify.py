@@ -407,6 +407,36 @@ def test_d3_best_val_selection_and_layers(fx: BackdoorFixture) -> None:
         hk.Purifier(fx.backdoored.model, "d3", config={"layers": ["avgpool"]}).run(_loader(fx))
 
 
+def test_d3_train_selected_moves_only_the_selected_layer(fx: BackdoorFixture) -> None:
+    from hardenkit.purify.d3 import D3Config, selected_weights
+
+    model = fx.backdoored.model
+    (name, _), *_ = selected_weights(model, None)
+    layer = name.rsplit(".", 1)[0]
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    res = hk.Purifier(model, "d3", config={"epochs": 2, "train": "selected"}).run(_loader(fx))
+    after = res.model.state_dict()
+    moved = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    # the last linear layer's weight (and its bias) moved; every other tensor, BatchNorm
+    # running statistics included, is bit-identical
+    assert f"{layer}.weight" in moved
+    assert moved <= {f"{layer}.weight", f"{layer}.bias"}
+    assert all(p.requires_grad for p in res.model.parameters())  # flags restored
+    full = hk.Purifier(model, "d3", config={"epochs": 2}).run(_loader(fx)).model.state_dict()
+    assert any(not torch.equal(before[k], full[k]) for k in before if not k.startswith(layer))
+    # the default trains everything (the code); preset="last-layer" is the stop-39 form
+    assert D3Config().train == "all"
+    last = D3Config(preset="last-layer").resolved()
+    assert (last.train, last.hinge, last.lmd, last.scale_large_lambda) == (
+        "selected",
+        "relative",
+        30.0,
+        False,
+    )
+    assert D3Config(preset="last-layer", lmd=10.0).resolved().lmd == 10.0  # fields set win
+    assert D3Config(preset="paper").resolved().train == "all"
+
+
 def test_d3_hinge_excess_modes() -> None:
     from hardenkit.purify.d3 import hinge_excess
 
