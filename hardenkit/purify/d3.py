@@ -142,7 +142,8 @@ class D3Config(StrategyConfig):
     validation_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
 
     def resolved(self) -> D3Config:
-        """This config with the ``paper`` preset's values under the fields set explicitly."""
+        """This config with its preset's values (``paper``, ``last-layer``) under the fields set
+        explicitly."""
         if self.preset == "paper":
             return with_preset(self, _PAPER)
         if self.preset == "last-layer":
