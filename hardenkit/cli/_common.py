@@ -375,6 +375,12 @@ def input_shape(text: str) -> tuple[int, int, int]:
 _NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
 
 
+def add_settings_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--set K=V,...`` (``args.settings``): a strategy's config values, read by
+    :func:`parse_kv` (``hardenkit purify`` and ``hardenkit demo``)."""
+    p.add_argument("--set", dest="settings", default="", metavar="K=V,...", help=help_text)
+
+
 def parse_kv(text: str, what: str = "key=value list") -> dict[str, Any]:
     """``"a=1,b=x,c=0.5"`` → ``{"a": 1, "b": "x", "c": 0.5}`` (JSON scalars where they parse).
 

@@ -16,6 +16,7 @@ from ._common import (
     EXIT_GATE_FAILED,
     EXIT_OK,
     add_command,
+    add_settings_arg,
     class_count,
     nonnegative_int,
     parse_kv,
@@ -77,13 +78,7 @@ def add_parser(sub: Any) -> None:
         default=DEFAULT_STRATEGY,
         help="purification strategy of the purify step",
     )
-    p.add_argument(
-        "--set",
-        dest="settings",
-        default="",
-        metavar="K=V,...",
-        help="the strategy's config values, e.g. 'preset=last-layer' for --strategy d3",
-    )
+    add_settings_arg(p, "the strategy's config values, e.g. 'preset=last-layer' for --strategy d3")
     p.add_argument("--no-purify", action="store_true", help="skip the purification step")
     p.add_argument(
         "--no-export", action="store_true", help="skip the ONNX export + verification step"
@@ -108,9 +103,10 @@ def run(args: argparse.Namespace) -> int:
     steps: list[DemoStep] = []
     rt = RuntimeConfig(device=args.device, seed=args.seed, progress="auto")
     say = _Say()
-    needs_trigger = STRATEGIES.get(args.strategy).needs_trigger  # unknown name: exit 2 now
+    strategy_cls = STRATEGIES.get(args.strategy)  # unknown name: exit 2 now
+    needs_trigger = strategy_cls.needs_trigger
     settings = parse_kv(args.settings, "--set") or None
-    STRATEGIES.get(args.strategy)(settings)  # a bad --set value: exit 2 before training
+    strategy_cls(settings)  # a bad --set value: exit 2 before training
 
     t0 = time.perf_counter()
     data = make_synthetic_dataset(num_classes=args.classes, seed=args.seed)

@@ -15,6 +15,7 @@ from ._common import (
     add_image_size_arg,
     add_model_args,
     add_report_arg,
+    add_settings_arg,
     fraction,
     holdout_fraction,
     load_data_arg,
@@ -60,13 +61,7 @@ def add_parser(sub: Any) -> None:
         default=DEFAULT_STRATEGY,
         help="purification strategy; `hardenkit strategies` lists them",
     )
-    p.add_argument(
-        "--set",
-        dest="settings",
-        default="",
-        metavar="K=V,...",
-        help="strategy config values, e.g. 'epochs=10,ce_weight=1.0'",
-    )
+    add_settings_arg(p, "strategy config values, e.g. 'epochs=10,ce_weight=1.0'")
     p.add_argument("--config", type=Path, help="strategy config file (JSON or YAML)")
     p.add_argument(
         "--scan",
