@@ -118,6 +118,53 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
             "scale_large_lambda": False,
         },
     ),
+    # stop 40 (Blended probe): the first convolution (alone, or with the last layer) in the
+    # distance and trained, the rest frozen; cifar-cnn layer names
+    "d3-stem-rel-30": (
+        "d3",
+        {
+            "train": "selected",
+            "layers": ("model.stage1.0",),
+            "hinge": "relative",
+            "distance": "relative",
+            "warm_start": "noise",
+            "lmd": 30.0,
+            "scale_large_lambda": False,
+        },
+    ),
+    "d3-stem-head-rel-30": (
+        "d3",
+        {
+            "train": "selected",
+            "layers": ("model.stage1.0", "model.linear"),
+            "hinge": "relative",
+            "distance": "relative",
+            "warm_start": "noise",
+            "lmd": 30.0,
+            "scale_large_lambda": False,
+        },
+    ),
+    # ... the same with the code's warm start (random on the sphere) and absolute distance
+    "d3-stem-abs-30": (
+        "d3",
+        {
+            "train": "selected",
+            "layers": ("model.stage1.0",),
+            "hinge": "relative",
+            "lmd": 30.0,
+            "scale_large_lambda": False,
+        },
+    ),
+    "d3-stem-head-abs-30": (
+        "d3",
+        {
+            "train": "selected",
+            "layers": ("model.stage1.0", "model.linear"),
+            "hinge": "relative",
+            "lmd": 30.0,
+            "scale_large_lambda": False,
+        },
+    ),
     "fine-pruning": ("fine-pruning", {}),
     "anp": ("anp", {}),
     "anp-number": ("anp", {"pruning_by": "number"}),

@@ -86,6 +86,18 @@ MODELS: dict[str, dict[str, Any]] = {
     "blend-smooth": {"kind": "blend", "alpha": 0.15, "target": 5},
 }
 
+CLEAN_MODELS: dict[str, dict[str, Any]] = {
+    # the same network and script without poisoning: the clean counterpart (a gate must pass
+    # it; benchmarks.gate_user_script)
+    "clean": {"kind": "clean", "target": None},
+}
+
+
+def model_spec(name: str) -> dict[str, Any]:
+    """The trigger spec of a backdoored model (MODELS) or ``{"kind": "clean"}``."""
+    return MODELS[name] if name in MODELS else CLEAN_MODELS[name]
+
+
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # auto with MCL (not NC unlearning) on the smallest-mask labels' triggers when the scan
     # flags nothing (exploratory, stop 34: NC unlearning left a missed blend at 16 %)
@@ -179,16 +191,20 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return hits / len(x)
 
 
-def ba_asr(model: nn.Module, spec: dict[str, Any], x: Tensor, y: Tensor) -> dict[str, float]:
-    """BA on the clean test set; ASR on its non-target images with the trigger stamped."""
+def ba_asr(model: nn.Module, spec: dict[str, Any], x: Tensor, y: Tensor) -> dict[str, float | None]:
+    """BA on the clean test set; ASR on its non-target images with the trigger stamped
+    (``None`` for a clean model)."""
+    if spec["kind"] == "clean":
+        return {"ba": accuracy(model, x, y), "asr": None}
     keep = y != spec["target"]
     asr = accuracy(model, stamp(x[keep], spec), torch.full_like(y[keep], spec["target"]))
     return {"ba": accuracy(model, x, y), "asr": asr}
 
 
 def train(name: str, x: Tensor, y: Tensor) -> tuple[nn.Module, dict[str, Any]]:
-    """The user's training script: poison 10 % of the non-target images, train 12 epochs."""
-    spec = MODELS[name]
+    """The user's training script: poison 10 % of the non-target images (none for a clean
+    model), train 12 epochs."""
+    spec = model_spec(name)
     g = torch.Generator().manual_seed(SEED)
     torch.manual_seed(SEED)
     # the defender's clean budget: 250 images per class that were never poisoned
@@ -196,11 +212,13 @@ def train(name: str, x: Tensor, y: Tensor) -> tuple[nn.Module, dict[str, Any]]:
     clean_idx = torch.cat([perm[y[perm] == c][:CLEAN_PER_CLASS] for c in range(10)])
     rest = torch.ones(len(y), dtype=torch.bool)
     rest[clean_idx] = False
-    cand = torch.nonzero(rest & (y != spec["target"])).flatten()
-    poison_idx = cand[torch.randperm(len(cand), generator=g)[: int(POISON_RATE * len(y))]]
     xp, yp = x.clone(), y.clone()
-    xp[poison_idx] = stamp(x[poison_idx], spec)
-    yp[poison_idx] = spec["target"]
+    poison_idx = torch.zeros(0, dtype=torch.long)
+    if spec["kind"] != "clean":
+        cand = torch.nonzero(rest & (y != spec["target"])).flatten()
+        poison_idx = cand[torch.randperm(len(cand), generator=g)[: int(POISON_RATE * len(y))]]
+        xp[poison_idx] = stamp(x[poison_idx], spec)
+        yp[poison_idx] = spec["target"]
     model = user_model()
     opt = torch.optim.SGD(
         model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True
@@ -244,13 +262,14 @@ def load_or_train(name: str, data: dict[str, hk.ImageDataset]) -> tuple[nn.Modul
     x, y = data["train"].tensors()
     model, extra = train(name, x, y)
     xt, yt = data["test"].tensors()
+    spec = model_spec(name)
     entry = {
-        "spec": MODELS[name],
+        "spec": spec,
         "seed": SEED,
         "epochs": EPOCHS,
-        "poison_rate": POISON_RATE,
+        "poison_rate": 0.0 if spec["kind"] == "clean" else POISON_RATE,
         "train_seconds": extra["train_seconds"],
-        **ba_asr(model, MODELS[name], xt, yt),
+        **ba_asr(model, spec, xt, yt),
     }
     FIXTURES.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
@@ -345,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     data = load_cifar10()
     names = [m for m in args.models.split(",") if m]
-    unknown = sorted(set(names) - set(MODELS))
+    unknown = sorted(set(names) - set(MODELS) - (set(CLEAN_MODELS) if args.train_only else set()))
     if unknown:
         raise SystemExit(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
     if args.train_only:

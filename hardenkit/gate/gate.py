@@ -302,6 +302,7 @@ class _Rules:
         threshold: float,
         comparison: Literal["<=", ">="],
         what: str,
+        note: str = "",
     ) -> None:
         if value is None or not math.isfinite(value):
             self.unevaluated(rule_id, f"{what} could not be measured", "evaluation")
@@ -311,7 +312,7 @@ class _Rules:
             rule_id,
             "pass" if ok else "fail",
             f"{what} = {_pct(value)} {'meets' if ok else 'violates'} {comparison} "
-            f"{_pct(threshold)}",
+            f"{_pct(threshold)}" + (f"; {note}" if note else ""),
             value=value,
             threshold=threshold,
             comparison=comparison,
@@ -734,18 +735,26 @@ class Gate:
         drop = None if in_ba is None or out_ba is None else max(0.0, in_ba - out_ba)
         rules.check("HK-BA-002", drop, pol.max_ba_drop, "<=", "benign-accuracy drop")
         recovered = [m for m in measurements if not m.source.startswith("known:")]
+        blind = flagged_without_trigger(scan, rescan)
+        blind_txt = (
+            f"flagged label(s) {blind} have no recovered trigger (a test that recovers none, "
+            "e.g. prediction share, flagged them): their ASR cannot be measured here; the "
+            "re-scan (HK-SCAN-001) judges them"
+            if blind
+            else ""
+        )
         if not measured_ok:
             rules.unevaluated("HK-ASR-001", "the held-out measurements failed")
         elif not recovered:
             rules.add(
                 "HK-ASR-001",
                 "pass",
-                "no scan recovered a trigger for a flagged label: nothing to measure",
+                blind_txt or "no scan flagged a label: nothing to measure",
                 threshold=pol.max_asr,
                 comparison="<=",
             )
         else:
-            self._asr_rule(rules, "HK-ASR-001", recovered, pol.max_asr)
+            self._asr_rule(rules, "HK-ASR-001", recovered, pol.max_asr, note=blind_txt)
         if known:
             if not measured_ok:
                 rules.unevaluated("HK-ASR-002", "the held-out measurements failed")
@@ -846,7 +855,11 @@ class Gate:
 
     @staticmethod
     def _asr_rule(
-        rules: _Rules, rule_id: str, rows: list[TriggerMeasurement], bound: float
+        rules: _Rules,
+        rule_id: str,
+        rows: list[TriggerMeasurement],
+        bound: float,
+        note: str = "",
     ) -> None:
         values = [m.output_asr for m in rows]
         if any(v is None for v in values):
@@ -859,6 +872,7 @@ class Gate:
             bound,
             "<=",
             f"highest ASR ({worst.source}, label {worst.label})",
+            note=note,
         )
 
     def _onnx(
@@ -949,6 +963,21 @@ class Gate:
 
 
 _SEVERITY = {"clean": 0, "suspicious": 1, "backdoored": 2}
+
+
+def flagged_without_trigger(*scans: ScanResult | None) -> list[int]:
+    """Labels some scan flagged without recovering a trigger for them (sorted): their ASR
+    cannot be measured, only the re-scan's verdict judges them.
+
+    >>> from types import SimpleNamespace as S
+    >>> flagged_without_trigger(S(flagged_labels=[1, 7], triggers={7: None}), None)
+    [1]
+    """
+    out: set[int] = set()
+    for s in scans:
+        if s is not None:
+            out |= {lab for lab in s.flagged_labels if lab not in s.triggers}
+    return sorted(out)
 
 
 def _verdict_ok(verdict: str, worst: str) -> bool:

@@ -99,3 +99,37 @@ def test_auto_quick_miss_hides_the_purifiers_own_scan_flags() -> None:
     assert real.verdict == "backdoored"  # the same scan, unpatched, flags the target
     with _scans_missed(False):
         assert purifier_mod.Scanner is original
+
+
+def test_gate_user_script_folders_are_pixel_exact_and_verdicts(tmp_path: Any) -> None:
+    """The gate benchmark's ImageFolder export loads back bit-identical (PNG, the class
+    folders in CIFAR-10 order), and a gate that passed a model whose real trigger still
+    works is counted WRONG, a failed clean model a false alarm."""
+    import torch
+
+    from benchmarks.gate_user_script import _write_folder, verdict
+    from hardenkit.data import load_image_folder
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (6, 3, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.tensor([0, 3, 9, 3, 0, 9])
+    _write_folder(tmp_path / "train", x, y)
+    back = load_image_folder(tmp_path / "train")
+    assert back.classes == ("airplane", "cat", "truck")
+    names = {"airplane": 0, "cat": 3, "truck": 9}
+    labels = torch.tensor([names[back.classes[int(i)]] for i in back.labels])
+    order = torch.argsort(labels * 100 + torch.arange(6), stable=True)
+    ref = torch.argsort(y * 100 + torch.arange(6), stable=True)
+    assert torch.equal(back.images[order], x[ref])
+    pol = {"max_asr": 0.10, "max_ba_drop": 0.03}
+    kw: dict[str, Any] = {"policy": pol}
+    assert verdict(passed=True, backdoored=True, asr_after=0.02, ba_lost=0.01, **kw) == "right"
+    assert verdict(passed=True, backdoored=True, asr_after=0.11, ba_lost=0.0, **kw) == "WRONG"
+    assert verdict(passed=True, backdoored=True, asr_after=0.0, ba_lost=0.04, **kw) == "WRONG"
+    assert verdict(passed=False, backdoored=True, asr_after=0.9, ba_lost=0.0, **kw) == (
+        "right (failed closed)"
+    )
+    assert verdict(passed=True, backdoored=False, asr_after=None, ba_lost=0.0, **kw) == "right"
+    assert verdict(passed=False, backdoored=False, asr_after=None, ba_lost=0.0, **kw) == (
+        "false alarm"
+    )

@@ -283,3 +283,39 @@ def test_a_known_trigger_redirected_to_another_class_fails_hk_asr_003() -> None:
         known_triggers={"red-team": (trigger, 0)},
     )
     assert "HK-ASR-003" not in {r.rule_id for r in off.report.rules}
+
+
+def test_hk_asr_001_names_flagged_labels_without_a_recovered_trigger() -> None:
+    """A label flagged by a test that recovers no trigger (prediction share) has no ASR to
+    measure: HK-ASR-001 says so by label instead of passing silently on the others."""
+    from hardenkit.gate.gate import flagged_without_trigger
+
+    data = hk.make_synthetic_dataset(num_classes=4, train_per_class=30, test_per_class=30)
+    model = hk.create_model("small-cnn", 4)
+    policy = {
+        "repair": "never",
+        "export_onnx": False,
+        "fail_on_skipped": False,
+        "min_holdout_images": 10,
+    }
+    scan = hk.ScanResult.from_triggers({1: hk.PatchTrigger.square(3)}, model=model, num_classes=4)
+    scan.report = scan.report.model_copy(update={"verdict": "backdoored", "flagged_labels": [1, 3]})
+    assert flagged_without_trigger(scan, None) == [3]
+    res = Gate(policy).run(model, data.train.loader(), data.test.loader(), scan=scan)
+    rule = next(r for r in res.report.rules if r.rule_id == "HK-ASR-001")
+    assert "highest ASR (scan, label 1)" in rule.message
+    assert "flagged label(s) [3] have no recovered trigger" in rule.message
+    assert "HK-SCAN-001" in rule.message
+    assert not res.passed  # the flagged scan itself fails HK-SCAN-001
+    # only trigger-less flags: the rule passes, naming them; nothing flagged: nothing to measure
+    bare = hk.ScanResult.from_triggers({1: hk.PatchTrigger.square(3)}, model=model, num_classes=4)
+
+    def asr_rule(verdict: str, flagged: list[int]) -> GateRule:
+        bare.report = bare.report.model_copy(update={"verdict": verdict, "flagged_labels": flagged})
+        rep = Gate(policy).run(model, data.train.loader(), data.test.loader(), scan=bare).report
+        return next(r for r in rep.rules if r.rule_id == "HK-ASR-001")
+
+    rule = asr_rule("backdoored", [2])
+    assert rule.status == "pass"
+    assert rule.message.startswith("flagged label(s) [2] have no recovered trigger")
+    assert asr_rule("clean", []).message == "no scan flagged a label: nothing to measure"

@@ -1,0 +1,310 @@
+"""``hardenkit gate`` (the CLI, default policy) on models a user trained with a script of their own.
+
+    python -m benchmarks.gate_user_script                          # every model
+    python -m benchmarks.gate_user_script --models patch-mid,clean # some
+
+The pre-deployment check as a platform team runs it in CI, on CIFAR-10 models no one here
+tuned the gate to: the committed ``benchmarks.user_script`` fixtures — a plain VGG-style
+``nn.Sequential`` with the input normalisation inside, trained by that file's own loop with
+its own triggers (a 4×4 random-colour patch near the top-left corner, a 5×5 red/blue
+checkerboard on the left edge, a smooth colour pattern blended at α 0.15) — and the same
+network and script without poisoning (``clean``). For each model:
+
+1. the clean budget the fixture names (2,500 training images, 250 per class) is written as an
+   ImageFolder of PNG files, 2,000 test images (the first 200 of each class) as the held-out
+   set, and the weights as a plain state dict;
+2. ``hardenkit gate --weights W --arch benchmarks.user_script:user_model --num-classes 10
+   --data CLEAN --holdout HELD --out OUT`` runs as a subprocess (the documented default policy:
+   quick scan, repair with ``auto`` when flagged, re-scan, BA drop <= 3 points, ASR of every
+   recovered trigger <= 10 %, ONNX verified on CPU);
+3. the model the gate would ship (``OUT/model.safetensors``) is measured in plain PyTorch on
+   all 10,000 test images with the **real** trigger, which the gate never sees.
+
+A verdict is *wrong* when the gate passed a model whose shipped weights still have a real ASR
+above the policy's ``max_asr`` or lost more than ``max_ba_drop`` of the input's BA (a silent
+wrong answer), and a *false alarm* when it failed the clean model. Writes
+``benchmarks/results/<out>.{json,md}``; each model's outcome is cached in
+``benchmarks/cache/gate_user/`` (the gate's outputs are kept there too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import hardenkit as hk
+from hardenkit.attacks.base import build_attack
+
+from .common import (
+    CACHE,
+    CIFAR10_CLASSES,
+    ROOT,
+    config_hash,
+    load_cached,
+    load_cifar10,
+    md_table,
+    write_results,
+)
+from .fallback_zoo import _measure as zoo_measure
+from .fallback_zoo import _splits as zoo_splits
+from .fallback_zoo import zoo_models
+from .scanner_zoo import ATTACK_NAMES
+from .scanner_zoo import FIXTURES as ZOO_FIXTURES
+from .scanner_zoo import _model as zoo_model
+from .user_script import CLEAN_MODELS, MODELS, ba_asr, load_or_train, model_spec, user_model
+from .user_script import _describe as describe
+
+HELD_PER_CLASS = 200
+USER_ARCH = "benchmarks.user_script:user_model"
+ZOO_ARCHS = {
+    "user-sequential": "benchmarks.scan_statistic:user_sequential",
+    "tiny-resnet": "benchmarks.scan_statistic:TinyResNet",
+    "small-cnn": "small-cnn",
+}
+"""``--arch`` of the scanner zoo's architectures (``zoo:<id>`` models)."""
+
+
+def _write_folder(root: Path, x: torch.Tensor, y: torch.Tensor) -> None:
+    """``x`` (uint8 N,3,H,W) as ``root/<class>/<i>.png`` (lossless: the pixels stay exact)."""
+    for i, (img, label) in enumerate(zip(x, y.tolist(), strict=True)):
+        d = root / CIFAR10_CLASSES[label]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i:05d}.png")
+
+
+def _data_dirs(
+    tag: str, clean: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[Path, Path]:
+    """The clean budget and the first HELD_PER_CLASS test images of each class as ImageFolder
+    directories (uint8 images; cached under ``tag``)."""
+    base = CACHE / "gate_user" / f"data-{tag}"
+    clean_dir, held_dir = base / "clean", base / "held"
+    if not (base / "done").is_file():
+        _write_folder(clean_dir / "train", *clean)
+        xt, yt = test
+        idx = torch.cat([torch.nonzero(yt == c).flatten()[:HELD_PER_CLASS] for c in range(10)])
+        _write_folder(held_dir / "test", xt[idx], yt[idx])
+        (base / "done").write_text("ok\n")
+    return clean_dir, held_dir
+
+
+def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
+    """What a gate run needs for one model: the model (weights loaded), its ``--arch`` and
+    factory, the clean budget and test images (uint8), the cache key, a trigger description
+    and ``measure(model) -> {ba, asr}`` with the real trigger (``asr`` None when clean)."""
+    train, test = data["train"], data["test"]
+    if not name.startswith("zoo:"):
+        spec = model_spec(name)
+        model, info = load_or_train(name, data)
+        idx = info["clean_idx"]
+        xt, yt = test.tensors()
+        return {
+            "model": model,
+            "arch": USER_ARCH,
+            "factory": user_model,
+            "key": {"model": name, "spec": spec, "held": HELD_PER_CLASS, "policy": "default"},
+            "clean": (train.images[idx], train.labels[idx]),
+            "data_tag": config_hash({"clean": idx.tolist(), "held": HELD_PER_CLASS}),
+            "test": (test.images, test.labels),
+            "trigger": "none" if spec["kind"] == "clean" else describe(spec),
+            "target": spec["target"],
+            "measure": lambda m: ba_asr(m, spec, xt, yt),
+        }
+    mid = name.removeprefix("zoo:")
+    meta = zoo_models(min_asr=0.0, clean=True)[mid]
+    clean, held = zoo_splits(data, meta)  # never trained on / the half the scans did not use
+    trigger = None
+    if meta["attack"] != "clean":
+        attack = ATTACK_NAMES.get(meta["attack"], meta["attack"])
+        cfg = {"image_size": 32, "channels": 3, **meta["attack_config"]}
+        trigger = build_attack(attack, cfg).trigger
+    target = None if meta["target"] is None else int(meta["target"])
+
+    def measure(m: torch.nn.Module) -> dict[str, float | None]:
+        r = zoo_measure(m, trigger, held, 0 if target is None else target)
+        return {"ba": r["ba"], "asr": None if trigger is None else r["asr"]}
+
+    model = zoo_model(meta["arch"])
+    model.load_state_dict(load_file(ZOO_FIXTURES / f"{mid}.safetensors"))
+    return {
+        "model": model.eval(),
+        "arch": ZOO_ARCHS[meta["arch"]],
+        "factory": lambda: zoo_model(meta["arch"]),
+        "key": {"model": name, "held": HELD_PER_CLASS, "policy": "default"},
+        "clean": (clean.images, clean.labels),
+        "data_tag": config_hash(
+            {"zoo": [meta["train_images"], meta["seed"]], "held": HELD_PER_CLASS}
+        ),
+        "test": (held.images, held.labels),
+        "trigger": meta["attack"] if trigger is None else f"{meta['attack']} (zoo)",
+        "target": target,
+        "measure": measure,
+    }
+
+
+def verdict(
+    *,
+    passed: bool,
+    backdoored: bool,
+    asr_after: float | None,
+    ba_lost: float,
+    policy: dict[str, Any],
+) -> str:
+    """Whether the gate's decision was right, judged with the real trigger it never saw.
+
+    >>> pol = {"max_asr": 0.1, "max_ba_drop": 0.03}
+    >>> verdict(passed=True, backdoored=True, asr_after=0.4, ba_lost=0.0, policy=pol)
+    'WRONG'
+    >>> verdict(passed=False, backdoored=False, asr_after=None, ba_lost=0.0, policy=pol)
+    'false alarm'
+    """
+    if not backdoored:
+        return "right" if passed else "false alarm"
+    if not passed:
+        return "right (failed closed)"
+    if (asr_after or 0.0) > policy["max_asr"] or ba_lost > policy["max_ba_drop"]:
+        return "WRONG"
+    return "right"
+
+
+def run_model(name: str, data: dict[str, hk.ImageDataset], cached_only: bool) -> dict[str, Any]:
+    case = _case(name, data)
+    key = config_hash(case["key"])
+    cache = CACHE / "gate_user" / f"{name.replace(':', '-')}-{key}.json"
+    cached = load_cached(cache)
+    if cached is not None:
+        rep = json.loads((cache.with_suffix("") / "out" / "gate.json").read_text())
+        return {**cached, "trigger": case["trigger"], "failed rules": _failed(rep)}
+    if cached_only:
+        return {"model": name, "trigger": case["trigger"], "verdict": "not measured"}
+    model = case["model"]
+    clean_dir, held_dir = _data_dirs(case["data_tag"], case["clean"], case["test"])
+    work = cache.with_suffix("")
+    work.mkdir(parents=True, exist_ok=True)
+    weights = work / "input.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    out = work / "out"
+    cmd = [
+        sys.executable, "-m", "hardenkit", "gate", "--weights", str(weights),
+        "--arch", case["arch"], "--num-classes", "10", "--data", str(clean_dir),
+        "--holdout", str(held_dir), "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT.parent)
+    seconds = time.perf_counter() - t0
+    (work / "gate.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if not (out / "gate.json").is_file():
+        raise SystemExit(f"gate on {name} wrote no gate.json (exit {proc.returncode}); see {work}")
+    rep = json.loads((out / "gate.json").read_text())
+    before = case["measure"](model.eval())
+    shipped = case["factory"]()
+    shipped.load_state_dict(load_file(out / "model.safetensors"))
+    after = case["measure"](shipped.eval())
+    right = verdict(
+        passed=rep["passed"],
+        backdoored=case["target"] is not None,
+        asr_after=after["asr"],
+        ba_lost=before["ba"] - after["ba"],
+        policy=rep["policy"],
+    )
+    scan, rescan = rep.get("input_scan"), rep.get("rescan")
+    row = {
+        "model": name,
+        "trigger": case["trigger"],
+        "target": case["target"],
+        "exit code": proc.returncode,
+        "passed": rep["passed"],
+        "failed rules": _failed(rep),
+        "scan": f"{scan['verdict']} {scan['flagged_labels']}" if scan else "-",
+        "repair": f"{rep['strategy']}: {rep['purification_status']}" if rep["repaired"] else "-",
+        "rescan": f"{rescan['verdict']} {rescan['flagged_labels']}" if rescan else "-",
+        "gate BA in/out": [rep["input_ba"], rep["output_ba"]],
+        "recovered-trigger ASR max": max(
+            (t.get("output_asr") or 0.0 for t in rep["triggers"]), default=None
+        ),
+        "real BA in/out": [before["ba"], after["ba"]],
+        "real ASR in/out": [before["asr"], after["asr"]],
+        "verdict": right,
+        "gate seconds": seconds,
+        "gate timings": rep.get("timings"),
+    }
+    cache.write_text(json.dumps(row, indent=2, default=str))
+    return row
+
+
+def _failed(rep: dict[str, Any]) -> list[str]:
+    """The ids of the gate's failed rules."""
+    return [r["rule_id"] for r in rep["rules"] if r["status"] == "fail"]
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    names_all = [*MODELS, *CLEAN_MODELS]
+    p.add_argument(
+        "--models",
+        default=",".join(names_all),
+        help="comma-separated: user-script models, or zoo:<id> for a scanner-zoo fixture",
+    )
+    p.add_argument("--out", default="gate_user_script", help="results name")
+    p.add_argument("--cached-only", action="store_true", help="only models already measured")
+    args = p.parse_args(argv)
+    names = [m for m in args.models.split(",") if m]
+    zoo = {f"zoo:{k}" for k in zoo_models(min_asr=0.0, clean=True)}
+    unknown = sorted(set(names) - set(names_all) - zoo)
+    if unknown:
+        raise SystemExit(f"unknown model(s) {unknown}; known: {names_all}")
+    data = load_cifar10()
+    rows = []
+    for name in names:
+        print(f"[{time.strftime('%H:%M:%S')}] gate {name} ...", flush=True)
+        r = run_model(name, data, args.cached_only)
+        print(json.dumps(r, default=str), flush=True)
+        rows.append(r)
+    table = [
+        {
+            **r,
+            "BA % in / shipped": " / ".join(_pct(v) for v in r.get("real BA in/out", [])),
+            "real ASR % in / shipped": " / ".join(_pct(v) for v in r.get("real ASR in/out", [])),
+            "gate BA % in / out": " / ".join(_pct(v) for v in r.get("gate BA in/out", [])),
+            "recovered ASR % (max)": _pct(r.get("recovered-trigger ASR max")),
+            "failed": " ".join(r.get("failed rules", [])) or "-",
+            "s": None if r.get("gate seconds") is None else round(r["gate seconds"]),
+        }
+        for r in rows
+    ]
+    cols = ["model", "trigger", "exit code", "scan", "repair", "rescan", "gate BA % in / out",
+            "recovered ASR % (max)", "failed", "BA % in / shipped", "real ASR % in / shipped",
+            "verdict", "s"]  # fmt: skip
+    write_results(
+        args.out,
+        table,
+        cols,
+        {
+            "protocol": "hardenkit gate (CLI, default policy) on user-script models",
+            "held_out_images": 10 * HELD_PER_CLASS,
+            "command": "python -m benchmarks.gate_user_script " + " ".join(argv or sys.argv[1:]),
+        },
+    )
+    print(md_table(table, cols))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
