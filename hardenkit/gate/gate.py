@@ -738,8 +738,8 @@ class Gate:
         blind = flagged_without_trigger(scan, rescan)
         blind_txt = (
             f"flagged label(s) {blind} have no recovered trigger (a test that recovers none, "
-            "e.g. prediction share, flagged them): their ASR cannot be measured here; the "
-            "re-scan (HK-SCAN-001) judges them"
+            "e.g. prediction share, flagged them): their ASR cannot be measured here; "
+            "HK-SCAN-001 (the verdict on the model that ships) judges them"
             if blind
             else ""
         )
