@@ -73,6 +73,11 @@ ZOO_ARCHS = {
 }
 """``--arch`` of the scanner zoo's architectures (``zoo:<id>`` models)."""
 
+GATE_DEFAULT = "default-s41"
+"""The default policy a cached outcome was measured under (part of the cache key): stop 41
+made ``flagged_without_trigger: fail`` the default; outcomes measured before are in the
+committed ``benchmarks/results/gate_user_script.json``."""
+
 
 def _write_folder(root: Path, x: torch.Tensor, y: torch.Tensor) -> None:
     """``x`` (uint8 N,3,H,W) as ``root/<class>/<i>.png`` (lossless: the pixels stay exact)."""
@@ -112,7 +117,7 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
             "model": model,
             "arch": USER_ARCH,
             "factory": user_model,
-            "key": {"model": name, "spec": spec, "held": HELD_PER_CLASS, "policy": "default"},
+            "key": {"model": name, "spec": spec, "held": HELD_PER_CLASS, "policy": GATE_DEFAULT},
             "clean": (train.images[idx], train.labels[idx]),
             "data_tag": config_hash({"clean": idx.tolist(), "held": HELD_PER_CLASS}),
             "test": (test.images, test.labels),
@@ -140,7 +145,7 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
         "model": model.eval(),
         "arch": ZOO_ARCHS[meta["arch"]],
         "factory": lambda: zoo_model(meta["arch"]),
-        "key": {"model": name, "held": HELD_PER_CLASS, "policy": "default"},
+        "key": {"model": name, "held": HELD_PER_CLASS, "policy": GATE_DEFAULT},
         "clean": (clean.images, clean.labels),
         "data_tag": config_hash(
             {"zoo": [meta["train_images"], meta["seed"]], "held": HELD_PER_CLASS}

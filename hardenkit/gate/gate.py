@@ -361,7 +361,8 @@ class Gate:
     Args:
         policy: a :class:`DeploymentPolicy`, a dict of its fields, or None (the default
             policy: quick scan, repair with ``auto`` when flagged, the re-scan must flag nothing,
-            BA drop ≤ 3 points, recovered-trigger ASR ≤ 10 %, ONNX verified on CPU).
+            BA drop ≤ 3 points, recovered-trigger ASR ≤ 10 %, a label flagged without a
+            recovered trigger fails, ONNX verified on CPU).
         runtime: device, seed, input normalization of the loaders.
         progress: optional callback ``(phase, step, total, **info)``.
     """
@@ -736,15 +737,38 @@ class Gate:
         rules.check("HK-BA-002", drop, pol.max_ba_drop, "<=", "benign-accuracy drop")
         recovered = [m for m in measurements if not m.source.startswith("known:")]
         blind = flagged_without_trigger(scan, rescan)
+        blind_fails = bool(blind) and pol.flagged_without_trigger == "fail"
         blind_txt = (
             f"flagged label(s) {blind} have no recovered trigger (a test that recovers none, "
             "e.g. prediction share, flagged them): their ASR cannot be measured here; "
-            "HK-SCAN-001 (the verdict on the model that ships) judges them"
+            + (
+                "nothing shows the repair removed them, so the gate fails closed "
+                "(flagged_without_trigger: fail; scan-verdict leaves them to HK-SCAN-001)"
+                if blind_fails
+                else "HK-SCAN-001 (the verdict on the model that ships) judges them"
+            )
             if blind
             else ""
         )
         if not measured_ok:
             rules.unevaluated("HK-ASR-001", "the held-out measurements failed")
+        elif blind_fails:
+            worst = max(recovered, key=lambda m: m.output_asr or 0.0, default=None)
+            rules.add(
+                "HK-ASR-001",
+                "fail",
+                blind_txt
+                + (
+                    ""
+                    if worst is None or worst.output_asr is None
+                    else f"; highest measured ASR ({worst.source}, label {worst.label}) "
+                    f"{_pct(worst.output_asr)}"
+                ),
+                value=None if worst is None else worst.output_asr,
+                threshold=pol.max_asr,
+                comparison="<=",
+                cause="policy",
+            )
         elif not recovered:
             rules.add(
                 "HK-ASR-001",

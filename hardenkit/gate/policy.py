@@ -61,6 +61,15 @@ class DeploymentPolicy(HardenkitConfig):
             model, on the same held-out images.
         max_asr: highest attack success rate of every recovered trigger (from both scans) and
             every known trigger on the shipped model, on held-out images.
+        flagged_without_trigger: what ``HK-ASR-001`` does with a label the input scan flagged
+            without recovering a trigger for it (the prediction-share test flags a SIG-style
+            clean-label target this way), so that no ASR of the shipped model can be measured
+            for it: ``fail`` (default since stop 41) — the gate fails closed, since nothing
+            shows the repair removed that backdoor; ``scan-verdict`` — the rule names the
+            label and leaves the judgement to ``HK-SCAN-001`` (the re-scan of the shipped
+            model), the behaviour before. On the scanner zoo's user-style SIG models
+            ``scan-verdict`` passed one repaired model whose real trigger still reached
+            12.10 % (``benchmarks/results/gate_user_script.md``).
         max_trigger_share: highest share of held-out images that a *known* trigger may move
             to one class other than its target (and their own class) on the shipped model
             (rule ``HK-ASR-003``; None: no rule). A repair that redirected a backdoor instead
@@ -96,6 +105,7 @@ class DeploymentPolicy(HardenkitConfig):
     min_ba: Fraction | None = None
     max_ba_drop: Fraction = 0.03
     max_asr: Fraction = 0.10
+    flagged_without_trigger: Literal["fail", "scan-verdict"] = "fail"
     max_trigger_share: Fraction | None = 0.5
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     min_holdout_images: Annotated[int, Field(ge=1)] = 100

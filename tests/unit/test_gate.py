@@ -287,7 +287,7 @@ def test_a_known_trigger_redirected_to_another_class_fails_hk_asr_003() -> None:
 
 def test_hk_asr_001_names_flagged_labels_without_a_recovered_trigger() -> None:
     """A label flagged by a test that recovers no trigger (prediction share) has no ASR to
-    measure: HK-ASR-001 says so by label instead of passing silently on the others."""
+    measure: HK-ASR-001 says so by label and, by default, fails closed on it."""
     from hardenkit.gate.gate import flagged_without_trigger
 
     data = hk.make_synthetic_dataset(num_classes=4, train_per_class=30, test_per_class=30)
@@ -303,11 +303,12 @@ def test_hk_asr_001_names_flagged_labels_without_a_recovered_trigger() -> None:
     assert flagged_without_trigger(scan, None) == [3]
     res = Gate(policy).run(model, data.train.loader(), data.test.loader(), scan=scan)
     rule = next(r for r in res.report.rules if r.rule_id == "HK-ASR-001")
-    assert "highest ASR (scan, label 1)" in rule.message
+    assert "highest measured ASR (scan, label 1)" in rule.message
     assert "flagged label(s) [3] have no recovered trigger" in rule.message
-    assert "HK-SCAN-001" in rule.message
+    assert rule.status == "fail"
+    assert "fails closed" in rule.message
     assert not res.passed  # the flagged scan itself fails HK-SCAN-001
-    # only trigger-less flags: the rule passes, naming them; nothing flagged: nothing to measure
+    # only trigger-less flags: the rule fails closed by default, or names them for HK-SCAN-001
     bare = hk.ScanResult.from_triggers({1: hk.PatchTrigger.square(3)}, model=model, num_classes=4)
 
     def asr_rule(verdict: str, flagged: list[int]) -> GateRule:
@@ -315,7 +316,14 @@ def test_hk_asr_001_names_flagged_labels_without_a_recovered_trigger() -> None:
         rep = Gate(policy).run(model, data.train.loader(), data.test.loader(), scan=bare).report
         return next(r for r in rep.rules if r.rule_id == "HK-ASR-001")
 
+    rule = asr_rule("backdoored", [2])  # default policy: fail closed
+    assert rule.status == "fail"
+    assert rule.cause == "policy"
+    assert rule.message.startswith("flagged label(s) [2] have no recovered trigger")
+    assert "fails closed" in rule.message
+    policy["flagged_without_trigger"] = "scan-verdict"  # the behaviour before stop 41
     rule = asr_rule("backdoored", [2])
     assert rule.status == "pass"
     assert rule.message.startswith("flagged label(s) [2] have no recovered trigger")
+    assert "HK-SCAN-001" in rule.message
     assert asr_rule("clean", []).message == "no scan flagged a label: nothing to measure"
