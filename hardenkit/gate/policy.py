@@ -61,8 +61,8 @@ class DeploymentPolicy(HardenkitConfig):
             model, on the same held-out images.
         max_asr: highest attack success rate of every recovered trigger (from both scans) and
             every known trigger on the shipped model, on held-out images.
-        flagged_without_trigger: what ``HK-ASR-001`` does with a label a scan (input or re-scan) flagged
-            without recovering a trigger for it (the prediction-share test flags a SIG-style
+        flagged_without_trigger: what ``HK-ASR-001`` does with a label a scan (input or re-scan)
+            flagged without recovering a trigger for it (the prediction-share test flags a SIG-style
             clean-label target this way), so that no ASR of the shipped model can be measured
             for it: ``fail`` (default since stop 41) — the gate fails closed, since nothing
             shows the repair removed that backdoor; ``scan-verdict`` — the rule names the
