@@ -63,12 +63,24 @@ def test_pixel_does_not_flag_the_clean_twin(
     assert rep.detectors[0].anomaly_index < 2.0
 
 
-def test_nc_unlearn_removes_blended_with_the_pixel_trigger(
-    blended_pixel_scan: hk.ScanResult, blended_model: BackdooredModel, synthetic: SyntheticSplits
+@pytest.mark.parametrize("strategy", ["mcl", "nc-unlearn"])
+def test_the_pixel_trigger_drives_a_repair_of_blended(
+    strategy: str,
+    blended_pixel_scan: hk.ScanResult,
+    blended_model: BackdooredModel,
+    synthetic: SyntheticSplits,
 ) -> None:
+    """MCL (``auto``'s trigger strategy) on the pixel trigger removes the blend: real-trigger
+    ASR 96.78 % -> 3.33 %. NC unlearning of the same trigger removes most of it but not all,
+    as on the zoo models (docs/purification.md: 3.5-21.6 % left): measured 8.78 / 12.44 /
+    11.56 % with runtime seeds 1 / 0 / 2 (epochs 40: 18.56 %; unlearning_ratio 0.4: 10.56 %;
+    the inverted trigger itself reads <= 1.33 %), so its bound is 20 %, not MCL's 10 %.
+    Single-threaded, as under ``pytest -n 2``; a bound hit only by some seeds is not a test.
+    """
+    bound = {"mcl": 0.10, "nc-unlearn": 0.20}[strategy]
     bd = blended_model
     fp = ModelFingerprint.of(bd.model)
-    res = hk.Purifier(bd.model, "nc-unlearn").run(
+    res = hk.Purifier(bd.model, strategy).run(
         _clean(synthetic, bd).loader(), scan=blended_pixel_scan
     )
     assert res.status == "purified", res.report.summary()
@@ -77,6 +89,6 @@ def test_nc_unlearn_removes_blended_with_the_pixel_trigger(
     assert before.asr is not None
     assert before.asr >= 0.9
     assert after.asr is not None
-    assert after.asr <= 0.10, res.report.summary()
+    assert after.asr <= bound, res.report.summary()
     assert before.ba - after.ba <= 0.03, res.report.summary()
     assert ModelFingerprint.of(bd.model) == fp
