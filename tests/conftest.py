@@ -18,10 +18,11 @@ from hardenkit.data import SyntheticSplits
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HARDENKIT_DISABLE_PLUGINS", "1")
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # pytest-xdist runs one worker per core: each worker's torch stays on one thread, or two
-    # workers x two intra-op threads oversubscribe the machine and every op spins.
-    torch.set_num_threads(1)
+# One intra-op thread in every run, with or without pytest-xdist: CPU reductions sum in an
+# order that depends on the thread count, so a trained fixture's numbers (and a bound set on
+# them) differ between `pytest -n 2` and a plain `pytest` of one file; and under xdist two
+# workers x two threads would oversubscribe the 2-core machine. The bounds were measured so.
+torch.set_num_threads(1)
 
 CIFAR_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 

@@ -4,7 +4,10 @@ Clean budget: 100 non-poisoned training images per class (``clean_budget``); the
 strategies use is the one the Scanner recovered (``badnets_scan``), never the real one.
 Measured when these thresholds were set (seed 0, one thread): BadNets BA 90.3 / ASR 99.2 ->
 mcl 87.4 / 0.7, mcl + ce_weight 1 89.2 / 2.0, nc-unlearn 89.4 / 9.2, finetune (100 epochs)
-see the assertion's comment.
+see the assertion's comment. MCL's hardened default (anchor 3, best validated epoch), one
+thread as every test runs (conftest): BA 90.2 -> 91.0 / 90.0 / 90.1, ASR 6.22 / 5.67 / 5.33 %
+with runtime seeds 0 / 1 / 2. The 14.1 % that had this case marked xfail (2026-12-01) did
+not reproduce at one thread, and CI (one thread per worker) reported it XPASS every run since.
 """
 
 from __future__ import annotations
@@ -33,18 +36,7 @@ def before(badnets_model: BackdooredModel, synthetic: SyntheticSplits) -> hk.Val
     ("strategy", "config", "max_asr", "max_ba_drop"),
     [
         ("mcl", {"ce_weight": 1.0}, 0.10, 0.03),
-        pytest.param(
-            "mcl",
-            {},
-            0.10,
-            0.04,
-            marks=pytest.mark.xfail(
-                reason="measured 14.1 % real-trigger ASR (bound 10 %) on 2026-12-01 with the "
-                "pre-session MCL code too, so the cause is outside mcl.py; not yet found "
-                "(see the issue note); strict=False so a fix shows as XPASS",
-                strict=False,
-            ),
-        ),
+        ("mcl", {}, 0.10, 0.04),
         ("nc-unlearn", {}, 0.10, 0.03),
     ],
     ids=["mcl-ce", "mcl-code-default", "nc-unlearn"],
