@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ._utils.distributed import Distributed, train_step
 from ._utils.finite import ensure_finite_logits
+from ._utils.model_checks import require_trainable
 from ._utils.modes import eval_mode
 from ._utils.progress import NullProgress, ProgressCallback
 from ._utils.seeding import make_generator
@@ -312,6 +313,8 @@ def train_model(
         raise DataError("training labels must be non-negative class indices.")
     steps_per_epoch = max(1, n // cfg.batch_size) if n >= cfg.batch_size else 1
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        require_trainable(model, where=phase)
     opt = build_optimizer(params, cfg)
     sched = build_scheduler(opt, cfg, steps_per_epoch * cfg.epochs)
     gen = make_generator(rt.seed, device)

@@ -91,6 +91,12 @@ def add_parser(sub: Any) -> None:
         "counts as purified; more gives status 'degraded' and exit 1 (default: the strategy "
         "config's max_ba_drop, 0.05)",
     )
+    p.add_argument(
+        "--skip-chance-check",
+        action="store_true",
+        help="repair even when the model is no better than a constant guess on the clean "
+        "images (by default that is refused, exit 1: the images or labels do not fit the model)",
+    )
     p.add_argument("--onnx", action="store_true", help="also export model.onnx and verify it")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
@@ -129,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         holdout_fraction=args.holdout_fraction,
         scan_budget=args.scan_budget,
         max_ba_drop=args.max_ba_drop,
+        require_above_chance=not args.skip_chance_check,
     )
     scan = None
     if args.scan is not None:

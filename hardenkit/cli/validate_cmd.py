@@ -63,6 +63,12 @@ def add_parser(sub: Any) -> None:
         help="policy: maximum share of triggered images moved to one class other than the "
         "target and their own (a redirected backdoor; default 0.5)",
     )
+    p.add_argument(
+        "--skip-chance-check",
+        action="store_true",
+        help="policy: no HK-DATA-002 rule (by default a model no better than a constant guess "
+        "on the images fails: the images or labels do not fit it)",
+    )
     p.add_argument("--baseline-ba", type=float, help="BA of the model before repair")
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -82,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     for key in ("min_ba", "max_asr", "max_ba_drop", "max_trigger_share"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
+    if args.skip_chance_check:
+        fields["require_above_chance"] = False
     policy = GatePolicy(**fields)
     resolve_model_args(args)  # --num-classes may come from the weights file
     target = parse_target(args.target, args.num_classes)

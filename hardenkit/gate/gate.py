@@ -50,8 +50,9 @@ from ..errors import (
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..scan import ScanResult
+from ..training import predict
 from ..triggers import Trigger, as_trigger
-from ..validate.metrics import TriggerLike
+from ..validate.metrics import TriggerLike, chance_check
 from .policy import DeploymentPolicy
 
 __all__ = ["Gate", "GateReport", "GateResult", "GateRule", "image_hashes"]
@@ -65,6 +66,8 @@ EXIT_PASS, EXIT_FAILED, EXIT_ENVIRONMENT = 0, 1, 3
 
 RULES: dict[str, str] = {
     "HK-DATA-001": "held-out images: enough to measure the shipped model",
+    "HK-DATA-002": "the input model is better than a constant guess on the held-out images "
+    "(the images and labels fit the model)",
     "HK-SCAN-001": "the model that ships passes the scan",
     "HK-SCAN-002": "every scan is conclusive (finished, finite)",
     "HK-REPAIR-001": "the repair is trusted (purified, within its utility guard)",
@@ -496,6 +499,8 @@ class Gate:
                 threshold=float(pol.min_holdout_images),
                 comparison=">=",
             )
+        if pol.require_above_chance and len(y_ho):
+            self._chance_rule(rules, original, x_ho, y_ho, k, rt)
 
         # 2. scan ------------------------------------------------------------------------
         from ..scan import Scanner
@@ -857,6 +862,53 @@ class Gate:
         return GateResult(report, shipped, artefacts, workdir)
 
     # ------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _chance_rule(
+        rules: _Rules, model: nn.Module, x: Tensor, y: Tensor, k: int, rt: RuntimeConfig
+    ) -> None:
+        """``HK-DATA-002``: the input model must beat a constant guess on the held-out images
+        (else every BA and ASR the gate measures on them is meaningless)."""
+        pixel_rt = rt.model_copy(update={"input_normalization": None})
+        try:
+            pred = predict(model, x, runtime=pixel_rt).argmax(1)
+        except NonFiniteError as exc:
+            rules.unevaluated("HK-DATA-002", f"the input model's logits are not finite: {exc}")
+            return
+        check = chance_check(int((pred == y.cpu()).sum()), y, k)
+        if check.above is False:
+            _log.warning("gate.at_chance", accuracy=check.accuracy, chance=check.chance)
+            rules.add(
+                "HK-DATA-002",
+                "fail",
+                f"the input model is no better than a constant guess on the held-out images "
+                f"({check.describe()}): the images or labels do not fit the model (class "
+                "order, pixel range, normalisation, or the wrong weights); check them with "
+                "hardenkit validate before gating",
+                value=check.ci_low,
+                threshold=check.chance,
+                comparison=">",
+                cause="evaluation",
+            )
+        elif check.above is None:
+            rules.add(
+                "HK-DATA-002",
+                "pass",
+                f"too few held-out images to tell the model from a constant guess "
+                f"({check.describe()})",
+                value=check.ci_low,
+                threshold=check.chance,
+                comparison=">",
+            )
+        else:
+            rules.add(
+                "HK-DATA-002",
+                "pass",
+                check.describe(),
+                value=check.ci_low,
+                threshold=check.chance,
+                comparison=">",
+            )
+
     @staticmethod
     def _known(known: KnownTriggers | None) -> dict[str, tuple[Trigger, int]]:
         if known is None:

@@ -77,6 +77,12 @@ class DeploymentPolicy(HardenkitConfig):
         holdout_fraction: share of the clean images held out for the measurements when no
             ``holdout_loader`` is given (stratified; the rest scans and repairs).
         min_holdout_images: fewer held-out images fail ``HK-DATA-001`` (too few to measure).
+        require_above_chance: ``HK-DATA-002`` — the input model must be better than a
+            constant guess on the held-out images (the lower end of its accuracy's 95 %
+            Wilson interval above the largest class's share; judged with at least 5 images
+            per class). A model at chance means the images or labels do not fit it (class
+            order, pixel range, normalisation), and every BA and ASR measured on them is
+            meaningless. False: no rule.
         export_onnx: export the shipped model to ONNX and verify it on ONNX Runtime.
         onnx_provider: the execution provider the verification must actually run on:
             ``cpu``, ``cuda`` or ``auto`` (CUDA when ONNX Runtime and torch see a GPU).
@@ -109,6 +115,7 @@ class DeploymentPolicy(HardenkitConfig):
     max_trigger_share: Fraction | None = 0.5
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     min_holdout_images: Annotated[int, Field(ge=1)] = 100
+    require_above_chance: bool = True
     export_onnx: bool = True
     onnx_provider: Literal["cpu", "cuda", "auto"] = "cpu"
     parity: dict[str, Any] = Field(default_factory=dict)

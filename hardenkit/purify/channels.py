@@ -306,8 +306,8 @@ def keep_pruned(
         module = resolve_layer(model, layer)
         for pname in ("weight", "bias"):
             param = getattr(module, pname, None)
-            if not isinstance(param, nn.Parameter):
-                continue
+            if not isinstance(param, nn.Parameter) or not param.requires_grad:
+                continue  # a frozen weight is never updated: it stays pruned without a mask
             keep = torch.ones_like(param)
             if kinds[layer] == "linear-in":
                 if pname == "bias":

@@ -19,6 +19,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from .._utils.distributed import train_step
+from .._utils.model_checks import require_trainable
 from .._utils.seeding import make_generator
 from ..errors import ModelCompatibilityError
 from ..logging import get_logger
@@ -238,7 +239,17 @@ class D3Strategy(PurificationStrategy):
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         cfg = self.config
         model = ctx.model
+        require_trainable(model, where="purify[d3]")
         sel = selected_weights(model, cfg.layers)
+        fixed = [name for name, w in sel if not w.requires_grad]
+        if fixed:  # the warm start would overwrite a weight that no step could train back
+            raise ModelCompatibilityError(
+                f"purify[d3]: the layer(s) D3 moves away from the original, {fixed}, are "
+                "frozen (requires_grad=False).",
+                hint="D3 re-initialises these weights and trains them back; unfreeze them "
+                "(module.requires_grad_(True) on a copy), or pick trainable layers with "
+                "config={'layers': [...]}",
+            )
         w0 = [w.detach().clone() for _, w in sel]
         norm0 = [torch.linalg.vector_norm(w, ord=cfg.p) for w in w0]
         g = torch.Generator().manual_seed(ctx.runtime.seed + 17)

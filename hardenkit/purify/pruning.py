@@ -17,6 +17,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from .._utils.distributed import train_step
+from .._utils.model_checks import require_trainable
 from .._utils.modes import frozen_parameters
 from ..config import RuntimeConfig
 from ..data.store import ImageStore
@@ -121,6 +122,7 @@ class FinePruningStrategy(PurificationStrategy):
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         cfg = self.config
         model = ctx.model.eval()
+        require_trainable(model, where="purify[fine-pruning]")  # it fine-tunes after pruning
         if cfg.layer is None:
             name, _ = find_last_linear(model)
             group = ChannelGroup(name, "linear-in", int(resolve_layer(model, name).in_features))  # type: ignore[arg-type]

@@ -33,7 +33,8 @@ from ..io import save_state_dict
 from ..logging import get_logger
 from ..reports import BaseReport, DistributedInfo, ModelFingerprint
 from ..scan import ScanConfig, Scanner, ScanResult, scan_config_for_budget
-from ..training import evaluate_accuracy, infer_num_classes, trigger_asr
+from ..training import evaluate_accuracy, infer_num_classes, predict, trigger_asr
+from ..validate.metrics import chance_check
 from .base import (
     STRATEGIES,
     TRUSTED_STATUSES,
@@ -284,6 +285,12 @@ class Purifier:
             0.05): a repair that loses more benign accuracy than this on the held-out split
             (the validation split when nothing is held out) gets status ``degraded``. The
             model is still returned; the report and the CLI exit code say it failed.
+        require_above_chance: refuse (status ``refused``, the model returned unchanged,
+            nothing scanned or trained) when the input model is no better than a constant
+            guess on the clean images (:func:`hardenkit.validate.chance_check`, with at least
+            5 images per class): the images or labels do not fit the model (class order,
+            pixel range, normalisation), and a repair trained on them would teach it other
+            labels. ``False`` skips the check.
 
     Statuses: ``purified`` only when the strategy finished its schedule and passed the
     guard; ``budget-exhausted`` when ``max_steps``/``max_seconds`` cut it short;
@@ -313,6 +320,7 @@ class Purifier:
         input_shape: tuple[int, int, int] | None = None,
         progress: ProgressCallback | None = None,
         max_ba_drop: float | None = None,
+        require_above_chance: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ModelCompatibilityError(
@@ -359,6 +367,7 @@ class Purifier:
             if isinstance(scan_config, ScanConfig)
             else scan_config_for_budget(scan_budget, scan_config)
         )
+        self.require_above_chance = require_above_chance
         self._progress = progress
 
     def run(
@@ -410,6 +419,7 @@ class Purifier:
                 f"clean_loader has labels in [{int(y.min())}, {int(y.max())}] but the model has "
                 f"{k} classes."
             )
+        mismatch = self._chance(original, x, y, k, notes) if self.require_above_chance else False
         x_tr, y_tr, x_ho, y_ho = self._holdout(x, y, k, holdout_loader)
         val_frac = strat.validation_fraction
         x_val = x_tr.take(torch.zeros(0, dtype=torch.int64))
@@ -429,7 +439,7 @@ class Purifier:
                 f"{scan.report.model.sha256[:12]} vs {input_fp.sha256[:12]}"
                 "); its triggers may not fit this model"
             )
-        if scan is None and (strat.needs_trigger or strat.uses_scan):
+        if scan is None and (strat.needs_trigger or strat.uses_scan) and not mismatch:
             notes.append("no scan given: ran the Scanner on the purification images first")
             scan = Scanner(original, k, config=self.scan_config, runtime=rt, progress=progress).run(
                 _Batches(x_tr, y_tr)
@@ -469,7 +479,9 @@ class Purifier:
             notes=notes,
             dist=dist,
         )
-        if strat.needs_trigger and scan is not None and not scan.is_backdoored:
+        if mismatch:
+            outcome = StrategyOutcome(model=work, status="refused")
+        elif strat.needs_trigger and scan is not None and not scan.is_backdoored:
             notes.append(
                 f"the scan found no backdoor (verdict {scan.verdict}, score {scan.score:.3f}): "
                 f"{strat.name} needs a flagged label, so the model is returned unchanged. Use a "
@@ -623,6 +635,33 @@ class Purifier:
             )
             return "unverified", guard
         return "purified", guard
+
+    def _chance(
+        self, original: nn.Module, x: ImageStore, y: Tensor, k: int, notes: list[str]
+    ) -> bool:
+        """``True`` (and a REFUSED note) when ``original`` is at chance on the clean images."""
+        if len(y) == 0:
+            return False
+        correct = int((predict(original, x, runtime=self.runtime).argmax(1) == y.cpu()).sum())
+        check = chance_check(correct, y, k)
+        if check.above is False:
+            notes.append(
+                "REFUSED: the input model is no better than a constant guess on the clean "
+                f"images ({check.describe()}): the images or labels do not fit this model "
+                "(another class order, pixel range or normalisation, or the wrong model), so "
+                "no repair or measurement on them can be trusted. Check the loader with "
+                "hk.Validator(model).run(clean_loader); pass require_above_chance=False only "
+                "if a model this inaccurate is expected"
+            )
+            _log.warning("purify.at_chance", accuracy=check.accuracy, chance=check.chance)
+            return True
+        if check.above is None and check.accuracy <= check.chance:
+            notes.append(
+                f"the input model is no better than a constant guess on the {check.images} "
+                f"clean images ({check.describe()}); too few images to refuse on, but check "
+                "that the labels and pixels fit the model"
+            )
+        return False
 
     def _no_data(self, strat: PurificationStrategy) -> tuple[ImageStore, Tensor]:
         if not strat.data_free:

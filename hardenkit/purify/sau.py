@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from .._utils.distributed import train_step
+from .._utils.model_checks import require_trainable
 from .._utils.seeding import make_generator
 from ..logging import get_logger
 from ..training import AugmentParams, apply_augment, draw_augment, slice_augment
@@ -184,6 +185,7 @@ class SAUStrategy(PurificationStrategy):
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         cfg = self.config.resolved()
         model, reference = ctx.model, ctx.original
+        require_trainable(model, where="purify[sau]")
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr)
         n = len(ctx.y)

@@ -1,9 +1,11 @@
 """Validation: BA / ASR / RA / DER metrics, the Validator facade and the gate policy."""
 
 from .metrics import (
+    ChanceCheck,
     RateEstimate,
     attack_success_rate,
     benign_accuracy,
+    chance_check,
     der,
     robust_accuracy,
     wilson_interval,
@@ -12,6 +14,7 @@ from .policy import GateDecision, GatePolicy, RuleResult
 from .validator import ClassAccuracy, ValidationReport, Validator
 
 __all__ = [
+    "ChanceCheck",
     "ClassAccuracy",
     "GateDecision",
     "GatePolicy",
@@ -21,6 +24,7 @@ __all__ = [
     "Validator",
     "attack_success_rate",
     "benign_accuracy",
+    "chance_check",
     "der",
     "robust_accuracy",
     "wilson_interval",

@@ -36,10 +36,12 @@ from ..training import check_logits
 from ..triggers import Trigger, as_trigger
 
 __all__ = [
+    "ChanceCheck",
     "RateEstimate",
     "TargetSpec",
     "attack_success_rate",
     "benign_accuracy",
+    "chance_check",
     "der",
     "robust_accuracy",
     "wilson_interval",
@@ -61,6 +63,65 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     lo = 0.0 if successes == 0 else min(p, max(0.0, centre - half))
     hi = 1.0 if successes == total else max(p, min(1.0, centre + half))
     return (lo, hi)
+
+
+@dataclass(frozen=True)
+class ChanceCheck:
+    """Is a model's accuracy on some labelled images better than guessing?
+
+    ``chance`` is the accuracy of the best constant guess (the largest class's share of the
+    labels: ``1/K`` on balanced data). ``above`` is ``True`` when the lower end of the
+    accuracy's 95 % Wilson interval is above it, ``False`` when it is not and there were at
+    least ``min_images_per_class`` images per class (enough for a working model to show
+    itself), ``None`` when there were fewer (too few to tell).
+    """
+
+    accuracy: float
+    ci_low: float
+    chance: float
+    images: int
+    above: bool | None
+
+    def describe(self) -> str:
+        """One line for notes and messages."""
+        return (
+            f"accuracy {100 * self.accuracy:.2f}% (95% lower bound {100 * self.ci_low:.2f}%) "
+            f"on {self.images} labelled images against {100 * self.chance:.2f}% for a "
+            "constant guess"
+        )
+
+
+def chance_check(
+    correct: int, labels: Tensor, num_classes: int, *, min_images_per_class: int = 5
+) -> ChanceCheck:
+    """Compare ``correct`` right predictions on ``labels`` with the best constant guess.
+
+    A model at chance on images that are supposed to be its clean data means the images or
+    labels do not fit the model (another class order, pixel range or normalisation, the
+    wrong model), or the model does not work: every accuracy or repair measured on them is
+    meaningless.
+
+    Example:
+        >>> import torch
+        >>> y = torch.arange(10).repeat(20)  # 200 images, 10 balanced classes
+        >>> chance_check(24, y, 10).above, chance_check(120, y, 10).above
+        (False, True)
+        >>> chance_check(1, y[:10], 10).above is None  # one image per class: too few to tell
+        True
+    """
+    n = len(labels)
+    if n == 0:
+        raise DataError("chance_check needs at least one labelled image.")
+    if not 0 <= correct <= n:
+        raise ConfigError(f"correct must be in [0, {n}], got {correct}.")
+    share = torch.bincount(labels.detach().cpu().long(), minlength=num_classes)
+    chance = float(share.max()) / n
+    acc = correct / n
+    low = wilson_interval(correct, n)[0]
+    above: bool | None = low > chance
+    if not above and n < min_images_per_class * num_classes:
+        above = None
+    return ChanceCheck(accuracy=acc, ci_low=low, chance=chance, images=n, above=above)
 
 
 class RateEstimate(BaseModel):

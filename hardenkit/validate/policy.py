@@ -14,12 +14,15 @@ Example:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import HardenkitConfig
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from .metrics import ChanceCheck
 
 __all__ = ["GateDecision", "GatePolicy", "RuleResult"]
 
@@ -33,7 +36,7 @@ class RuleResult(BaseModel):
 
     rule: str
     rule_id: str
-    comparison: Literal[">=", "<="]
+    comparison: Literal[">=", "<=", ">"]
     value: float | None
     threshold: float
     status: Literal["pass", "fail", "skipped"]
@@ -77,6 +80,11 @@ class GatePolicy(HardenkitConfig):
             effect to another class reads as ASR 0 %. 0.5 leaves room for a clean model's
             natural bias (at most 36 % on CIFAR-10 for Blended and SIG triggers; redirected
             backdoors 84-89 %, docs/training.md "Redirected backdoors").
+        require_above_chance: rule ``HK-DATA-002`` — the model must be better than a constant
+            guess on the test images (the lower end of BA's 95 % Wilson interval above the
+            largest class's share, judged with at least 5 images per class): a model at
+            chance means the images or labels do not fit it (class order, pixel range,
+            normalisation), so no other rule's number means anything.
     """
 
     min_ba: Fraction | None = None
@@ -85,6 +93,7 @@ class GatePolicy(HardenkitConfig):
     require_all_rules: bool = False
     use_upper_confidence_bound: bool = False
     max_trigger_share: Fraction | None = 0.5
+    require_above_chance: bool = True
 
     def evaluate(
         self,
@@ -93,10 +102,12 @@ class GatePolicy(HardenkitConfig):
         asr: float | None = None,
         baseline_ba: float | None = None,
         trigger_share: float | None = None,
+        chance: ChanceCheck | None = None,
     ) -> GateDecision:
         """Decide on measured ``ba``/``asr`` (and ``baseline_ba`` for the drop rule,
         ``trigger_share`` -- the largest share of triggered images sent to one class other
-        than their target -- for the redirection rule).
+        than their target -- for the redirection rule, ``chance`` -- BA against a constant
+        guess, :func:`~hardenkit.validate.chance_check` -- for ``require_above_chance``).
 
         All rates are fractions in [0, 1]; anything else raises :class:`ConfigError`.
         """
@@ -178,5 +189,25 @@ class GatePolicy(HardenkitConfig):
                 self.max_trigger_share,
                 "<=",
                 "",
+            )
+        if self.require_above_chance and chance is not None:
+            bad = chance.above is False
+            rules.append(
+                RuleResult(
+                    rule="better_than_chance",
+                    rule_id="HK-DATA-002",
+                    comparison=">",
+                    value=chance.ci_low,
+                    threshold=chance.chance,
+                    status="fail" if bad else "pass",
+                    message=(
+                        f"the model is no better than a constant guess ({chance.describe()}): "
+                        "the images or labels do not fit it (class order, pixel range, "
+                        "normalisation); no other number here means anything"
+                        if bad
+                        else chance.describe()
+                        + ("" if chance.above else " (too few images per class to judge)")
+                    ),
+                )
             )
         return GateDecision(passed=all(r.status != "fail" for r in rules), rules=rules)

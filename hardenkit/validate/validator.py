@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -27,7 +28,7 @@ from ..errors import ConfigError, DataError
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..triggers import Trigger, as_trigger
-from .metrics import RateEstimate, TargetSpec, TriggerLike, evaluate_counts
+from .metrics import RateEstimate, TargetSpec, TriggerLike, chance_check, evaluate_counts
 from .policy import GateDecision, GatePolicy
 
 __all__ = ["ClassAccuracy", "ValidationReport", "Validator"]
@@ -73,6 +74,12 @@ class ValidationReport(BaseReport):
     trigger: dict[str, Any] | None = None
     target: int | dict[str, int] | None = None
     baseline_ba: float | None = None
+    chance_accuracy: float | None = None
+    """The accuracy of the best constant guess on these images (the largest class's share)."""
+    above_chance: bool | None = None
+    """Whether BA is better than ``chance_accuracy`` (95 % Wilson lower bound above it; ``None``:
+    fewer than 5 images per class, too few to tell). ``False`` means the images or labels do
+    not fit the model (class order, pixel range, normalisation): no number here means anything."""
     decision: GateDecision | None = None
     seconds: float
 
@@ -115,6 +122,12 @@ class ValidationReport(BaseReport):
         if self.trigger_top_share is not None:
             where = "none" if self.trigger_top_class is None else f"class {self.trigger_top_class}"
             lines.append(f"triggered -> one other class ({where}): {pct(self.trigger_top_share)}")
+        if self.above_chance is False:
+            lines.append(
+                f"WARNING: BA is no better than a constant guess "
+                f"({100 * (self.chance_accuracy or 0.0):.2f}%): the images or labels do not fit "
+                "the model (class order, pixel range, normalisation)"
+            )
         if self.decision is not None:
             lines.append(self.decision.summary())
         return "\n".join(lines)
@@ -200,6 +213,14 @@ class Validator:
             for i in range(c.num_classes)
         ]
         ba = RateEstimate.from_counts(c.correct, c.total)
+        totals = torch.tensor([int(t) for t in c.per_class_total], dtype=torch.int64)
+        chance = (
+            chance_check(
+                c.correct, torch.repeat_interleave(torch.arange(len(totals)), totals), c.num_classes
+            )
+            if c.total
+            else None
+        )
         asr = ra = top_share = base = None
         top_class: int | None = None
         if trig is not None:
@@ -221,7 +242,11 @@ class Validator:
                 ucb = pol.use_upper_confidence_bound
                 share_value = top_share.ci_high if ucb else top_share.value
             decision = pol.evaluate(
-                ba=ba.value, asr=asr_value, baseline_ba=baseline_ba, trigger_share=share_value
+                ba=ba.value,
+                asr=asr_value,
+                baseline_ba=baseline_ba,
+                trigger_share=share_value,
+                chance=chance,
             )
         tgt: int | dict[str, int] | None
         if target is None or isinstance(target, int):
@@ -245,6 +270,8 @@ class Validator:
             trigger=None if trig is None else trig.describe(),
             target=tgt,
             baseline_ba=baseline_ba,
+            chance_accuracy=None if chance is None else chance.chance,
+            above_chance=None if chance is None else chance.above,
             decision=decision,
             seconds=time.perf_counter() - t0,
         )

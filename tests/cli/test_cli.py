@@ -343,6 +343,7 @@ def test_validate_without_trigger(demo: DemoRun, capsys: pytest.CaptureFixture[s
         "benign_accuracy": "pass",
         "attack_success_rate": "skipped",
         "benign_accuracy_drop": "skipped",
+        "better_than_chance": "pass",
     }
 
 
@@ -446,6 +447,7 @@ def test_validate_policy_json_file(
         "benign_accuracy",
         "attack_success_rate",
         "triggered_class_share",
+        "better_than_chance",
     ]
     assert rep["trigger_top_share"]["total"] == rep["triggered_samples"]
     # the redirection rule's threshold from the command line (a fraction: 60 is refused)

@@ -247,3 +247,75 @@ def test_cli_purify_exits_1_on_an_untrusted_status(
     assert report["status"] == "degraded"
     assert (tmp_path / "a" / "model.safetensors").is_file()  # nothing is lost
     assert main([*common, "--max-ba-drop", "1", "--out", str(tmp_path / "b")]) == 0
+
+
+def _shifted_labels(fx: BackdoorFixture) -> hk.data.TensorLoader:
+    """The clean images with every label moved to the next class: another class order."""
+    x, y = fx.data.train.tensors()
+    return hk.data.TensorLoader(x, (y + 1) % 4, batch_size=64)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "finetune", "d3"])
+def test_labels_that_do_not_fit_the_model_are_refused_before_any_work(
+    tiny_fx: BackdoorFixture, strategy: str
+) -> None:
+    """A model at chance on the clean images (here: a shifted class order) is not repaired:
+    fine-tuning on those labels would teach it the wrong classes and then measure BA on the
+    same wrong labels (before stop 43: `purified`, the model re-trained to the shifted order)."""
+    model = tiny_fx.backdoored.model
+    assert tiny_fx.backdoored.metrics["ba"] > 0.5  # the model itself works
+    with unchanged(model):
+        res = hk.Purifier(model, strategy, config=None, runtime=CPU).run(_shifted_labels(tiny_fx))
+    assert res.status == "refused"
+    assert not res.trusted
+    assert res.scan is None  # refused before the scan, not after minutes of work
+    assert res.report.steps == 0
+    assert any(
+        n.startswith("REFUSED: the input model is no better than a constant guess")
+        for n in res.report.notes
+    ), res.report.notes
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(res.model.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+    # the right labels pass the check; so does the override
+    ok = hk.Purifier(model, "finetune", config={"epochs": 1}, runtime=CPU).run(_loader(tiny_fx))
+    assert ok.status != "refused"
+    forced = hk.Purifier(
+        model, "finetune", config={"epochs": 1}, runtime=CPU, require_above_chance=False
+    ).run(_shifted_labels(tiny_fx))
+    assert forced.status != "refused"
+    assert forced.report.steps > 0
+
+
+def test_the_gate_fails_closed_when_the_held_out_labels_do_not_fit(
+    tiny_fx: BackdoorFixture,
+) -> None:
+    """HK-DATA-002: held-out images the input model is at chance on make every BA/ASR the gate
+    measures meaningless; before stop 43 such a gate passed a clean-scanned model."""
+    from hardenkit.gate import Gate
+
+    model = tiny_fx.backdoored.model
+    scan = hk.ScanResult.from_triggers({1: hk.PatchTrigger.square(3)}, model=model, num_classes=4)
+    scan.report = scan.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
+    policy = {"repair": "never", "export_onnx": False, "min_holdout_images": 10}
+    xt, yt = tiny_fx.data.test.tensors()
+    wrong = hk.data.TensorLoader(xt, (yt + 1) % 4, batch_size=64)
+    res = Gate(policy, runtime=CPU).run(model, _loader(tiny_fx), wrong, scan=scan)
+    rule = next(r for r in res.report.rules if r.rule_id == "HK-DATA-002")
+    assert rule.status == "fail", rule.message
+    assert rule.cause == "evaluation"
+    assert "constant guess" in rule.message
+    assert not res.report.passed
+    assert res.report.exit_code == 1
+    right = Gate(policy, runtime=CPU).run(
+        model, _loader(tiny_fx), tiny_fx.data.test.loader(), scan=scan
+    )
+    rule = next(r for r in right.report.rules if r.rule_id == "HK-DATA-002")
+    assert rule.status == "pass", rule.message
+    assert rule.value is not None
+    assert rule.value > 0.25
+    off = Gate({**policy, "require_above_chance": False}, runtime=CPU).run(
+        model, _loader(tiny_fx), wrong, scan=scan
+    )
+    assert all(r.rule_id != "HK-DATA-002" for r in off.report.rules)

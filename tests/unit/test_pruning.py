@@ -414,9 +414,10 @@ def test_anp_on_a_model_without_batchnorm_masks_conv_filters() -> None:
         nn.Flatten(),
         nn.Linear(6, 4),
     )
-    res = hk.Purifier(net, "anp", config={"iterations": 3, "threshold": 0.5}).run(
-        fx.data.train.loader(batch_size=64)
-    )
+    # an untrained network: the check that the model beats a constant guess is switched off
+    res = hk.Purifier(
+        net, "anp", config={"iterations": 3, "threshold": 0.5}, require_above_chance=False
+    ).run(fx.data.train.loader(batch_size=64))
     assert res.report.details["pruning"]["unit"] == "conv"
     assert res.report.details["iterations"] == 3
 

@@ -388,7 +388,9 @@ def test_validator_applies_policy() -> None:
     rep = Validator(CodeModel(), policy=pol).run(make_loader(), trigger=TRIGGER, target=TARGET)
     assert rep.decision is not None
     assert rep.passed is False
-    assert [r.status for r in rep.decision.rules] == ["pass", "fail", "skipped", "pass"]
+    statuses = [r.status for r in rep.decision.rules]
+    assert statuses == ["pass", "fail", "skipped", "pass", "pass"]
+    assert rep.decision.rules[-1].rule_id == "HK-DATA-002"  # better than a constant guess
     assert rep.decision.rules[1].value == pytest.approx(0.8)
     # the immune images keep their own classes: none is moved to another class
     assert rep.decision.rules[3].rule == "triggered_class_share"
@@ -767,3 +769,44 @@ def test_validator_restores_device_after_cuda_run() -> None:
     rep = Validator(m, runtime={"device": "cuda"}).run(make_loader(), trigger=TRIGGER, target=0)
     assert rep.asr == pytest.approx(0.8)
     assert m.scale.device.type == "cpu"
+
+
+def test_chance_check_compares_with_the_best_constant_guess() -> None:
+    from hardenkit.validate import chance_check
+
+    balanced = torch.arange(4).repeat(25)  # 100 images, chance 25 %
+    assert chance_check(26, balanced, 4).above is False  # 26 %: not better than guessing
+    assert chance_check(45, balanced, 4).above is True
+    skewed = torch.tensor([0] * 80 + [1] * 20)  # a constant "0" gets 80 %
+    check = chance_check(82, skewed, 2)
+    assert check.chance == pytest.approx(0.8)
+    assert check.above is False
+    assert "80.00% for a constant guess" in check.describe()
+    assert chance_check(1, torch.arange(4), 4).above is None  # one image per class
+    with pytest.raises(DataError):
+        chance_check(0, torch.zeros(0, dtype=torch.long), 4)
+    with pytest.raises(ConfigError):
+        chance_check(5, balanced[:4], 4)
+
+
+def test_a_model_at_chance_fails_hk_data_002_and_says_why() -> None:
+    """A constant prediction (what a shifted class order or wrong pixels look like) is no
+    measurement: the report says so and the policy fails it even with no other rule broken."""
+    at_chance = Validator(CodeModel(mode="always"), policy=GatePolicy(max_asr=None)).run(
+        make_loader()
+    )
+    assert at_chance.above_chance is False
+    assert at_chance.chance_accuracy == pytest.approx(0.25)
+    assert at_chance.passed is False
+    rule = at_chance.decision.rules[-1]  # type: ignore[union-attr]
+    assert (rule.rule_id, rule.status, rule.comparison) == ("HK-DATA-002", "fail", ">")
+    assert "WARNING: BA is no better than a constant guess" in at_chance.summary()
+    fine = Validator(CodeModel(), policy=GatePolicy(max_asr=None)).run(make_loader())
+    assert fine.above_chance is True
+    assert fine.passed is True
+    assert "WARNING" not in fine.summary()
+    off = Validator(
+        CodeModel(mode="always"), policy=GatePolicy(max_asr=None, require_above_chance=False)
+    ).run(make_loader())
+    assert off.passed is True
+    assert off.above_chance is False  # still reported
