@@ -129,6 +129,13 @@ class Attack(ABC):
 
     def _check_geometry(self, dataset: ImageDataset) -> None:
         c, h, w = dataset.image_shape
+        if h != w:
+            raise DataError(
+                f"{self.name} builds its trigger for square images; the dataset's are {c}×{h}×{w}.",
+                hint="crop or resize the images to a square, or poison them with a trigger "
+                "function of your own (any callable on a [0, 1] NCHW batch) and train with "
+                "hk.train_model; the Scanner, Purifier, Validator and gate take any image size",
+            )
         if (c, h, w) != (self.config.channels, self.config.image_size, self.config.image_size):
             raise DataError(
                 f"{self.name} was configured for {self.config.channels}×{self.config.image_size}"

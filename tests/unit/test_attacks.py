@@ -432,3 +432,13 @@ def test_make_backdoored_model_argument_errors(tiny_synthetic: SyntheticSplits) 
         make_backdoored_model("nope", train)
     with pytest.raises(ConfigError):
         make_backdoored_model("badnets", train, train_config={"epochs": 0})
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_square_images_name_the_limit_and_the_way_out(name: str) -> None:
+    """The built-in triggers are square; the hint must not send the user to image_size."""
+    x = torch.rand(8, 3, 16, 24)
+    ds = hk.data.from_arrays(x, torch.arange(8) % 4)
+    with pytest.raises(DataError, match="square images") as err:
+        build_attack(name, image_size=16).poison(ds)
+    assert "trigger function of your own" in (err.value.hint or "")
