@@ -113,13 +113,25 @@ def validate_batch(
             hint=hint,
         )
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        if y.ndim == 2 and y.shape[1] == 1:
+            fix = "labels of shape (N, 1): pass y.squeeze(1)"
+        elif y.ndim == 2 and y.shape[0] == x.shape[0]:
+            fix = "pass class indices, not one-hot vectors or scores: y.argmax(1)"
+        else:
+            fix = "pass one class index per image, in the order of the images"
         raise DataError(
             f"{where}: labels must be 1-D with one int per image, got shape {tuple(y.shape)} "
             f"for {x.shape[0]} images.",
-            hint="pass class indices, not one-hot vectors",
+            hint=fix,
         )
     if y.is_floating_point() or y.dtype == torch.bool:
-        raise DataError(f"{where}: labels must be integer class indices, got {y.dtype}.")
+        integral = y.is_floating_point() and bool(torch.all(y == y.round()))
+        raise DataError(
+            f"{where}: labels must be integer class indices, got {y.dtype}.",
+            hint="the values are whole numbers: pass y.long()"
+            if integral
+            else "pass class indices (0..K-1) as an integer tensor",
+        )
     if num_classes is None and y.numel() and int(y.min()) < 0:
         raise DataError(
             f"{where}: labels must be non-negative class indices, got {int(y.min())}.",

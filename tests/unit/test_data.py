@@ -123,8 +123,22 @@ def test_validate_batch_non_finite(bad: float) -> None:
         (torch.tensor([True, False, True, False]), "integer class indices"),
         (torch.tensor([0, 1, 2]), r"got shape \(3,\) for 4 images"),
         (torch.tensor(1), "1-D"),
+        (torch.tensor([[0], [1], [2], [1]]), r"squeeze\(1\)"),
+        (torch.tensor([0.0, 1.0, 2.0, 1.0]), r"y\.long\(\)"),
+        (torch.tensor([0.5, 1.0, 2.0, 1.0]), r"integer tensor"),
     ],
-    ids=["too-high", "negative", "one-hot", "float", "bool", "short", "scalar"],
+    ids=[
+        "too-high",
+        "negative",
+        "one-hot",
+        "float",
+        "bool",
+        "short",
+        "scalar",
+        "column",
+        "whole-floats",
+        "fractional-floats",
+    ],
 )
 def test_validate_batch_label_errors(y: torch.Tensor, match: str) -> None:
     x, _ = _batch()
