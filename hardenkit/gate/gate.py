@@ -50,9 +50,8 @@ from ..errors import (
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..scan import ScanResult
-from ..training import predict
 from ..triggers import Trigger, as_trigger
-from ..validate.metrics import TriggerLike, chance_check
+from ..validate.metrics import TriggerLike, chance_check_of
 from .policy import DeploymentPolicy
 
 __all__ = ["Gate", "GateReport", "GateResult", "GateRule", "image_hashes"]
@@ -870,44 +869,35 @@ class Gate:
         (else every BA and ASR the gate measures on them is meaningless)."""
         pixel_rt = rt.model_copy(update={"input_normalization": None})
         try:
-            pred = predict(model, x, runtime=pixel_rt).argmax(1)
+            check = chance_check_of(model, x, y, k, runtime=pixel_rt)
         except NonFiniteError as exc:
             rules.unevaluated("HK-DATA-002", f"the input model's logits are not finite: {exc}")
             return
-        check = chance_check(int((pred == y.cpu()).sum()), y, k)
-        if check.above is False:
+        failed = check.above is False
+        if failed:
             _log.warning("gate.at_chance", accuracy=check.accuracy, chance=check.chance)
-            rules.add(
-                "HK-DATA-002",
-                "fail",
+            message = (
                 f"the input model is no better than a constant guess on the held-out images "
                 f"({check.describe()}): the images or labels do not fit the model (class "
                 "order, pixel range, normalisation, or the wrong weights); check them with "
-                "hardenkit validate before gating",
-                value=check.ci_low,
-                threshold=check.chance,
-                comparison=">",
-                cause="evaluation",
+                "hardenkit validate before gating"
             )
         elif check.above is None:
-            rules.add(
-                "HK-DATA-002",
-                "pass",
-                f"too few held-out images to tell the model from a constant guess "
-                f"({check.describe()})",
-                value=check.ci_low,
-                threshold=check.chance,
-                comparison=">",
+            message = (
+                "too few held-out images to tell the model from a constant guess "
+                f"({check.describe()})"
             )
         else:
-            rules.add(
-                "HK-DATA-002",
-                "pass",
-                check.describe(),
-                value=check.ci_low,
-                threshold=check.chance,
-                comparison=">",
-            )
+            message = check.describe()
+        rules.add(
+            "HK-DATA-002",
+            "fail" if failed else "pass",
+            message,
+            value=check.ci_low,
+            threshold=check.chance,
+            comparison=">",
+            cause="evaluation" if failed else None,
+        )
 
     @staticmethod
     def _known(known: KnownTriggers | None) -> dict[str, tuple[Trigger, int]]:

@@ -33,8 +33,8 @@ from ..io import save_state_dict
 from ..logging import get_logger
 from ..reports import BaseReport, DistributedInfo, ModelFingerprint
 from ..scan import ScanConfig, Scanner, ScanResult, scan_config_for_budget
-from ..training import evaluate_accuracy, infer_num_classes, predict, trigger_asr
-from ..validate.metrics import chance_check
+from ..training import evaluate_accuracy, infer_num_classes, trigger_asr
+from ..validate.metrics import chance_check_of
 from .base import (
     STRATEGIES,
     TRUSTED_STATUSES,
@@ -642,8 +642,7 @@ class Purifier:
         """``True`` (and a REFUSED note) when ``original`` is at chance on the clean images."""
         if len(y) == 0:
             return False
-        correct = int((predict(original, x, runtime=self.runtime).argmax(1) == y.cpu()).sum())
-        check = chance_check(correct, y, k)
+        check = chance_check_of(original, x, y, k, runtime=self.runtime)
         if check.above is False:
             notes.append(
                 "REFUSED: the input model is no better than a constant guess on the clean "

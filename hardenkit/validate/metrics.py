@@ -31,8 +31,9 @@ from .._utils.finite import ensure_finite_logits
 from .._utils.modes import eval_mode
 from ..config import RuntimeConfig, parse_config
 from ..data.loaders import BatchSource, iter_batches
+from ..data.store import ImageStore
 from ..errors import ConfigError, DataError, ModelCompatibilityError
-from ..training import check_logits
+from ..training import check_logits, predict
 from ..triggers import Trigger, as_trigger
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "attack_success_rate",
     "benign_accuracy",
     "chance_check",
+    "chance_check_of",
     "der",
     "robust_accuracy",
     "wilson_interval",
@@ -122,6 +124,20 @@ def chance_check(
     if not above and n < min_images_per_class * num_classes:
         above = None
     return ChanceCheck(accuracy=acc, ci_low=low, chance=chance, images=n, above=above)
+
+
+def chance_check_of(
+    model: nn.Module,
+    x: Tensor | ImageStore,
+    y: Tensor,
+    num_classes: int,
+    *,
+    runtime: RuntimeConfig | dict[str, Any] | None = None,
+) -> ChanceCheck:
+    """:func:`chance_check` of ``model``'s predictions on the labelled images ``(x, y)``
+    (pixels in [0, 1]; non-finite logits raise :class:`~hardenkit.errors.NonFiniteError`)."""
+    correct = int((predict(model, x, runtime=runtime).argmax(1) == y.cpu()).sum())
+    return chance_check(correct, y, num_classes)
 
 
 class RateEstimate(BaseModel):
