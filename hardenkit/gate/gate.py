@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,8 +51,11 @@ from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..scan import ScanResult
 from ..triggers import Trigger, as_trigger
-from ..validate.metrics import TriggerLike, chance_check_of
+from ..validate.metrics import ChanceCheck, TriggerLike, chance_check_of
 from .policy import DeploymentPolicy
+
+if TYPE_CHECKING:
+    from ..purify.purifier import PurificationResult
 
 __all__ = ["Gate", "GateReport", "GateResult", "GateRule", "image_hashes"]
 
@@ -498,8 +501,36 @@ class Gate:
                 threshold=float(pol.min_holdout_images),
                 comparison=">=",
             )
-        if pol.require_above_chance and len(y_ho):
+        check = (
             self._chance_rule(rules, original, x_ho, y_ho, k, rt)
+            if pol.require_above_chance and len(y_ho)
+            else None
+        )
+        if check is not None and check.above is False:
+            # every later number would be measured on images the model does not fit: stop
+            # here instead of spending the scan's and the repair's minutes on them
+            notes.append(
+                "stopped after HK-DATA-002: the scan, repair, measurements and ONNX export "
+                "did not run (fix the data, or set require_above_chance: false)"
+            )
+            skipped = ["HK-SCAN-001", "HK-SCAN-002"]
+            skipped += ["HK-BA-001"] if pol.min_ba is not None else []
+            skipped += ["HK-BA-002", "HK-ASR-001"] + (["HK-ASR-002"] if known else [])
+            skipped += ["HK-ONNX-001"]
+            for rule_id in skipped:
+                rules.add(rule_id, "skipped", "not run: HK-DATA-002 failed")
+            return self._decide(
+                t0,
+                report_id,
+                rules,
+                original,
+                original,
+                data=data,
+                timings=timings,
+                notes=notes,
+                artefacts=artefacts,
+                in_ba=check.accuracy,
+            )
 
         # 2. scan ------------------------------------------------------------------------
         from ..scan import Scanner
@@ -820,6 +851,56 @@ class Gate:
             rules.unevaluated("HK-ONNX-001", "ONNX export is off in the policy (export_onnx)")
 
         # 7. decision --------------------------------------------------------------------
+        return self._decide(
+            t0,
+            report_id,
+            rules,
+            original,
+            shipped,
+            data=data,
+            timings=timings,
+            notes=notes,
+            artefacts=artefacts,
+            repaired=repaired,
+            purification=purification,
+            rounds=rounds,
+            input_scan=input_scan,
+            rescan=rescan,
+            in_ba=in_ba,
+            out_ba=out_ba,
+            out_ci=out_ci,
+            measurements=measurements,
+            onnx_info=onnx_info,
+            workdir=workdir,
+        )
+
+    # ------------------------------------------------------------------------- helpers
+    def _decide(
+        self,
+        t0: float,
+        report_id: str,
+        rules: _Rules,
+        original: nn.Module,
+        shipped: nn.Module,
+        *,
+        data: dict[str, Any],
+        timings: dict[str, float],
+        notes: list[str],
+        artefacts: dict[str, Any],
+        repaired: bool = False,
+        purification: PurificationResult | None = None,
+        rounds: list[dict[str, Any]] | None = None,
+        input_scan: dict[str, Any] | None = None,
+        rescan: ScanResult | None = None,
+        in_ba: float | None = None,
+        out_ba: float | None = None,
+        out_ci: tuple[float, float] | None = None,
+        measurements: list[TriggerMeasurement] | None = None,
+        onnx_info: dict[str, Any] | None = None,
+        workdir: Path | None = None,
+    ) -> GateResult:
+        """The decision: passed when no rule failed; the report and the result."""
+        pol = self.policy
         failed = [r for r in rules.rules if r.status == "fail"]
         passed = not failed
         exit_code = EXIT_PASS
@@ -839,13 +920,13 @@ class Gate:
             repaired=repaired,
             strategy=pol.strategy if repaired else None,
             purification_status=None if purification is None else purification.status,
-            repair_rounds=rounds,
+            repair_rounds=rounds or [],
             input_scan=input_scan,
             rescan=None if rescan is None else _scan_summary(rescan),
             input_ba=in_ba,
             output_ba=out_ba,
             output_ba_ci=out_ci,
-            triggers=measurements,
+            triggers=measurements or [],
             onnx=onnx_info,
             data=data,
             timings=timings,
@@ -860,19 +941,19 @@ class Gate:
         )
         return GateResult(report, shipped, artefacts, workdir)
 
-    # ------------------------------------------------------------------------- helpers
     @staticmethod
     def _chance_rule(
         rules: _Rules, model: nn.Module, x: Tensor, y: Tensor, k: int, rt: RuntimeConfig
-    ) -> None:
+    ) -> ChanceCheck | None:
         """``HK-DATA-002``: the input model must beat a constant guess on the held-out images
-        (else every BA and ASR the gate measures on them is meaningless)."""
+        (else every BA and ASR the gate measures on them is meaningless). The check, None when
+        it could not be made."""
         pixel_rt = rt.model_copy(update={"input_normalization": None})
         try:
             check = chance_check_of(model, x, y, k, runtime=pixel_rt)
         except NonFiniteError as exc:
             rules.unevaluated("HK-DATA-002", f"the input model's logits are not finite: {exc}")
-            return
+            return None
         failed = check.above is False
         if failed:
             _log.warning("gate.at_chance", accuracy=check.accuracy, chance=check.chance)
@@ -898,6 +979,7 @@ class Gate:
             comparison=">",
             cause="evaluation" if failed else None,
         )
+        return check
 
     @staticmethod
     def _known(known: KnownTriggers | None) -> dict[str, tuple[Trigger, int]]:

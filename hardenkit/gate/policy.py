@@ -82,7 +82,8 @@ class DeploymentPolicy(HardenkitConfig):
             Wilson interval above the largest class's share; judged with at least 5 images
             per class). A model at chance means the images or labels do not fit it (class
             order, pixel range, normalisation), and every BA and ASR measured on them is
-            meaningless. False: no rule.
+            meaningless: the gate then stops (no scan, repair, measurement or export; those
+            rules are ``skipped``). False: no rule.
         export_onnx: export the shipped model to ONNX and verify it on ONNX Runtime.
         onnx_provider: the execution provider the verification must actually run on:
             ``cpu``, ``cuda`` or ``auto`` (CUDA when ONNX Runtime and torch see a GPU).

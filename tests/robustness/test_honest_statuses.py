@@ -319,3 +319,43 @@ def test_the_gate_fails_closed_when_the_held_out_labels_do_not_fit(
         model, _loader(tiny_fx), wrong, scan=scan
     )
     assert all(r.rule_id != "HK-DATA-002" for r in off.report.rules)
+
+
+def test_the_gate_stops_after_hk_data_002_instead_of_scanning_and_repairing(
+    tiny_fx: BackdoorFixture, tmp_path: Path
+) -> None:
+    """At chance on the held-out images, the scan, repair, measurements and export would all
+    run on data the model does not fit: the gate stops and says the later rules were not run
+    (before stop 44 it scanned and repaired anyway, minutes on a real model)."""
+    from hardenkit.gate import Gate
+
+    model = tiny_fx.backdoored.model
+    xt, yt = tiny_fx.data.test.tensors()
+    wrong = hk.data.TensorLoader(xt, (yt + 1) % 4, batch_size=64)
+    policy = {"min_holdout_images": 10, "min_ba": 0.5, "fail_on_skipped": True}
+    known = {"patch": (tiny_fx.backdoored.trigger, tiny_fx.backdoored.target)}
+    with unchanged(model):
+        res = Gate(policy, runtime=CPU).run(model, _loader(tiny_fx), wrong, known_triggers=known)
+    status = {r.rule_id: r.status for r in res.report.rules}
+    assert status["HK-DATA-002"] == "fail"
+    later = ["HK-SCAN-001", "HK-SCAN-002", "HK-BA-001", "HK-BA-002", "HK-ASR-001"]
+    later += ["HK-ASR-002", "HK-ONNX-001"]
+    assert {rid: status.get(rid) for rid in later} == dict.fromkeys(later, "skipped")
+    assert not res.passed
+    assert res.exit_code == 1
+    assert res.scan is None
+    assert not res.report.repaired
+    assert res.report.input_scan is None
+    assert "scan_seconds" not in res.report.timings
+    assert res.report.input_ba is not None  # the accuracy HK-DATA-002 measured
+    assert res.report.input_ba < 0.25
+    assert res.report.output_ba is None
+    assert any("stopped after HK-DATA-002" in n for n in res.report.notes)
+    # what ships is the input model; every output is still written
+    shipped = res.model.state_dict()
+    for name, a in model.state_dict().items():
+        assert torch.equal(a, shipped[name]), name
+    saved = json.loads(res.save(tmp_path / "gate").read_text())
+    assert saved["passed"] is False
+    assert (tmp_path / "gate" / "junit.xml").is_file()
+    assert (tmp_path / "gate" / "report.html").is_file()

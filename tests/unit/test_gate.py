@@ -221,6 +221,7 @@ def test_max_scan_verdict_decides_hk_scan_001(
         "export_onnx": False,
         "fail_on_skipped": False,
         "min_holdout_images": 10,
+        "require_above_chance": False,  # an untrained model: the mechanics of HK-SCAN-001
     }
     res = Gate(policy).run(model, data.train.loader(), data.test.loader(), scan=scan)
     rule = next(r for r in res.report.rules if r.rule_id == "HK-SCAN-001")
@@ -257,6 +258,7 @@ def test_a_known_trigger_redirected_to_another_class_fails_hk_asr_003() -> None:
         "export_onnx": False,
         "fail_on_skipped": False,
         "min_holdout_images": 10,
+        "require_above_chance": False,  # an untrained model: the mechanics of the ASR rules
     }
     res = Gate(policy).run(
         model,
@@ -297,6 +299,7 @@ def test_hk_asr_001_names_flagged_labels_without_a_recovered_trigger() -> None:
         "export_onnx": False,
         "fail_on_skipped": False,
         "min_holdout_images": 10,
+        "require_above_chance": False,  # an untrained model: the mechanics of the ASR rules
     }
     scan = hk.ScanResult.from_triggers({1: hk.PatchTrigger.square(3)}, model=model, num_classes=4)
     scan.report = scan.report.model_copy(update={"verdict": "backdoored", "flagged_labels": [1, 3]})
