@@ -97,6 +97,12 @@ def add_parser(sub: Any) -> None:
         default="backdoored",
         help="lowest verdict that exits 1",
     )
+    p.add_argument(
+        "--skip-chance-check",
+        action="store_true",
+        help="do not judge whether the model beats a constant guess on the clean images (by "
+        "default a model at chance on them makes the verdict not conclusive: exit 1)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--seed", type=nonnegative_int, default=0, help="seed of subsampling and random starts"
@@ -122,6 +128,8 @@ def scan_config_from_args(args: argparse.Namespace) -> ScanConfig:
         fields["combine"] = args.combine
     if args.max_images is not None:
         fields["max_images"] = args.max_images
+    if getattr(args, "skip_chance_check", False):
+        fields["require_above_chance"] = False
     options: dict[str, dict[str, Any]] = {
         k: dict(v) for k, v in dict(fields.get("detector_options") or {}).items()
     }
@@ -189,6 +197,15 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_GATE_FAILED
     if not result.report.conclusive:
         if not main:
+            return EXIT_GATE_FAILED
+        if result.report.at_chance:
+            print(
+                f"hardenkit: the model is no better than a constant guess on --data; verdict "
+                f"{result.verdict!r} is not conclusive (exit {EXIT_GATE_FAILED}): check the "
+                "class order, pixel range and normalisation with hardenkit validate, or pass "
+                "--skip-chance-check if a model this inaccurate is expected",
+                file=sys.stderr,
+            )
             return EXIT_GATE_FAILED
         print(
             f"hardenkit: the --budget {args.budget} time limit cut the scan short; verdict "

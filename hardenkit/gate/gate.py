@@ -537,6 +537,11 @@ class Gate:
         from ..scan.budget import scan_config_for_budget
 
         scan_cfg = scan_config_for_budget(pol.scan_budget, pol.scan)
+        scan_cfg = scan_cfg.model_copy(
+            update={
+                "require_above_chance": pol.require_above_chance and scan_cfg.require_above_chance
+            }
+        )
         train_loader = TensorLoader(x_tr, y_tr, batch_size=512)
         hold_loader = TensorLoader(x_ho, y_ho, batch_size=512)
 
@@ -714,7 +719,11 @@ class Gate:
                 rules.add(
                     "HK-SCAN-002",
                     "fail",
-                    "a scan's time budget ended before its schedule: its verdict is not conclusive",
+                    "a scan ran on clean images the model is at chance on: its verdict is not "
+                    "conclusive"
+                    if any(s.report.at_chance for s in cut)
+                    else "a scan's time budget ended before its schedule: its verdict is not "
+                    "conclusive",
                     cause="evaluation",
                 )
             else:

@@ -368,6 +368,8 @@ class Purifier:
             else scan_config_for_budget(scan_budget, scan_config)
         )
         self.require_above_chance = require_above_chance
+        if not require_above_chance:  # the scan it runs does not judge it either
+            self.scan_config = self.scan_config.model_copy(update={"require_above_chance": False})
         self._progress = progress
 
     def run(

@@ -30,6 +30,7 @@ from ..logging import get_logger
 from ..reports import BaseReport, DistributedInfo, ModelFingerprint
 from ..training import infer_num_classes, trigger_asr
 from ..triggers import Trigger, as_trigger
+from ..validate.metrics import ChanceCheck, chance_check_of
 from .base import DETECTORS, Detector, DetectorContext, DetectorOutput, Inversion
 
 __all__ = [
@@ -76,6 +77,13 @@ class ScanConfig(HardenkitConfig):
             warning in its summary: a ``clean`` verdict from it is not conclusive (the CLI
             exits 1). ``None`` = the detectors' schedules decide. See
             :func:`hardenkit.scan.budget.scan_config_for_budget` for the CLI presets.
+        require_above_chance: the model must be better than a constant guess on the labelled
+            clean images (the lower end of its accuracy's 95 % Wilson interval above the
+            largest class's share; judged with at least 5 images per class). When it is not,
+            the images do not fit the model (class order, pixel range, normalisation, the
+            wrong weights): the inversions ran on inputs the model does not understand, so
+            the report says ``above_chance = false`` and the verdict is not conclusive (the
+            CLI exits 1). ``False``: recorded, never judged.
     """
 
     detectors: tuple[str, ...] = ("neural-cleanse",)
@@ -88,6 +96,7 @@ class ScanConfig(HardenkitConfig):
     min_images_per_class: Annotated[int, Field(ge=1)] = 5
     suspicious_score: Annotated[float, Field(gt=0, lt=0.5)] = 0.25
     max_seconds: Annotated[float, Field(gt=0)] | None = None
+    require_above_chance: bool = True
 
     @field_validator("detectors")
     @classmethod
@@ -190,14 +199,32 @@ class ScanReport(BaseReport):
     distributed: DistributedInfo = Field(default_factory=DistributedInfo)
     """The ``torchrun`` ranks that shared the candidate labels (``world_size``, ``backend``);
     ``world_size`` 1 for a scan in one process. See docs/scale.md."""
+    clean_accuracy: float | None = None
+    """The model's accuracy on all the labelled clean images (``None`` when data-free)."""
+    chance_accuracy: float | None = None
+    """A constant guess's accuracy on them (the largest class's share)."""
+    above_chance: bool | None = None
+    """``clean_accuracy``'s 95 % Wilson lower bound is above ``chance_accuracy``; ``False``:
+    the images or labels do not fit the model and (with ``ScanConfig.require_above_chance``,
+    the default) the verdict is not conclusive; ``None``: data-free, fewer than 5 images per
+    class, or not checked."""
 
     @property
     def is_backdoored(self) -> bool:
         return self.verdict == "backdoored"
 
     @property
+    def at_chance(self) -> bool:
+        """The model was no better than a constant guess on the clean images and the scan's
+        config judges that (``require_above_chance``)."""
+        return self.above_chance is False and bool(self.config.get("require_above_chance", True))
+
+    @property
     def conclusive(self) -> bool:
-        """False when a budget cut the scan short and it did not flag the model."""
+        """False when a budget cut the scan short and it did not flag the model, or when the
+        model was at chance on the clean images (:attr:`at_chance`)."""
+        if self.at_chance:
+            return False
         return self.verdict == "backdoored" or not self.budget_exhausted
 
     def summary(self) -> str:
@@ -235,6 +262,14 @@ class ScanReport(BaseReport):
             lines.append(
                 "  WARNING: the time budget (max_seconds) cut the scan short"
                 + ("" if self.verdict == "backdoored" else ": this verdict is NOT conclusive")
+            )
+        if self.above_chance is False and self.clean_accuracy is not None:
+            lines.append(
+                f"  WARNING: the model is no better than a constant guess on the clean images "
+                f"(accuracy {100 * self.clean_accuracy:.2f}% against "
+                f"{100 * (self.chance_accuracy or 0.0):.2f}%): the images or labels do not fit "
+                "it (class order, pixel range, normalisation, the wrong weights)"
+                + (": this verdict is NOT conclusive" if self.at_chance else "")
             )
         return "\n".join(lines)
 
@@ -582,6 +617,7 @@ class Scanner:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
         x_inv = y_inv = x_hold = y_hold = None
+        chance: ChanceCheck | None = None
         if clean_loader is None:
             if not self.data_free:
                 needs = [d.name for d in self.detectors if d.needs_data]
@@ -609,6 +645,14 @@ class Scanner:
             image_shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
             k = self._check_model(model, x[:2].to(device))
             self._check_labels(y, k)
+            chance = chance_check_of(model, x, y, k, runtime=rt)
+            if chance.above is False:
+                _log.warning(
+                    "scan.at_chance",
+                    accuracy=chance.accuracy,
+                    chance=chance.chance,
+                    judged=self.config.require_above_chance,
+                )
             x_inv, y_inv, x_hold, y_hold = self._split(x, y, k, holdout_loader, device)
             if dist is not None:
                 x_inv, y_inv, x_hold, y_hold = _same_images_on_every_rank(
@@ -641,6 +685,14 @@ class Scanner:
         report = self._report(
             outputs, k, labels, x_inv, x_hold, asr, t_start, sources, fingerprint, dist
         )
+        if chance is not None:
+            report = report.model_copy(
+                update={
+                    "clean_accuracy": chance.accuracy,
+                    "chance_accuracy": chance.chance,
+                    "above_chance": chance.above,
+                }
+            )
         if dist is not None:  # one report (id, timings) on every rank: rank 0's
             report = dist.broadcast_object(report)
         example = None

@@ -359,3 +359,43 @@ def test_the_gate_stops_after_hk_data_002_instead_of_scanning_and_repairing(
     assert saved["passed"] is False
     assert (tmp_path / "gate" / "junit.xml").is_file()
     assert (tmp_path / "gate" / "report.html").is_file()
+
+
+def test_a_scan_on_images_the_model_is_at_chance_on_is_not_conclusive(
+    tiny_fx: BackdoorFixture,
+) -> None:
+    """Clean images whose labels do not fit the model (another class order, BGR, another
+    normalisation): the inversions ran on inputs the model does not understand. Before stop 44
+    the scan reported its verdict as conclusive with no word about it."""
+    model = tiny_fx.backdoored.model
+    x, y = tiny_fx.data.train.tensors()
+    cfg = {"detector_options": {"neural-cleanse": {"epochs": 1}}, "max_images": 40}
+    shifted = hk.data.TensorLoader(x, (y + 1) % 4, batch_size=64)
+    with unchanged(model):
+        bad = hk.Scanner(model, 4, config=cfg, runtime=CPU).run(shifted).report
+    assert bad.above_chance is False
+    assert bad.clean_accuracy is not None
+    assert bad.chance_accuracy is not None
+    assert bad.clean_accuracy < bad.chance_accuracy
+    assert bad.at_chance
+    assert not bad.conclusive
+    assert "no better than a constant guess" in bad.summary()
+    assert "NOT conclusive" in bad.summary()
+    # the saved report keeps the fields (schema round trip)
+    again = hk.ScanReport.model_validate_json(bad.model_dump_json())
+    assert again.above_chance is False
+    assert not again.conclusive
+    # turned off: recorded, never judged
+    off = hk.Scanner(model, 4, config={**cfg, "require_above_chance": False}, runtime=CPU)
+    off_rep = off.run(shifted).report
+    assert off_rep.above_chance is False
+    assert not off_rep.at_chance
+    assert off_rep.conclusive
+    assert "NOT conclusive" not in off_rep.summary()
+    # the right labels: above chance and conclusive
+    good = hk.Scanner(model, 4, config=cfg, runtime=CPU).run(_loader(tiny_fx)).report
+    assert good.above_chance is True
+    assert good.clean_accuracy is not None
+    assert good.clean_accuracy > 0.5
+    assert good.conclusive
+    assert "constant guess" not in good.summary()

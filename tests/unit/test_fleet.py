@@ -42,6 +42,7 @@ TINY_SCAN: dict[str, Any] = {
     "max_images": 32,
     "max_holdout_images": 8,
     "detector_options": {"neural-cleanse": {"epochs": 2}},
+    "require_above_chance": False,  # random models: the mechanics of the fleet, not a verdict
 }
 GOOD = ["m0", "m1", "m2"]
 

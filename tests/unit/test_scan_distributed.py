@@ -343,6 +343,7 @@ def test_cli_scan_under_torchrun_writes_once(tmp_path: Path) -> None:
         "warp:epochs=2",
         "--device",
         "cpu",
+        "--skip-chance-check",  # an untrained model: the mechanics of the distributed scan
         "--out",
         str(out),
         "--report",
