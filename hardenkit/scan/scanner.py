@@ -20,6 +20,7 @@ from .._utils.distributed import Distributed, distributed_info
 from .._utils.distributed import setup as setup_distributed
 from .._utils.finite import ensure_finite_values
 from .._utils.model_checks import check_model
+from .._utils.probabilities import LogProbabilities, returns_probabilities
 from .._utils.progress import NullProgress, ProgressCallback, make_progress
 from .._utils.seeding import seed_everything
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
@@ -209,6 +210,11 @@ class ScanReport(BaseReport):
     the default) the verdict is not conclusive; ``None``: data-free, fewer than 5 images per
     class, or not checked."""
 
+    model_outputs: Literal["logits", "probabilities"] = "logits"
+    """``probabilities``: the model returns probability vectors (it ends in a softmax); the
+    detectors ran on their logarithm — the logits up to a constant per image — since on the
+    probabilities themselves their losses saturate."""
+
     @property
     def is_backdoored(self) -> bool:
         return self.verdict == "backdoored"
@@ -257,6 +263,11 @@ class ScanReport(BaseReport):
                 f"models reached index {cal['combined_index']:.2f} (their largest: "
                 f"{cal['clean_max_index']:.2f}; flagged at {cal['threshold']:g}: "
                 f"{cal['clean_flagged_at_threshold']})"
+            )
+        if self.model_outputs == "probabilities":
+            lines.append(
+                "  note: the model returns probabilities (a final softmax): scanned on their "
+                "logarithm (its logits up to a constant)"
             )
         if self.budget_exhausted:
             lines.append(
@@ -658,6 +669,12 @@ class Scanner:
                 x_inv, y_inv, x_hold, y_hold = _same_images_on_every_rank(
                     dist, (x_inv, y_inv, x_hold, y_hold), device
                 )
+        probe = torch.zeros(2, *image_shape) if x_inv is None else x_inv[:8]
+        with torch.no_grad():
+            probabilities = returns_probabilities(model(probe.to(device)))
+        if probabilities:  # a final softmax: scan its logarithm, the logits up to a constant
+            _log.info("scan.probabilities")
+            model = LogProbabilities(model).eval()
         labels = self._candidates(k)
         ctx = DetectorContext(
             model=model,
@@ -693,6 +710,8 @@ class Scanner:
                     "above_chance": chance.above,
                 }
             )
+        if probabilities:
+            report = report.model_copy(update={"model_outputs": "probabilities"})
         if dist is not None:  # one report (id, timings) on every rank: rank 0's
             report = dist.broadcast_object(report)
         example = None

@@ -399,3 +399,26 @@ def test_a_scan_on_images_the_model_is_at_chance_on_is_not_conclusive(
     assert good.clean_accuracy > 0.5
     assert good.conclusive
     assert "constant guess" not in good.summary()
+
+
+def test_a_model_that_ends_in_a_softmax_is_scanned_on_its_logits(
+    tiny_fx: BackdoorFixture,
+) -> None:
+    """A user's nn.Sequential ending in nn.Softmax: on the probabilities the inversion's loss
+    saturates (a planted patch went from `backdoored` to `suspicious`, stop 44); the scanner
+    now scans their logarithm, which is the logits up to a constant per image."""
+    model = tiny_fx.backdoored.model
+    soft = nn.Sequential(model, nn.Softmax(dim=1)).eval()
+    cfg = {"detector_options": {"neural-cleanse": {"epochs": 2}}, "max_images": 80}
+    plain = hk.Scanner(model, 4, config=cfg, runtime=CPU).run(_loader(tiny_fx)).report
+    with unchanged(soft):
+        wrapped = hk.Scanner(soft, 4, config=cfg, runtime=CPU).run(_loader(tiny_fx)).report
+    assert plain.model_outputs == "logits"
+    assert wrapped.model_outputs == "probabilities"
+    assert "returns probabilities" in wrapped.summary()
+    assert wrapped.verdict == plain.verdict
+    assert wrapped.above_chance is True
+    for a, b in zip(plain.classes, wrapped.classes, strict=True):
+        assert a.mask_l1 is not None
+        assert b.mask_l1 is not None
+        assert b.mask_l1 == pytest.approx(a.mask_l1, rel=0.01), a.label  # 9 % apart before

@@ -1,0 +1,57 @@
+"""Models that return probabilities (a final softmax) instead of logits.
+
+A user's ``nn.Sequential`` often ends in ``nn.Softmax``. Every detector of the Scanner
+optimises a cross-entropy or a logit margin; fed probabilities as if they were logits, the
+loss saturates (the gap between two "logits" is at most 1) and trigger inversion loses its
+signal — a planted patch backdoor on such a model was scanned ``suspicious`` instead of
+``backdoored``. ``log(p)`` is the logits up to a per-image constant, so cross-entropy, argmax and
+logit margins on it are exactly those of the model without its softmax.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from hardenkit._utils.probabilities import LogProbabilities, returns_probabilities
+    >>> net = nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1))
+    >>> returns_probabilities(net(torch.randn(5, 4)))
+    True
+    >>> returns_probabilities(net[0](torch.randn(5, 4)))
+    False
+    >>> x = torch.randn(5, 4)
+    >>> z, lp = net[0](x), LogProbabilities(net)(x)
+    >>> bool(torch.allclose(lp, z.log_softmax(1), atol=1e-5))
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["LogProbabilities", "returns_probabilities"]
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def returns_probabilities(out: Tensor, *, atol: float = 1e-3) -> bool:
+    """True when every row of the ``(N, K)`` output ``out`` is a probability vector
+    (entries in [0, 1] summing to 1 within ``atol``): the model ends in a softmax."""
+    if out.dim() != 2 or out.shape[0] == 0 or out.shape[1] < 2:
+        return False
+    o = out.detach().float()
+    if not bool(torch.isfinite(o).all()):
+        return False
+    if float(o.min()) < -1e-6 or float(o.max()) > 1 + 1e-6:
+        return False
+    return bool(((o.sum(1) - 1).abs() <= atol).all())
+
+
+class LogProbabilities(nn.Module):
+    """``log(inner(x))`` for a model that returns probabilities: its logits up to a constant
+    per image (probabilities that underflowed to 0 become ``log`` of the smallest float32)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.log(self.inner(x).float().clamp_min(_TINY))
