@@ -3,9 +3,10 @@
 A user's ``nn.Sequential`` often ends in ``nn.Softmax``. Every detector of the Scanner
 optimises a cross-entropy or a logit margin; fed probabilities as if they were logits, the
 loss saturates (the gap between two "logits" is at most 1) and trigger inversion loses its
-signal — a planted patch backdoor on such a model was scanned ``suspicious`` instead of
-``backdoored``. ``log(p)`` is the logits up to a per-image constant, so cross-entropy, argmax and
-logit margins on it are exactly those of the model without its softmax.
+signal — on four backdoored CIFAR-10 zoo models the target's Neural Cleanse anomaly index fell
+from 3.16–3.40 to 2.25–2.62 (``python -m benchmarks.softmax_probe``). ``log(p)`` is the logits
+up to a per-image constant, so cross-entropy, argmax and logit margins on it are exactly those
+of the model without its softmax.
 
 Example:
     >>> import torch
@@ -27,7 +28,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LogProbabilities", "returns_probabilities"]
+__all__ = [
+    "LogProbabilities",
+    "log_probabilities_hook",
+    "remove_log_probabilities_hook",
+    "returns_probabilities",
+]
 
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -55,3 +61,17 @@ class LogProbabilities(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.log(self.inner(x).float().clamp_min(_TINY))
+
+
+def log_probabilities_hook(module: nn.Module, args: object, output: Tensor) -> Tensor:
+    """Forward hook: the module's probabilities become their logarithm. Registered on the top
+    module of a working copy, it trains a softmax model through ``log(p)`` without renaming any
+    of its layers (a wrapper would prefix every name); copies of the module keep it."""
+    return torch.log(output.float().clamp_min(_TINY))
+
+
+def remove_log_probabilities_hook(model: nn.Module) -> None:
+    """Remove :func:`log_probabilities_hook` from ``model`` (the other hooks stay)."""
+    hooks = model._forward_hooks
+    for key in [k for k, h in hooks.items() if h is log_probabilities_hook]:
+        del hooks[key]

@@ -22,6 +22,11 @@ from .._utils.distributed import (
 from .._utils.distributed import setup as setup_distributed
 from .._utils.memory import peak_memory_mb
 from .._utils.model_checks import check_model
+from .._utils.probabilities import (
+    log_probabilities_hook,
+    remove_log_probabilities_hook,
+    returns_probabilities,
+)
 from .._utils.progress import NullProgress, ProgressCallback, make_progress
 from .._utils.seeding import seed_everything
 from ..config import RuntimeConfig, parse_config
@@ -416,6 +421,15 @@ class Purifier:
         if dist is not None:
             same_input_on_every_rank(dist, original, input_fp, notes)
         k = infer_num_classes(original, torch.zeros(2, *shape, device=device))
+        with torch.no_grad():
+            probabilities = returns_probabilities(original(torch.zeros(2, *shape, device=device)))
+        if probabilities:  # a final softmax: train and compare on log(p), the logits + const
+            original.register_forward_hook(log_probabilities_hook)
+            notes.append(
+                "the model returns probabilities (a final softmax): the repair trained on their "
+                "logarithm (its logits up to a constant); the returned model still ends in its "
+                "softmax"
+            )
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= k):
             raise DataError(
                 f"clean_loader has labels in [{int(y.min())}, {int(y.max())}] but the model has "
@@ -452,6 +466,8 @@ class Purifier:
                 "here; check the result with hk.Validator on data of your own"
             )
         work = copy.deepcopy(self.model).to(device)
+        if probabilities:
+            work.register_forward_hook(log_probabilities_hook)
         if dist is not None:
             dist.broadcast_module(work)
             batchnorm_note(dist, work, notes)
@@ -498,6 +514,8 @@ class Purifier:
                 if dist is not None:
                     dist.restore_batchnorm()
         model = outcome.model.eval()
+        if probabilities:
+            remove_log_probabilities_hook(model)
         output_fp = ModelFingerprint.of(model)
         if dist is not None:
             output_fp = same_output_on_every_rank(dist, model, output_fp, notes)

@@ -422,3 +422,29 @@ def test_a_model_that_ends_in_a_softmax_is_scanned_on_its_logits(
         assert a.mask_l1 is not None
         assert b.mask_l1 is not None
         assert b.mask_l1 == pytest.approx(a.mask_l1, rel=0.01), a.label  # 9 % apart before
+
+
+def test_a_softmax_model_is_repaired_through_its_logits_and_keeps_its_softmax(
+    tiny_fx: BackdoorFixture,
+) -> None:
+    """Cross-entropy on probabilities hardly moves a model (fine-tuning a CIFAR-10 BadNets
+    small-cnn that ends in a softmax left ASR at 89 % where the same model without it went to
+    27 %, stop 44): the Purifier trains through log(p) — the same gradients as the logits — and
+    returns the user's model, softmax included, with no hook left on it."""
+    model = tiny_fx.backdoored.model
+    soft = nn.Sequential(model, nn.Softmax(dim=1)).eval()
+    cfg = {"epochs": 2}
+    plain = hk.Purifier(model, "finetune", config=cfg, runtime=CPU).run(_loader(tiny_fx))
+    with unchanged(soft):
+        res = hk.Purifier(soft, "finetune", config=cfg, runtime=CPU).run(_loader(tiny_fx))
+    assert any("returns probabilities" in n for n in res.report.notes)
+    assert isinstance(res.model, nn.Sequential)
+    assert isinstance(res.model[1], nn.Softmax)
+    assert not res.model._forward_hooks
+    x, _ = tiny_fx.data.test.tensors()
+    with torch.no_grad():
+        out = res.model(x)
+    assert torch.allclose(out.sum(1), torch.ones(len(x)), atol=1e-4)  # still probabilities
+    trained = res.model[0].state_dict()
+    for name, w in plain.model.state_dict().items():
+        assert torch.allclose(w.float(), trained[name].float(), atol=1e-3), name
