@@ -32,6 +32,7 @@ from ._utils.distributed import Distributed, train_step
 from ._utils.finite import ensure_finite_logits
 from ._utils.model_checks import require_trainable
 from ._utils.modes import eval_mode
+from ._utils.probabilities import log_probabilities, returns_probabilities
 from ._utils.progress import NullProgress, ProgressCallback
 from ._utils.seeding import make_generator
 from .config import HardenkitConfig, RuntimeConfig, parse_config
@@ -320,6 +321,9 @@ def train_model(
     gen = make_generator(rt.seed, device)
     hist = TrainHistory()
     t_start = time.perf_counter()
+    # a model that ends in a softmax trains on log(p) (its logits up to a constant): on the
+    # probabilities themselves cross-entropy hardly moves it; decided on the first batch
+    as_probabilities: list[bool] = []
     for epoch in range(cfg.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -357,6 +361,12 @@ def train_model(
                     logits = model(xb)
                     if first:
                         check_logits(logits, len(yb), label_classes)
+                    if not as_probabilities:
+                        as_probabilities.append(returns_probabilities(logits))
+                        if as_probabilities[0]:
+                            _log.info("train.probabilities", phase=phase)
+                    if as_probabilities[0]:
+                        logits = log_probabilities(logits)
                     hits.append((logits.detach().argmax(1) == yb).sum())
                     return F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
 

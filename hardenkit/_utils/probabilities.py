@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "LogProbabilities",
+    "log_probabilities",
     "log_probabilities_hook",
     "remove_log_probabilities_hook",
     "returns_probabilities",
@@ -60,14 +61,20 @@ class LogProbabilities(nn.Module):
         self.inner = inner
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.log(self.inner(x).float().clamp_min(_TINY))
+        return log_probabilities(self.inner(x))
+
+
+def log_probabilities(p: Tensor) -> Tensor:
+    """``log(p)`` in float32, probabilities that underflowed to 0 clamped to the smallest
+    float32 first."""
+    return torch.log(p.float().clamp_min(_TINY))
 
 
 def log_probabilities_hook(module: nn.Module, args: object, output: Tensor) -> Tensor:
     """Forward hook: the module's probabilities become their logarithm. Registered on the top
     module of a working copy, it trains a softmax model through ``log(p)`` without renaming any
     of its layers (a wrapper would prefix every name); copies of the module keep it."""
-    return torch.log(output.float().clamp_min(_TINY))
+    return log_probabilities(output)
 
 
 def remove_log_probabilities_hook(model: nn.Module) -> None:

@@ -225,6 +225,26 @@ def test_train_model_is_deterministic(tiny_synthetic: SyntheticSplits) -> None:
     assert not _same_weights(m1, init)
 
 
+def test_a_model_that_ends_in_a_softmax_trains_on_its_logits(
+    tiny_synthetic: SyntheticSplits,
+) -> None:
+    """Cross-entropy on probabilities hardly moves a model; train_model detects a final softmax
+    on the first batch and trains on log(p) — the same gradients as the logits (stop 44)."""
+    torch.manual_seed(0)
+    init = create_model("small-cnn", 4, width=4)
+    x, y = tiny_synthetic.train.images, tiny_synthetic.train.labels
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05, augment=False)
+    plain = copy.deepcopy(init)
+    soft = nn.Sequential(copy.deepcopy(init), nn.Softmax(dim=1))
+    h1 = train_model(plain, x, y, cfg, runtime=CPU)
+    h2 = train_model(soft, x, y, cfg, runtime=CPU)
+    assert h2.epochs[0].loss == pytest.approx(h1.epochs[0].loss, rel=1e-4)
+    trained = soft[0].state_dict()
+    for name, w in plain.state_dict().items():
+        assert torch.allclose(w.float(), trained[name].float(), atol=1e-4), name
+    assert not _same_weights(plain, init)
+
+
 def test_train_model_learns(tiny_synthetic: SyntheticSplits) -> None:
     torch.manual_seed(0)
     model = create_model("small-cnn", 4, width=8)
