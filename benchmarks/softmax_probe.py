@@ -9,10 +9,11 @@ probability outputs and scans their logarithm, stop 44), and with the softmax ap
 that detection switched off — how every scan ran before stop 44. Writes
 ``benchmarks/results/softmax_probe.{json,md}``. With ``--purify STRATEGY`` it instead repairs
 each backdoored model as trained, with the softmax appended (the Purifier trains through
-``log(p)`` since stop 44) and with the softmax appended and that detection off (how it trained
-before), all against the scan of the logits model, and measures BA / ASR with the real
-trigger: ``softmax_probe_purify_<STRATEGY>.{json,md}``. Needs the CIFAR-10 archive; a
-benchmark, not a test.
+``log(p)`` since stop 44) and with the softmax appended and that detection off in the
+Purifier and in ``train_model`` (how it trained before), all against the scan of the logits
+model, and measures BA / ASR with the real trigger:
+``softmax_probe_purify_<STRATEGY>.{json,md}``. Needs the CIFAR-10 archive; a benchmark, not a
+test.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import nn
 import hardenkit as hk
 import hardenkit.purify.purifier as purifier_module
 import hardenkit.scan.scanner as scanner_module
+import hardenkit.training as training_module
 from hardenkit.attacks.base import build_attack
 
 from .common import load_cifar10, write_results
@@ -127,7 +129,9 @@ def _purify(args: argparse.Namespace, data: Any, zoo: dict[str, Any]) -> int:
             ("softmax, trained through log-probabilities (now)", soft, True),
             ("softmax, trained as given (before stop 44)", soft, False),
         ):
-            purifier_module.returns_probabilities = detect if on else (lambda out: False)  # type: ignore[assignment]
+            off = detect if on else (lambda out: False)
+            purifier_module.returns_probabilities = off  # type: ignore[assignment]
+            training_module.returns_probabilities = off  # type: ignore[assignment]
             t = time.perf_counter()
             try:
                 res = hk.Purifier(m, args.purify, runtime=rt).run(
@@ -135,6 +139,7 @@ def _purify(args: argparse.Namespace, data: Any, zoo: dict[str, Any]) -> int:
                 )
             finally:
                 purifier_module.returns_probabilities = detect
+                training_module.returns_probabilities = detect
             after = measure(res.model, trigger, test, target=target)
             row = {
                 "model": mid,
