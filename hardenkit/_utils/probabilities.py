@@ -11,15 +11,19 @@ of the model without its softmax.
 Example:
     >>> import torch
     >>> from torch import nn
-    >>> from hardenkit._utils.probabilities import LogProbabilities, returns_probabilities
+    >>> from hardenkit._utils.probabilities import (
+    ...     log_probabilities_hook, remove_log_probabilities_hook, returns_probabilities)
     >>> net = nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1))
     >>> returns_probabilities(net(torch.randn(5, 4)))
     True
     >>> returns_probabilities(net[0](torch.randn(5, 4)))
     False
     >>> x = torch.randn(5, 4)
-    >>> z, lp = net[0](x), LogProbabilities(net)(x)
-    >>> bool(torch.allclose(lp, z.log_softmax(1), atol=1e-5))
+    >>> _ = net.register_forward_hook(log_probabilities_hook)
+    >>> bool(torch.allclose(net(x), net[0](x).log_softmax(1), atol=1e-5))
+    True
+    >>> remove_log_probabilities_hook(net)
+    >>> returns_probabilities(net(x))
     True
 """
 
@@ -29,7 +33,6 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "LogProbabilities",
     "log_probabilities",
     "log_probabilities_hook",
     "remove_log_probabilities_hook",
@@ -50,18 +53,6 @@ def returns_probabilities(out: Tensor, *, atol: float = 1e-3) -> bool:
     if float(o.min()) < -1e-6 or float(o.max()) > 1 + 1e-6:
         return False
     return bool(((o.sum(1) - 1).abs() <= atol).all())
-
-
-class LogProbabilities(nn.Module):
-    """``log(inner(x))`` for a model that returns probabilities: its logits up to a constant
-    per image (probabilities that underflowed to 0 become ``log`` of the smallest float32)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: Tensor) -> Tensor:
-        return log_probabilities(self.inner(x))
 
 
 def log_probabilities(p: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from .._utils.distributed import Distributed, distributed_info
 from .._utils.distributed import setup as setup_distributed
 from .._utils.finite import ensure_finite_values
 from .._utils.model_checks import check_model
-from .._utils.probabilities import LogProbabilities, returns_probabilities
+from .._utils.probabilities import log_probabilities_hook, returns_probabilities
 from .._utils.progress import NullProgress, ProgressCallback, make_progress
 from .._utils.seeding import seed_everything
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
@@ -674,7 +674,7 @@ class Scanner:
             probabilities = returns_probabilities(model(probe.to(device)))
         if probabilities:  # a final softmax: scan its logarithm, the logits up to a constant
             _log.info("scan.probabilities")
-            model = LogProbabilities(model).eval()
+            model.register_forward_hook(log_probabilities_hook)  # on the scanner's own copy
         labels = self._candidates(k)
         ctx = DetectorContext(
             model=model,
