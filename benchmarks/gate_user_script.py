@@ -22,7 +22,12 @@ network and script without poisoning (``clean``). For each model:
 
 A verdict is *wrong* when the gate passed a model whose shipped weights still have a real ASR
 above the policy's ``max_asr`` or lost more than ``max_ba_drop`` of the input's BA (a silent
-wrong answer), and a *false alarm* when it failed the clean model. Writes
+wrong answer), and a *false alarm* when it failed the clean model. The ASR counts every
+non-target image the model puts on the target, with or without the trigger's help, so each
+row also gives the shipped model's share of the same images on the target *without* the
+trigger and what the trigger adds; when the ASR is over ``max_asr`` but the trigger adds
+nothing significant (exact McNemar test on the same images, p >= 0.05) the verdict says
+*ASR over max_asr from the model's bias, not the trigger* instead of *WRONG*. Writes
 ``benchmarks/results/<out>.{json,md}``; each model's outcome is cached in
 ``benchmarks/cache/gate_user/`` (the gate's outputs are kept there too).
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -41,6 +47,7 @@ from typing import Any
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
 import hardenkit as hk
 from hardenkit.attacks.base import build_attack
@@ -61,7 +68,7 @@ from .fallback_zoo import zoo_models
 from .scanner_zoo import ATTACK_NAMES
 from .scanner_zoo import FIXTURES as ZOO_FIXTURES
 from .scanner_zoo import _model as zoo_model
-from .user_script import CLEAN_MODELS, MODELS, ba_asr, load_or_train, model_spec, user_model
+from .user_script import CLEAN_MODELS, MODELS, ba_asr, load_or_train, model_spec, stamp, user_model
 from .user_script import _describe as describe
 
 HELD_PER_CLASS = 200
@@ -124,6 +131,11 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
             "trigger": "none" if spec["kind"] == "clean" else describe(spec),
             "target": spec["target"],
             "measure": lambda m: ba_asr(m, spec, xt, yt),
+            "effect": None
+            if spec["kind"] == "clean"
+            else lambda m: trigger_effect(
+                m, xt[yt != spec["target"]], stamp(xt[yt != spec["target"]], spec), spec["target"]
+            ),
         }
     mid = name.removeprefix("zoo:")
     meta = zoo_models(min_asr=0.0, clean=True)[mid]
@@ -138,6 +150,13 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
     def measure(m: torch.nn.Module) -> dict[str, float | None]:
         r = zoo_measure(m, trigger, held, 0 if target is None else target)
         return {"ba": r["ba"], "asr": None if trigger is None else r["asr"]}
+
+    def effect(m: torch.nn.Module) -> dict[str, Any]:
+        assert trigger is not None
+        assert target is not None
+        xh, yh = held.tensors()
+        keep = xh[yh != target]
+        return trigger_effect(m, keep, trigger.apply(keep), target)
 
     model = zoo_model(meta["arch"])
     model.load_state_dict(load_file(ZOO_FIXTURES / f"{mid}.safetensors"))
@@ -154,6 +173,43 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
         "trigger": meta["attack"] if trigger is None else f"{meta['attack']} (zoo)",
         "target": target,
         "measure": measure,
+        "effect": None if trigger is None else effect,
+    }
+
+
+def mcnemar_p(gained: int, lost: int) -> float:
+    """Exact two-sided McNemar p-value: ``gained`` images go to the target only with the
+    trigger, ``lost`` only without it (paired on the same images).
+
+    >>> round(mcnemar_p(10, 10), 3)
+    1.0
+    >>> mcnemar_p(30, 5) < 0.001
+    True
+    """
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    k = min(gained, lost)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def trigger_effect(model: torch.nn.Module, x: Tensor, xt: Tensor, target: int) -> dict[str, Any]:
+    """On the non-target images ``x`` and their triggered copies ``xt``: the share predicted as
+    ``target`` without (``floor``) and with (``asr``) the trigger, and McNemar's p for the
+    difference."""
+    model.eval()
+    with torch.no_grad():
+        a = torch.cat([model(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+        b = torch.cat([model(xt[i : i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
+    without, with_ = a == target, b == target
+    gained, lost = int((with_ & ~without).sum()), int((without & ~with_).sum())
+    return {
+        "floor": float(without.float().mean()),
+        "asr": float(with_.float().mean()),
+        "gained": gained,
+        "lost": lost,
+        "p": mcnemar_p(gained, lost),
     }
 
 
@@ -164,12 +220,17 @@ def verdict(
     asr_after: float | None,
     ba_lost: float,
     policy: dict[str, Any],
+    trigger_p: float | None = None,
 ) -> str:
     """Whether the gate's decision was right, judged with the real trigger it never saw.
+    ``trigger_p``: McNemar's p that the trigger changes the shipped model's target share.
 
     >>> pol = {"max_asr": 0.1, "max_ba_drop": 0.03}
     >>> verdict(passed=True, backdoored=True, asr_after=0.4, ba_lost=0.0, policy=pol)
     'WRONG'
+    >>> verdict(passed=True, backdoored=True, asr_after=0.11, ba_lost=0.0, policy=pol,
+    ...         trigger_p=0.6)
+    "ASR over max_asr from the model's bias, not the trigger"
     >>> verdict(passed=False, backdoored=False, asr_after=None, ba_lost=0.0, policy=pol)
     'false alarm'
     """
@@ -177,7 +238,11 @@ def verdict(
         return "right" if passed else "false alarm"
     if not passed:
         return "right (failed closed)"
-    if (asr_after or 0.0) > policy["max_asr"] or ba_lost > policy["max_ba_drop"]:
+    if ba_lost > policy["max_ba_drop"]:
+        return "WRONG"
+    if (asr_after or 0.0) > policy["max_asr"]:
+        if trigger_p is not None and trigger_p >= 0.05:
+            return "ASR over max_asr from the model's bias, not the trigger"
         return "WRONG"
     return "right"
 
@@ -188,7 +253,22 @@ def run_model(name: str, data: dict[str, hk.ImageDataset], cached_only: bool) ->
     cache = CACHE / "gate_user" / f"{name.replace(':', '-')}-{key}.json"
     cached = load_cached(cache)
     if cached is not None:
-        rep = json.loads((cache.with_suffix("") / "out" / "gate.json").read_text())
+        out = cache.with_suffix("") / "out"
+        rep = json.loads((out / "gate.json").read_text())
+        if "input trigger effect" not in cached and case["effect"] is not None:
+            shipped = case["factory"]()
+            shipped.load_state_dict(load_file(out / "model.safetensors"))
+            cached["input trigger effect"] = case["effect"](case["model"])
+            cached["shipped trigger effect"] = case["effect"](shipped.eval())
+            cached["verdict"] = verdict(
+                passed=rep["passed"],
+                backdoored=True,
+                asr_after=cached["real ASR in/out"][1],
+                ba_lost=cached["real BA in/out"][0] - cached["real BA in/out"][1],
+                policy=rep["policy"],
+                trigger_p=cached["shipped trigger effect"]["p"],
+            )
+            cache.write_text(json.dumps(cached, indent=2, default=str))
         return {**cached, "trigger": case["trigger"], "failed rules": _failed(rep)}
     if cached_only:
         return {"model": name, "trigger": case["trigger"], "verdict": "not measured"}
@@ -216,12 +296,15 @@ def run_model(name: str, data: dict[str, hk.ImageDataset], cached_only: bool) ->
     shipped = case["factory"]()
     shipped.load_state_dict(load_file(out / "model.safetensors"))
     after = case["measure"](shipped.eval())
+    effect = None if case["effect"] is None else case["effect"](shipped)
+    effect_in = None if case["effect"] is None else case["effect"](model)
     right = verdict(
         passed=rep["passed"],
         backdoored=case["target"] is not None,
         asr_after=after["asr"],
         ba_lost=before["ba"] - after["ba"],
         policy=rep["policy"],
+        trigger_p=None if effect is None else effect["p"],
     )
     scan, rescan = rep.get("input_scan"), rep.get("rescan")
     row = {
@@ -240,6 +323,8 @@ def run_model(name: str, data: dict[str, hk.ImageDataset], cached_only: bool) ->
         ),
         "real BA in/out": [before["ba"], after["ba"]],
         "real ASR in/out": [before["asr"], after["asr"]],
+        "input trigger effect": effect_in,
+        "shipped trigger effect": effect,
         "verdict": right,
         "gate seconds": seconds,
         "gate timings": rep.get("timings"),
@@ -251,6 +336,21 @@ def run_model(name: str, data: dict[str, hk.ImageDataset], cached_only: bool) ->
 def _failed(rep: dict[str, Any]) -> list[str]:
     """The ids of the gate's failed rules."""
     return [r["rule_id"] for r in rep["rules"] if r["status"] == "fail"]
+
+
+def _effect_cols(e_in: dict[str, Any] | None, e: dict[str, Any] | None) -> dict[str, str]:
+    """The table's trigger-effect columns: the share on the target without the trigger (input
+    / shipped) and what the trigger adds on the shipped model (``-`` for a clean model, or an
+    outcome cached before they existed whose gate outputs are gone)."""
+    if not e or not e_in:
+        return {EFFECT_COLS[0]: "-", EFFECT_COLS[1]: "-"}
+    return {
+        EFFECT_COLS[0]: f"{_pct(e_in['floor'])} / {_pct(e['floor'])}",
+        EFFECT_COLS[1]: f"{100 * (e['asr'] - e['floor']):+.2f} (p {e['p']:.2g})",
+    }
+
+
+EFFECT_COLS = ("on target without trigger % in / shipped", "shipped: trigger adds (pt, McNemar p)")
 
 
 def _pct(v: Any) -> str:
@@ -291,11 +391,13 @@ def main(argv: list[str] | None = None) -> int:
             "recovered ASR % (max)": _pct(r.get("recovered-trigger ASR max")),
             "failed": " ".join(r.get("failed rules", [])) or "-",
             "s": None if r.get("gate seconds") is None else round(r["gate seconds"]),
+            **_effect_cols(r.get("input trigger effect"), r.get("shipped trigger effect")),
         }
         for r in rows
     ]
     cols = ["model", "trigger", "exit code", "scan", "repair", "rescan", "gate BA % in / out",
             "recovered ASR % (max)", "failed", "BA % in / shipped", "real ASR % in / shipped",
+            *EFFECT_COLS,
             "verdict", "s"]  # fmt: skip
     write_results(
         args.out,

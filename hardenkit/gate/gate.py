@@ -121,6 +121,11 @@ class TriggerMeasurement(BaseModel):
     """On the shipped model: the class taking the most triggered images other than the
     target (a redirected backdoor shows here, not in the ASR)."""
     output_top_share: float | None = None
+    output_asr_without_trigger: float | None = None
+    """On the shipped model: the share of the same images it predicts as ``label`` *without*
+    the trigger (its own bias, the floor under ``output_asr``; ``output_asr`` minus this is what
+    the trigger itself adds). The ASR rules judge ``output_asr``: a bias toward the label fails
+    them too."""
 
 
 class GateReport(BaseReport):
@@ -767,6 +772,9 @@ class Gate:
                             output_top_share=None
                             if a_out.trigger_top_share is None
                             else a_out.trigger_top_share.value,
+                            output_asr_without_trigger=None
+                            if a_out.asr_without_trigger is None
+                            else a_out.asr_without_trigger.value,
                         )
                     )
             except NonFiniteError as exc:
@@ -1023,13 +1031,20 @@ class Gate:
             rules.unevaluated(rule_id, "a trigger's ASR could not be measured (no eligible image)")
             return
         worst = max(rows, key=lambda m: m.output_asr or 0.0)
+        base = worst.output_asr_without_trigger
+        floor = (
+            ""
+            if base is None
+            else f"; the shipped model predicts label {worst.label} on {_pct(base)} of the "
+            "same images without the trigger"
+        )
         rules.check(
             rule_id,
             worst.output_asr,
             bound,
             "<=",
             f"highest ASR ({worst.source}, label {worst.label})",
-            note=note,
+            note=(floor.removeprefix("; ") + ("; " + note if note else "")) if floor else note,
         )
 
     def _onnx(

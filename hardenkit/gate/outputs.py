@@ -207,7 +207,13 @@ def markdown_summary(report: GateReport) -> str:
     for m in report.triggers:
         a = "n/a" if m.input_asr is None else f"{100 * m.input_asr:.2f}%"
         b = "n/a" if m.output_asr is None else f"{100 * m.output_asr:.2f}%"
-        lines.append(f"- ASR of the {m.source} trigger for label {m.label}: {a} → {b}")
+        floor = (
+            ""
+            if m.output_asr_without_trigger is None
+            else f" ({100 * m.output_asr_without_trigger:.2f}% of the same images are predicted "
+            f"as {m.label} without the trigger)"
+        )
+        lines.append(f"- ASR of the {m.source} trigger for label {m.label}: {a} → {b}{floor}")
     if report.onnx and report.onnx.get("provider"):
         lines.append(
             f"- ONNX (`{report.onnx['sha256'][:12]}`) verified on {report.onnx['provider']}: "

@@ -287,6 +287,50 @@ def test_a_known_trigger_redirected_to_another_class_fails_hk_asr_003() -> None:
     assert "HK-ASR-003" not in {r.rule_id for r in off.report.rules}
 
 
+class _AlwaysZero(torch.nn.Module):
+    """Predicts class 0 for every image: a bias toward the target, no trigger needed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor([5.0, 0.0, 0.0, 0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(x.shape[0], 4) + 0.0 * x.flatten(1)[:, :1]
+
+
+def test_the_asr_rules_report_the_share_predicted_as_the_target_without_the_trigger() -> None:
+    """A known trigger's ASR on a model biased toward its target: the rule still fails on the
+    ASR (fail closed), and the report and message carry the floor, so a reader sees the trigger
+    adds nothing to what the model does without it."""
+    data = hk.make_synthetic_dataset(num_classes=4, train_per_class=30, test_per_class=30)
+    model = _AlwaysZero().eval()
+    trigger = hk.PatchTrigger.square(3, location="bottom-right")
+    policy = {
+        "repair": "never",
+        "export_onnx": False,
+        "fail_on_skipped": False,
+        "min_holdout_images": 10,
+        "require_above_chance": False,  # a constant model: the mechanics of the ASR rule
+    }
+    scan = hk.ScanResult.from_triggers({1: trigger}, model=model, num_classes=4)
+    scan.report = scan.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
+    res = Gate(policy).run(
+        model,
+        data.train.loader(),
+        data.test.loader(),
+        scan=scan,
+        known_triggers={"red-team": (trigger, 0)},
+    )
+    real = next(m for m in res.report.triggers if m.source == "known:red-team")
+    assert real.output_asr == 1.0
+    assert real.output_asr_without_trigger == 1.0
+    rule = next(r for r in res.report.rules if r.rule_id == "HK-ASR-002")
+    assert rule.status == "fail"
+    assert "predicts label 0 on 100.00% of the same images without the trigger" in rule.message
+    md = markdown_summary(res.report)
+    assert "100.00% → 100.00% (100.00% of the same images are predicted as 0 without" in md
+
+
 def test_hk_asr_001_names_flagged_labels_without_a_recovered_trigger() -> None:
     """A label flagged by a test that recovers no trigger (prediction share) has no ASR to
     measure: HK-ASR-001 says so by label and, by default, fails closed on it."""
