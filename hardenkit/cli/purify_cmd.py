@@ -94,7 +94,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--skip-chance-check",
         action="store_true",
-        help="repair even when the model is no better than a constant guess on the clean "
+        help="repair even when the model is no better than chance on the clean "
         "images (by default that is refused, exit 1: the images or labels do not fit the model)",
     )
     p.add_argument("--onnx", action="store_true", help="also export model.onnx and verify it")

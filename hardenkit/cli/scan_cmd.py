@@ -100,7 +100,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--skip-chance-check",
         action="store_true",
-        help="do not judge whether the model beats a constant guess on the clean images (by "
+        help="do not judge whether the model beats chance on the clean images (by "
         "default a model at chance on them makes the verdict not conclusive: exit 1)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_GATE_FAILED
         if result.report.at_chance:
             print(
-                f"hardenkit: the model is no better than a constant guess on --data; verdict "
+                f"hardenkit: the model is no better than chance on --data; verdict "
                 f"{result.verdict!r} is not conclusive (exit {EXIT_GATE_FAILED}): check the "
                 "class order, pixel range and normalisation with hardenkit validate, or pass "
                 "--skip-chance-check if a model this inaccurate is expected",

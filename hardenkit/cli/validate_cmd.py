@@ -66,7 +66,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--skip-chance-check",
         action="store_true",
-        help="policy: no HK-DATA-002 rule (by default a model no better than a constant guess "
+        help="policy: no HK-DATA-002 rule (by default a model no better than chance "
         "on the images fails: the images or labels do not fit it)",
     )
     p.add_argument("--baseline-ba", type=float, help="BA of the model before repair")

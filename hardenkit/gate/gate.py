@@ -68,7 +68,7 @@ EXIT_PASS, EXIT_FAILED, EXIT_ENVIRONMENT = 0, 1, 3
 
 RULES: dict[str, str] = {
     "HK-DATA-001": "held-out images: enough to measure the shipped model",
-    "HK-DATA-002": "the input model is better than a constant guess on the held-out images "
+    "HK-DATA-002": "the input model is better than chance on the held-out images "
     "(the images and labels fit the model)",
     "HK-SCAN-001": "the model that ships passes the scan",
     "HK-SCAN-002": "every scan is conclusive (finished, finite)",
@@ -962,7 +962,7 @@ class Gate:
     def _chance_rule(
         rules: _Rules, model: nn.Module, x: Tensor, y: Tensor, k: int, rt: RuntimeConfig
     ) -> ChanceCheck | None:
-        """``HK-DATA-002``: the input model must beat a constant guess on the held-out images
+        """``HK-DATA-002``: the input model must beat chance on the held-out images
         (else every BA and ASR the gate measures on them is meaningless). The check, None when
         it could not be made."""
         pixel_rt = rt.model_copy(update={"input_normalization": None})
@@ -971,20 +971,24 @@ class Gate:
         except NonFiniteError as exc:
             rules.unevaluated("HK-DATA-002", f"the input model's logits are not finite: {exc}")
             return None
+        if check.classes == 1:
+            rules.unevaluated(
+                "HK-DATA-002",
+                f"{check.describe()}: hold out images of several classes (the BA and ASR the "
+                "gate measures would see one class only)",
+            )
+            return check
         failed = check.above is False
         if failed:
             _log.warning("gate.at_chance", accuracy=check.accuracy, chance=check.chance)
             message = (
-                f"the input model is no better than a constant guess on the held-out images "
+                f"the input model is no better than chance on the held-out images "
                 f"({check.describe()}): the images or labels do not fit the model (class "
                 "order, pixel range, normalisation, or the wrong weights); check them with "
                 "hardenkit validate before gating"
             )
         elif check.above is None:
-            message = (
-                "too few held-out images to tell the model from a constant guess "
-                f"({check.describe()})"
-            )
+            message = f"too few held-out images to tell the model from chance ({check.describe()})"
         else:
             message = check.describe()
         rules.add(

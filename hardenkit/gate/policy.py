@@ -77,13 +77,16 @@ class DeploymentPolicy(HardenkitConfig):
         holdout_fraction: share of the clean images held out for the measurements when no
             ``holdout_loader`` is given (stratified; the rest scans and repairs).
         min_holdout_images: fewer held-out images fail ``HK-DATA-001`` (too few to measure).
-        require_above_chance: ``HK-DATA-002`` — the input model must be better than a
-            constant guess on the held-out images (the lower end of its accuracy's 95 %
-            Wilson interval above the largest class's share; judged with at least 5 images
-            per class). A model at chance means the images or labels do not fit it (class
-            order, pixel range, normalisation), and every BA and ASR measured on them is
-            meaningless: the gate then stops (no scan, repair, measurement or export; those
-            rules are ``skipped``). False: no rule.
+        require_above_chance: ``HK-DATA-002`` — the input model must be better than chance
+            on the held-out images (the lower end of its accuracy's 95 % Wilson interval
+            above the accuracy of predictions unrelated to the images, with the model's own
+            class frequencies — Cohen's kappa's chance agreement, so imbalanced labels do not
+            make a good model look like a guess; judged with at least 5 images per class; a
+            held-out set of one class cannot be judged: the rule is not evaluated, which
+            fails the gate under ``fail_on_skipped``). A model at chance means the images or
+            labels do not fit it (class order, pixel range, normalisation), and every BA and
+            ASR measured on them is meaningless: the gate then stops (no scan, repair,
+            measurement or export; those rules are ``skipped``). False: no rule.
         export_onnx: export the shipped model to ONNX and verify it on ONNX Runtime.
         onnx_provider: the execution provider the verification must actually run on:
             ``cpu``, ``cuda`` or ``auto`` (CUDA when ONNX Runtime and torch see a GPU).

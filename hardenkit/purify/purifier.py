@@ -38,7 +38,7 @@ from ..io import save_state_dict
 from ..logging import get_logger
 from ..reports import BaseReport, DistributedInfo, ModelFingerprint
 from ..scan import ScanConfig, Scanner, ScanResult, scan_config_for_budget
-from ..training import evaluate_accuracy, infer_num_classes, trigger_asr
+from ..training import evaluate_accuracy, infer_num_classes, trigger_asr, trigger_effect
 from ..validate.metrics import chance_check_of
 from .base import (
     STRATEGIES,
@@ -78,6 +78,9 @@ class TriggerASR(BaseModel):
     before: float
     after: float
     images: int
+    after_without_trigger: float | None = None
+    """The repaired model's share of the same images on ``label`` *without* the trigger: its
+    own bias, the floor under ``after`` (``after`` minus this is what the trigger adds)."""
 
 
 class UtilityGuard(BaseModel):
@@ -175,9 +178,14 @@ class PurificationReport(BaseReport):
                 f"({100 * pruning['fraction']:.2f}%)"
             )
         for t in self.trigger_asr:
+            floor = (
+                ""
+                if t.after_without_trigger is None
+                else f" ({100 * t.after_without_trigger:.2f}% without the trigger)"
+            )
             lines.append(
                 f"  ASR of the inverted trigger for label {t.label}: "
-                f"{100 * t.before:.2f}% -> {100 * t.after:.2f}%"
+                f"{100 * t.before:.2f}% -> {100 * t.after:.2f}%{floor}"
             )
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
@@ -528,15 +536,17 @@ class Purifier:
         if len(y_ho):
             ba_before = evaluate_accuracy(original, x_ho_d, y_ho_d, runtime=rt)
             ba_after = evaluate_accuracy(model, x_ho_d, y_ho_d, runtime=rt)
-            asr_rows = [
-                TriggerASR(
-                    label=lab,
-                    before=trigger_asr(original, t, x_ho_d, y_ho_d, lab, rt),
-                    after=trigger_asr(model, t, x_ho_d, y_ho_d, lab, rt),
-                    images=int((y_ho != lab).sum()),
+            for lab, t in triggers.items():
+                after = trigger_effect(model, t, x_ho_d, y_ho_d, lab, rt)
+                asr_rows.append(
+                    TriggerASR(
+                        label=lab,
+                        before=trigger_asr(original, t, x_ho_d, y_ho_d, lab, rt),
+                        after=0.0 if after is None else after.asr,
+                        images=int((y_ho != lab).sum()),
+                        after_without_trigger=None if after is None else after.asr_without_trigger,
+                    )
                 )
-                for lab, t in triggers.items()
-            ]
         status, guard = self._judge(
             outcome.status,
             budget,
@@ -665,7 +675,7 @@ class Purifier:
         check = chance_check_of(original, x, y, k, runtime=self.runtime)
         if check.above is False:
             notes.append(
-                "REFUSED: the input model is no better than a constant guess on the clean "
+                "REFUSED: the input model is no better than chance on the clean "
                 f"images ({check.describe()}): the images or labels do not fit this model "
                 "(another class order, pixel range or normalisation, or the wrong model), so "
                 "no repair or measurement on them can be trusted. Check the loader with "
@@ -676,7 +686,7 @@ class Purifier:
             return True
         if check.above is None and check.accuracy <= check.chance:
             notes.append(
-                f"the input model is no better than a constant guess on the {check.images} "
+                f"the input model is no better than chance on the {check.images} "
                 f"clean images ({check.describe()}); too few images to refuse on, but check "
                 "that the labels and pixels fit the model"
             )

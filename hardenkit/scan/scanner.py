@@ -78,9 +78,10 @@ class ScanConfig(HardenkitConfig):
             warning in its summary: a ``clean`` verdict from it is not conclusive (the CLI
             exits 1). ``None`` = the detectors' schedules decide. See
             :func:`hardenkit.scan.budget.scan_config_for_budget` for the CLI presets.
-        require_above_chance: the model must be better than a constant guess on the labelled
+        require_above_chance: the model must be better than chance on the labelled
             clean images (the lower end of its accuracy's 95 % Wilson interval above the
-            largest class's share; judged with at least 5 images per class). When it is not,
+            accuracy of predictions unrelated to the images, with the model's class
+            frequencies; judged with at least 5 images per class). When it is not,
             the images do not fit the model (class order, pixel range, normalisation, the
             wrong weights): the inversions ran on inputs the model does not understand, so
             the report says ``above_chance = false`` and the verdict is not conclusive (the
@@ -203,7 +204,8 @@ class ScanReport(BaseReport):
     clean_accuracy: float | None = None
     """The model's accuracy on all the labelled clean images (``None`` when data-free)."""
     chance_accuracy: float | None = None
-    """A constant guess's accuracy on them (the largest class's share)."""
+    """The accuracy of predictions unrelated to the images, with the model's own class
+    frequencies (:class:`~hardenkit.validate.ChanceCheck`)."""
     above_chance: bool | None = None
     """``clean_accuracy``'s 95 % Wilson lower bound is above ``chance_accuracy``; ``False``:
     the images or labels do not fit the model and (with ``ScanConfig.require_above_chance``,
@@ -221,7 +223,7 @@ class ScanReport(BaseReport):
 
     @property
     def at_chance(self) -> bool:
-        """The model was no better than a constant guess on the clean images and the scan's
+        """The model was no better than chance on the clean images and the scan's
         config judges that (``require_above_chance``)."""
         return self.above_chance is False and bool(self.config.get("require_above_chance", True))
 
@@ -276,7 +278,7 @@ class ScanReport(BaseReport):
             )
         if self.above_chance is False and self.clean_accuracy is not None:
             lines.append(
-                f"  WARNING: the model is no better than a constant guess on the clean images "
+                f"  WARNING: the model is no better than chance on the clean images "
                 f"(accuracy {100 * self.clean_accuracy:.2f}% against "
                 f"{100 * (self.chance_accuracy or 0.0):.2f}%): the images or labels do not fit "
                 "it (class order, pixel range, normalisation, the wrong weights)"

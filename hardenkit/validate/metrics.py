@@ -69,13 +69,19 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
 
 @dataclass(frozen=True)
 class ChanceCheck:
-    """Is a model's accuracy on some labelled images better than guessing?
+    """Is a model's accuracy on some labelled images better than chance?
 
-    ``chance`` is the accuracy of the best constant guess (the largest class's share of the
-    labels: ``1/K`` on balanced data). ``above`` is ``True`` when the lower end of the
-    accuracy's 95 % Wilson interval is above it, ``False`` when it is not and there were at
-    least ``min_images_per_class`` images per class (enough for a working model to show
-    itself), ``None`` when there were fewer (too few to tell).
+    ``chance`` is the accuracy that predictions *unrelated to the images* would reach: with the
+    model's own prediction frequencies, ``sum_c share_labels(c) * share_predicted(c)`` (the
+    chance agreement of Cohen's kappa). A constant guess of the largest class reaches exactly
+    its share (``majority``); a model whose inputs do not fit it (another class order, pixel
+    range or normalisation) reaches about ``chance`` whatever it predicts. Without the
+    prediction frequencies ``chance`` is ``majority``, the highest chance agreement any
+    predictions can have. ``above`` is ``True`` when the lower end of the accuracy's 95 %
+    Wilson interval is above ``chance``, ``False`` when it is not and there were at least
+    ``min_images_per_class`` images per class (enough for a working model to show itself),
+    ``None`` when there were fewer (too few to tell) or when the labels hold a single class
+    (no accuracy can tell a model from a guess there: ``classes`` is 1).
     """
 
     accuracy: float
@@ -83,25 +89,47 @@ class ChanceCheck:
     chance: float
     images: int
     above: bool | None
+    majority: float | None = None
+    """The largest class's share of the labels: a constant guess's accuracy."""
+    classes: int | None = None
+    """How many classes the labels hold."""
 
     def describe(self) -> str:
         """One line for notes and messages."""
+        if self.classes == 1:
+            return (
+                f"the {self.images} labelled images all belong to one class: accuracy on them "
+                "cannot tell a working model from a constant guess"
+            )
+        guess = (
+            ""
+            if self.majority is None
+            else (f"; a constant guess of the largest class {100 * self.majority:.2f}%")
+        )
         return (
             f"accuracy {100 * self.accuracy:.2f}% (95% lower bound {100 * self.ci_low:.2f}%) "
-            f"on {self.images} labelled images against {100 * self.chance:.2f}% for a "
-            "constant guess"
+            f"on {self.images} labelled images against {100 * self.chance:.2f}% for "
+            f"predictions unrelated to the images{guess}"
         )
 
 
 def chance_check(
-    correct: int, labels: Tensor, num_classes: int, *, min_images_per_class: int = 5
+    correct: int,
+    labels: Tensor,
+    num_classes: int,
+    *,
+    predicted_counts: Tensor | None = None,
+    min_images_per_class: int = 5,
 ) -> ChanceCheck:
-    """Compare ``correct`` right predictions on ``labels`` with the best constant guess.
+    """Compare ``correct`` right predictions on ``labels`` with chance.
 
     A model at chance on images that are supposed to be its clean data means the images or
     labels do not fit the model (another class order, pixel range or normalisation, the
     wrong model), or the model does not work: every accuracy or repair measured on them is
-    meaningless.
+    meaningless. ``predicted_counts`` (how many images the model put in each class) makes
+    chance the agreement of predictions with those frequencies but unrelated to the images
+    (:class:`ChanceCheck`), so a good model on imbalanced labels is not mistaken for a guess;
+    without it chance is the largest class's share.
 
     Example:
         >>> import torch
@@ -110,20 +138,44 @@ def chance_check(
         (False, True)
         >>> chance_check(1, y[:10], 10).above is None  # one image per class: too few to tell
         True
+        >>> y = torch.tensor([0] * 950 + [1] * 50)  # 95 % of the labels are class 0
+        >>> chance_check(960, y, 2).above  # against the constant guess (95 %): not above
+        False
+        >>> chance_check(960, y, 2, predicted_counts=torch.tensor([940, 60])).above
+        True
     """
     n = len(labels)
     if n == 0:
         raise DataError("chance_check needs at least one labelled image.")
     if not 0 <= correct <= n:
         raise ConfigError(f"correct must be in [0, {n}], got {correct}.")
-    share = torch.bincount(labels.detach().cpu().long(), minlength=num_classes)
-    chance = float(share.max()) / n
+    share = torch.bincount(labels.detach().cpu().long(), minlength=num_classes).double() / n
+    majority = float(share.max())
+    chance = majority
+    if predicted_counts is not None:
+        pred = predicted_counts.detach().cpu().double().flatten()
+        if len(pred) < len(share) or float(pred.sum()) <= 0:
+            raise ConfigError(
+                f"predicted_counts must count the predictions of {num_classes} classes, got "
+                f"{len(pred)} entries summing to {float(pred.sum()):g}."
+            )
+        pred = pred[: len(share)] / pred.sum()
+        chance = float((share * pred).sum())
+    classes = int((share > 0).sum())
     acc = correct / n
     low = wilson_interval(correct, n)[0]
     above: bool | None = low > chance
-    if not above and n < min_images_per_class * num_classes:
+    if classes < 2 or (not above and n < min_images_per_class * num_classes):
         above = None
-    return ChanceCheck(accuracy=acc, ci_low=low, chance=chance, images=n, above=above)
+    return ChanceCheck(
+        accuracy=acc,
+        ci_low=low,
+        chance=chance,
+        images=n,
+        above=above,
+        majority=majority,
+        classes=classes,
+    )
 
 
 def chance_check_of(
@@ -136,8 +188,10 @@ def chance_check_of(
 ) -> ChanceCheck:
     """:func:`chance_check` of ``model``'s predictions on the labelled images ``(x, y)``
     (pixels in [0, 1]; non-finite logits raise :class:`~hardenkit.errors.NonFiniteError`)."""
-    correct = int((predict(model, x, runtime=runtime).argmax(1) == y.cpu()).sum())
-    return chance_check(correct, y, num_classes)
+    pred = predict(model, x, runtime=runtime).argmax(1)
+    correct = int((pred == y.cpu()).sum())
+    counts = torch.bincount(pred, minlength=num_classes)
+    return chance_check(correct, y, num_classes, predicted_counts=counts)
 
 
 class RateEstimate(BaseModel):
@@ -203,6 +257,8 @@ class Counts:
     total: int = 0
     per_class_correct: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     per_class_total: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    per_class_predicted: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    """Per class: clean images the model predicted as that class."""
     asr_hits: int = 0
     ra_hits: int = 0
     triggered: int = 0
@@ -269,6 +325,7 @@ def evaluate_counts(
                     num_classes=k,
                     per_class_correct=torch.zeros(k, dtype=torch.int64),
                     per_class_total=torch.zeros(k, dtype=torch.int64),
+                    per_class_predicted=torch.zeros(k, dtype=torch.int64),
                     redirected=torch.zeros(k, dtype=torch.int64),
                 )
                 if target is not None:
@@ -285,6 +342,7 @@ def evaluate_counts(
             counts.total += len(y)
             counts.per_class_total += torch.bincount(y, minlength=k).cpu()
             counts.per_class_correct += torch.bincount(y[ok], minlength=k).cpu()
+            counts.per_class_predicted += torch.bincount(pred, minlength=k).cpu()
             if trig is not None and table is not None:
                 tgt = table[y]
                 keep = tgt >= 0

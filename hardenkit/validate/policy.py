@@ -80,9 +80,10 @@ class GatePolicy(HardenkitConfig):
             effect to another class reads as ASR 0 %. 0.5 leaves room for a clean model's
             natural bias (at most 36 % on CIFAR-10 for Blended and SIG triggers; redirected
             backdoors 84-89 %, docs/training.md "Redirected backdoors").
-        require_above_chance: rule ``HK-DATA-002`` — the model must be better than a constant
-            guess on the test images (the lower end of BA's 95 % Wilson interval above the
-            largest class's share, judged with at least 5 images per class): a model at
+        require_above_chance: rule ``HK-DATA-002`` — the model must be better than chance on
+            the test images (the lower end of BA's 95 % Wilson interval above the accuracy of
+            predictions unrelated to the images with the model's own class frequencies,
+            judged with at least 5 images per class and two classes): a model at
             chance means the images or labels do not fit it (class order, pixel range,
             normalisation), so no other rule's number means anything.
     """
@@ -201,12 +202,16 @@ class GatePolicy(HardenkitConfig):
                     threshold=chance.chance,
                     status="fail" if bad else "pass",
                     message=(
-                        f"the model is no better than a constant guess ({chance.describe()}): "
+                        f"the model is no better than chance ({chance.describe()}): "
                         "the images or labels do not fit it (class order, pixel range, "
                         "normalisation); no other number here means anything"
                         if bad
                         else chance.describe()
-                        + ("" if chance.above else " (too few images per class to judge)")
+                        + (
+                            ""
+                            if chance.above or chance.classes == 1
+                            else " (too few images per class to judge)"
+                        )
                     ),
                 )
             )

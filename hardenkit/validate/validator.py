@@ -75,7 +75,9 @@ class ValidationReport(BaseReport):
     target: int | dict[str, int] | None = None
     baseline_ba: float | None = None
     chance_accuracy: float | None = None
-    """The accuracy of the best constant guess on these images (the largest class's share)."""
+    """The accuracy of predictions unrelated to the images, with the model's own class
+    frequencies (:class:`~hardenkit.validate.ChanceCheck`; the largest class's share for a
+    constant guess)."""
     above_chance: bool | None = None
     """Whether BA is better than ``chance_accuracy`` (95 % Wilson lower bound above it; ``None``:
     fewer than 5 images per class, too few to tell). ``False`` means the images or labels do
@@ -124,7 +126,7 @@ class ValidationReport(BaseReport):
             lines.append(f"triggered -> one other class ({where}): {pct(self.trigger_top_share)}")
         if self.above_chance is False:
             lines.append(
-                f"WARNING: BA is no better than a constant guess "
+                f"WARNING: BA is no better than chance "
                 f"({100 * (self.chance_accuracy or 0.0):.2f}%): the images or labels do not fit "
                 "the model (class order, pixel range, normalisation)"
             )
@@ -216,7 +218,10 @@ class Validator:
         totals = torch.tensor([int(t) for t in c.per_class_total], dtype=torch.int64)
         chance = (
             chance_check(
-                c.correct, torch.repeat_interleave(torch.arange(len(totals)), totals), c.num_classes
+                c.correct,
+                torch.repeat_interleave(torch.arange(len(totals)), totals),
+                c.num_classes,
+                predicted_counts=c.per_class_predicted,
             )
             if c.total
             else None

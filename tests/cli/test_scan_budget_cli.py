@@ -68,7 +68,7 @@ def test_quick_preset_runs(weights: Path, capsys: pytest.CaptureFixture[str]) ->
 def test_a_model_at_chance_on_the_data_is_not_conclusive(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An untrained model is no better than a constant guess on the labelled images: the
+    """An untrained model is no better than chance on the labelled images: the
     scan's verdict is not conclusive (exit 1, says why), whatever it found; with
     --skip-chance-check only the verdict decides."""
     import json
@@ -87,7 +87,7 @@ def test_a_model_at_chance_on_the_data_is_not_conclusive(
     args += ["--epochs", "1", "--max-images", "40", "--report", str(tmp_path / "r.json")]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert "no better than a constant guess on --data" in err
+    assert "no better than chance on --data" in err
     assert "--skip-chance-check" in err
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["above_chance"] is False
@@ -96,4 +96,4 @@ def test_a_model_at_chance_on_the_data_is_not_conclusive(
     again = json.loads((tmp_path / "r.json").read_text())
     assert again["config"]["require_above_chance"] is False
     assert code == (1 if again["verdict"] == "backdoored" else 0), err
-    assert "no better than a constant guess on --data" not in err
+    assert "no better than chance on --data" not in err

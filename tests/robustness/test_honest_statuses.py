@@ -271,8 +271,7 @@ def test_labels_that_do_not_fit_the_model_are_refused_before_any_work(
     assert res.scan is None  # refused before the scan, not after minutes of work
     assert res.report.steps == 0
     assert any(
-        n.startswith("REFUSED: the input model is no better than a constant guess")
-        for n in res.report.notes
+        n.startswith("REFUSED: the input model is no better than chance") for n in res.report.notes
     ), res.report.notes
     assert all(
         torch.equal(a, b)
@@ -305,7 +304,7 @@ def test_the_gate_fails_closed_when_the_held_out_labels_do_not_fit(
     rule = next(r for r in res.report.rules if r.rule_id == "HK-DATA-002")
     assert rule.status == "fail", rule.message
     assert rule.cause == "evaluation"
-    assert "constant guess" in rule.message
+    assert "no better than chance" in rule.message
     assert not res.report.passed
     assert res.report.exit_code == 1
     right = Gate(policy, runtime=CPU).run(
@@ -319,6 +318,33 @@ def test_the_gate_fails_closed_when_the_held_out_labels_do_not_fit(
         model, _loader(tiny_fx), wrong, scan=scan
     )
     assert all(r.rule_id != "HK-DATA-002" for r in off.report.rules)
+
+
+def test_a_held_out_set_of_one_class_cannot_judge_hk_data_002(tiny_fx: BackdoorFixture) -> None:
+    """Held-out images of a single class: a constant guess scores 100 % there, so no accuracy
+    tells a working model from a guess. Before stop 45 the gate called such a model "no better
+    than a constant guess ... the images or labels do not fit the model"; now the rule is not
+    evaluated and says why (failing the gate under fail_on_skipped, the default)."""
+    from hardenkit.gate import Gate
+
+    model = tiny_fx.backdoored.model
+    scan = hk.ScanResult.from_triggers({1: hk.PatchTrigger.square(3)}, model=model, num_classes=4)
+    scan.report = scan.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
+    xt, yt = tiny_fx.data.test.tensors()
+    one = hk.data.TensorLoader(xt[yt == 2], yt[yt == 2], batch_size=64)
+    policy = {"repair": "never", "export_onnx": False, "min_holdout_images": 10}
+    res = Gate(policy, runtime=CPU).run(model, _loader(tiny_fx), one, scan=scan)
+    rule = next(r for r in res.report.rules if r.rule_id == "HK-DATA-002")
+    assert rule.status == "fail", rule.message
+    assert "all belong to one class" in rule.message
+    assert "hold out images of several classes" in rule.message
+    assert "do not fit the model" not in rule.message
+    assert not res.report.passed
+    lenient = Gate({**policy, "fail_on_skipped": False}, runtime=CPU).run(
+        model, _loader(tiny_fx), one, scan=scan
+    )
+    rule = next(r for r in lenient.report.rules if r.rule_id == "HK-DATA-002")
+    assert rule.status == "skipped"
 
 
 def test_the_gate_stops_after_hk_data_002_instead_of_scanning_and_repairing(
@@ -379,7 +405,7 @@ def test_a_scan_on_images_the_model_is_at_chance_on_is_not_conclusive(
     assert bad.clean_accuracy < bad.chance_accuracy
     assert bad.at_chance
     assert not bad.conclusive
-    assert "no better than a constant guess" in bad.summary()
+    assert "no better than chance" in bad.summary()
     assert "NOT conclusive" in bad.summary()
     # the saved report keeps the fields (schema round trip)
     again = hk.ScanReport.model_validate_json(bad.model_dump_json())
@@ -398,7 +424,7 @@ def test_a_scan_on_images_the_model_is_at_chance_on_is_not_conclusive(
     assert good.clean_accuracy is not None
     assert good.clean_accuracy > 0.5
     assert good.conclusive
-    assert "constant guess" not in good.summary()
+    assert "no better than chance" not in good.summary()
 
 
 def test_a_model_that_ends_in_a_softmax_is_scanned_on_its_logits(

@@ -82,6 +82,24 @@ def test_conformance_suite_catches_a_mutating_strategy(fx: BackdoorFixture) -> N
         model.load_state_dict(saved)
 
 
+def test_trigger_rows_carry_the_share_on_the_label_without_the_trigger(
+    fx: BackdoorFixture, scan: ScanResult
+) -> None:
+    """The floor under each recovered trigger's ASR: the repaired model's share of the same
+    held-out images on the label with no trigger (recomputed here on the given holdout)."""
+    res = hk.Purifier(fx.backdoored.model, "finetune", config={"epochs": 1}).run(
+        _loader(fx), scan=scan, holdout_loader=fx.data.test.loader(batch_size=64)
+    )
+    row = res.report.trigger_asr[0]
+    x, y = fx.data.test.tensors()
+    keep = y != row.label
+    with torch.no_grad():
+        share = float((res.model.eval()(x[keep]).argmax(1) == row.label).float().mean())
+    assert row.images == int(keep.sum())
+    assert row.after_without_trigger == pytest.approx(share)
+    assert f"{100 * share:.2f}% without the trigger" in res.report.summary()
+
+
 def test_report_contents(fx: BackdoorFixture, scan: ScanResult) -> None:
     res = hk.Purifier(fx.backdoored.model, "finetune", config={"epochs": 2}).run(
         _loader(fx), scan=scan

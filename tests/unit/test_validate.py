@@ -781,12 +781,57 @@ def test_chance_check_compares_with_the_best_constant_guess() -> None:
     check = chance_check(82, skewed, 2)
     assert check.chance == pytest.approx(0.8)
     assert check.above is False
-    assert "80.00% for a constant guess" in check.describe()
+    assert "a constant guess of the largest class 80.00%" in check.describe()
+    # with the model's prediction frequencies, chance is what predictions unrelated to the
+    # images would score: 0.8 * 0.8 + 0.2 * 0.2 = 68 %, and 82 % is above it
+    informed = chance_check(82, skewed, 2, predicted_counts=torch.tensor([80, 20]))
+    assert informed.chance == pytest.approx(0.68)
+    assert informed.majority == pytest.approx(0.8)
+    assert informed.above is True
+    # a constant "0" agrees with the labels exactly as often as chance says
+    constant = chance_check(80, skewed, 2, predicted_counts=torch.tensor([100, 0]))
+    assert constant.chance == pytest.approx(0.8)
+    assert constant.above is False
+    one_class = chance_check(40, torch.zeros(50, dtype=torch.long), 4)
+    assert (one_class.classes, one_class.above) == (1, None)
+    assert "all belong to one class" in one_class.describe()
+    with pytest.raises(ConfigError):
+        chance_check(82, skewed, 2, predicted_counts=torch.tensor([0, 0]))
     assert chance_check(1, torch.arange(4), 4).above is None  # one image per class
     with pytest.raises(DataError):
         chance_check(0, torch.zeros(0, dtype=torch.long), 4)
     with pytest.raises(ConfigError):
         chance_check(5, balanced[:4], 4)
+
+
+def test_a_good_model_on_imbalanced_labels_is_not_taken_for_a_guess() -> None:
+    """95 % of the labels are class 0 and the model is right on 96 % of the images. Its
+    accuracy barely beats a constant "0" (the 95 % lower bound, 94.6 %, is under 95 %), which
+    before stop 45 failed HK-DATA-002 as "the images or labels do not fit the model"; its
+    predictions carry the labels, so against chance with its own prediction frequencies it
+    passes."""
+    from hardenkit.validate import chance_check
+
+    y = torch.tensor([0] * 950 + [1] * 17 + [2] * 17 + [3] * 16)
+    e = y.clone()
+    e[:30] = 1  # 30 class-0 images the model gets wrong
+    e[950:960] = 0  # and 10 of the others
+    x = torch.zeros(1000, 3, 4, 4)
+    x[:, 0, 0, 0] = e.float() / 10
+    loader = [(x[i : i + 250], y[i : i + 250]) for i in range(0, 1000, 250)]
+    rep = Validator(CodeModel(), policy=GatePolicy(max_asr=None)).run(loader)
+    assert rep.ba == pytest.approx(0.96)
+    assert chance_check(960, y, K).above is False  # the constant guess alone: a false alarm
+    assert rep.above_chance is True
+    assert rep.chance_accuracy is not None
+    assert rep.chance_accuracy < 0.95
+    rule = rep.decision.rules[-1]  # type: ignore[union-attr]
+    assert (rule.rule_id, rule.status) == ("HK-DATA-002", "pass")
+    assert "a constant guess of the largest class 95.00%" in rule.message
+    # the same labels with a model that says "0" for every image: at chance
+    const = Validator(CodeModel(mode="always"), policy=GatePolicy(max_asr=None)).run(loader)
+    assert const.above_chance is False
+    assert const.passed is False
 
 
 def test_a_model_at_chance_fails_hk_data_002_and_says_why() -> None:
@@ -800,7 +845,7 @@ def test_a_model_at_chance_fails_hk_data_002_and_says_why() -> None:
     assert at_chance.passed is False
     rule = at_chance.decision.rules[-1]  # type: ignore[union-attr]
     assert (rule.rule_id, rule.status, rule.comparison) == ("HK-DATA-002", "fail", ">")
-    assert "WARNING: BA is no better than a constant guess" in at_chance.summary()
+    assert "WARNING: BA is no better than chance" in at_chance.summary()
     fine = Validator(CodeModel(), policy=GatePolicy(max_asr=None)).run(make_loader())
     assert fine.above_chance is True
     assert fine.passed is True
