@@ -771,7 +771,7 @@ def test_validator_restores_device_after_cuda_run() -> None:
     assert m.scale.device.type == "cpu"
 
 
-def test_chance_check_compares_with_the_best_constant_guess() -> None:
+def test_chance_check_compares_with_predictions_unrelated_to_the_images() -> None:
     from hardenkit.validate import chance_check
 
     balanced = torch.arange(4).repeat(25)  # 100 images, chance 25 %
