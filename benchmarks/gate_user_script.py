@@ -131,6 +131,7 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
             "trigger": "none" if spec["kind"] == "clean" else describe(spec),
             "target": spec["target"],
             "measure": lambda m: ba_asr(m, spec, xt, yt),
+            "classes": lambda m: class_accuracy(m, xt, yt),
             "effect": None
             if spec["kind"] == "clean"
             else lambda m: trigger_effect(
@@ -173,6 +174,7 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
         "trigger": meta["attack"] if trigger is None else f"{meta['attack']} (zoo)",
         "target": target,
         "measure": measure,
+        "classes": lambda m: class_accuracy(m, *held.tensors()),
         "effect": None if trigger is None else effect,
     }
 
@@ -211,6 +213,14 @@ def trigger_effect(model: torch.nn.Module, x: Tensor, xt: Tensor, target: int) -
         "lost": lost,
         "p": mcnemar_p(gained, lost),
     }
+
+
+def class_accuracy(model: torch.nn.Module, x: Tensor, y: Tensor) -> list[float]:
+    """Accuracy of ``model`` on each class of ``(x, y)``."""
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+    return [float((pred[y == c] == c).float().mean()) for c in range(int(y.max()) + 1)]
 
 
 def verdict(
@@ -255,6 +265,14 @@ def run_model(name: str, data: dict[str, hk.ImageDataset], cached_only: bool) ->
     if cached is not None:
         out = cache.with_suffix("") / "out"
         rep = json.loads((out / "gate.json").read_text())
+        if "class accuracy in/out" not in cached:
+            shipped = case["factory"]()
+            shipped.load_state_dict(load_file(out / "model.safetensors"))
+            cached["class accuracy in/out"] = [
+                case["classes"](case["model"]),
+                case["classes"](shipped.eval()),
+            ]
+            cache.write_text(json.dumps(cached, indent=2, default=str))
         if "input trigger effect" not in cached and case["effect"] is not None:
             shipped = case["factory"]()
             shipped.load_state_dict(load_file(out / "model.safetensors"))
@@ -325,6 +343,7 @@ def run_model(name: str, data: dict[str, hk.ImageDataset], cached_only: bool) ->
         "real ASR in/out": [before["asr"], after["asr"]],
         "input trigger effect": effect_in,
         "shipped trigger effect": effect,
+        "class accuracy in/out": [case["classes"](model), case["classes"](shipped)],
         "verdict": right,
         "gate seconds": seconds,
         "gate timings": rep.get("timings"),
@@ -351,6 +370,15 @@ def _effect_cols(e_in: dict[str, Any] | None, e: dict[str, Any] | None) -> dict[
 
 
 EFFECT_COLS = ("on target without trigger % in / shipped", "shipped: trigger adds (pt, McNemar p)")
+
+
+def _class_drop(pair: list[list[float]] | None) -> str:
+    """The largest per-class accuracy loss, input to shipped, in points (``-`` unmeasured)."""
+    if not pair:
+        return "-"
+    drops = [a - b for a, b in zip(*pair, strict=True)]
+    c = max(range(len(drops)), key=lambda i: drops[i])
+    return f"{100 * drops[c]:+.1f} ({c})"
 
 
 def _pct(v: Any) -> str:
@@ -392,12 +420,13 @@ def main(argv: list[str] | None = None) -> int:
             "failed": " ".join(r.get("failed rules", [])) or "-",
             "s": None if r.get("gate seconds") is None else round(r["gate seconds"]),
             **_effect_cols(r.get("input trigger effect"), r.get("shipped trigger effect")),
+            "largest class drop (pt, class)": _class_drop(r.get("class accuracy in/out")),
         }
         for r in rows
     ]
     cols = ["model", "trigger", "exit code", "scan", "repair", "rescan", "gate BA % in / out",
             "recovered ASR % (max)", "failed", "BA % in / shipped", "real ASR % in / shipped",
-            *EFFECT_COLS,
+            *EFFECT_COLS, "largest class drop (pt, class)",
             "verdict", "s"]  # fmt: skip
     write_results(
         args.out,

@@ -9,13 +9,23 @@ Example:
 
 from __future__ import annotations
 
-from .gate import RULES, Gate, GateReport, GateResult, GateRule, TriggerMeasurement, image_hashes
+from .gate import (
+    RULES,
+    ClassDrop,
+    Gate,
+    GateReport,
+    GateResult,
+    GateRule,
+    TriggerMeasurement,
+    image_hashes,
+)
 from .html import html_report, render_saved
 from .outputs import junit_xml, markdown_summary, sarif_log
 from .policy import DeploymentPolicy
 
 __all__ = [
     "RULES",
+    "ClassDrop",
     "DeploymentPolicy",
     "Gate",
     "GateReport",

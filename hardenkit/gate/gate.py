@@ -57,7 +57,7 @@ from .policy import DeploymentPolicy
 if TYPE_CHECKING:
     from ..purify.purifier import PurificationResult
 
-__all__ = ["Gate", "GateReport", "GateResult", "GateRule", "image_hashes"]
+__all__ = ["ClassDrop", "Gate", "GateReport", "GateResult", "GateRule", "image_hashes"]
 
 _log = get_logger("gate")
 
@@ -75,6 +75,7 @@ RULES: dict[str, str] = {
     "HK-REPAIR-001": "the repair is trusted (purified, within its utility guard)",
     "HK-BA-001": "benign accuracy of the shipped model at least min_ba",
     "HK-BA-002": "benign-accuracy drop against the input model at most max_ba_drop",
+    "HK-BA-003": "no class loses more than max_class_ba_drop of its accuracy",
     "HK-ASR-001": "every recovered trigger's ASR on the shipped model at most max_asr",
     "HK-ASR-002": "every known trigger's ASR on the shipped model at most max_asr",
     "HK-ASR-003": "no known trigger moves more than max_trigger_share of the images to one "
@@ -128,6 +129,21 @@ class TriggerMeasurement(BaseModel):
     them too."""
 
 
+class ClassDrop(BaseModel):
+    """One class's accuracy on the held-out images, input model against shipped model."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: int
+    images: int
+    before: float
+    after: float
+
+    @property
+    def drop(self) -> float:
+        return self.before - self.after
+
+
 class GateReport(BaseReport):
     """``gate.json``: the decision, every rule, and the evidence behind it."""
 
@@ -149,6 +165,9 @@ class GateReport(BaseReport):
     input_ba: float | None = None
     output_ba: float | None = None
     output_ba_ci: tuple[float, float] | None = None
+    class_accuracy: list[ClassDrop] = Field(default_factory=list)
+    """Per class with held-out images: accuracy of the input and of the shipped model. The
+    overall BA can hide a repair that trades one class for others (``HK-BA-003``)."""
     triggers: list[TriggerMeasurement] = Field(default_factory=list)
     onnx: dict[str, Any] | None = None
     data: dict[str, Any]
@@ -520,7 +539,9 @@ class Gate:
             )
             skipped = ["HK-SCAN-001", "HK-SCAN-002"]
             skipped += ["HK-BA-001"] if pol.min_ba is not None else []
-            skipped += ["HK-BA-002", "HK-ASR-001"] + (["HK-ASR-002"] if known else [])
+            skipped += ["HK-BA-002"]
+            skipped += ["HK-BA-003"] if pol.max_class_ba_drop is not None else []
+            skipped += ["HK-ASR-001"] + (["HK-ASR-002"] if known else [])
             skipped += ["HK-ONNX-001"]
             for rule_id in skipped:
                 rules.add(rule_id, "skipped", "not run: HK-DATA-002 failed")
@@ -740,6 +761,7 @@ class Gate:
         in_ba = out_ba = None
         out_ci: tuple[float, float] | None = None
         measurements: list[TriggerMeasurement] = []
+        class_accuracy: list[ClassDrop] = []
         if measured_ok:
             from ..validate import Validator
 
@@ -748,6 +770,11 @@ class Gate:
                 v_out = Validator(shipped, num_classes=k, runtime=pixel_rt).run(hold_loader)
                 in_ba = v_in.benign_accuracy.value
                 out_ba = v_out.benign_accuracy.value
+                class_accuracy = [
+                    ClassDrop(label=a.label, images=a.total, before=a.accuracy, after=b.accuracy)
+                    for a, b in zip(v_in.per_class_accuracy, v_out.per_class_accuracy, strict=True)
+                    if a.accuracy is not None and b.accuracy is not None
+                ]
                 out_ci = (v_out.benign_accuracy.ci_low, v_out.benign_accuracy.ci_high)
                 candidates: list[tuple[str, int, Trigger]] = []
                 for src, s in (("scan", scan), ("rescan", rescan)):
@@ -787,6 +814,26 @@ class Gate:
             )
         drop = None if in_ba is None or out_ba is None else max(0.0, in_ba - out_ba)
         rules.check("HK-BA-002", drop, pol.max_ba_drop, "<=", "benign-accuracy drop")
+        if pol.max_class_ba_drop is not None:
+            class_rows = [c for c in class_accuracy if c.images >= pol.min_class_images]
+            if not measured_ok:
+                rules.unevaluated("HK-BA-003", "the held-out measurements failed")
+            elif not class_rows:
+                rules.unevaluated(
+                    "HK-BA-003",
+                    f"no class has {pol.min_class_images} held-out images (min_class_images)",
+                )
+            else:
+                lost = max(class_rows, key=lambda c: c.drop)
+                rules.check(
+                    "HK-BA-003",
+                    max(0.0, lost.drop),
+                    pol.max_class_ba_drop,
+                    "<=",
+                    f"largest per-class accuracy drop (class {lost.label}, "
+                    f"{_pct(lost.before)} -> {_pct(lost.after)} on {lost.images} images)",
+                    note=f"{len(class_rows)} of {len(class_accuracy)} classes judged",
+                )
         recovered = [m for m in measurements if not m.source.startswith("known:")]
         blind = flagged_without_trigger(scan, rescan)
         blind_fails = bool(blind) and pol.flagged_without_trigger == "fail"
@@ -887,6 +934,7 @@ class Gate:
             out_ba=out_ba,
             out_ci=out_ci,
             measurements=measurements,
+            class_accuracy=class_accuracy,
             onnx_info=onnx_info,
             workdir=workdir,
         )
@@ -913,6 +961,7 @@ class Gate:
         out_ba: float | None = None,
         out_ci: tuple[float, float] | None = None,
         measurements: list[TriggerMeasurement] | None = None,
+        class_accuracy: list[ClassDrop] | None = None,
         onnx_info: dict[str, Any] | None = None,
         workdir: Path | None = None,
     ) -> GateResult:
@@ -943,6 +992,7 @@ class Gate:
             input_ba=in_ba,
             output_ba=out_ba,
             output_ba_ci=out_ci,
+            class_accuracy=class_accuracy or [],
             triggers=measurements or [],
             onnx=onnx_info,
             data=data,

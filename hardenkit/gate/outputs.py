@@ -204,6 +204,14 @@ def markdown_summary(report: GateReport) -> str:
             f"Benign accuracy on {report.data.get('holdout_images', '?')} held-out images: "
             f"{100 * report.input_ba:.2f}% → {100 * report.output_ba:.2f}%."
         )
+    if report.class_accuracy:
+        lost = max(report.class_accuracy, key=lambda c: c.drop)
+        lines.append(
+            f"Largest per-class drop: class {lost.label} {100 * lost.before:.2f}% → "
+            f"{100 * lost.after:.2f}% ({lost.images} images)."
+            if lost.drop > 0
+            else "No class lost accuracy."
+        )
     for m in report.triggers:
         a = "n/a" if m.input_asr is None else f"{100 * m.input_asr:.2f}%"
         b = "n/a" if m.output_asr is None else f"{100 * m.output_asr:.2f}%"

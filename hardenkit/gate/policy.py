@@ -59,6 +59,14 @@ class DeploymentPolicy(HardenkitConfig):
         min_ba: lowest benign accuracy of the shipped model on held-out data (None: no rule).
         max_ba_drop: largest benign-accuracy loss of the shipped model against the input
             model, on the same held-out images.
+        max_class_ba_drop: largest accuracy loss of any one class (``HK-BA-003``; None, the
+            default: no rule). Overall BA hides a repair that trades classes: the gate's
+            repairs of two scanner-zoo SIG models *raised* BA by 3.4 and 3.5 points while one
+            class lost 13.6 and 17.8 (``benchmarks/results/gate_user_script_trigger_effect.md``,
+            "largest class drop"). Judged on classes with at least ``min_class_images`` held-out
+            images (the point estimate; on 200 images a class's accuracy has a 95 % interval
+            about ±7 points wide).
+        min_class_images: fewer held-out images of a class leave it out of ``HK-BA-003``.
         max_asr: highest attack success rate of every recovered trigger (from both scans) and
             every known trigger on the shipped model, on held-out images.
         flagged_without_trigger: what ``HK-ASR-001`` does with a label a scan (input or re-scan)
@@ -114,6 +122,8 @@ class DeploymentPolicy(HardenkitConfig):
     max_scan_verdict: Literal["clean", "suspicious"] = "suspicious"
     min_ba: Fraction | None = None
     max_ba_drop: Fraction = 0.03
+    max_class_ba_drop: Fraction | None = None
+    min_class_images: Annotated[int, Field(ge=1)] = 50
     max_asr: Fraction = 0.10
     flagged_without_trigger: Literal["fail", "scan-verdict"] = "fail"
     max_trigger_share: Fraction | None = 0.5

@@ -347,6 +347,63 @@ def test_a_held_out_set_of_one_class_cannot_judge_hk_data_002(tiny_fx: BackdoorF
     assert rule.status == "skipped"
 
 
+def test_a_repair_that_trades_one_class_fails_hk_ba_003(tiny_fx: BackdoorFixture) -> None:
+    """Overall BA can hide a repair that gives up a class. The gate reports every class's
+    accuracy before and after, and with ``max_class_ba_drop`` fails HK-BA-003 naming the
+    class (here a plugin 'repair' swaps the last layer's rows of classes 1 and 2)."""
+    from hardenkit.gate import Gate
+    from hardenkit.purify import STRATEGIES, PurificationStrategy, PurifyContext, StrategyOutcome
+
+    class SwapClasses(PurificationStrategy):
+        name = "swap-classes-test"
+
+        def run(self, ctx: PurifyContext) -> StrategyOutcome:
+            last = [m for m in ctx.model.modules() if isinstance(m, nn.Linear)][-1]
+            with torch.no_grad():
+                last.weight[[1, 2]] = last.weight[[2, 1]].clone()
+                last.bias[[1, 2]] = last.bias[[2, 1]].clone()
+            return StrategyOutcome(model=ctx.model)
+
+    STRATEGIES.register(SwapClasses.name, SwapClasses)
+    try:
+        model = tiny_fx.backdoored.model
+        policy = {
+            "repair": "always",
+            "strategy": SwapClasses.name,
+            "rescan": False,
+            "export_onnx": False,
+            "fail_on_skipped": False,
+            "min_holdout_images": 10,
+            "max_class_ba_drop": 0.2,
+            "min_class_images": 10,
+        }
+        scan = hk.ScanResult.from_triggers(
+            {0: hk.PatchTrigger.square(3)}, model=model, num_classes=4
+        )
+        res = Gate(policy, runtime=CPU).run(
+            model, _loader(tiny_fx), tiny_fx.data.test.loader(), scan=scan
+        )
+        rows = {c.label: c for c in res.report.class_accuracy}
+        assert sorted(rows) == [0, 1, 2, 3]
+        assert all(rows[c].images == 25 for c in rows)
+        assert rows[1].after < rows[1].before - 0.5
+        assert rows[2].after < rows[2].before - 0.5
+        rule = next(r for r in res.report.rules if r.rule_id == "HK-BA-003")
+        assert rule.status == "fail", rule.message
+        assert "largest per-class accuracy drop (class" in rule.message
+        assert not res.report.passed
+        from hardenkit.gate import markdown_summary
+
+        assert "Largest per-class drop: class" in markdown_summary(res.report)
+        off = Gate({**policy, "max_class_ba_drop": None}, runtime=CPU).run(
+            model, _loader(tiny_fx), tiny_fx.data.test.loader(), scan=scan
+        )
+        assert all(r.rule_id != "HK-BA-003" for r in off.report.rules)
+        assert off.report.class_accuracy  # measured and reported either way
+    finally:
+        STRATEGIES.unregister(SwapClasses.name)
+
+
 def test_the_gate_stops_after_hk_data_002_instead_of_scanning_and_repairing(
     tiny_fx: BackdoorFixture, tmp_path: Path
 ) -> None:

@@ -190,7 +190,7 @@ def test_report_sections_rules_and_figures(figures: str) -> None:
     assert page.startswith("<!DOCTYPE html>")
     assert "Gate FAILED" in page
     assert 'class="banner fail"' in page
-    assert "2 of 12 rules failed: HK-SCAN-001, HK-ASR-001" in page
+    assert "2 of 13 rules failed: HK-SCAN-001, HK-ASR-001" in page
     assert "exit code 1" in page
     assert rep.report_id in page
     assert rep.input_model.sha256[:12] in page
@@ -274,7 +274,7 @@ def test_passed_report_without_scans_or_measurements() -> None:
     page = html_report(rep, figures="pillow")
     assert "Gate PASSED" in page
     assert 'class="banner pass"' in page
-    assert "all 12 rules passed" in page
+    assert "all 13 rules passed" in page
     assert "not repaired" in page
     assert "Nothing was measured" in page
     assert "Per-label charts need the scan itself" in page
