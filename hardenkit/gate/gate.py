@@ -1087,10 +1087,12 @@ class Gate:
         worst = max(rows, key=lambda m: m.output_asr or 0.0)
         base = worst.output_asr_without_trigger
         floor = (
-            ""
+            []
             if base is None
-            else f"; the shipped model predicts label {worst.label} on {_pct(base)} of the "
-            "same images without the trigger"
+            else [
+                f"the shipped model predicts label {worst.label} on {_pct(base)} of the same "
+                "images without the trigger"
+            ]
         )
         rules.check(
             rule_id,
@@ -1098,7 +1100,7 @@ class Gate:
             bound,
             "<=",
             f"highest ASR ({worst.source}, label {worst.label})",
-            note=(floor.removeprefix("; ") + ("; " + note if note else "")) if floor else note,
+            note="; ".join(floor + ([note] if note else [])),
         )
 
     def _onnx(
