@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from hardenkit.gate import (
     DeploymentPolicy,
     Gate,
     GateReport,
+    GateResult,
     GateRule,
     TriggerMeasurement,
     image_hashes,
@@ -245,11 +247,13 @@ class _Redirected(torch.nn.Module):
         return torch.where(hit[:, None], forced.to(out.dtype), out)
 
 
-def test_a_known_trigger_redirected_to_another_class_fails_hk_asr_003() -> None:
-    """ASR 0 % on the red team's trigger does not ship a model that the trigger still
-    controls: HK-ASR-002 passes, HK-ASR-003 fails."""
+def _gate_with_known_trigger(
+    model: torch.nn.Module,
+) -> tuple[GateResult, tuple[Any, hk.PatchTrigger, hk.ScanResult, dict[str, Any]]]:
+    """``model`` (untrained or hand-made) through a no-repair gate with a red team's 3x3
+    bottom-right patch for label 0 and a clean scan carrying a label-1 trigger; the result
+    and what it was run with."""
     data = hk.make_synthetic_dataset(num_classes=4, train_per_class=30, test_per_class=30)
-    model = _Redirected().eval()
     trigger = hk.PatchTrigger.square(3, location="bottom-right")
     scan = hk.ScanResult.from_triggers({1: trigger}, model=model, num_classes=4)
     scan.report = scan.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
@@ -258,7 +262,7 @@ def test_a_known_trigger_redirected_to_another_class_fails_hk_asr_003() -> None:
         "export_onnx": False,
         "fail_on_skipped": False,
         "min_holdout_images": 10,
-        "require_above_chance": False,  # an untrained model: the mechanics of the ASR rules
+        "require_above_chance": False,  # not a trained model: the mechanics of the ASR rules
     }
     res = Gate(policy).run(
         model,
@@ -267,6 +271,14 @@ def test_a_known_trigger_redirected_to_another_class_fails_hk_asr_003() -> None:
         scan=scan,
         known_triggers={"red-team": (trigger, 0)},
     )
+    return res, (data, trigger, scan, policy)
+
+
+def test_a_known_trigger_redirected_to_another_class_fails_hk_asr_003() -> None:
+    """ASR 0 % on the red team's trigger does not ship a model that the trigger still
+    controls: HK-ASR-002 passes, HK-ASR-003 fails."""
+    model = _Redirected().eval()
+    res, (data, trigger, scan, policy) = _gate_with_known_trigger(model)
     rules = {r.rule_id: r for r in res.report.rules}
     real = next(m for m in res.report.triggers if m.source == "known:red-team")
     assert real.output_asr == 0.0
@@ -302,25 +314,7 @@ def test_the_asr_rules_report_the_share_predicted_as_the_target_without_the_trig
     """A known trigger's ASR on a model biased toward its target: the rule still fails on the
     ASR (fail closed), and the report and message carry the floor, so a reader sees the trigger
     adds nothing to what the model does without it."""
-    data = hk.make_synthetic_dataset(num_classes=4, train_per_class=30, test_per_class=30)
-    model = _AlwaysZero().eval()
-    trigger = hk.PatchTrigger.square(3, location="bottom-right")
-    policy = {
-        "repair": "never",
-        "export_onnx": False,
-        "fail_on_skipped": False,
-        "min_holdout_images": 10,
-        "require_above_chance": False,  # a constant model: the mechanics of the ASR rule
-    }
-    scan = hk.ScanResult.from_triggers({1: trigger}, model=model, num_classes=4)
-    scan.report = scan.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
-    res = Gate(policy).run(
-        model,
-        data.train.loader(),
-        data.test.loader(),
-        scan=scan,
-        known_triggers={"red-team": (trigger, 0)},
-    )
+    res, _ = _gate_with_known_trigger(_AlwaysZero().eval())
     real = next(m for m in res.report.triggers if m.source == "known:red-team")
     assert real.output_asr == 1.0
     assert real.output_asr_without_trigger == 1.0
