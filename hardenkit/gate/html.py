@@ -623,7 +623,43 @@ def _measurements(report: GateReport, draw: _Drawer) -> str:
         "<th>shipped model [95 % CI]</th><th>images</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
+    floors = [m for m in report.triggers if m.output_asr_without_trigger is not None]
+    if floors:
+        out.append(
+            "<p>Without the trigger, on the same images, the shipped model predicts: "
+            + "; ".join(
+                f"label {m.label} for {100 * (m.output_asr_without_trigger or 0.0):.2f} % "
+                f"({_e(m.source)})"
+                for m in floors
+            )
+            + " — the floor under each ASR (what the model does with no trigger at all).</p>"
+        )
+    if report.class_accuracy:
+        worst = sorted(report.class_accuracy, key=lambda c: c.drop, reverse=True)
+        shown = worst[:_MAX_CLASS_ROWS]
+        more = len(worst) - len(shown)
+        class_rows = "".join(
+            f'<tr><td>{c.label}</td><td class="num">{c.images}</td>'
+            f'<td class="num">{100 * c.before:.2f} %</td>'
+            f'<td class="num">{100 * c.after:.2f} %</td>'
+            f'<td class="num">{100 * (c.after - c.before):+.2f}</td></tr>'
+            for c in shown
+        )
+        out.append(
+            "<h3>Per class</h3><table><thead><tr><th>class</th><th>images</th>"
+            "<th>input model</th><th>shipped model</th><th>change (points)</th></tr></thead>"
+            f"<tbody>{class_rows}</tbody></table>"
+            + (
+                f'<p class="muted">{more} more classes lost less (gate.json, class_accuracy).</p>'
+                if more
+                else ""
+            )
+        )
     return "".join(out)
+
+
+_MAX_CLASS_ROWS = 12
+"""Classes the HTML report lists, largest drop first (all of them are in gate.json)."""
 
 
 def _verdict(verdict: object) -> str:

@@ -19,6 +19,7 @@ import hardenkit as hk
 from hardenkit.errors import ConfigError, DataError
 from hardenkit.gate import (
     RULES,
+    ClassDrop,
     DeploymentPolicy,
     GateReport,
     GateRule,
@@ -87,8 +88,18 @@ def _report(*, passed: bool = False, message: str = "") -> GateReport:
         input_ba=0.904,
         output_ba=0.896,
         output_ba_ci=(0.85, 0.93),
+        class_accuracy=[
+            ClassDrop(label=c, images=100, before=0.9, after=0.9 - 0.01 * c) for c in range(15)
+        ],
         triggers=[
-            TriggerMeasurement(source="scan", label=1, input_asr=0.99, output_asr=0.42, images=90),
+            TriggerMeasurement(
+                source="scan",
+                label=1,
+                input_asr=0.99,
+                output_asr=0.42,
+                images=90,
+                output_asr_without_trigger=0.07,
+            ),
             TriggerMeasurement(
                 source="known:red-team", label=1, input_asr=1.0, output_asr=None, images=0
             ),
@@ -191,6 +202,12 @@ def test_report_sections_rules_and_figures(figures: str) -> None:
     assert "Gate FAILED" in page
     assert 'class="banner fail"' in page
     assert "2 of 13 rules failed: HK-SCAN-001, HK-ASR-001" in page
+    # the floor under the ASR and the per-class table, largest drop first, 12 of 15 shown
+    assert "label 1 for 7.00 % (scan)" in page
+    assert "<h3>Per class</h3>" in page
+    assert page.index("<tr><td>14</td>") < page.index("<tr><td>13</td>")
+    assert "<tr><td>2</td>" not in page
+    assert "3 more classes lost less" in page
     assert "exit code 1" in page
     assert rep.report_id in page
     assert rep.input_model.sha256[:12] in page
