@@ -268,7 +268,8 @@ def gate_metrics(report: GateReport) -> dict[str, float]:
 
     ``gate.passed`` (0/1), ``gate.exit_code``, ``gate.rules``, ``gate.failed_rules``;
     ``ba.input``, ``ba.output``, ``ba.drop`` (as rule HK-BA-002 computes it),
-    ``ba.output_ci_low``/``_high``; per trigger source (``scan``, ``rescan``,
+    ``ba.output_ci_low``/``_high``, ``ba.largest_class_drop`` (the largest per-class accuracy
+    loss, :attr:`GateReport.class_accuracy`); per trigger source (``scan``, ``rescan``,
     ``known.<name>``) ``asr.input_max.<source>`` and ``asr.output_max.<source>``, and
     ``asr.output_max`` over all; ``rule.<RULE-ID>`` for each rule with a numeric value;
     ``onnx.ba``/``onnx.torch_ba``; ``data.<field>`` image counts; ``time.<phase>_seconds``.
@@ -287,6 +288,8 @@ def gate_metrics(report: GateReport) -> dict[str, float]:
         m["ba.drop"] = max(0.0, report.input_ba - report.output_ba)
     if report.output_ba_ci is not None:
         m["ba.output_ci_low"], m["ba.output_ci_high"] = report.output_ba_ci
+    if report.class_accuracy:
+        m["ba.largest_class_drop"] = max(c.drop for c in report.class_accuracy)
     sources: dict[str, list[tuple[float | None, float | None]]] = {}
     for t in report.triggers:
         sources.setdefault(t.source.replace(":", "."), []).append((t.input_asr, t.output_asr))

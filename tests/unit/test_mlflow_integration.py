@@ -152,6 +152,7 @@ def test_a_passing_gate_registers_one_version_with_its_tags(
     assert run.data.params["repaired"] == "false"
     assert run.data.metrics["gate.passed"] == 1.0
     assert run.data.metrics["ba.drop"] == 0.0
+    assert run.data.metrics["ba.largest_class_drop"] == 0.0  # not repaired: no class changed
     assert run.data.metrics["data.holdout_images"] == 16.0
     assert "time.total_seconds" in run.data.metrics
 
