@@ -51,6 +51,7 @@ from torch import Tensor
 
 import hardenkit as hk
 from hardenkit.attacks.base import build_attack
+from hardenkit.training import predict
 
 from .common import (
     CACHE,
@@ -134,7 +135,7 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
             "classes": lambda m: class_accuracy(m, xt, yt),
             "effect": None
             if spec["kind"] == "clean"
-            else lambda m: trigger_effect(
+            else lambda m: paired_trigger_effect(
                 m, xt[yt != spec["target"]], stamp(xt[yt != spec["target"]], spec), spec["target"]
             ),
         }
@@ -157,7 +158,7 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
         assert target is not None
         xh, yh = held.tensors()
         keep = xh[yh != target]
-        return trigger_effect(m, keep, trigger.apply(keep), target)
+        return paired_trigger_effect(m, keep, trigger.apply(keep), target)
 
     model = zoo_model(meta["arch"])
     model.load_state_dict(load_file(ZOO_FIXTURES / f"{mid}.safetensors"))
@@ -196,15 +197,15 @@ def mcnemar_p(gained: int, lost: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def trigger_effect(model: torch.nn.Module, x: Tensor, xt: Tensor, target: int) -> dict[str, Any]:
+def paired_trigger_effect(
+    model: torch.nn.Module, x: Tensor, xt: Tensor, target: int
+) -> dict[str, Any]:
     """On the non-target images ``x`` and their triggered copies ``xt``: the share predicted as
     ``target`` without (``floor``) and with (``asr``) the trigger, and McNemar's p for the
-    difference."""
-    model.eval()
-    with torch.no_grad():
-        a = torch.cat([model(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
-        b = torch.cat([model(xt[i : i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
-    without, with_ = a == target, b == target
+    difference (paired per image, which :func:`hardenkit.training.trigger_effect`'s shares
+    alone cannot give)."""
+    without = predict(model, x).argmax(1) == target
+    with_ = predict(model, xt).argmax(1) == target
     gained, lost = int((with_ & ~without).sum()), int((without & ~with_).sum())
     return {
         "floor": float(without.float().mean()),
@@ -217,9 +218,7 @@ def trigger_effect(model: torch.nn.Module, x: Tensor, xt: Tensor, target: int) -
 
 def class_accuracy(model: torch.nn.Module, x: Tensor, y: Tensor) -> list[float]:
     """Accuracy of ``model`` on each class of ``(x, y)``."""
-    model.eval()
-    with torch.no_grad():
-        pred = torch.cat([model(x[i : i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+    pred = predict(model, x).argmax(1)
     return [float((pred[y == c] == c).float().mean()) for c in range(int(y.max()) + 1)]
 
 

@@ -30,6 +30,7 @@ from hardenkit.validate import chance_check
 from hardenkit.validate.metrics import chance_check_of
 
 from .common import CIFAR10_CLASSES, load_cifar10, md_table, write_results
+from .gate_user_script import class_accuracy
 from .user_script import load_or_train
 
 SHARES = (0.1, 0.5, 0.8, 0.9, 0.95)
@@ -58,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [m for m in args.models.split(",") if m]:
         model, _ = load_or_train(name, data)
         model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(xt[i : i + 1000]).argmax(1) for i in range(0, len(xt), 1000)])
-        per_class = [float((pred[yt == c] == c).float().mean()) for c in range(10)]
+        per_class = class_accuracy(model, xt, yt)
         best = max(range(10), key=lambda c: per_class[c])
         worst = min(range(10), key=lambda c: per_class[c])
         for major in (best, worst):
