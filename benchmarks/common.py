@@ -44,12 +44,20 @@ def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """Cache-key fields for a cell whose result depends on a default that changed: MCL's anchor
     weight (1 -> 3 at stop 34) for ``auto`` and ``mcl`` cells whose config does not set
     ``anchor_weight``; ``auto``'s ``candidate_mcl`` (0 -> 1 at stop 38) for ``auto`` cells
-    whose config does not set it (no field while it was 0: older keys stay valid)."""
+    whose config does not set it (no field while it was 0: older keys stay valid); MCL's
+    ``recalibrate_prior`` (off -> on at stop 46) for ``auto`` and ``mcl`` cells whose config
+    does not set it."""
     key: dict[str, Any] = {}
     if strategy in ("auto", "mcl") and "anchor_weight" not in json.dumps(cfg):
         key["mcl_anchor"] = MCLConfig().anchor_weight
     if strategy == "auto" and "candidate_mcl" not in cfg and AutoConfig().candidate_mcl:
         key["candidate_mcl"] = AutoConfig().candidate_mcl
+    if (
+        strategy in ("auto", "mcl")
+        and "recalibrate_prior" not in json.dumps(cfg)
+        and MCLConfig().recalibrate_prior
+    ):
+        key["mcl_recalibrate_prior"] = True
     return key
 
 

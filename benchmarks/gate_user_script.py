@@ -81,10 +81,11 @@ ZOO_ARCHS = {
 }
 """``--arch`` of the scanner zoo's architectures (``zoo:<id>`` models)."""
 
-GATE_DEFAULT = "default-s41"
-"""The default policy a cached outcome was measured under (part of the cache key): stop 41
-made ``flagged_without_trigger: fail`` the default; outcomes measured before are in the
-committed ``benchmarks/results/gate_user_script.json``."""
+GATE_DEFAULT = "default-s46"
+"""The defaults a cached outcome was measured under (part of the cache key): stop 41 made
+``flagged_without_trigger: fail`` the default (outcomes measured before are in the committed
+``benchmarks/results/gate_user_script.json``); stop 46 turned on MCL's
+``recalibrate_prior`` (outcomes before: ``gate_user_script_s41`` / ``_s45``)."""
 
 
 def _write_folder(root: Path, x: torch.Tensor, y: torch.Tensor) -> None:
