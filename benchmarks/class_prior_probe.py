@@ -3,21 +3,26 @@ recalibration.
 
     python -m benchmarks.class_prior_probe                                  # every model below
     python -m benchmarks.class_prior_probe --models patch-tl,zoo:small-cnn-badnets-0
+    python -m benchmarks.class_prior_probe --strategy nc-unlearn --out class_prior_probe_nc
 
 A contrastive repair pushes triggered images away from the target label's features; on
 models we did not build it also shrinks the target label on *clean* images (stop 45: the gate
 shipped ``patch-tl`` with its target class at 42.0 % instead of 64.6 %, at −0.9 BA points).
-MCL's ``recalibrate_prior`` (default since stop 46) refits the output layer's bias so the
+MCL's ``recalibrate_prior`` (opt-in, stop 46) refits the output layer's bias so the
 repaired model's predicted probabilities on the clean budget match the input model's.
 
 For each model: the default (``quick``) scan of its clean budget, then the default ``mcl``
-repair (``Purifier(model, "mcl").run(clean, scan=scan)``); the repair *without* the
+repair with the recalibration (``Purifier(model, "mcl", config={"recalibrate_prior": True})
+.run(clean, scan=scan)``); the repair *without* the
 recalibration is the same weights with the recorded bias shift taken back (the calibration
 runs after the epoch selection, so nothing else differs). Measured with the **real** trigger
 on the model's held-out test images (``benchmarks.gate_user_script``'s cases: all 10,000 for
 the ``benchmarks.user_script`` models, the zoo's unused half of 5,000 for ``zoo:`` models):
 BA, ASR, the share of the non-target images put on the target without the trigger (floor),
-the target class's accuracy and the largest drop of any class's accuracy. Rows are cached in
+the target class's accuracy and the largest drop of any class's accuracy.
+``--strategy nc-unlearn``: the same for NC unlearning (``auto``'s branch when MCL costs too
+much accuracy or the scan flagged nothing), with the recalibration applied after it by this
+script (toward the input model on the whole clean budget, without the ASR check). Rows are cached in
 ``benchmarks/cache/class_prior/``; writes ``benchmarks/results/<out>.{json,md}``.
 """
 
@@ -33,7 +38,7 @@ from typing import Any
 import torch
 
 import hardenkit as hk
-from hardenkit.purify.calibration import BiasCalibration, undo_calibration
+from hardenkit.purify.calibration import BiasCalibration, calibrate_output_bias, undo_calibration
 from hardenkit.scan import scan_config_for_budget
 
 from .common import CACHE, config_hash, load_cached, load_cifar10, md_table, write_results
@@ -59,9 +64,16 @@ def _measure(case: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
     return {"ba": m["ba"], "asr": m["asr"], "floor": eff["floor"], "classes": classes}
 
 
-def run_model(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
+MCL_VARIANTS = ["mcl without recalibration", "mcl (default)"]
+"""``mcl (default)``: measured while ``recalibrate_prior`` was MCL's default (stop 46), i.e. MCL
+with the recalibration; the row names are kept so the cached rows stay readable."""
+
+
+def run_model(name: str, data: dict[str, hk.ImageDataset], strategy: str = "mcl") -> dict[str, Any]:
     case = _case(name, data)
     key = {"model": name, "key": case["key"], "data": case["data_tag"], "v": 1}
+    if strategy != "mcl":
+        key["strategy"] = strategy
     path = CACHE / "class_prior" / f"{name.replace(':', '_')}-{config_hash(key)}.json"
     cached = load_cached(path)
     if cached is not None:
@@ -71,23 +83,33 @@ def run_model(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
     loader = hk.ImageDataset(x, y).loader(batch_size=128)
     t0 = time.perf_counter()
     scan = hk.Scanner(model, config=scan_config_for_budget("quick", None)).run(loader)
-    res = hk.Purifier(model, "mcl").run(loader, scan=scan)
+    config = {"recalibrate_prior": True} if strategy == "mcl" else None
+    res = hk.Purifier(model, strategy, config=config).run(loader, scan=scan)
     seconds = time.perf_counter() - t0
-    details = res.report.details or {}
-    cal_rec = details.get("prior_calibration") or {}
-    names = ("applied", "layer", "shift", "kl_before", "kl_after", "reason")
-    fields = {k: cal_rec[k] for k in names if k in cal_rec}
-    plain = copy.deepcopy(res.model)
-    undo_calibration(plain, BiasCalibration(**fields) if fields else BiasCalibration(False))
+    if strategy == "mcl":
+        details = res.report.details or {}
+        cal_rec = details.get("prior_calibration") or {}
+        names = ("applied", "layer", "shift", "kl_before", "kl_after", "reason")
+        fields = {k: cal_rec[k] for k in names if k in cal_rec}
+        without = copy.deepcopy(res.model)
+        undo_calibration(without, BiasCalibration(**fields) if fields else BiasCalibration(False))
+        with_, variants = res.model, MCL_VARIANTS
+    else:  # what the recalibration would do after this strategy (post hoc, no ASR check)
+        without = res.model
+        with_ = copy.deepcopy(without)
+        cal = calibrate_output_bias(with_, model, x)
+        cal_rec = cal.as_dict()
+        variants = [strategy, f"{strategy} + recalibration (post hoc)"]
     row = {
         "model": name,
         "target": case["target"],
         "scan": f"{scan.verdict} {scan.flagged_labels}",
         "status": res.status,
         "calibration": "applied" if cal_rec.get("applied") else (cal_rec.get("reason") or "-"),
+        "variants": variants,
         "input": _measure(case, model),
-        "mcl without recalibration": _measure(case, plain),
-        "mcl (default)": _measure(case, res.model),
+        variants[0]: _measure(case, without),
+        variants[1]: _measure(case, with_),
         "seconds": seconds,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--models", default=",".join([*TUNED, *HELD_OUT]))
     p.add_argument("--out", default="class_prior_probe", help="results name")
+    p.add_argument(
+        "--strategy",
+        default="mcl",
+        choices=["mcl", "nc-unlearn"],
+        help="nc-unlearn: its repair, and the recalibration applied after it (post hoc)",
+    )
     args = p.parse_args(argv)
     args_given = sys.argv[1:] if argv is None else argv
     data = load_cifar10()
@@ -128,14 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     table: list[dict[str, Any]] = []
     for name in [m for m in args.models.split(",") if m]:
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
-        r = run_model(name, data)
+        r = run_model(name, data, args.strategy)
         print(json.dumps({k: v for k, v in r.items() if k != "input"}, default=str), flush=True)
         rows.append(r)
         group = "designed on" if name in TUNED else "held out"
-        for which in ("input", "mcl without recalibration", "mcl (default)"):
-            table.append({**_row(r, which, group), "calibration": r["calibration"]
-                          if which == "mcl (default)" else "", "s": round(r["seconds"])
-                          if which == "mcl (default)" else None})  # fmt: skip
+        variants = r.get("variants", MCL_VARIANTS)
+        for which in ("input", *variants):
+            default = which == variants[-1]
+            extra = {"calibration": r["calibration"], "s": round(r["seconds"])} if default else {}
+            table.append({**_row(r, which, group), **extra})
     cols = ["model", "target", "set", "repair", "BA %", "BA drop (pt)", "ASR %", "floor %",
             "target class %", "largest class drop (pt, class)", "calibration", "s"]  # fmt: skip
     write_results(

@@ -45,8 +45,8 @@ def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
     weight (1 -> 3 at stop 34) for ``auto`` and ``mcl`` cells whose config does not set
     ``anchor_weight``; ``auto``'s ``candidate_mcl`` (0 -> 1 at stop 38) for ``auto`` cells
     whose config does not set it (no field while it was 0: older keys stay valid); MCL's
-    ``recalibrate_prior`` (off -> on at stop 46) for ``auto`` and ``mcl`` cells whose config
-    does not set it."""
+    ``recalibrate_prior`` for ``auto`` and ``mcl`` cells whose config does not set it, should it
+    become the default (opt-in since stop 46: no field, older keys stay valid)."""
     key: dict[str, Any] = {}
     if strategy in ("auto", "mcl") and "anchor_weight" not in json.dumps(cfg):
         key["mcl_anchor"] = MCLConfig().anchor_weight

@@ -81,11 +81,11 @@ ZOO_ARCHS = {
 }
 """``--arch`` of the scanner zoo's architectures (``zoo:<id>`` models)."""
 
-GATE_DEFAULT = "default-s46"
-"""The defaults a cached outcome was measured under (part of the cache key): stop 41 made
-``flagged_without_trigger: fail`` the default (outcomes measured before are in the committed
-``benchmarks/results/gate_user_script.json``); stop 46 turned on MCL's
-``recalibrate_prior`` (outcomes before: ``gate_user_script_s41`` / ``_s45``)."""
+GATE_DEFAULT = "default-s41"
+"""The default policy a cached outcome was measured under (part of the cache key): stop 41
+made ``flagged_without_trigger: fail`` the default; outcomes measured before are in the
+committed ``benchmarks/results/gate_user_script.json``. A ``--policy`` file's contents are
+part of the key too."""
 
 
 def _write_folder(root: Path, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -257,9 +257,12 @@ def verdict(
     return "right"
 
 
-def run_model(name: str, data: dict[str, hk.ImageDataset], cached_only: bool) -> dict[str, Any]:
+def run_model(
+    name: str, data: dict[str, hk.ImageDataset], cached_only: bool, policy: Path | None = None
+) -> dict[str, Any]:
     case = _case(name, data)
-    key = config_hash(case["key"])
+    extra = {} if policy is None else {"policy_file": json.loads(policy.read_text())}
+    key = config_hash({**case["key"], **extra})
     cache = CACHE / "gate_user" / f"{name.replace(':', '-')}-{key}.json"
     cached = load_cached(cache)
     if cached is not None:
@@ -301,6 +304,7 @@ def run_model(name: str, data: dict[str, hk.ImageDataset], cached_only: bool) ->
         sys.executable, "-m", "hardenkit", "gate", "--weights", str(weights),
         "--arch", case["arch"], "--num-classes", "10", "--data", str(clean_dir),
         "--holdout", str(held_dir), "--out", str(out),
+        *([] if policy is None else ["--policy", str(policy.resolve())]),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
     t0 = time.perf_counter()
@@ -397,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", default="gate_user_script", help="results name")
     p.add_argument("--cached-only", action="store_true", help="only models already measured")
+    p.add_argument(
+        "--policy",
+        type=Path,
+        help="a gate policy JSON file instead of the default policy (e.g. "
+        "benchmarks/policies/mcl_recalibrate_prior.json)",
+    )
     args = p.parse_args(argv)
     names = [m for m in args.models.split(",") if m]
     zoo = {f"zoo:{k}" for k in zoo_models(min_asr=0.0, clean=True)}
@@ -407,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in names:
         print(f"[{time.strftime('%H:%M:%S')}] gate {name} ...", flush=True)
-        r = run_model(name, data, args.cached_only)
+        r = run_model(name, data, args.cached_only, args.policy)
         print(json.dumps(r, default=str), flush=True)
         rows.append(r)
     table = [

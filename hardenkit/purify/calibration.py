@@ -6,7 +6,9 @@ user model's MCL repair: its target class 64.6 → 42.0 % at −0.9 BA points). 
 output layer's bias alone — so the repaired model's predicted probabilities on the clean
 training images match the input model's (minimum KL divergence, a convex problem in K
 numbers) — restores the class prior. A bias is the same for every input, so it cannot learn
-a trigger back; it can only move the target label's overall share, which the caller checks.
+a trigger; but raising the target label's share lets a trigger the repair only weakened win
+again (the demo model: real ASR 1.22 → 12.67 %), which an inverted trigger need not show —
+so MCL's ``recalibrate_prior`` is opt-in, and checks the inverted trigger's ASR.
 """
 
 from __future__ import annotations

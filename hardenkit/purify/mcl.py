@@ -52,9 +52,8 @@ trains."""
 
 
 class MCLConfig(StrategyConfig):
-    """MCL stage-2 settings (the reference code for CIFAR-10, plus a clean-feature anchor,
-    best-validated-epoch selection and a class-prior recalibration by default;
-    ``preset="paper"`` is the reference code).
+    """MCL stage-2 settings (the reference code for CIFAR-10, plus a clean-feature anchor and
+    best-validated-epoch selection by default; ``preset="paper"`` is the reference code).
 
     Attributes:
         preset: ``default`` (the fields below) or ``paper`` — the reference code's procedure:
@@ -102,18 +101,21 @@ class MCLConfig(StrategyConfig):
         recalibrate_prior: after the epoch selection, refit the output layer's bias so the
             repaired model's predicted probabilities on the clean training images match the
             input model's (:func:`~hardenkit.purify.calibration.calibrate_output_bias`;
-            default on since stop 46; ``paper``: off); undone when it lifts an inverted
-            trigger's validation ASR above ``max(selection_max_asr, the ASR before)``, and
-            skipped with a note when the model's logits are not its last ``nn.Linear``'s
-            output. The contrastive loss also shrinks the target label on clean images: a
-            CIFAR-10 user model's target class fell 64.6 → 42.3 % (63.2 % recalibrated);
-            ``benchmarks/results/class_prior_probe.md``. Recorded in ``details`` as
-            ``prior_calibration``.
+            **opt-in**); undone when it lifts an inverted trigger's validation ASR above
+            ``max(selection_max_asr, the ASR before)``, skipped with a note when the model's
+            logits are not its last ``nn.Linear``'s output; recorded in ``details`` as
+            ``prior_calibration``. The contrastive loss can shrink the target label on clean
+            images (a CIFAR-10 user model's target class 64.6 → 42.3 %; recalibrated 63.2 %,
+            largest class drop 7.7–12.8 → 3.1–6.2 points on five held-out zoo models,
+            ``benchmarks/results/class_prior_probe.md``), but where the repair suppressed the
+            target label to hide a trigger it did not remove, the recalibration brings the
+            trigger back where the inverted trigger cannot show it (the demo model: real ASR
+            1.22 → 12.67 %, inverted trigger 1.1 %) — hence not the default.
 
     >>> MCLConfig(preset="paper").resolved().anchor_weight, MCLConfig().anchor_weight
     (0.0, 3.0)
-    >>> MCLConfig(preset="paper").resolved().recalibrate_prior
-    False
+    >>> MCLConfig(recalibrate_prior=True, preset="paper").resolved().recalibrate_prior
+    True
     """
 
     preset: Literal["default", "paper"] = "default"
@@ -132,7 +134,7 @@ class MCLConfig(StrategyConfig):
     trigger_labels: TriggerLabels = "most-anomalous"
     validation_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     anchor_weight: Annotated[float, Field(ge=0)] = 3.0
-    recalibrate_prior: bool = True
+    recalibrate_prior: bool = False
 
     @field_validator("lr_schedule")
     @classmethod

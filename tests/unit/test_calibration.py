@@ -84,18 +84,17 @@ def _scan(fx: BackdoorFixture) -> ScanResult:
                                     trigger_asr={0: 1.0})  # fmt: skip
 
 
-def test_mcl_recalibrates_the_prior_by_default_not_in_the_paper_preset(
-    fx: BackdoorFixture,
-) -> None:
+def test_mcl_recalibrates_the_prior_when_asked_not_by_default(fx: BackdoorFixture) -> None:
     loader = fx.data.train.loader(batch_size=64)
-    res = hk.Purifier(fx.backdoored.model, "mcl", config={"epochs": 2}).run(loader, scan=_scan(fx))
+    on = {"epochs": 2, "recalibrate_prior": True}
+    res = hk.Purifier(fx.backdoored.model, "mcl", config=on).run(loader, scan=_scan(fx))
     rec = res.report.details["prior_calibration"]
     assert res.report.config["recalibrate_prior"] is True
     assert set(rec) >= {"applied", "layer", "shift", "kl_before", "kl_after"}
     if rec["applied"]:
         assert rec["kl_after"] < rec["kl_before"]
         assert set(rec) >= {"val_trigger_asr_before", "val_trigger_asr_after"}
-    for cfg in ({"epochs": 1, "preset": "paper"}, {"epochs": 1, "recalibrate_prior": False}):
+    for cfg in ({"epochs": 1}, {"epochs": 1, "preset": "paper"}):
         plain = hk.Purifier(fx.backdoored.model, "mcl", config=cfg).run(loader, scan=_scan(fx))
         assert "prior_calibration" not in plain.report.details
 
@@ -118,9 +117,9 @@ def test_a_recalibration_that_brings_the_trigger_back_is_undone(
         return BiasCalibration(applied=True, layer=name, shift=shift, kl_before=1.0, kl_after=0.5)
 
     monkeypatch.setattr(calibration, "calibrate_output_bias", to_target)
-    res = hk.Purifier(fx.backdoored.model, "mcl", config={"epochs": 2}).run(
-        fx.data.train.loader(batch_size=64), scan=_scan(fx)
-    )
+    res = hk.Purifier(
+        fx.backdoored.model, "mcl", config={"epochs": 2, "recalibrate_prior": True}
+    ).run(fx.data.train.loader(batch_size=64), scan=_scan(fx))
     rec = res.report.details["prior_calibration"]
     assert rec["applied"] is False
     assert "undone" in rec["reason"]

@@ -734,7 +734,7 @@ def test_auto_checked_mcl_on_the_smallest_candidate_is_kept_or_undone(
     assert res.report.details["candidate_labels"] == smallest[:1] == info["labels"]
     assert info["kept"] is True
     assert {"val_ba_drop", "train_ba_drop"} <= set(info)
-    # (MCL's own notes, e.g. on its class-prior recalibration, may come first)
+    # (MCL's own notes may come first)
     note = next(n for n in res.report.notes if n.startswith("auto: scan verdict clean"))
     assert note.startswith(
         "auto: scan verdict clean; in case it missed a backdoor, ran mcl on the inverted "
