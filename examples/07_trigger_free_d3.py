@@ -17,7 +17,7 @@ What it shows:
 
 The default (``--quick``) run trains a Blended-backdoored ``small-cnn`` on 10-class synthetic
 data (500 training images per class; with 300, 8 epochs gave an ASR of only 78 %) for 8
-epochs, scans it with MM-BD (10 random starts per class instead of 30) and runs D3 for 60
+epochs, scans it with MM-BD (5 random starts per class instead of 30) and runs D3 for 60
 epochs instead of the code's 100 (the cosine schedule is shortened accordingly): about a
 minute on one CPU thread. ``--no-quick`` runs MM-BD's 30 starts and D3's 100 epochs.
 
@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="10 MM-BD starts and 60 D3 epochs (default); --no-quick for 30 and the code's 100",
+        help="5 MM-BD starts and 60 D3 epochs (default); --no-quick for 30 and the code's 100",
     )
     p.add_argument("--out", type=Path, default=None, help="output directory (default: a temp dir)")
     p.add_argument("--device", default="cpu", help="auto, cpu or cuda")
@@ -122,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     #    pattern-agnostic and can flag the target of a blended backdoor, but it recovers no
     #    trigger: ScanResult.triggers only holds triggers of labels that a trigger-recovering
     #    detector (Neural Cleanse) itself flagged.
-    #    The quick run uses 10 random starts per class instead of 30.
+    #    The quick run uses 5 random starts per class instead of 30 (it flags label 0 as
+    #    10 did, in half the time: 6.7 s against 14.0 s).
     t0 = time.perf_counter()
-    mm_bd: dict[str, object] = {"starts": 10} if args.quick else {}
+    mm_bd: dict[str, object] = {"starts": 5} if args.quick else {}
     scan = hk.Scanner(
         bd.model,
         10,

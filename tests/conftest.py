@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 import hardenkit as hk
 from hardenkit.attacks import BackdooredModel
 from hardenkit.data import SyntheticSplits
+from tests.fixture_store import stored_training
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HARDENKIT_DISABLE_PLUGINS", "1")
@@ -36,6 +38,58 @@ ATTACK_RECIPES: dict[str, dict[str, object]] = {
     "wanet": {"s": 2.0, "cross_ratio": 0.5},
 }
 ATTACK_EPOCHS = {"badnets": 8, "blended": 8, "sig": 8, "wanet": 10}
+
+
+# Under pytest-xdist (the README runs `-n 2 --dist loadfile`) every test file goes to one
+# worker, and the files named here share one: they all use the session's `badnets_scan` (a
+# minute of Neural Cleanse + MM-BD), which then runs once, not on both workers.
+SAME_WORKER = {
+    "tests/integration/test_scan_detects.py": "badnets-scan",
+    "tests/integration/test_gate.py": "badnets-scan",
+    "tests/integration/test_purify_removes.py": "badnets-scan",
+}
+# The longest work units, longest first (seconds on the 2-core machine, `--durations=0`):
+# they start first, so the short files fill the end and neither worker idles long.
+LONGEST_FIRST = (
+    "tests/test_examples.py",
+    "badnets-scan",
+    "tests/integration/test_pruning_removes.py",
+    "tests/integration/test_gate_cli.py",
+    "tests/test_docs_commands.py",
+    "tests/cli/test_cli.py",
+    "tests/integration/test_scan_pixel.py",
+    "tests/unit/test_purify.py",
+)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadfile``, with the files of :data:`SAME_WORKER` as one work unit and the
+    units of :data:`LONGEST_FIRST` handed out first.
+
+    (``--dist loadgroup`` with ``xdist_group`` marks would group the files too, but with
+    pytest 9 and pytest-xdist 3.8 its marks do not reach the scheduler: marked tests split.)
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        ordered = False
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return SAME_WORKER.get(path, path)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            if not self.ordered:  # the first hand-out: the queue is complete
+                self.ordered = True
+                rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+                units = sorted(self.workqueue.items(), key=lambda u: rank.get(u[0], len(rank)))
+                self.workqueue.clear()
+                self.workqueue.update(units)
+            super()._assign_work_unit(node)
+
+    return SharedFixtureScheduling(config, log)  # type: ignore[arg-type]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -87,35 +141,41 @@ def tiny_synthetic() -> SyntheticSplits:
     return hk.make_synthetic_dataset(num_classes=4, train_per_class=40, test_per_class=10)
 
 
-def train_backdoored(
-    attack: str, data: SyntheticSplits, **attack_config: object
-) -> BackdooredModel:
-    cfg = {**ATTACK_RECIPES.get(attack, {}), **attack_config}
-    return hk.make_backdoored_model(
-        attack,
-        data.train,
-        test=data.test,
-        arch="small-cnn",
-        attack_config=cfg,
-        train_config=hk.TrainConfig(
-            epochs=ATTACK_EPOCHS.get(attack, 8), batch_size=128, lr=0.05, augment=False
-        ),
-        runtime={"seed": 0, "device": "cpu"},
-    )
+def train_backdoored(attack: str, data: SyntheticSplits) -> BackdooredModel:
+    """``attack``'s recipe on ``data`` (the stored fixture ``attack`` when its key matches)."""
+    cfg = ATTACK_RECIPES.get(attack, {})
+    with stored_training(attack):
+        return hk.make_backdoored_model(
+            attack,
+            data.train,
+            test=data.test,
+            arch="small-cnn",
+            attack_config=cfg,
+            train_config=hk.TrainConfig(
+                epochs=ATTACK_EPOCHS.get(attack, 8), batch_size=128, lr=0.05, augment=False
+            ),
+            runtime={"seed": 0, "device": "cpu"},
+        )
+
+
+def train_clean(data: SyntheticSplits) -> nn.Module:
+    """A SmallCNN trained like ``badnets_model`` (same recipe and seed) on clean data."""
+    torch.manual_seed(0)
+    model = hk.create_model("small-cnn", num_classes=10)
+    with stored_training("clean"):
+        hk.train_model(
+            model,
+            *data.train.tensors(),
+            hk.TrainConfig(epochs=ATTACK_EPOCHS["badnets"], batch_size=128, lr=0.05, augment=False),
+            runtime={"seed": 0, "device": "cpu"},
+        )
+    return model.eval()
 
 
 @pytest.fixture(scope="session")
 def clean_model(synthetic: SyntheticSplits) -> nn.Module:
     """A SmallCNN trained like ``badnets_model`` (same recipe and seed) on clean data."""
-    torch.manual_seed(0)
-    model = hk.create_model("small-cnn", num_classes=10)
-    hk.train_model(
-        model,
-        *synthetic.train.tensors(),
-        hk.TrainConfig(epochs=ATTACK_EPOCHS["badnets"], batch_size=128, lr=0.05, augment=False),
-        runtime={"seed": 0, "device": "cpu"},
-    )
-    return model.eval()
+    return train_clean(synthetic)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import hardenkit as hk
 from hardenkit.attacks import BackdooredModel
 from hardenkit.data import SyntheticSplits
 from tests.conftest import train_backdoored
+from tests.fixture_store import stored_training
 
 # All-to-all BadNets (label y -> (y + 1) mod K). SmallCNN cannot learn this conditional rule
 # on the synthetic data: its three 3x3 convs feed a global average pool and one Linear, and
@@ -63,8 +64,7 @@ def sig_model(synthetic: SyntheticSplits) -> BackdooredModel:
     return train_backdoored("sig", synthetic)
 
 
-@pytest.fixture(scope="session")
-def all_to_all_data() -> SyntheticSplits:
+def make_all_to_all_data() -> SyntheticSplits:
     return hk.make_synthetic_dataset(
         num_classes=ALL_TO_ALL_CLASSES,
         train_per_class=ALL_TO_ALL_TRAIN_PER_CLASS,
@@ -72,16 +72,27 @@ def all_to_all_data() -> SyntheticSplits:
     )
 
 
+def train_all_to_all(data: SyntheticSplits) -> BackdooredModel:
+    """The all-to-all recipe (the stored fixture ``all-to-all`` when its key matches)."""
+    with stored_training("all-to-all"):
+        return hk.make_backdoored_model(
+            "badnets",
+            data.train,
+            test=data.test,
+            arch=lambda: hk.create_model("cifar-cnn", num_classes=ALL_TO_ALL_CLASSES, width=16),
+            attack_config=ALL_TO_ALL_ATTACK,
+            train_config=hk.TrainConfig(
+                epochs=ALL_TO_ALL_EPOCHS, batch_size=128, lr=0.05, augment=False
+            ),
+            runtime={"seed": 0, "device": "cpu"},
+        )
+
+
+@pytest.fixture(scope="session")
+def all_to_all_data() -> SyntheticSplits:
+    return make_all_to_all_data()
+
+
 @pytest.fixture(scope="session")
 def all_to_all_model(all_to_all_data: SyntheticSplits) -> BackdooredModel:
-    return hk.make_backdoored_model(
-        "badnets",
-        all_to_all_data.train,
-        test=all_to_all_data.test,
-        arch=lambda: hk.create_model("cifar-cnn", num_classes=ALL_TO_ALL_CLASSES, width=16),
-        attack_config=ALL_TO_ALL_ATTACK,
-        train_config=hk.TrainConfig(
-            epochs=ALL_TO_ALL_EPOCHS, batch_size=128, lr=0.05, augment=False
-        ),
-        runtime={"seed": 0, "device": "cpu"},
-    )
+    return train_all_to_all(all_to_all_data)

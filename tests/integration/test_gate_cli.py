@@ -5,6 +5,7 @@ with every report file the exit code promises."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -47,14 +48,25 @@ def _report(out: Path) -> GateReport:
     return rep
 
 
-def test_pass_exit_0_with_every_file(
-    weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    summary = tmp_path / "step-summary.md"
+@pytest.fixture(scope="module")
+def pass_run(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path, str]:
+    """The default policy end to end (its own quick scan, ``auto`` repair, re-scan, ONNX) —
+    the one run of it in the suite; a GitHub step summary that already has a heading."""
+    out = tmp_path_factory.mktemp("gate-pass") / "out"
+    summary = out.parent / "step-summary.md"
     summary.write_text("# earlier step\n")
-    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    out = tmp_path / "out"
-    code = _gate(weights, out)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GITHUB_STEP_SUMMARY", str(summary))
+        code = _gate(weights, out)
+    return code, out, summary.read_text()
+
+
+def _rules(report: GateReport) -> dict[str, str]:
+    return {r.rule_id: r.status for r in report.rules}
+
+
+def test_pass_exit_0_with_every_file(pass_run: tuple[int, Path, str]) -> None:
+    code, out, text = pass_run
     rep = _report(out)
     assert code == 0, rep.summary()
     assert rep.passed
@@ -65,20 +77,59 @@ def test_pass_exit_0_with_every_file(
     assert (out / "rescan" / "report.json").is_file()
     assert rep.onnx is not None
     assert rep.files["model.onnx"] == rep.onnx["sha256"]
-    text = summary.read_text()
     assert text.startswith("# earlier step\n")  # appended, not overwritten
     assert "hardenkit gate: PASSED" in text
     html = (out / "report.html").read_text()
     assert "PASSED" in html
     assert rep.report_id in html
+    suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
+    assert suite is not None
+    assert len(suite.findall("testcase")) == len(rep.rules)
+    assert suite.get("failures") == "0"
+    assert json.loads((out / "gate.sarif").read_text())["runs"][0]["results"] == []
+
+
+def test_the_default_policy_repairs_the_backdoor_and_ships_the_repaired_model(
+    pass_run: tuple[int, Path, str], badnets_model: BackdooredModel
+) -> None:
+    _, out, _ = pass_run
+    rep = _report(out)
+    rules = _rules(rep)
+    assert rep.input_scan is not None
+    assert rep.input_scan["flagged_labels"][:1] == [0]  # the planted target, found
+    assert rep.purification_status == "purified"
+    assert rules["HK-REPAIR-001"] == rules["HK-BA-002"] == "pass"
+    assert rules["HK-ASR-001"] == "pass"  # every recovered trigger, on the shipped model
+    assert rep.input_model.sha256 != rep.output_model.sha256
+    assert rep.onnx is not None
+    assert rep.onnx["provider"] == "CPUExecutionProvider"
+    assert rules["HK-ONNX-001"] == rules["HK-ONNX-002"] == "pass"
+    # the decision is the re-scan's: the shipped model flags no label
+    assert rep.rescan is not None
+    assert rep.rescan["flagged_labels"] == []
+    assert rules["HK-SCAN-001"] == "pass"
+    # the planted trigger (never shown to the gate) is gone from the shipped weights, and its
+    # images are not redirected to another class either
+    bd = badnets_model
+    data = hk.make_synthetic_dataset(num_classes=10, train_per_class=100, test_per_class=100)
+    shipped = hk.load_model_weights(hk.create_model("small-cnn", 10), out / "model.safetensors")
+    before = hk.Validator(bd.model).run(data.test.loader(), trigger=bd.trigger, target=bd.target)
+    after = hk.Validator(shipped).run(data.test.loader(), trigger=bd.trigger, target=bd.target)
+    assert before.asr is not None
+    assert before.asr > 0.9
+    assert after.asr is not None
+    assert after.asr <= 0.1, after.summary()
+    assert before.ba - after.ba <= 0.03
 
 
 @pytest.fixture(scope="module")
 def fail_run(weights: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
-    """One gate run under a no-repair policy (its scan is the slow part), shared by the
-    exit-code test and the shipped-weights test."""
+    """One gate run under a no-repair policy, shared by the exit-code test and the
+    shipped-weights test; its scan (the slow part) is Neural Cleanse alone for 10 epochs, as
+    the decision under test needs a flagged label and its recovered trigger only."""
     out = tmp_path_factory.mktemp("gate-fail") / "out"
-    return _gate(weights, out, policy="repair: never\n"), out
+    scan = "scan: {detectors: [neural-cleanse], detector_options: {neural-cleanse: {epochs: 10}}}"
+    return _gate(weights, out, policy=f"repair: never\n{scan}\n"), out
 
 
 def test_fail_exit_1_with_every_file(fail_run: tuple[int, Path]) -> None:
