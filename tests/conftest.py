@@ -62,6 +62,7 @@ LONGEST_FIRST = (
 )
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: unknown (and unused) without it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     """``--dist loadfile``, with the files of :data:`SAME_WORKER` as one work unit and the
     units of :data:`LONGEST_FIRST` handed out first.
