@@ -90,8 +90,8 @@ def test_anp_removes_badnets_with_oracle_free_threshold(
     # 75 mask iterations instead of 2,000 keep the test short; measured with 300: 26 of 224
     # channels, BA 89.9 -> 88.5, ASR 99.4 -> 2.4 (python -m benchmarks.pruning_synthetic); with
     # 150 (one thread): 26 / 28 channels, BA 89.9 -> 88.0 / 86.5, ASR 99.4 -> 1.4 / 5.4 (runtime
-    # seeds 0 / 1); with 75 (seed 0, stop 47): 23 channels, BA 89.9 -> 88.4, ASR 2.6, 27 s
-    # against 67 s with 150
+    # seeds 0 / 1); with 75 (seed 0, stop 47): 23 channels, BA 89.9 -> 88.4, ASR 2.6, 25 s
+    # against 50 s with 150 (python -m benchmarks.pruning_test_budgets --strategy anp)
     res = hk.Purifier(wide.model, "anp", config={"iterations": 75}).run(budget.loader())
     after = _measure(res.model, wide, synthetic)
     assert after.asr is not None
@@ -114,7 +114,8 @@ def test_shapley_pruning_with_one_image_per_class(
     )
     shots = synthetic.train.subset(idx)
     # 50 permutations instead of 100: the same 7 channels, BA 89.9 -> 88.4, ASR 2.3 (seed 0,
-    # stop 47; 92 s against 110 s, most of it the scan)
+    # stop 47; 78 s against 93 s, most of it the scan; python -m
+    # benchmarks.pruning_test_budgets --strategy shapley-pruning)
     res = hk.Purifier(
         wide.model, "shapley-pruning", holdout_fraction=0, config={"max_permutations": 50}
     ).run(shots.loader())
