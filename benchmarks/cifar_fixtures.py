@@ -66,6 +66,8 @@ FIXTURES.update(
         for a in ATTACKS_10
     }
 )
+# A second seed of the 1 % Blended fixture (stop 48: the low-poison-rate check of the default)
+FIXTURES["blended-0.01-s1"] = {"attack": "blended", "poison_rate": 0.01, "seed": 1}
 CLEAN_FRACTION = 0.05
 SEED = 0
 

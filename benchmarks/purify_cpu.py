@@ -434,6 +434,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def seed_stats(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and worst case of per-seed cells (``details`` entries): BA drop and ASR worst =
+    max, DER worst = min; percentages and points."""
+    n = len(cells)
+    return {
+        "seeds": n,
+        "mean BA drop": 100 * sum(c["ba_drop"] for c in cells) / n,
+        "worst BA drop": 100 * max(c["ba_drop"] for c in cells),
+        "mean ASR %": 100 * sum(c["asr"] for c in cells) / n,
+        "worst ASR %": 100 * max(c["asr"] for c in cells),
+        "mean RA %": 100 * sum(c["ra"] for c in cells) / n,
+        "mean DER %": 100 * sum(c["der"] for c in cells) / n,
+        "worst DER %": 100 * min(c["der"] for c in cells),
+        "mean seconds": sum(c["seconds"] for c in cells) / n,
+        "statuses": ", ".join(str(c["status"]) for c in cells),
+    }
+
+
 def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and worst case per (model, attack, defence) over the fixtures' seeds, for the
     groups measured on two or more seeds (``badnets-0.1`` and ``badnets-0.1-s1`` ...);
@@ -447,24 +465,7 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (model, attack, defence), cells in groups.items():
         if len(cells) < 2:
             continue
-        n = len(cells)
-        out.append(
-            {
-                "model": model,
-                "attack": attack,
-                "defence": defence,
-                "seeds": n,
-                "mean BA drop": 100 * sum(c["ba_drop"] for c in cells) / n,
-                "worst BA drop": 100 * max(c["ba_drop"] for c in cells),
-                "mean ASR %": 100 * sum(c["asr"] for c in cells) / n,
-                "worst ASR %": 100 * max(c["asr"] for c in cells),
-                "mean RA %": 100 * sum(c["ra"] for c in cells) / n,
-                "mean DER %": 100 * sum(c["der"] for c in cells) / n,
-                "worst DER %": 100 * min(c["der"] for c in cells),
-                "mean seconds": sum(c["seconds"] for c in cells) / n,
-                "statuses": ", ".join(str(c["status"]) for c in cells),
-            }
-        )
+        out.append({"model": model, "attack": attack, "defence": defence, **seed_stats(cells)})
     for model, attack in {(o["model"], o["attack"]) for o in out}:
         same = [o for o in out if (o["model"], o["attack"]) == (model, attack)]
         max(same, key=lambda o: (o["worst DER %"], -o["worst BA drop"]))["best"] = True

@@ -133,3 +133,74 @@ def test_gate_user_script_folders_are_pixel_exact_and_verdicts(tmp_path: Any) ->
     assert verdict(passed=False, backdoored=False, asr_after=None, ba_lost=0.0, **kw) == (
         "false alarm"
     )
+
+
+def test_issue16_table_roles_overrides_and_acceptance(tmp_path: Any) -> None:
+    """The issue-16 table takes each role's cells from its named files (a later source wins),
+    aggregates the seeds and judges the acceptance items on the worst seed."""
+    import json
+
+    from benchmarks import issue16_table as t
+
+    def cell(fixture: str, defence: str, ba_drop: float, asr: float, der: float) -> dict[str, Any]:
+        return {
+            "fixture": fixture,
+            "attack": fixture.split("-")[0],
+            "defence": defence,
+            "ba": 0.8 - ba_drop,
+            "asr": asr,
+            "ra": 0.5,
+            "der": der,
+            "ba_drop": ba_drop,
+            "seconds": 10.0,
+            "status": "purified",
+        }
+
+    def write(name: str, cells: list[dict[str, Any]]) -> None:
+        (tmp_path / f"{name}.json").write_text(json.dumps({"details": cells}))
+
+    write(
+        "purify_cpu_shipped_default",
+        [
+            cell("badnets-0.1", "auto-quick", 0.010, 0.010, 0.97),
+            cell("badnets-0.1-s1", "auto-quick", 0.012, 0.030, 0.94),
+            cell("sig-0.1", "auto-quick", 0.0, 0.5, 0.7),
+            cell("sig-0.1-s1", "auto-quick", 0.0, 0.5, 0.7),
+            cell("badnets-0.1", "none", 0.0, 0.95, 0.5),
+        ],
+    )
+    # stop 38's re-measured SIG cells override the shipped-default file's
+    write(
+        "purify_cpu_checked_mcl_sig",
+        [
+            cell("sig-0.1", "auto-quick-cmcl", -0.01, 0.001, 0.99),
+            cell("sig-0.1-s1", "auto-quick-cmcl", 0.005, 0.002, 0.99),
+            cell("badnets-0.1", "auto-quick-cmcl", 0.5, 0.5, 0.1),  # not a SIG cell: ignored
+        ],
+    )
+    write(
+        "purify_cpu_d3_head",
+        [
+            cell("badnets-0.1", "d3-0.5", 0.02, 0.04, 0.95),
+            cell("badnets-0.1-s1", "d3-0.5", 0.031, 0.01, 0.95),
+        ],
+    )
+    table = t.build(tmp_path)
+    rows = {(r["family"], r["attack"], r["role"]): r for r in table["rows"]}
+    bad = rows[("cifar-cnn", "badnets", "default")]
+    assert bad["seeds"] == 2
+    assert bad["mean BA drop"] == pytest.approx(1.1)
+    assert bad["worst ASR %"] == pytest.approx(3.0)
+    assert bad["worst DER %"] == pytest.approx(94.0)
+    sig = rows[("cifar-cnn", "sig", "default")]
+    assert sig["sources"] == "purify_cpu_checked_mcl_sig"
+    assert sig["worst ASR %"] == pytest.approx(0.2)
+    acc = {(a["item"], a["family"], a["attack"]): a["met"] for a in table["acceptance"]}
+    assert acc[("default: DER >= 95", "cifar-cnn", "badnets")] is False  # 94.0 on seed 1
+    assert acc[("default: DER >= 95", "cifar-cnn", "sig")] is True
+    # worst drop 3.1 points: D3's aim (<= 3) is missed although the mean (2.55) is within it
+    assert acc[("D3 default: ASR <= 5 %, drop <= 3", "cifar-cnn", "badnets")] is False
+    assert acc[("some strategy: ASR <= 2 %, drop <= 1.5", "cifar-cnn", "sig")] is True
+    assert "purify_cpu_cifar_cnn_seeds" in table["missing_files"]
+    assert "mcl / badnets-0.1" in table["missing_cells"]
+    assert "## Acceptance" in t.markdown(table)
