@@ -120,16 +120,18 @@ def write_results(
     meta: dict[str, Any],
     *,
     results_dir: Path | None = None,
+    body: str | None = None,
 ) -> Path:
     """Write ``<results_dir>/<name>.json`` and ``<name>.md`` (markdown table).
 
-    ``results_dir`` defaults to ``benchmarks/results/`` (the committed results).
+    ``results_dir`` defaults to ``benchmarks/results/`` (the committed results); ``body``
+    replaces the markdown table of ``rows`` (a page with several tables).
     """
     out = RESULTS if results_dir is None else Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"benchmark": name, "environment": environment_info(), **meta, "rows": rows}
     (out / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    md = f"# {name}\n\n" + md_table(rows, columns)
+    md = f"# {name}\n\n" + (md_table(rows, columns) if body is None else body)
     if meta.get("command"):
         md += f"\nCommand: `{meta['command']}`\n"
     (out / f"{name}.md").write_text(md)

@@ -296,9 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             "missing_files": table["missing_files"],
             "missing_cells": table["missing_cells"],
         },
-    )
-    path.write_text(
-        f"# {args.out}\n\n" + markdown(table) + "\nCommand: `python -m benchmarks.issue16_table`\n"
+        body=markdown(table),
     )
     print(path.read_text())
     return 0
