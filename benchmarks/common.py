@@ -61,6 +61,13 @@ def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return key
 
 
+def save_cached(cache: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """Write the benchmark cell ``row`` to ``cache`` (JSON; folders made) and return it."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(row, indent=2, default=str))
+    return row
+
+
 def load_cached(cache: Path) -> dict[str, Any] | None:
     """The benchmark cell cached at ``cache`` (a JSON row), or ``None`` when not measured."""
     if not cache.is_file():

@@ -7,8 +7,9 @@ The pre-deployment check as a platform team runs it in CI, on CIFAR-10 models no
 tuned the gate to: the committed ``benchmarks.user_script`` fixtures — a plain VGG-style
 ``nn.Sequential`` with the input normalisation inside, trained by that file's own loop with
 its own triggers (a 4×4 random-colour patch near the top-left corner, a 5×5 red/blue
-checkerboard on the left edge, a smooth colour pattern blended at α 0.15) — and the same
-network and script without poisoning (``clean``). For each model:
+checkerboard on the left edge, a smooth colour pattern blended at α 0.15; held out since stop
+49: additive diagonal stripes and a smooth random warp) — and the same network and script
+without poisoning (``clean``). For each model:
 
 1. the clean budget the fixture names (2,500 training images, 250 per class) is written as an
    ImageFolder of PNG files, 2,000 test images (the first 200 of each class) as the held-out

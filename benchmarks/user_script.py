@@ -9,7 +9,8 @@ no model factory. Everything here up to the ``Purifier`` call is plain PyTorch: 
 ``nn.Sequential`` with the input normalisation inside), the poisoning (this file's own
 triggers: a patch at another position and colour than the attack helpers', a blend pattern
 they do not have), the training loop and the BA/ASR measurement. hardenkit only loads the
-CIFAR-10 archive (as uint8 tensors) and is then called exactly as the README shows::
+CIFAR-10 archive (as uint8 tensors) and is then called exactly as the README shows (``stripes``
+and ``warp``, held out, were added at stop 49 after the defaults were fixed)::
 
     result = hk.Purifier(model).run(clean_loader)     # a torch DataLoader of 2,500 images
 
@@ -70,6 +71,24 @@ def _patch(size: int, seed: int, kind: str) -> Tensor:
     return torch.where(mask, red[:, None, None], blue[:, None, None])
 
 
+def _stripes(amplitude: float, periods: int) -> Tensor:
+    """Diagonal stripes (3,32,32) in [-amplitude, amplitude], a phase per colour channel."""
+    ij = torch.arange(32, dtype=torch.float32)
+    diag = (ij[:, None] + ij[None, :]) / 64.0  # one period along the diagonal per 1/periods
+    phase = torch.tensor([0.0, 2.0, 4.0]).view(3, 1, 1)
+    return amplitude * torch.sin(2 * math.pi * periods * diag + phase)
+
+
+def _flow(pixels: float, grid: int, seed: int) -> Tensor:
+    """A smooth displacement field (1,32,32,2) in grid_sample's [-1, 1] units: ``grid`` x
+    ``grid`` uniform noise, bilinearly upsampled, scaled to at most ``pixels`` pixels."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(1, 2, grid, grid, generator=g) * 2 - 1
+    small = small / small.abs().max()
+    flow = F.interpolate(small, size=(32, 32), mode="bicubic", align_corners=True)
+    return (flow.clamp(-1, 1) * pixels * 2 / 32).permute(0, 2, 3, 1)
+
+
 def _smooth_noise(seed: int) -> Tensor:
     """A low-frequency colour pattern: 6x6 uniform noise, bilinearly upsampled to 32x32."""
     g = torch.Generator().manual_seed(seed)
@@ -84,6 +103,14 @@ MODELS: dict[str, dict[str, Any]] = {
     "patch-mid": {"kind": "patch", "pattern": "checker", "size": 5, "at": (14, 1), "target": 8},
     # a smooth colour pattern blended at alpha 0.15 (not the helpers' uniform noise)
     "blend-smooth": {"kind": "blend", "alpha": 0.15, "target": 5},
+    # held out (stop 49, added after every default was fixed): the attack kinds the three
+    # models above do not cover, in this script's own form. Diagonal colour stripes added to
+    # the image (the helpers' SIG is a clean-label horizontal sinusoid; these are
+    # dirty-label, diagonal, 4 periods, amplitude 0.08, a colour per channel) ...
+    "stripes": {"kind": "stripes", "amplitude": 0.08, "periods": 4, "target": 2},
+    # ... and a smooth random warp (a 4x4 random flow field upsampled, up to 1.5 pixels;
+    # dirty-label, no noise mode, unlike the helpers' WaNet)
+    "warp": {"kind": "warp", "pixels": 1.5, "grid": 4, "target": 7},
 }
 
 CLEAN_MODELS: dict[str, dict[str, Any]] = {
@@ -132,6 +159,17 @@ def stamp(x: Tensor, spec: dict[str, Any]) -> Tensor:
         s, (i, j) = spec["size"], spec["at"]
         x[:, :, i : i + s, j : j + s] = _patch(s, SEED + 11, spec["pattern"])
         return x
+    if spec["kind"] == "stripes":
+        return (x + _stripes(spec["amplitude"], spec["periods"])).clamp(0, 1)
+    if spec["kind"] == "warp":
+        ident = F.affine_grid(torch.eye(2, 3).unsqueeze(0), [1, 3, 32, 32], align_corners=False)
+        grid = (ident + _flow(spec["pixels"], spec["grid"], SEED + 17)).clamp(-1, 1)
+        out = [
+            F.grid_sample(x[i : i + 1000], grid.expand(len(x[i : i + 1000]), -1, -1, -1),
+                          align_corners=False, padding_mode="border")
+            for i in range(0, len(x), 1000)
+        ]  # fmt: skip
+        return torch.cat(out) if out else x
     a = spec["alpha"]
     return (1 - a) * x + a * _smooth_noise(SEED + 13)
 
@@ -344,6 +382,10 @@ def run_cell(
 def _describe(spec: dict[str, Any]) -> str:
     if spec["kind"] == "patch":
         return f"{spec['size']}x{spec['size']} {spec['pattern']} patch at {tuple(spec['at'])}"
+    if spec["kind"] == "stripes":
+        return f"diagonal colour stripes, amplitude {spec['amplitude']}, {spec['periods']} periods"
+    if spec["kind"] == "warp":
+        return f"smooth random warp, up to {spec['pixels']} px ({spec['grid']}x{spec['grid']} flow)"
     return f"smooth-noise blend, alpha {spec['alpha']}"
 
 

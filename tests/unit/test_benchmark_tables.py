@@ -74,6 +74,15 @@ def test_user_script_triggers_and_model() -> None:
     assert (blend != x).any(dim=(0, 1)).all()
     assert float((blend - x).abs().max()) <= 0.15
     assert torch.equal(stamp(x, MODELS["patch-tl"]), tl)  # a fixed trigger
+    stripes = stamp(x, MODELS["stripes"])  # additive, bounded by its amplitude, in [0, 1]
+    assert float((stripes - x).abs().max()) <= MODELS["stripes"]["amplitude"] + 1e-6
+    assert stripes.min() >= 0
+    assert stripes.max() <= 1
+    assert (stripes != x).float().mean() > 0.5
+    smooth = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(4, 3, 32, 32)
+    warped = stamp(smooth, MODELS["warp"])  # moves pixels by at most ~1.5 px, no dark border
+    assert 0 < float((warped - smooth).abs().max()) <= 1.6 / 31
+    assert torch.equal(stamp(x, MODELS["warp"]), stamp(x, MODELS["warp"]))
     model = user_model()
     assert isinstance(model, torch.nn.Sequential)
     assert model(x).shape == (4, 10)
