@@ -74,14 +74,14 @@ def _patch(size: int, seed: int, kind: str) -> Tensor:
 def _stripes(amplitude: float, periods: int) -> Tensor:
     """Diagonal stripes (3,32,32) in [-amplitude, amplitude], a phase per colour channel."""
     ij = torch.arange(32, dtype=torch.float32)
-    diag = (ij[:, None] + ij[None, :]) / 64.0  # one period along the diagonal per 1/periods
+    diag = (ij[:, None] + ij[None, :]) / 64.0  # 0 -> ~1 corner to corner: ``periods`` periods
     phase = torch.tensor([0.0, 2.0, 4.0]).view(3, 1, 1)
     return amplitude * torch.sin(2 * math.pi * periods * diag + phase)
 
 
 def _flow(pixels: float, grid: int, seed: int) -> Tensor:
     """A smooth displacement field (1,32,32,2) in grid_sample's [-1, 1] units: ``grid`` x
-    ``grid`` uniform noise, bilinearly upsampled, scaled to at most ``pixels`` pixels."""
+    ``grid`` uniform noise, bicubically upsampled, scaled to at most ``pixels`` pixels."""
     g = torch.Generator().manual_seed(seed)
     small = torch.rand(1, 2, grid, grid, generator=g) * 2 - 1
     small = small / small.abs().max()
