@@ -208,10 +208,15 @@ def _scan(
     return out
 
 
-def _mm_bd(model: torch.nn.Module, seed: int) -> dict[str, Any]:
-    """Data-free MM-BD at its reference defaults (no clean images)."""
+def _mm_bd(
+    model: torch.nn.Module, seed: int, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Data-free MM-BD (no clean images) at its reference defaults, or with ``options``
+    (``MaxMarginConfig`` fields, e.g. ``{"alpha": 0.001}``)."""
     rt = {"seed": seed, "device": "cpu", "progress": "off"}
-    cfg = {"detectors": ["mm-bd"]}
+    cfg: dict[str, Any] = {"detectors": ["mm-bd"]}
+    if options:
+        cfg["detector_options"] = {"mm-bd": options}
     t0 = time.perf_counter()
     scan = hk.Scanner(model, 10, config=cfg, runtime=rt, input_shape=(3, 32, 32)).run()
     det = scan.report.detectors[0]
@@ -219,6 +224,7 @@ def _mm_bd(model: torch.nn.Module, seed: int) -> dict[str, Any]:
         "mm_bd_p": det.p_value,
         "mm_bd_flags": list(det.flagged_labels),
         "mm_bd_margins": [c.value for c in det.classes],
+        "mm_bd_verdict": scan.verdict,
         "mm_bd_s": time.perf_counter() - t0,
     }
 

@@ -50,6 +50,7 @@ from .common import (
     load_cifar10,
     mcl_default_key,
     md_table,
+    save_cached,
     write_results,
 )
 
@@ -374,9 +375,7 @@ def run_cell(
         row["input_unchanged"] = all(
             torch.equal(v, fresh[k]) for k, v in model.state_dict().items()
         )
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(row, indent=2, default=str))
-    return row
+    return save_cached(cache, row)
 
 
 def _describe(spec: dict[str, Any]) -> str:
