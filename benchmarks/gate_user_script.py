@@ -82,11 +82,12 @@ ZOO_ARCHS = {
 }
 """``--arch`` of the scanner zoo's architectures (``zoo:<id>`` models)."""
 
-GATE_DEFAULT = "default-s41"
+GATE_DEFAULT = "default-s50"
 """The default policy a cached outcome was measured under (part of the cache key): stop 41
-made ``flagged_without_trigger: fail`` the default; outcomes measured before are in the
-committed ``benchmarks/results/gate_user_script.json``. A ``--policy`` file's contents are
-part of the key too."""
+made ``flagged_without_trigger: fail`` the default; stop 50 added the ``signal`` detector to
+the scan presets; outcomes measured before are in the committed
+``benchmarks/results/gate_user_script*.json``. A ``--policy`` file's contents are part of the
+key too."""
 
 
 def _write_folder(root: Path, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -34,7 +34,17 @@ import torch
 from .common import CACHE, config_hash, load_cached, md_table, save_cached, write_results
 from .scanner_zoo import _mm_bd
 
-USER = ["patch-tl", "patch-mid", "blend-smooth", "stripes", "warp", "clean"]
+USER = [
+    "patch-tl",
+    "patch-mid",
+    "blend-smooth",
+    "stripes",
+    "warp",
+    "ripple",
+    "clean",
+    "clean-s1",
+    "clean-s2",
+]
 PROTOCOL = [
     f"{fam}{attack}-0.1{seed}"
     for fam in ("", "preact-")

@@ -198,6 +198,12 @@ def _scan(
                 w_reached=[bool(c.extra["reached_threshold"]) for c in d.classes],
                 w_s=d.seconds,
             )
+        elif d.detector == "signal":
+            out.update(
+                sg_rms=[c.value for c in d.classes],
+                sg_reached=[bool(c.extra["reached_threshold"]) for c in d.classes],
+                sg_s=d.seconds,
+            )
         elif d.detector == "prediction-share":
             out.update(
                 ps_share=[c.value for c in d.classes],
@@ -250,12 +256,14 @@ _DETECTOR_RULES: dict[str, tuple[str, str | None, float]] = {
     "pixel:log-pixels": ("px_pixels", "px_reached", 0.0),
     "pixel:default": ("px_pixels", "px_reached", FLOOR),
     "warp:default": ("w_shift", "w_reached", FLOOR),
+    "signal:default": ("sg_rms", "sg_reached", FLOOR),
 }
 SHARE_ALPHA = 0.01  # PredictionShareConfig.alpha: -log10(alpha) = 2, the MAD rules' threshold
 COMBINED = {
     "nc+warp": ("nc:default", "warp:default"),
     "nc+warp+share": ("nc:default", "warp:default", "share:default"),
     "nc+pixel+warp": ("nc:default", "pixel:default", "warp:default"),
+    "nc+warp+share+signal": ("nc:default", "warp:default", "share:default", "signal:default"),
 }
 
 
@@ -300,6 +308,8 @@ RULES = [
     "nc+pixel+warp",
     "share:default",
     "nc+warp+share",
+    "signal:default",
+    "nc+warp+share+signal",
 ]
 
 
@@ -331,7 +341,12 @@ def auroc(pos: list[float], neg: list[float]) -> float | None:
     return wins / (len(pos) * len(neg))
 
 
-REFERENCE_DETECTORS = {"neural-cleanse": "nc_l1", "pixel": "px_pixels", "warp": "w_shift"}
+REFERENCE_DETECTORS = {
+    "neural-cleanse": "nc_l1",
+    "pixel": "px_pixels",
+    "warp": "w_shift",
+    "signal": "sg_rms",
+}
 
 
 def write_reference(models: list[dict[str, Any]], command: str, name: str = "scanner_zoo") -> Path:
@@ -411,7 +426,13 @@ def evaluate(
     return rows
 
 
-_SECONDS = {"NC s": "nc_s", "pixel s": "px_s", "warp s": "w_s", "share s": "ps_s"}
+_SECONDS = {
+    "NC s": "nc_s",
+    "pixel s": "px_s",
+    "warp s": "w_s",
+    "share s": "ps_s",
+    "signal s": "sg_s",
+}
 
 
 def per_model_table(models: list[dict[str, Any]]) -> str:
@@ -497,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         "pixel": "px_pixels",
         "warp": "w_shift",
         "prediction-share": "ps_p",
+        "signal": "sg_rms",
     }
     if args.from_json is not None:
         models = []

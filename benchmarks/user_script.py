@@ -80,6 +80,16 @@ def _stripes(amplitude: float, periods: int) -> Tensor:
     return amplitude * torch.sin(2 * math.pi * periods * diag + phase)
 
 
+def _ripple(amplitude: float, periods: float, centre: tuple[float, float]) -> Tensor:
+    """Concentric rings (3,32,32) around ``centre`` (row, column): ``periods`` periods from
+    the centre to the farthest corner, one sinusoid weighted per channel (red up, green down,
+    blue half)."""
+    ij = torch.arange(32, dtype=torch.float32)
+    r = ((ij[:, None] - centre[0]) ** 2 + (ij[None, :] - centre[1]) ** 2).sqrt()
+    ring = torch.sin(2 * math.pi * periods * r / r.max())
+    return amplitude * torch.tensor([1.0, -1.0, 0.5]).view(3, 1, 1) * ring
+
+
 def _flow(pixels: float, grid: int, seed: int) -> Tensor:
     """A smooth displacement field (1,32,32,2) in grid_sample's [-1, 1] units: ``grid`` x
     ``grid`` uniform noise, bicubically upsampled, scaled to at most ``pixels`` pixels."""
@@ -112,12 +122,20 @@ MODELS: dict[str, dict[str, Any]] = {
     # ... and a smooth random warp (a 4x4 random flow field upsampled, up to 1.5 pixels;
     # dirty-label, no noise mode, unlike the helpers' WaNet)
     "warp": {"kind": "warp", "pixels": 1.5, "grid": 4, "target": 7},
+    # held out from the ``signal`` detector (stop 50: trained after its defaults were fixed
+    # on ``stripes``): concentric colour rings added to the image, fainter than the stripes
+    # (amplitude 0.06), centred off the middle, dirty-label
+    "ripple": {"kind": "ripple", "amplitude": 0.06, "periods": 3, "centre": (10, 22), "target": 4},
 }
 
 CLEAN_MODELS: dict[str, dict[str, Any]] = {
     # the same network and script without poisoning: the clean counterpart (a gate must pass
     # it; benchmarks.gate_user_script)
     "clean": {"kind": "clean", "target": None},
+    # two more clean models of the same script with other seeds (stop 50): the false-positive
+    # side of a scan rule needs more than one clean model (other weights, other clean budget)
+    "clean-s1": {"kind": "clean", "target": None, "seed": 1},
+    "clean-s2": {"kind": "clean", "target": None, "seed": 2},
 }
 
 
@@ -162,6 +180,9 @@ def stamp(x: Tensor, spec: dict[str, Any]) -> Tensor:
         return x
     if spec["kind"] == "stripes":
         return (x + _stripes(spec["amplitude"], spec["periods"])).clamp(0, 1)
+    if spec["kind"] == "ripple":
+        ripple = _ripple(spec["amplitude"], spec["periods"], tuple(spec["centre"]))
+        return (x + ripple).clamp(0, 1)
     if spec["kind"] == "warp":
         ident = F.affine_grid(torch.eye(2, 3).unsqueeze(0), [1, 3, 32, 32], align_corners=False)
         grid = (ident + _flow(spec["pixels"], spec["grid"], SEED + 17)).clamp(-1, 1)
@@ -244,8 +265,9 @@ def train(name: str, x: Tensor, y: Tensor) -> tuple[nn.Module, dict[str, Any]]:
     """The user's training script: poison 10 % of the non-target images (none for a clean
     model), train 12 epochs."""
     spec = model_spec(name)
-    g = torch.Generator().manual_seed(SEED)
-    torch.manual_seed(SEED)
+    seed = spec.get("seed", SEED)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
     # the defender's clean budget: 250 images per class that were never poisoned
     perm = torch.randperm(len(y), generator=g)
     clean_idx = torch.cat([perm[y[perm] == c][:CLEAN_PER_CLASS] for c in range(10)])
@@ -304,7 +326,7 @@ def load_or_train(name: str, data: dict[str, hk.ImageDataset]) -> tuple[nn.Modul
     spec = model_spec(name)
     entry = {
         "spec": spec,
-        "seed": SEED,
+        "seed": spec.get("seed", SEED),
         "epochs": EPOCHS,
         "poison_rate": 0.0 if spec["kind"] == "clean" else POISON_RATE,
         "train_seconds": extra["train_seconds"],
@@ -383,6 +405,11 @@ def _describe(spec: dict[str, Any]) -> str:
         return f"{spec['size']}x{spec['size']} {spec['pattern']} patch at {tuple(spec['at'])}"
     if spec["kind"] == "stripes":
         return f"diagonal colour stripes, amplitude {spec['amplitude']}, {spec['periods']} periods"
+    if spec["kind"] == "ripple":
+        return (
+            f"concentric colour rings at {tuple(spec['centre'])}, amplitude "
+            f"{spec['amplitude']}, {spec['periods']} periods"
+        )
     if spec["kind"] == "warp":
         return f"smooth random warp, up to {spec['pixels']} px ({spec['grid']}x{spec['grid']} flow)"
     return f"smooth-noise blend, alpha {spec['alpha']}"

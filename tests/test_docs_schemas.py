@@ -45,6 +45,7 @@ from hardenkit.scan import (
     PixelConfig,
     PredictionShareConfig,
     ScanConfig,
+    SmoothSignalConfig,
     WarpConfig,
 )
 from hardenkit.training import TrainConfig
@@ -178,6 +179,7 @@ CONFIG_TABLES: list[tuple[type[BaseModel], str, str, set[str]]] = [
     (MaxMarginConfig, "scanning.md", "### MaxMarginConfig", set()),
     (PixelConfig, "scanning.md", "### PixelConfig", set()),
     (WarpConfig, "scanning.md", "### WarpConfig", set()),
+    (SmoothSignalConfig, "scanning.md", "### SmoothSignalConfig", set()),
     (PredictionShareConfig, "scanning.md", "### PredictionShareConfig", set()),
     # the StrategyConfig fields (max_steps, max_seconds) and, for NCUnlearnConfig, the
     # FinetuneConfig fields are listed in every strategy table

@@ -59,6 +59,11 @@ class AutoConfig(StrategyConfig):
             the statistic did not flag is the smallest warp, but Neural Cleanse's masks do
             not rank it among the smallest. ``0``: Neural Cleanse's candidates only (the
             behaviour before stop 37).
+        other_inversion_detectors: the detectors whose inversions ``other_inversion_candidates``
+            takes (default ``warp`` and ``pixel``). The smooth-signal inversion (``signal``,
+            in the presets since stop 50) is left out by default: its smallest signals in
+            that branch have not been measured (every scan-miss repair figure in the docs was
+            measured without it); add ``"signal"`` to use them.
         candidate_strategy: the strategy of that smallest-mask branch: ``nc-unlearn``
             (default: cheap on the clean models that make up most negative scans) or ``mcl``.
         candidate_mcl: before that branch, MCL on the inverted trigger(s) of this many
@@ -100,6 +105,7 @@ class AutoConfig(StrategyConfig):
     fallback_config: dict[str, Any] = Field(default_factory=dict)
     unflagged_candidates: Annotated[int, Field(ge=0)] = 3
     other_inversion_candidates: Annotated[int, Field(ge=0)] = 1
+    other_inversion_detectors: tuple[str, ...] = ("warp", "pixel")
     candidate_strategy: Literal["nc-unlearn", "mcl"] = "nc-unlearn"
     candidate_config: dict[str, Any] = Field(default_factory=dict)
     candidate_mcl: Annotated[int, Field(ge=0)] = 1
@@ -390,7 +396,7 @@ class AutoStrategy(PurificationStrategy):
         return result, sources
 
     def _other_inversions(self, scan: ScanResult) -> list[tuple[str, int, Trigger]]:
-        """Per trigger-recovering detector other than Neural Cleanse, the
+        """Per trigger-recovering detector of ``other_inversion_detectors``, the
         ``other_inversion_candidates`` labels whose inversion reached its attack threshold
         with the smallest size (its statistic's suspicious side), with that trigger."""
         m = self.config.other_inversion_candidates
@@ -399,7 +405,7 @@ class AutoStrategy(PurificationStrategy):
             return out
         for det in scan.report.detectors:
             inv = scan.inversions.get(det.detector, {})
-            if det.detector == "neural-cleanse" or not inv:
+            if det.detector not in self.config.other_inversion_detectors or not inv:
                 continue
             sign = 1.0 if det.suspicious_side == "low" else -1.0
             reached = sorted(

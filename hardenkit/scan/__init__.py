@@ -1,12 +1,12 @@
 """Model-level backdoor scanning: trigger inversion batched over classes (Neural Cleanse,
-PixelBackdoor, warp), the prediction share (labels the model never predicts on clean images)
-and data-free MM-BD.
+PixelBackdoor, warp, smooth signal), the prediction share (labels the model never predicts on
+clean images) and data-free MM-BD.
 
 Example:
     >>> import hardenkit as hk
     >>> from hardenkit.scan import DETECTORS
     >>> DETECTORS.names()
-    ['mm-bd', 'neural-cleanse', 'pixel', 'prediction-share', 'warp']
+    ['mm-bd', 'neural-cleanse', 'pixel', 'prediction-share', 'signal', 'warp']
 """
 
 from .anomaly import AnomalyStats, gamma_max_pvalue, logistic_score, mad_anomaly
@@ -33,6 +33,7 @@ from .scanner import (
     Verdict,
 )
 from .share import PredictionShareConfig, PredictionShareDetector
+from .smooth import SmoothSignalConfig, SmoothSignalDetector
 from .warp import WarpConfig, WarpDetector
 
 __all__ = [
@@ -59,6 +60,8 @@ __all__ = [
     "ScanReport",
     "ScanResult",
     "Scanner",
+    "SmoothSignalConfig",
+    "SmoothSignalDetector",
     "Verdict",
     "WarpConfig",
     "WarpDetector",

@@ -39,11 +39,13 @@ __all__ = [
     "scan_config_for_budget",
 ]
 
-DEFAULT_DETECTORS = ("neural-cleanse", "warp", "prediction-share")
+DEFAULT_DETECTORS = ("neural-cleanse", "warp", "prediction-share", "signal")
 """The detectors every preset runs unless the caller names others: Neural Cleanse (patch and
-blend triggers), the warp inversion (WaNet-class triggers, which Neural Cleanse misses) and the
+blend triggers), the warp inversion (WaNet-class triggers, which Neural Cleanse misses), the
 prediction share (clean-label targets the model never predicts without the trigger, e.g. SIG;
-one forward pass over the clean images)."""
+one forward pass over the clean images) and the smooth-signal inversion (whole-image additive
+triggers such as stripes, which the others miss; since stop 50). ``signal`` comes last, so a
+label Neural Cleanse or the warp inversion also flags keeps their trigger."""
 
 SCAN_BUDGETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -184,6 +186,13 @@ def _estimate(
         n = n_inv if wp.max_images is None else min(n_inv, wp.max_images)
         bs = min(wp.batch_size, n)
         total += wp.epochs * max(1, n // bs) * labels * wp.restarts * bs * per_image
+    if "signal" in config.detectors:
+        from .smooth import SmoothSignalConfig
+
+        sg = parse_config(SmoothSignalConfig, config.detector_options.get("signal"))
+        n = n_inv if sg.max_images is None else min(n_inv, sg.max_images)
+        bs = min(sg.batch_size, n)
+        total += sg.epochs * max(1, n // bs) * labels * bs * per_image
     if "prediction-share" in config.detectors:
         total += n_inv * per_image  # one forward pass (the timed pass includes a backward)
     if "mm-bd" in config.detectors:

@@ -163,6 +163,9 @@ class ClassScan(BaseModel):
     warp_shift: float | None = None
     """The ``warp`` detector's smallest successful flow field (mean displacement, WaNet
     strength units); ``max_shift`` when no warp reached the label."""
+    signal_rms: float | None = None
+    """The ``signal`` detector's smallest successful smooth additive signal (RMS, pixel
+    units in [0, 1]); 1.0 when no signal reached the label."""
     trigger_source: str | None = None
     """The detector whose recovered trigger ``trigger_asr`` measures (and purifiers get)."""
 
@@ -908,8 +911,8 @@ class Scanner:
                     row["trigger_pixels"] = cell.extra.get("pixels")
                     if "reached_threshold" not in row:
                         row["reached_threshold"] = cell.extra.get("reached_threshold")
-                elif d.detector == "warp":
-                    row["warp_shift"] = cell.value
+                elif d.detector in ("warp", "signal"):
+                    row["warp_shift" if d.detector == "warp" else "signal_rms"] = cell.value
                     if "reached_threshold" not in row:
                         row["reached_threshold"] = cell.extra.get("reached_threshold")
             if y in asr:

@@ -27,8 +27,8 @@ def test_estimate_is_printed_first_and_a_cut_short_clean_scan_exits_1(
     err = capsys.readouterr().err
     first = err.strip().splitlines()[0]
     assert first.startswith(
-        "scan: budget 0.001 (neural-cleanse, warp, prediction-share; 300 images x 30 epochs per "
-        "label, capped at 0s)"
+        "scan: budget 0.001 (neural-cleanse, warp, prediction-share, signal; 300 images x 30 "
+        "epochs per label, capped at 0s)"
     )
     assert "estimated at most" in first
     assert "cut the scan short" in err or "backdoored" in err
@@ -58,8 +58,8 @@ def test_quick_preset_runs(weights: Path, capsys: pytest.CaptureFixture[str]) ->
     )
     err = capsys.readouterr().err
     assert (
-        "budget quick (neural-cleanse, warp, prediction-share; 200 images x 2 epochs per label)"
-        in err
+        "budget quick (neural-cleanse, warp, prediction-share, signal; 200 images x 2 epochs "
+        "per label)" in err
     )
     assert code in (0, 1)
     assert "NOT conclusive" not in err

@@ -79,6 +79,11 @@ def test_user_script_triggers_and_model() -> None:
     assert stripes.min() >= 0
     assert stripes.max() <= 1
     assert (stripes != x).float().mean() > 0.5
+    ripple = stamp(x, MODELS["ripple"])  # additive rings, bounded by their amplitude
+    assert float((ripple - x).abs().max()) <= MODELS["ripple"]["amplitude"] + 1e-6
+    assert ripple.min() >= 0
+    assert ripple.max() <= 1
+    assert (ripple != x).float().mean() > 0.5
     smooth = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(4, 3, 32, 32)
     warped = stamp(smooth, MODELS["warp"])  # moves pixels by at most ~1.5 px, no dark border
     assert 0 < float((warped - smooth).abs().max()) <= 1.6 / 31

@@ -595,7 +595,7 @@ def test_calibration_compares_every_detector_that_decides_at_the_reference_thres
 
     ref = load_reference()
     assert ref is not None
-    assert {"neural-cleanse", "warp", "prediction-share"} <= ref.detectors
+    assert {"neural-cleanse", "warp", "prediction-share", "signal"} <= ref.detectors
 
     def rep(name: str, evidence: float, threshold: float = 2.0) -> DetectorReport:
         return DetectorReport.model_construct(detector=name, evidence=evidence, threshold=threshold)

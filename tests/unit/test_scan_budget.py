@@ -24,7 +24,7 @@ def test_presets_and_seconds() -> None:
     assert nc == sorted(nc) == [15, 30, 80]
     assert thorough == ScanConfig(detectors=DEFAULT_DETECTORS)
     assert all(c.detectors == DEFAULT_DETECTORS for c in (quick, standard, thorough))
-    assert DEFAULT_DETECTORS == ("neural-cleanse", "warp", "prediction-share")
+    assert DEFAULT_DETECTORS == ("neural-cleanse", "warp", "prediction-share", "signal")
     # detectors the caller names win over the preset's
     assert scan_config_for_budget("quick", {"detectors": ["pixel"]}).detectors == ("pixel",)
     assert scan_config_for_budget(45).max_seconds == 45.0
