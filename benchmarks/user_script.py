@@ -357,6 +357,8 @@ def run_cell(
     spec_key.update(mcl_default_key(strategy, cfg))  # + auto's candidate_mcl (stop 38)
     if defence.endswith("-miss"):  # v2: a missed scan keeps every detector's inversions and
         spec_key["v"] = 2  # auto adds warp's smallest reached label (stop 37)
+    if "signal" in hk.scan.budget.DEFAULT_DETECTORS:  # the presets' scan since stop 50
+        spec_key["detectors"] = list(hk.scan.budget.DEFAULT_DETECTORS)
     key = config_hash(spec_key)
     cache = CACHE / "user_script" / f"{name}-{defence}-{key}.json"
     cached = load_cached(cache)

@@ -39,7 +39,9 @@ __all__ = [
     "Inversion",
     "decide_on_log_sizes",
     "images_per_pass",
+    "inversion_images",
     "mad_output",
+    "targeted_ce",
 ]
 
 
@@ -348,6 +350,49 @@ def images_per_pass(setting: int | Literal["auto"], device: torch.device) -> int
     if setting == "auto":
         return 4096 if device.type == "cuda" else 128
     return int(setting)
+
+
+def inversion_images(ctx: DetectorContext, max_images: int | None) -> tuple[Tensor, Tensor]:
+    """The clean images ``(x, y)`` an inversion detector optimises on: all of the scan's, or a
+    class-stratified subsample of ``max_images`` (seeded by the scan's seed)."""
+    if ctx.x is None or ctx.y is None:
+        raise ValueError("an inversion needs clean images")
+    x, y = ctx.x, ctx.y
+    if max_images is not None and len(x) > max_images:
+        from ..data.sampling import stratified_indices
+
+        sub = stratified_indices(
+            y.cpu(), fraction=max_images / len(x), seed=ctx.seed, num_classes=ctx.num_classes
+        ).to(x.device)
+        x, y = x[sub], y[sub]
+    return x, y
+
+
+def targeted_ce(
+    ctx: DetectorContext, stamped: Tensor, yb: Tensor, pred0: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward pass of a batched inversion step: ``stamped`` holds the batch ``yb`` stamped
+    with each of ``L = len(target)`` candidate triggers, label-major (``L × B`` images).
+
+    Returns, per candidate, the mean cross-entropy towards its target over the images that
+    count (of another class and not already predicted as the target: a label the model
+    predicts for almost everything is then not "reached" by a zero trigger), how many count,
+    and how many of them the stamped image sends to the target.
+    """
+    lab, b = len(target), len(yb)
+    keep = (yb.unsqueeze(0) != target.unsqueeze(1)) & (pred0.unsqueeze(0) != target.unsqueeze(1))
+    keep_f = keep.float()
+    images = stamped.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=ctx.amp):
+        logits = ctx.model(images)
+    logits = logits.float()
+    ce = torch.nn.functional.cross_entropy(
+        logits, target.repeat_interleave(b), reduction="none"
+    ).view(lab, b)
+    count = keep_f.sum(1)
+    with torch.no_grad():
+        hits = ((logits.argmax(1).view(lab, b) == target.unsqueeze(1)).float() * keep_f).sum(1)
+    return (ce * keep_f).sum(1) / count.clamp(min=1), count, hits
 
 
 DETECTORS: Registry[type[Detector]] = Registry("detector", entry_point_group="hardenkit.detectors")

@@ -42,7 +42,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..data.sampling import stratified_indices
 from ..logging import get_logger
 from ..triggers import AdditiveTrigger, Trigger
 from .base import (
@@ -54,6 +53,7 @@ from .base import (
     Inversion,
     decide_on_log_sizes,
     images_per_pass,
+    inversion_images,
 )
 
 __all__ = ["PixelConfig", "PixelDetector"]
@@ -171,15 +171,7 @@ class PixelDetector(Detector):
         t0 = time.perf_counter()
         labels = list(ctx.labels)
         c, h, w = ctx.image_shape
-        x, y = ctx.x, ctx.y
-        if cfg.max_images is not None and len(x) > cfg.max_images:
-            sub = stratified_indices(
-                y.cpu(),
-                fraction=cfg.max_images / len(x),
-                seed=ctx.seed,
-                num_classes=ctx.num_classes,
-            ).to(x.device)
-            x, y = x[sub], y[sub]
+        x, y = inversion_images(ctx, cfg.max_images)
         n_lab = len(labels)
         g = torch.Generator().manual_seed(ctx.seed)
         # drawn for all the scan's labels, then this call's rows: the same start on any rank

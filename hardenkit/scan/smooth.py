@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..data.sampling import stratified_indices
 from ..logging import get_logger
 from ..triggers import AdditiveTrigger, Trigger
 from .base import (
@@ -55,6 +54,8 @@ from .base import (
     Inversion,
     decide_on_log_sizes,
     images_per_pass,
+    inversion_images,
+    targeted_ce,
 )
 
 __all__ = ["SmoothSignalConfig", "SmoothSignalDetector"]
@@ -138,15 +139,7 @@ class SmoothSignalDetector(Detector):
         t0 = time.perf_counter()
         labels = list(ctx.labels)
         c, h, w = ctx.image_shape
-        x, y = ctx.x, ctx.y
-        if cfg.max_images is not None and len(x) > cfg.max_images:
-            sub = stratified_indices(
-                y.cpu(),
-                fraction=cfg.max_images / len(x),
-                seed=ctx.seed,
-                num_classes=ctx.num_classes,
-            ).to(x.device)
-            x, y = x[sub], y[sub]
+        x, y = inversion_images(ctx, cfg.max_images)
         n_lab = len(labels)
         # zeros: no random start, so a label's result does not depend on the rank inverting it
         theta = torch.zeros(n_lab, c, cfg.k, cfg.k, device=ctx.device, requires_grad=True)
@@ -275,21 +268,10 @@ class SmoothSignalDetector(Detector):
         delta = _signals(theta[sel], h, w)  # (L, C, H, W)
         lab, b = len(sel), len(xb)
         stamped = (xb.unsqueeze(0) + delta.unsqueeze(1)).clamp(0, 1).reshape(lab * b, c, h, w)
-        stamped = stamped.contiguous(memory_format=torch.channels_last)
-        tgt = target[sel]
-        # (L, B): images of other classes that the model does not already put in the label
-        keep = (yb.unsqueeze(0) != tgt.unsqueeze(1)) & (pred0.unsqueeze(0) != tgt.unsqueeze(1))
-        keep = keep.float()
-        with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=ctx.amp):
-            logits = ctx.model(stamped)
-        logits = logits.float()
-        ce = F.cross_entropy(logits, tgt.repeat_interleave(b), reduction="none").view(lab, b)
-        count = keep.sum(1)
+        ce_mean, count, hits = targeted_ce(ctx, stamped, yb, pred0, target[sel])
         rms = _rms(delta)
-        loss = ((ce * keep).sum(1) / count.clamp(min=1) + cost[sel] * rms).sum()
+        loss = (ce_mean + cost[sel] * rms).sum()
         loss.backward()  # type: ignore[no-untyped-call]
-        with torch.no_grad():
-            hits = ((logits.argmax(1).view(lab, b) == tgt.unsqueeze(1)).float() * keep).sum(1)
         return hits.detach(), count.detach(), rms.detach()
 
 

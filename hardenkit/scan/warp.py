@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..data.sampling import stratified_indices
 from ..logging import get_logger
 from ..triggers import Trigger, WarpTrigger
 from .base import (
@@ -55,6 +54,8 @@ from .base import (
     Inversion,
     decide_on_log_sizes,
     images_per_pass,
+    inversion_images,
+    targeted_ce,
 )
 
 __all__ = ["WarpConfig", "WarpDetector"]
@@ -145,15 +146,7 @@ class WarpDetector(Detector):
         t0 = time.perf_counter()
         labels = list(ctx.labels)
         _, h, w = ctx.image_shape
-        x, y = ctx.x, ctx.y
-        if cfg.max_images is not None and len(x) > cfg.max_images:
-            sub = stratified_indices(
-                y.cpu(),
-                fraction=cfg.max_images / len(x),
-                seed=ctx.seed,
-                num_classes=ctx.num_classes,
-            ).to(x.device)
-            x, y = x[sub], y[sub]
+        x, y = inversion_images(ctx, cfg.max_images)
         n_lab, r = len(labels), cfg.restarts
         n_cand = n_lab * r  # candidate fields: label-major, restarts inner
         g = torch.Generator().manual_seed(ctx.seed + 11)
@@ -326,24 +319,10 @@ class WarpDetector(Detector):
         grid = grid.unsqueeze(1).expand(lab, b, h, w, 2).reshape(lab * b, h, w, 2)
         src = xb.unsqueeze(0).expand(lab, b, c, h, w).reshape(lab * b, c, h, w)
         warped = F.grid_sample(src, grid, align_corners=True)
-        warped = warped.contiguous(memory_format=torch.channels_last)
-        tgt = cand_label[sel]
-        # (L, B): images of other classes that the model does not already put in the label,
-        # so a label the model predicts for almost everything (a degenerate or untrained
-        # model) is not "reached" by a zero warp
-        keep = (yb.unsqueeze(0) != tgt.unsqueeze(1)) & (pred0.unsqueeze(0) != tgt.unsqueeze(1))
-        keep = keep.float()
-        with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=ctx.amp):
-            logits = ctx.model(warped)
-        logits = logits.float()
-        ce = F.cross_entropy(logits, tgt.repeat_interleave(b), reduction="none").view(lab, b)
-        count = keep.sum(1)
-        ce_mean = (ce * keep).sum(1) / count.clamp(min=1)
+        ce_mean, count, hits = targeted_ce(ctx, warped, yb, pred0, cand_label[sel])
         reg = field.abs().mean(dim=(1, 2, 3))
         loss = (ce_mean + cost[sel] * reg).sum()
         loss.backward()  # type: ignore[no-untyped-call]
-        with torch.no_grad():
-            hits = ((logits.argmax(1).view(lab, b) == tgt.unsqueeze(1)).float() * keep).sum(1)
         return hits.detach(), count.detach(), reg.detach()
 
 
