@@ -18,7 +18,7 @@ import time
 from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Protocol, cast
 
 import torch
 from pydantic import Field
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .._utils.progress import ProgressCallback
 from ..config import HardenkitConfig, parse_config
+from ..logging import get_logger
 from ..registry import Registry
 from ..triggers import Trigger
 from .anomaly import AnomalyStats, log_values, logistic_score, mad_anomaly, ratio_scale_floor
@@ -37,6 +38,7 @@ __all__ = [
     "DetectorContext",
     "DetectorOutput",
     "Inversion",
+    "TriggerSizeDetector",
     "decide_on_log_sizes",
     "images_per_pass",
     "inversion_images",
@@ -255,6 +257,39 @@ class Detector(ABC):
             per_label={y: per_label[y] for y in labels if y in per_label},
             info=info,
         )
+
+
+class _SizeDecisionConfig(Protocol):
+    @property
+    def anomaly_threshold(self) -> float: ...
+    @property
+    def max_median_ratio(self) -> float | None: ...
+    @property
+    def score_slope(self) -> float: ...
+
+
+class TriggerSizeDetector(Detector):
+    """A trigger inversion that decides on the *sizes* of its per-label triggers (``pixel``,
+    ``warp``, ``signal``): :func:`decide_on_log_sizes` with the config's
+    ``anomaly_threshold``, ``max_median_ratio`` and ``score_slope``."""
+
+    def size_statistic(self, inversion: Inversion) -> str:
+        """The tested quantity's name in the output's ``info`` (``log-<statistic>``)."""
+        return f"log-{inversion.statistic}"
+
+    def decide(self, inversion: Inversion) -> DetectorOutput:
+        cfg = cast(_SizeDecisionConfig, self.config)
+        out = decide_on_log_sizes(
+            inversion,
+            threshold=cfg.anomaly_threshold,
+            max_median_ratio=cfg.max_median_ratio,
+            score_slope=cfg.score_slope,
+            statistic=self.size_statistic(inversion),
+        )
+        get_logger(f"scan.{self.name}").debug(
+            f"scan.{self.name}_done", sizes=list(out.values.values()), flagged=out.flagged
+        )
+        return out
 
 
 def _is_number(v: Any) -> bool:

@@ -42,23 +42,19 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..logging import get_logger
 from ..triggers import AdditiveTrigger, Trigger
 from .base import (
     DETECTORS,
-    Detector,
     DetectorConfig,
     DetectorContext,
-    DetectorOutput,
     Inversion,
-    decide_on_log_sizes,
+    TriggerSizeDetector,
     images_per_pass,
     inversion_images,
 )
 
 __all__ = ["PixelConfig", "PixelDetector"]
 
-_log = get_logger("scan.pixel")
 _EPS = 1e-7
 
 
@@ -145,7 +141,7 @@ class _State:
         )
 
 
-class PixelDetector(Detector):
+class PixelDetector(TriggerSizeDetector):
     """PixelBackdoor: the smallest *additive* trigger per label; MAD test on log sizes.
 
     Finds blended and sinusoidal (SIG) triggers that Neural Cleanse's mask form misses; its
@@ -288,17 +284,8 @@ class PixelDetector(Detector):
             info={"images": n, "budget_exhausted": cut},
         )
 
-    def decide(self, inversion: Inversion) -> DetectorOutput:
-        cfg = self.config
-        out = decide_on_log_sizes(
-            inversion,
-            threshold=cfg.anomaly_threshold,
-            max_median_ratio=cfg.max_median_ratio,
-            score_slope=cfg.score_slope,
-            statistic=f"log-{cfg.statistic}",
-        )
-        _log.debug("scan.pixel_done", sizes=list(out.values.values()), flagged=out.flagged)
-        return out
+    def size_statistic(self, inversion: Inversion) -> str:
+        return f"log-{self.config.statistic}"
 
     def _step(
         self,

@@ -47,12 +47,10 @@ from ..logging import get_logger
 from ..triggers import AdditiveTrigger, Trigger
 from .base import (
     DETECTORS,
-    Detector,
     DetectorConfig,
     DetectorContext,
-    DetectorOutput,
     Inversion,
-    decide_on_log_sizes,
+    TriggerSizeDetector,
     images_per_pass,
     inversion_images,
     targeted_ce,
@@ -60,7 +58,7 @@ from .base import (
 
 __all__ = ["SmoothSignalConfig", "SmoothSignalDetector"]
 
-_log = get_logger("scan.smooth")
+_log = get_logger("scan.signal")
 
 _UNREACHED = 1.0
 """The size of a label no signal reached: the largest RMS an image in [0, 1] allows."""
@@ -117,7 +115,7 @@ def _rms(delta: Tensor) -> Tensor:
     return delta.pow(2).flatten(1).mean(1).add(1e-12).sqrt()
 
 
-class SmoothSignalDetector(Detector):
+class SmoothSignalDetector(TriggerSizeDetector):
     """Smallest smooth additive signal per label; MAD outlier test on log RMS.
 
     Example:
@@ -227,7 +225,7 @@ class SmoothSignalDetector(Detector):
             }
             for i, lab in enumerate(labels)
         }
-        _log.debug("scan.smooth_inverted", labels=labels, sizes=sizes)
+        _log.debug("scan.signal_inverted", labels=labels, sizes=sizes)
         return Inversion(
             detector=self.name,
             statistic="signal_rms",
@@ -239,18 +237,6 @@ class SmoothSignalDetector(Detector):
             per_label=per_label,
             info={"images": n, "budget_exhausted": cut},
         )
-
-    def decide(self, inversion: Inversion) -> DetectorOutput:
-        cfg = self.config
-        out = decide_on_log_sizes(
-            inversion,
-            threshold=cfg.anomaly_threshold,
-            max_median_ratio=cfg.max_median_ratio,
-            score_slope=cfg.score_slope,
-            statistic="log-signal_rms",
-        )
-        _log.debug("scan.smooth_done", sizes=list(out.values.values()), flagged=out.flagged)
-        return out
 
     def _step(
         self,

@@ -47,12 +47,10 @@ from ..logging import get_logger
 from ..triggers import Trigger, WarpTrigger
 from .base import (
     DETECTORS,
-    Detector,
     DetectorConfig,
     DetectorContext,
-    DetectorOutput,
     Inversion,
-    decide_on_log_sizes,
+    TriggerSizeDetector,
     images_per_pass,
     inversion_images,
     targeted_ce,
@@ -124,7 +122,7 @@ def _fields(theta: Tensor, h: int, w: int, max_shift: float) -> Tensor:
     return (max_shift * torch.tanh(up)).permute(0, 2, 3, 1)
 
 
-class WarpDetector(Detector):
+class WarpDetector(TriggerSizeDetector):
     """Smallest smooth (WaNet-form) warp per label; MAD outlier test on log sizes.
 
     Example:
@@ -285,18 +283,6 @@ class WarpDetector(Detector):
             per_label=per_label,
             info={"images": n, "budget_exhausted": cut},
         )
-
-    def decide(self, inversion: Inversion) -> DetectorOutput:
-        cfg = self.config
-        out = decide_on_log_sizes(
-            inversion,
-            threshold=cfg.anomaly_threshold,
-            max_median_ratio=cfg.max_median_ratio,
-            score_slope=cfg.score_slope,
-            statistic="log-warp_shift",
-        )
-        _log.debug("scan.warp_done", sizes=list(out.values.values()), flagged=out.flagged)
-        return out
 
     def _step(
         self,

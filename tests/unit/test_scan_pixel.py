@@ -14,41 +14,26 @@ from hardenkit.scan.budget import estimate_scan_seconds
 from hardenkit.scan.pixel import _State
 from hardenkit.triggers import AdditiveTrigger
 
+try:
+    from .scan_helpers import BrightnessClasses, detector_ctx
+except ImportError:  # imported as a top-level module (test_scan_distributed.py)
+    from scan_helpers import BrightnessClasses, detector_ctx  # type: ignore[no-redef]
+
 K, C, H, W = 4, 3, 8, 8
 
 
-class OnePixelBackdoor(nn.Module):
+class OnePixelBackdoor(BrightnessClasses):
     """Class c (1..3) scores the mean of channel c-1, so reaching it from another class takes
     raising a whole channel; class 0 scores 60 × one pixel: a one-pixel backdoor."""
 
-    def __init__(self, backdoor: bool = True) -> None:
-        super().__init__()
-        self.backdoor = backdoor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        means = x.mean(dim=(2, 3)) * 10  # (N, 3)
-        s0 = means.mean(1, keepdim=True) - 3.0
-        if self.backdoor:
-            s0 = s0 + 60 * x[:, 0, 2, 5].unsqueeze(1)
-        return torch.cat([s0, means], dim=1)
+    def backdoor_score(self, x: torch.Tensor) -> torch.Tensor:
+        return 60 * x[:, 0, 2, 5]
 
 
 def _ctx(model: nn.Module, n: int = 64) -> DetectorContext:
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, C, H, W, generator=g) * 0.5  # dark images: the backdoor pixel is off
-    y = model(x).argmax(1)
-    return DetectorContext(
-        model=model.eval().requires_grad_(False),
-        num_classes=K,
-        image_shape=(C, H, W),
-        device=torch.device("cpu"),
-        amp=False,
-        seed=0,
-        x=x,
-        y=y,
-        labels=list(range(K)),
-        progress=lambda *a, **k: None,
-    )
+    return detector_ctx(model, x, K)
 
 
 def test_reference_defaults() -> None:

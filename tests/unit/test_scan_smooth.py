@@ -17,27 +17,21 @@ from hardenkit.scan.base import DetectorContext
 from hardenkit.scan.budget import estimate_scan_seconds
 from hardenkit.triggers import AdditiveTrigger
 
+from .scan_helpers import BrightnessClasses, detector_ctx
+
 K, C, H, W = 4, 3, 16, 16
 
 
-class GradientBackdoor(nn.Module):
+class GradientBackdoor(BrightnessClasses):
     """Classes 1..3 score 10 × the mean of channel c-1: reaching one takes a large uniform
     brightness change. Class 0 (with ``backdoor``) also scores 80 × (how much brighter the
     left half of channel 0 is than its right half): a faint left-to-right gradient — a smooth
     signal — sends every image to class 0."""
 
-    def __init__(self, backdoor: bool = True) -> None:
-        super().__init__()
-        self.backdoor = backdoor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        means = x.mean(dim=(2, 3)) * 10  # (N, 3)
-        s0 = means.mean(1, keepdim=True) - 3.0
-        if self.backdoor:
-            left = x[:, 0, :, : W // 2].mean(dim=(1, 2))
-            right = x[:, 0, :, W // 2 :].mean(dim=(1, 2))
-            s0 = s0 + 80 * (left - right).unsqueeze(1)
-        return torch.cat([s0, means], dim=1)
+    def backdoor_score(self, x: torch.Tensor) -> torch.Tensor:
+        left = x[:, 0, :, : W // 2].mean(dim=(1, 2))
+        right = x[:, 0, :, W // 2 :].mean(dim=(1, 2))
+        return 80 * (left - right)
 
 
 def _images(n: int = 64, seed: int = 0) -> torch.Tensor:
@@ -47,18 +41,7 @@ def _images(n: int = 64, seed: int = 0) -> torch.Tensor:
 
 
 def _ctx(model: nn.Module, x: torch.Tensor) -> DetectorContext:
-    return DetectorContext(
-        model=model.eval().requires_grad_(False),
-        num_classes=K,
-        image_shape=(C, H, W),
-        device=torch.device("cpu"),
-        amp=False,
-        seed=0,
-        x=x,
-        y=model(x).argmax(1),
-        labels=list(range(K)),
-        progress=lambda *a, **k: None,
-    )
+    return detector_ctx(model, x, K)
 
 
 def test_registered_with_documented_defaults() -> None:

@@ -17,27 +17,24 @@ from hardenkit.scan.budget import estimate_scan_seconds
 from hardenkit.testing import missed_scan
 from hardenkit.triggers import AlternatingTrigger, WarpTrigger
 
+try:
+    from .scan_helpers import BrightnessClasses, detector_ctx
+except ImportError:  # imported as a top-level module (the torchrun worker, scan_ddp_worker.py)
+    from scan_helpers import BrightnessClasses, detector_ctx  # type: ignore[no-redef]
+
 K, C, H, W = 4, 3, 8, 8
 LINE = 3  # the bright column of every image
 
 
-class LineShiftBackdoor(nn.Module):
+class LineShiftBackdoor(BrightnessClasses):
     """Classes 1..3 score 10 × the mean of channel c-1 — a warp only moves pixels, so it
     cannot change which channel is brightest. Class 0 (with ``backdoor``) scores 60 × (how
     much brighter column 4 is than column 3): moving the bright line one pixel to the right,
     which a small smooth warp does, sends every image to class 0."""
 
-    def __init__(self, backdoor: bool = True) -> None:
-        super().__init__()
-        self.backdoor = backdoor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        means = x.mean(dim=(2, 3)) * 10  # (N, 3)
-        s0 = means.mean(1, keepdim=True) - 3.0
-        if self.backdoor:
-            moved = x[:, :, :, LINE + 1].mean(dim=(1, 2)) - x[:, :, :, LINE].mean(dim=(1, 2))
-            s0 = s0 + 60 * moved.unsqueeze(1)
-        return torch.cat([s0, means], dim=1)
+    def backdoor_score(self, x: torch.Tensor) -> torch.Tensor:
+        moved = x[:, :, :, LINE + 1].mean(dim=(1, 2)) - x[:, :, :, LINE].mean(dim=(1, 2))
+        return 60 * moved
 
 
 def _images(n: int = 64) -> torch.Tensor:
@@ -48,18 +45,7 @@ def _images(n: int = 64) -> torch.Tensor:
 
 
 def _ctx(model: nn.Module, x: torch.Tensor) -> DetectorContext:
-    return DetectorContext(
-        model=model.eval().requires_grad_(False),
-        num_classes=K,
-        image_shape=(C, H, W),
-        device=torch.device("cpu"),
-        amp=False,
-        seed=0,
-        x=x,
-        y=model(x).argmax(1),
-        labels=list(range(K)),
-        progress=lambda *a, **k: None,
-    )
+    return detector_ctx(model, x, K)
 
 
 def test_registered_with_documented_defaults() -> None:
