@@ -80,9 +80,10 @@ class SmoothSignalConfig(DetectorConfig):
         cost_multiplier: cost ``*= m`` when successful, ``/= m ** 1.5`` when not.
         early_stop_patience: epochs without a smaller successful signal (after the cost was
             raised once) before a label stops; ``None`` (default): every label runs every
-            epoch. Not on by default: with 8 the stripes model's target stopped at RMS 0.069
-            instead of 0.039 (its anomaly index 2.5 instead of 4.1) — the rising cost pushes
-            a real target's attack rate under the threshold for a few epochs at a time.
+            epoch. Not on by default: with 8 the ``stripes`` user model's target stopped at
+            RMS 0.058 instead of 0.038 (anomaly index 2.42 instead of 3.62;
+            ``benchmarks/results/signal_scan_early_stop.md``) — the rising cost pushes a real
+            target's attack rate under the threshold for a few epochs at a time.
         max_images_per_step: upper bound on ``labels × batch`` images in one forward pass
             (``"auto"``: 4,096 on CUDA, 128 on CPU).
         anomaly_threshold: MAD anomaly index (on log sizes) at and above which a label is an
