@@ -44,7 +44,8 @@ def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """Cache-key fields for a cell whose result depends on a default that changed: MCL's anchor
     weight (1 -> 3 at stop 34) for ``auto`` and ``mcl`` cells whose config does not set
     ``anchor_weight``; ``auto``'s ``candidate_mcl`` (0 -> 1 at stop 38) for ``auto`` cells
-    whose config does not set it (no field while it was 0: older keys stay valid); MCL's
+    whose config does not set it (no field while it was 0: older keys stay valid); ``auto``'s
+    ``candidate_mcl_detectors`` (none -> ``signal`` at stop 51) likewise; MCL's
     ``recalibrate_prior`` for ``auto`` and ``mcl`` cells whose config does not set it, should it
     become the default (opt-in since stop 46: no field, older keys stay valid)."""
     key: dict[str, Any] = {}
@@ -52,6 +53,12 @@ def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
         key["mcl_anchor"] = MCLConfig().anchor_weight
     if strategy == "auto" and "candidate_mcl" not in cfg and AutoConfig().candidate_mcl:
         key["candidate_mcl"] = AutoConfig().candidate_mcl
+    if (  # stop 51: the smooth signal's own checked MCL run (none before: older keys valid)
+        strategy == "auto"
+        and "candidate_mcl_detectors" not in cfg
+        and AutoConfig().candidate_mcl_detectors
+    ):
+        key["candidate_mcl_detectors"] = list(AutoConfig().candidate_mcl_detectors)
     if (
         strategy in ("auto", "mcl")
         and "recalibrate_prior" not in json.dumps(cfg)

@@ -50,9 +50,16 @@ ROLES: dict[str, tuple[Source, ...]] = {
     "default": (
         Source(("purify_cpu_shipped_default",), "auto-quick"),
         Source(("purify_cpu_checked_mcl_sig",), "auto-quick-cmcl", ("sig",)),
+        # stop 51: the SIG cells' branch (flagged without a trigger) can now run the smooth
+        # signal's own checked MCL: re-measured with today's default
+        Source(("purify_cpu_signal_default_sig",), "auto-quick", ("sig",)),
     ),
-    # the same call with the quick scan's flags removed (stop 38's default, checked MCL)
-    "default, scan misses": (Source(("purify_cpu_checked_mcl",), "auto-quick-miss-cmcl"),),
+    # the same call with the quick scan's flags removed: stop 38's checked MCL, re-measured on
+    # all 16 cells at stop 51 with today's default (+ the signal's own checked MCL run)
+    "default, scan misses": (
+        Source(("purify_cpu_checked_mcl",), "auto-quick-miss-cmcl"),
+        Source(("purify_cpu_signal_miss",), "auto-quick-miss"),
+    ),
     # MCL's hardened default (anchor 3, most anomalous label, best validated epoch)
     "mcl": (Source(("purify_cpu_cifar_cnn_seeds", "purify_cpu_preact_family"), "mcl-anchor3"),),
     "mcl paper": (

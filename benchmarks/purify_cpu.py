@@ -66,6 +66,16 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto-quick-miss-c0": ("auto", {"candidate_mcl": 0}),
     # the same with 40 % of the clean images stamped in the candidate branch (default 20 %)
     "auto-quick-miss-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
+    # the same with the smooth-signal inversion's smallest reached label among the candidates
+    # (stop 51: ``other_inversion_detectors`` + ``signal``)
+    # (exploratory: it cost clean user-script models 1.9-2.6 points; without the signal's own
+    # checked MCL run, stop 51's default: measured before that option existed)
+    "auto-quick-miss-sig": (
+        "auto",
+        {"other_inversion_detectors": ["warp", "pixel", "signal"], "candidate_mcl_detectors": []},
+    ),
+    # stop 50's default (no checked MCL run of the smooth signal's own)
+    "auto-quick-miss-s50": ("auto", {"candidate_mcl_detectors": []}),
     # auto's trigger branch before issue 16 (the ``auto`` of the committed purify_cpu table)
     "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
     # MCL's repair whatever it costs (auto's MCL branch without its accuracy check)

@@ -159,6 +159,14 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "candidates-cmcl": ("auto", {"candidate_mcl": 1}),
     # ... and without it: the default of stops 35-37 (candidate_mcl 0)
     "candidates-c0": ("auto", {"candidate_mcl": 0}),
+    # the smooth-signal inversion's smallest reached label among the candidates (stop 51,
+    # exploratory: it cost the clean models 1.9-2.6 points) ...
+    "candidates-signal": (
+        "auto",
+        {"other_inversion_detectors": ["warp", "pixel", "signal"], "candidate_mcl_detectors": []},
+    ),
+    # ... and the default of stop 50: no checked MCL run of the signal's own (stop 51's default)
+    "candidates-s50": ("auto", {"candidate_mcl_detectors": []}),
     # D3 with only the last linear layer trained, a relative hinge, λ 30 (stop 39; spelled-out
     # preset="last-layer") ...
     "d3-head-rel-30": (
@@ -347,7 +355,7 @@ def run_cell(
     name: str, defence: str, data: dict[str, hk.ImageDataset], cached_only: bool = False
 ) -> dict[str, Any] | None:
     """One row: the model as trained (``none``) or after ``Purifier(model[, defence]).run``."""
-    spec = MODELS[name]
+    spec = model_spec(name)
     # MCL's default anchor weight decides what the default repair runs (3 since stop 34)
     anchor = hk.purify.MCLConfig().anchor_weight
     spec_key: dict[str, Any] = {"model": name, "spec": spec, "defence": defence}
@@ -403,6 +411,8 @@ def run_cell(
 
 
 def _describe(spec: dict[str, Any]) -> str:
+    if spec["kind"] == "clean":
+        return "none (clean model)"
     if spec["kind"] == "patch":
         return f"{spec['size']}x{spec['size']} {spec['pattern']} patch at {tuple(spec['at'])}"
     if spec["kind"] == "stripes":
@@ -434,9 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     data = load_cifar10()
     names = [m for m in args.models.split(",") if m]
-    unknown = sorted(set(names) - set(MODELS) - (set(CLEAN_MODELS) if args.train_only else set()))
+    unknown = sorted(set(names) - set(MODELS) - set(CLEAN_MODELS))
     if unknown:
-        raise SystemExit(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
+        raise SystemExit(f"unknown model(s) {unknown}; known: {sorted([*MODELS, *CLEAN_MODELS])}")
     if args.train_only:
         for name in names:
             load_or_train(name, data)
@@ -453,8 +463,15 @@ def main(argv: list[str] | None = None) -> int:
                 base = r
             assert base is not None
             r["ba_drop"] = base["ba"] - r["ba"]
-            r["der"] = hk.der(
-                ba_before=base["ba"], ba_after=r["ba"], asr_before=base["asr"], asr_after=r["asr"]
+            r["der"] = (  # a clean model (stop 51): only what the repair cost it
+                None
+                if base["asr"] is None
+                else hk.der(
+                    ba_before=base["ba"],
+                    ba_after=r["ba"],
+                    asr_before=base["asr"],
+                    asr_after=r["asr"],
+                )
             )
             rows.append(r)
             print(json.dumps({k: r.get(k) for k in ("ba", "asr", "der", "status", "branch")}))
@@ -462,9 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         {
             **r,
             "BA %": 100 * r["ba"],
-            "ASR %": 100 * r["asr"],
+            "ASR %": None if r["asr"] is None else 100 * r["asr"],
             "BA drop": 100 * r["ba_drop"],
-            "DER %": 100 * r["der"],
+            "DER %": None if r["der"] is None else 100 * r["der"],
         }
         for r in rows
     ]
@@ -476,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         cols,
         {
             "protocol": "user-script purification (issue 16)",
-            "models": {m: MODELS[m] for m in names},
+            "models": {m: model_spec(m) for m in names},
             "peak_rss_mb": None,
             "command": "python -m benchmarks.user_script " + " ".join(argv or sys.argv[1:]),
         },

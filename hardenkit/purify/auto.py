@@ -61,9 +61,9 @@ class AutoConfig(StrategyConfig):
             behaviour before stop 37).
         other_inversion_detectors: the detectors whose inversions ``other_inversion_candidates``
             takes (default ``warp`` and ``pixel``). The smooth-signal inversion (``signal``,
-            in the presets since stop 50) is left out by default: its smallest signals in
-            that branch have not been measured (every scan-miss repair figure in the docs was
-            measured without it); add ``"signal"`` to use them.
+            in the presets since stop 50) is left out by default: among the candidates it cost
+            clean models 0.16–0.70 points more (stop 51); it gets its own checked MCL run
+            instead (``candidate_mcl_detectors``).
         candidate_strategy: the strategy of that smallest-mask branch: ``nc-unlearn``
             (default: cheap on the clean models that make up most negative scans) or ``mcl``.
         candidate_mcl: before that branch, MCL on the inverted trigger(s) of this many
@@ -77,6 +77,19 @@ class AutoConfig(StrategyConfig):
             ``mcl``, without validation images, and under a ``max_steps`` / ``max_seconds``
             budget (it would spend what the repair needs).
         candidate_mcl_max_ba_drop: the accuracy cost up to which that MCL repair is kept.
+        candidate_mcl_detectors: detectors whose smallest reached inversion (one label each;
+            none when ``other_inversion_candidates`` is 0) gets a checked MCL run *of its own*
+            when the first one was undone — alone, from the input weights, kept on the same
+            ``candidate_mcl_max_ba_drop`` bound (``details["candidate_mcl_separate"]``) — and
+            never join the other candidates (unless also in ``other_inversion_detectors``).
+            Default ``signal`` (since stop 51): a missed whole-image additive backdoor
+            (user-script ``stripes``, DER 90.7 → 99.5) is removed by MCL on its recovered
+            signal alone, while on clean models that run cost 3–5 points and was undone, so
+            their repair is the one without it. With the signal among the candidates instead
+            (``other_inversion_detectors``) the clean user models lost 0.16–0.70 points more
+            and a first check that had been kept (``cifar-cnn`` WaNet) was undone. ``()``:
+            off. Costs one more MCL run on a negative scan whose first check was undone (most
+            clean models).
         candidate_config: its config fields (``trigger_config`` when ``candidate_strategy``
             equals ``trigger_strategy`` and this is empty).
         flagged_without_trigger: what runs when the scan flagged labels but recovered no
@@ -110,6 +123,7 @@ class AutoConfig(StrategyConfig):
     candidate_config: dict[str, Any] = Field(default_factory=dict)
     candidate_mcl: Annotated[int, Field(ge=0)] = 1
     candidate_mcl_max_ba_drop: Annotated[float, Field(ge=0, le=1)] = 0.015
+    candidate_mcl_detectors: tuple[str, ...] = ("signal",)
     flagged_without_trigger: Literal["fallback", "candidates"] = "candidates"
     max_trigger_ba_drop: Annotated[float, Field(ge=0, le=1)] | None = 0.03
 
@@ -216,12 +230,32 @@ class AutoStrategy(PurificationStrategy):
                     "spend what the repair needs"
                 )
             elif self._probe is not None:
-                kept, info = self._checked_mcl(ctx, scan, first, which, why)
+                found = self._candidates(ctx, scan, first=first, k=cfg.candidate_mcl)
+                kept, info = self._checked_mcl(ctx, found, which, why)
                 if kept is not None:
                     return kept
                 if info is not None:  # it ran and was undone; its note said why
                     attempts[-1][2]["candidate_mcl"] = info
                     why = "auto: "
+                    separate: dict[str, Any] = {}
+                    for det, y, trig in self._other_inversions(scan, cfg.candidate_mcl_detectors):
+                        if det in separate:  # its smallest reached label only
+                            continue
+                        own = ScanResult.from_triggers(
+                            {y: trig}, model=ctx.original, num_classes=ctx.num_classes
+                        )
+                        kept, separate[det] = self._checked_mcl(
+                            ctx, (own, {y: [det]}), which, why, then=" alone"
+                        )
+                        if kept is not None:
+                            kept.details = {
+                                **kept.details,
+                                "candidate_mcl": info,
+                                "candidate_mcl_separate": separate,
+                            }
+                            return kept
+                    if separate:
+                        attempts[-1][2]["candidate_mcl_separate"] = separate
             ctx.notes.append(why + note)
         guard = (
             self._second is not None
@@ -295,17 +329,17 @@ class AutoStrategy(PurificationStrategy):
     def _checked_mcl(
         self,
         ctx: PurifyContext,
-        scan: ScanResult,
-        first: Sequence[int],
+        found: tuple[ScanResult, dict[int, list[str]]] | None,
         which: str,
         why: str,
+        then: str = " first",
     ) -> tuple[StrategyOutcome | None, dict[str, Any] | None]:
-        """MCL on the inverted triggers of ``candidate_mcl`` candidates: (its outcome, kept
-        because it cost at most ``candidate_mcl_max_ba_drop``, else ``None``; what it cost,
-        ``None`` when it did not run). An MCL repair that is not kept is undone."""
+        """MCL on the inverted triggers of ``found`` (candidates and their detectors): (its
+        outcome, kept because it cost at most ``candidate_mcl_max_ba_drop``, else ``None``;
+        what it cost, ``None`` when it did not run). An MCL repair that is not kept is
+        undone."""
         cfg = self.config
         assert self._probe is not None
-        found = self._candidates(ctx, scan, first=first, k=cfg.candidate_mcl)
         if found is None or len(ctx.y_val) == 0:
             return None, None
         start = _state(ctx.model)
@@ -327,7 +361,7 @@ class AutoStrategy(PurificationStrategy):
                 out.details = {**extra, **out.details, "candidate_mcl": info}
                 return out, info
             what = (
-                f"ran mcl on the inverted triggers of {labels} first: it cost "
+                f"ran mcl on the inverted triggers of {labels}{then}: it cost "
                 f"{100 * cost:.1f} points of clean accuracy (> {bound})"
             )
         else:
@@ -382,7 +416,7 @@ class AutoStrategy(PurificationStrategy):
         source = {c.label: c.trigger_source for c in scan.report.classes}
         parts: dict[int, list[Trigger]] = {y: [scan.all_triggers[y]] for y in labels}
         sources = {y: [source.get(y) or "neural-cleanse"] for y in labels}
-        for det, y, trig in self._other_inversions(scan):
+        for det, y, trig in self._other_inversions(scan, self.config.other_inversion_detectors):
             if not any(t is trig for t in parts.setdefault(y, [])):
                 parts[y].append(trig)
                 sources.setdefault(y, []).append(det)
@@ -395,8 +429,10 @@ class AutoStrategy(PurificationStrategy):
         )
         return result, sources
 
-    def _other_inversions(self, scan: ScanResult) -> list[tuple[str, int, Trigger]]:
-        """Per trigger-recovering detector of ``other_inversion_detectors``, the
+    def _other_inversions(
+        self, scan: ScanResult, detectors: Sequence[str]
+    ) -> list[tuple[str, int, Trigger]]:
+        """Per trigger-recovering detector of ``detectors`` in the scan, the
         ``other_inversion_candidates`` labels whose inversion reached its attack threshold
         with the smallest size (its statistic's suspicious side), with that trigger."""
         m = self.config.other_inversion_candidates
@@ -405,7 +441,7 @@ class AutoStrategy(PurificationStrategy):
             return out
         for det in scan.report.detectors:
             inv = scan.inversions.get(det.detector, {})
-            if det.detector not in self.config.other_inversion_detectors or not inv:
+            if det.detector not in detectors or not inv:
                 continue
             sign = 1.0 if det.suspicious_side == "low" else -1.0
             reached = sorted(

@@ -783,6 +783,102 @@ def test_auto_checked_mcl_on_the_smallest_candidate_is_kept_or_undone(
     assert any("could not run: undone" in n for n in res.report.notes)
 
 
+def _with_signal(missed: ScanResult, label: int, trigger: hk.Trigger) -> ScanResult:
+    """``missed`` plus a ``signal`` detector whose inversion of ``label`` alone reached its
+    threshold (the tiny fixture is too small for a real smooth-signal inversion)."""
+    nc = next(d for d in missed.report.detectors if d.detector == "neural-cleanse")
+    rows = [
+        c.model_copy(update={"extra": {**c.extra, "reached_threshold": c.label == label}})
+        for c in nc.classes
+    ]
+    sig = nc.model_copy(update={"detector": "signal", "classes": rows})
+    report = missed.report.model_copy(update={"detectors": [*missed.report.detectors, sig]})
+    return ScanResult(
+        report,
+        missed.all_triggers,
+        inversions={**missed.inversions, "signal": {label: trigger}},
+    )
+
+
+def test_auto_checked_mcl_of_its_own_for_the_smooth_signal(
+    fx: BackdoorFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``candidate_mcl_detectors`` (stop 51): when the first checked MCL run is undone, the
+    signal's smallest reached inversion gets a checked MCL run alone; it never joins the
+    NC-unlearning candidates."""
+    from hardenkit.purify.mcl import MCLStrategy
+
+    nc = {"detector_options": {"neural-cleanse": {"epochs": 2}}}
+    real = hk.Scanner(fx.backdoored.model, 4, config=nc).run(_loader(fx))
+    values = {c.label: c.value for c in real.report.detectors[0].classes}
+    smallest = sorted(values, key=lambda y: (values[y], y))
+    y = smallest[-1]  # not among the Neural Cleanse candidates below
+    signal = hk.PatchTrigger.square(2, location="top-left")
+    scan = _with_signal(missed_scan(real), y, signal)
+    base = {
+        **AUTO_FAST,
+        "unflagged_candidates": 2,
+        "candidate_config": {"epochs": 1},
+        "trigger_config": {"epochs": 1, "min_trigger_asr": 0.0},
+        "candidate_mcl": 1,
+        "candidate_mcl_max_ba_drop": 1.0,
+    }
+    assert hk.purify.AutoConfig().candidate_mcl_detectors == ("signal",)
+    real_run = MCLStrategy.run
+    seen: list[list[int]] = []
+
+    def refuse_first(self: MCLStrategy, ctx: PurifyContext) -> StrategyOutcome:
+        assert ctx.scan is not None
+        seen.append(ctx.scan.flagged_labels)
+        if len(seen) == 1:
+            return StrategyOutcome(model=ctx.model, status="refused")
+        return real_run(self, ctx)
+
+    monkeypatch.setattr(MCLStrategy, "run", refuse_first)
+    res = hk.Purifier(fx.backdoored.model, "auto", config=base, max_ba_drop=1.0).run(
+        _loader(fx), scan=scan
+    )
+    d = res.report.details
+    assert seen == [smallest[:1], [y]]
+    assert d["branch"] == "mcl (smallest masks)"
+    assert d["candidate_labels"] == [y]
+    assert d["candidate_sources"] == {str(y): ["signal"]}
+    assert d["candidate_mcl"] == {"labels": smallest[:1], "kept": False}
+    own = d["candidate_mcl_separate"]["signal"]
+    assert own["labels"] == [y]
+    assert own["kept"] is True
+    assert any(
+        n == f"auto: ran mcl on the inverted triggers of labels [{y}] (signal): it cost "
+        f"{100 * max(own['val_ba_drop'], own['train_ba_drop']):.1f} points of clean accuracy "
+        "(<= candidate_mcl_max_ba_drop 100): kept its repair"
+        for n in res.report.notes
+    )
+
+    # both undone: NC unlearning of the Neural Cleanse candidates, without the signal's trigger
+    def refuse(self: MCLStrategy, ctx: PurifyContext) -> StrategyOutcome:
+        return StrategyOutcome(model=ctx.model, status="refused")
+
+    monkeypatch.setattr(MCLStrategy, "run", refuse)
+    res = hk.Purifier(fx.backdoored.model, "auto", config=base, max_ba_drop=1.0).run(
+        _loader(fx), scan=scan
+    )
+    d = res.report.details
+    assert d["branch"] == "nc-unlearn (smallest masks)"
+    assert d["candidate_labels"] == smallest[:2]
+    assert all("signal" not in src for src in d["candidate_sources"].values())
+    assert d["candidate_mcl_separate"] == {"signal": {"labels": [y], "kept": False}}
+    # off: the behaviour of stop 50, the same repair
+    off = hk.Purifier(
+        fx.backdoored.model,
+        "auto",
+        config={**base, "candidate_mcl_detectors": []},
+        max_ba_drop=1.0,
+    ).run(_loader(fx), scan=scan)
+    assert "candidate_mcl_separate" not in off.report.details
+    for a, b in zip(res.model.state_dict().values(), off.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_auto_checked_mcl_is_off_when_the_candidate_branch_is_mcl() -> None:
     from hardenkit.purify.auto import AutoStrategy
 
