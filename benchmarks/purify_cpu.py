@@ -67,9 +67,8 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # the same with 40 % of the clean images stamped in the candidate branch (default 20 %)
     "auto-quick-miss-r40": ("auto", {"candidate_config": {"unlearning_ratio": 0.4}}),
     # the same with the smooth-signal inversion's smallest reached label among the candidates
-    # (stop 51: ``other_inversion_detectors`` + ``signal``)
-    # (exploratory: it cost clean user-script models 1.9-2.6 points; without the signal's own
-    # checked MCL run, stop 51's default: measured before that option existed)
+    # (stop 51, exploratory: ``other_inversion_detectors`` + ``signal``, without the signal's
+    # own checked MCL run; it undid the kept first check on cifar-cnn WaNet)
     "auto-quick-miss-sig": (
         "auto",
         {"other_inversion_detectors": ["warp", "pixel", "signal"], "candidate_mcl_detectors": []},

@@ -160,7 +160,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     # ... and without it: the default of stops 35-37 (candidate_mcl 0)
     "candidates-c0": ("auto", {"candidate_mcl": 0}),
     # the smooth-signal inversion's smallest reached label among the candidates (stop 51,
-    # exploratory: it cost the clean models 1.9-2.6 points) ...
+    # exploratory: it cost the clean models 0.16-0.70 points more than the default) ...
     "candidates-signal": (
         "auto",
         {"other_inversion_detectors": ["warp", "pixel", "signal"], "candidate_mcl_detectors": []},
