@@ -271,7 +271,10 @@ class _SizeDecisionConfig(Protocol):
 class TriggerSizeDetector(Detector):
     """A trigger inversion that decides on the *sizes* of its per-label triggers (``pixel``,
     ``warp``, ``signal``): :func:`decide_on_log_sizes` with the config's
-    ``anomaly_threshold``, ``max_median_ratio`` and ``score_slope``."""
+    ``anomaly_threshold``, ``max_median_ratio`` and ``score_slope``. Each label's trigger is
+    inverted independently of the others (``shardable``)."""
+
+    shardable: ClassVar[bool] = True
 
     def size_statistic(self, inversion: Inversion) -> str:
         """The tested quantity's name in the output's ``info`` (``log-<statistic>``)."""
@@ -387,11 +390,14 @@ def images_per_pass(setting: int | Literal["auto"], device: torch.device) -> int
     return int(setting)
 
 
-def inversion_images(ctx: DetectorContext, max_images: int | None) -> tuple[Tensor, Tensor]:
+def inversion_images(
+    ctx: DetectorContext, max_images: int | None, who: str = "an inversion"
+) -> tuple[Tensor, Tensor]:
     """The clean images ``(x, y)`` an inversion detector optimises on: all of the scan's, or a
-    class-stratified subsample of ``max_images`` (seeded by the scan's seed)."""
+    class-stratified subsample of ``max_images`` (seeded by the scan's seed). ``ValueError``
+    naming ``who`` (the detector) without clean images (the Scanner checks this first)."""
     if ctx.x is None or ctx.y is None:
-        raise ValueError("an inversion needs clean images")
+        raise ValueError(f"{who} needs clean images")
     x, y = ctx.x, ctx.y
     if max_images is not None and len(x) > max_images:
         from ..data.sampling import stratified_indices

@@ -156,18 +156,14 @@ class PixelDetector(TriggerSizeDetector):
 
     name = "pixel"
     config_cls = PixelConfig
-    needs_data = True
-    shardable = True
     config: PixelConfig
 
     def invert(self, ctx: DetectorContext) -> Inversion:
         cfg = self.config
-        if ctx.x is None or ctx.y is None:  # the Scanner checks this first
-            raise ValueError("pixel needs clean images")
         t0 = time.perf_counter()
         labels = list(ctx.labels)
         c, h, w = ctx.image_shape
-        x, y = inversion_images(ctx, cfg.max_images)
+        x, y = inversion_images(ctx, cfg.max_images, self.name)
         n_lab = len(labels)
         g = torch.Generator().manual_seed(ctx.seed)
         # drawn for all the scan's labels, then this call's rows: the same start on any rank

@@ -127,18 +127,14 @@ class SmoothSignalDetector(TriggerSizeDetector):
 
     name = "signal"
     config_cls = SmoothSignalConfig
-    needs_data = True
-    shardable = True
     config: SmoothSignalConfig
 
     def invert(self, ctx: DetectorContext) -> Inversion:
         cfg = self.config
-        if ctx.x is None or ctx.y is None:  # the Scanner checks this first
-            raise ValueError("signal needs clean images")
         t0 = time.perf_counter()
         labels = list(ctx.labels)
         c, h, w = ctx.image_shape
-        x, y = inversion_images(ctx, cfg.max_images)
+        x, y = inversion_images(ctx, cfg.max_images, self.name)
         n_lab = len(labels)
         # zeros: no random start, so a label's result does not depend on the rank inverting it
         theta = torch.zeros(n_lab, c, cfg.k, cfg.k, device=ctx.device, requires_grad=True)

@@ -133,18 +133,14 @@ class WarpDetector(TriggerSizeDetector):
 
     name = "warp"
     config_cls = WarpConfig
-    needs_data = True
-    shardable = True
     config: WarpConfig
 
     def invert(self, ctx: DetectorContext) -> Inversion:
         cfg = self.config
-        if ctx.x is None or ctx.y is None:  # the Scanner checks this first
-            raise ValueError("warp needs clean images")
         t0 = time.perf_counter()
         labels = list(ctx.labels)
         _, h, w = ctx.image_shape
-        x, y = inversion_images(ctx, cfg.max_images)
+        x, y = inversion_images(ctx, cfg.max_images, self.name)
         n_lab, r = len(labels), cfg.restarts
         n_cand = n_lab * r  # candidate fields: label-major, restarts inner
         g = torch.Generator().manual_seed(ctx.seed + 11)
