@@ -45,23 +45,22 @@ class Source:
 
 # role -> the sources of its cells, in order (a later source overrides an earlier one)
 ROLES: dict[str, tuple[Source, ...]] = {
-    # Purifier(model).run(clean_loader): auto with its own quick scan (stop 36); on SIG the
-    # quick scan flags the target without a trigger, the branch stop 38 changed (re-measured)
-    "default": (
-        Source(("purify_cpu_shipped_default",), "auto-quick"),
-        Source(("purify_cpu_checked_mcl_sig",), "auto-quick-cmcl", ("sig",)),
-        # stop 51: the SIG cells' branch (flagged without a trigger) can now run the smooth
-        # signal's own checked MCL: re-measured with today's default
-        Source(("purify_cpu_signal_default_sig",), "auto-quick", ("sig",)),
-    ),
+    # Purifier(model).run(clean_loader): auto with its own quick scan; all 16 cells re-measured
+    # with today's code at stop 52 (stops 36 / 38 / 51 had measured them under older scans)
+    "default": (Source(("purify_cpu_default_s52",), "auto-quick"),),
     # the same call with the quick scan's flags removed: stop 38's checked MCL, re-measured on
     # all 16 cells at stop 51 with today's default (+ the signal's own checked MCL run)
     "default, scan misses": (
         Source(("purify_cpu_checked_mcl",), "auto-quick-miss-cmcl"),
         Source(("purify_cpu_signal_miss",), "auto-quick-miss"),
     ),
-    # MCL's hardened default (anchor 3, most anomalous label, best validated epoch)
-    "mcl": (Source(("purify_cpu_cifar_cnn_seeds", "purify_cpu_preact_family"), "mcl-anchor3"),),
+    # MCL's hardened default (anchor 3, most anomalous label, best validated epoch); the
+    # BadNets and Blended cells re-measured with today's code and protocol scans at stop 52
+    # (the WaNet / SIG cells, `refused` / `nothing-to-purify`, are stop 35's)
+    "mcl": (
+        Source(("purify_cpu_cifar_cnn_seeds", "purify_cpu_preact_family"), "mcl-anchor3"),
+        Source(("purify_cpu_mcl_s52",), "mcl-anchor3", ("badnets", "blended")),
+    ),
     "mcl paper": (
         Source(("purify_cpu_cifar_cnn_seeds", "purify_cpu_preact_mcl_paper"), "mcl-paper"),
     ),

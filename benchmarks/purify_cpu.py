@@ -90,6 +90,9 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "mcl": ("mcl", {}),
     "mcl-paper": ("mcl", {"preset": "paper"}),
     "mcl-anchor3": ("mcl", {"anchor_weight": 3.0}),
+    # stop 52: a heavier clean-feature anchor (residual Blended's BA cost)
+    "mcl-anchor5": ("mcl", {"anchor_weight": 5.0}),
+    "mcl-anchor10": ("mcl", {"anchor_weight": 10.0}),
     "mcl+ce": ("mcl", {"ce_weight": 1.0}),
     "mcl-lr0.01": ("mcl", {"lr_schedule": [[0, 0.01], [10, 0.001]]}),
     # D3 (the official code's train / hinge / λ 0.5, best-val selection) and its λ, hinge and

@@ -174,22 +174,29 @@ def test_issue16_table_roles_overrides_and_acceptance(tmp_path: Any) -> None:
         (tmp_path / f"{name}.json").write_text(json.dumps({"details": cells}))
 
     write(
-        "purify_cpu_shipped_default",
+        "purify_cpu_default_s52",
         [
             cell("badnets-0.1", "auto-quick", 0.010, 0.010, 0.97),
             cell("badnets-0.1-s1", "auto-quick", 0.012, 0.030, 0.94),
-            cell("sig-0.1", "auto-quick", 0.0, 0.5, 0.7),
-            cell("sig-0.1-s1", "auto-quick", 0.0, 0.5, 0.7),
+            cell("sig-0.1", "auto-quick", -0.01, 0.001, 0.99),
+            cell("sig-0.1-s1", "auto-quick", 0.005, 0.002, 0.99),
             cell("badnets-0.1", "none", 0.0, 0.95, 0.5),
         ],
     )
-    # stop 38's re-measured SIG cells override the shipped-default file's
     write(
-        "purify_cpu_checked_mcl_sig",
+        "purify_cpu_checked_mcl",
         [
-            cell("sig-0.1", "auto-quick-cmcl", -0.01, 0.001, 0.99),
-            cell("sig-0.1-s1", "auto-quick-cmcl", 0.005, 0.002, 0.99),
-            cell("badnets-0.1", "auto-quick-cmcl", 0.5, 0.5, 0.1),  # not a SIG cell: ignored
+            cell("sig-0.1", "auto-quick-miss-cmcl", 0.0, 0.5, 0.7),
+            cell("sig-0.1-s1", "auto-quick-miss-cmcl", 0.0, 0.5, 0.7),
+        ],
+    )
+    # a later source overrides an earlier one: stop 51's re-measured cells win
+    write(
+        "purify_cpu_signal_miss",
+        [
+            cell("sig-0.1", "auto-quick-miss", -0.01, 0.001, 0.99),
+            cell("sig-0.1-s1", "auto-quick-miss", 0.005, 0.002, 0.99),
+            cell("badnets-0.1", "auto-quick-cmcl", 0.5, 0.5, 0.1),  # another defence: ignored
         ],
     )
     write(
@@ -206,9 +213,10 @@ def test_issue16_table_roles_overrides_and_acceptance(tmp_path: Any) -> None:
     assert bad["mean BA drop"] == pytest.approx(1.1)
     assert bad["worst ASR %"] == pytest.approx(3.0)
     assert bad["worst DER %"] == pytest.approx(94.0)
-    sig = rows[("cifar-cnn", "sig", "default")]
-    assert sig["sources"] == "purify_cpu_checked_mcl_sig"
+    sig = rows[("cifar-cnn", "sig", "default, scan misses")]
+    assert sig["sources"] == "purify_cpu_signal_miss"
     assert sig["worst ASR %"] == pytest.approx(0.2)
+    assert rows[("cifar-cnn", "sig", "default")]["sources"] == "purify_cpu_default_s52"
     acc = {(a["item"], a["family"], a["attack"]): a["met"] for a in table["acceptance"]}
     assert acc[("default: DER >= 95", "cifar-cnn", "badnets")] is False  # 94.0 on seed 1
     assert acc[("default: DER >= 95", "cifar-cnn", "sig")] is True
