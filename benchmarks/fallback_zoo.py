@@ -92,7 +92,7 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # issue 16, the auto trigger branch: MCL variants that may keep more accuracy
     "mcl-lr01": ("mcl", {"lr_schedule": ((0, 0.01), (10, 0.001))}),
     "mcl-anchor3": ("mcl", {"anchor_weight": 3.0}),
-    # stop 52: a heavier clean-feature anchor (cheaper on the protocol; the patch residue?)
+    # stop 52: a heavier clean-feature anchor (cheaper on the protocol, more patch residue here)
     "mcl-anchor5": ("mcl", {"anchor_weight": 5.0}),
     # MCL's default plus cross-entropy on the clean images (stop 42: a patch residue that MCL
     # left on an under-fitted nn.Sequential, which gains accuracy from the extra CE)

@@ -90,7 +90,7 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "mcl": ("mcl", {}),
     "mcl-paper": ("mcl", {"preset": "paper"}),
     "mcl-anchor3": ("mcl", {"anchor_weight": 3.0}),
-    # stop 52: a heavier clean-feature anchor (residual Blended's BA cost)
+    # stop 52: a heavier clean-feature anchor (cheaper here; more patch residue on the zoo)
     "mcl-anchor5": ("mcl", {"anchor_weight": 5.0}),
     "mcl-anchor10": ("mcl", {"anchor_weight": 10.0}),
     "mcl+ce": ("mcl", {"ce_weight": 1.0}),
