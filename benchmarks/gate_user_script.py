@@ -8,16 +8,18 @@ tuned the gate to: the committed ``benchmarks.user_script`` fixtures — a plain
 ``nn.Sequential`` with the input normalisation inside, trained by that file's own loop with
 its own triggers (a 4×4 random-colour patch near the top-left corner, a 5×5 red/blue
 checkerboard on the left edge, a smooth colour pattern blended at α 0.15; held out since stop
-49: additive diagonal stripes and a smooth random warp) — and the same network and script
-without poisoning (``clean``). For each model:
+49: additive diagonal stripes and a smooth random warp; since stop 53 the script's own residual
+network ``user_resnet`` with a pixel patch and a checkerboard blend) — and the same networks and
+script without poisoning (``clean``, ``res-clean``). For each model:
 
 1. the clean budget the fixture names (2,500 training images, 250 per class) is written as an
    ImageFolder of PNG files, 2,000 test images (the first 200 of each class) as the held-out
    set, and the weights as a plain state dict;
 2. ``hardenkit gate --weights W --arch benchmarks.user_script:user_model --num-classes 10
-   --data CLEAN --holdout HELD --out OUT`` runs as a subprocess (the documented default policy:
-   quick scan, repair with ``auto`` when flagged, re-scan, BA drop <= 3 points, ASR of every
-   recovered trigger <= 10 %, ONNX verified on CPU);
+   --data CLEAN --holdout HELD --out OUT`` (``user_resnet`` for the residual models) runs as
+   a subprocess (the documented default policy: quick scan, repair with ``auto`` when
+   flagged, re-scan, BA drop <= 3 points, ASR of every recovered trigger <= 10 %, ONNX
+   verified on CPU);
 3. the model the gate would ship (``OUT/model.safetensors``) is measured in plain PyTorch on
    all 10,000 test images with the **real** trigger, which the gate never sees.
 
@@ -70,11 +72,10 @@ from .fallback_zoo import zoo_models
 from .scanner_zoo import ATTACK_NAMES
 from .scanner_zoo import FIXTURES as ZOO_FIXTURES
 from .scanner_zoo import _model as zoo_model
-from .user_script import CLEAN_MODELS, MODELS, ba_asr, load_or_train, model_spec, stamp, user_model
+from .user_script import ARCHS, CLEAN_MODELS, MODELS, ba_asr, load_or_train, model_spec, stamp
 from .user_script import _describe as describe
 
 HELD_PER_CLASS = 200
-USER_ARCH = "benchmarks.user_script:user_model"
 ZOO_ARCHS = {
     "user-sequential": "benchmarks.scan_statistic:user_sequential",
     "tiny-resnet": "benchmarks.scan_statistic:TinyResNet",
@@ -126,8 +127,10 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
         xt, yt = test.tensors()
         return {
             "model": model,
-            "arch": USER_ARCH,
-            "factory": user_model,
+            # the model's ``--arch`` path and factory (the nn.Sequential, or since stop 53 the
+            # script's residual network)
+            "arch": ARCHS[spec.get("arch", "sequential")][0],
+            "factory": ARCHS[spec.get("arch", "sequential")][1],
             "key": {"model": name, "spec": spec, "held": HELD_PER_CLASS, "policy": GATE_DEFAULT},
             "clean": (train.images[idx], train.labels[idx]),
             "data_tag": config_hash({"clean": idx.tolist(), "held": HELD_PER_CLASS}),

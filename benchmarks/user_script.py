@@ -65,6 +65,10 @@ def _patch(size: int, seed: int, kind: str) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     if kind == "random":  # a random colour per pixel
         return torch.rand(3, size, size, generator=g)
+    if kind == "binary":  # a random yellow / purple pixel pattern
+        yellow, purple = torch.tensor([0.95, 0.85, 0.1]), torch.tensor([0.5, 0.1, 0.6])
+        mask = torch.rand(size, size, generator=g) < 0.5
+        return torch.where(mask, yellow[:, None, None], purple[:, None, None])
     # a red / blue checkerboard
     red, blue = torch.tensor([1.0, 0.1, 0.1]), torch.tensor([0.1, 0.2, 1.0])
     ij = torch.arange(size)
@@ -100,6 +104,14 @@ def _flow(pixels: float, grid: int, seed: int) -> Tensor:
     return (flow.clamp(-1, 1) * pixels * 2 / 32).permute(0, 2, 3, 1)
 
 
+def _checker(cell: int) -> Tensor:
+    """An orange / teal checkerboard (3,32,32) of ``cell``-pixel squares."""
+    orange, teal = torch.tensor([1.0, 0.6, 0.1]), torch.tensor([0.1, 0.6, 0.8])
+    ij = torch.arange(32) // cell
+    mask = ((ij[:, None] + ij[None, :]) % 2).bool()
+    return torch.where(mask, orange[:, None, None], teal[:, None, None])
+
+
 def _smooth_noise(seed: int) -> Tensor:
     """A low-frequency colour pattern: 6x6 uniform noise, bilinearly upsampled to 32x32."""
     g = torch.Generator().manual_seed(seed)
@@ -126,6 +138,28 @@ MODELS: dict[str, dict[str, Any]] = {
     # on ``stripes``): concentric colour rings added to the image, fainter than the stripes
     # (amplitude 0.06), centred off the middle, dirty-label
     "ripple": {"kind": "ripple", "amplitude": 0.06, "periods": 3, "centre": (10, 22), "target": 4},
+    # held out (stop 53: trained after every default was fixed): the same script with the
+    # user's own *residual* network (``user_resnet``: a plain nn.Module, post-activation basic
+    # blocks with 1x1 projection shortcuts, normalisation inside) — a 5x5 random yellow /
+    # purple pixel patch at the bottom middle ...
+    "res-patch": {
+        "arch": "resnet",
+        "kind": "patch",
+        "pattern": "binary",
+        "size": 5,
+        "at": (25, 13),
+        "target": 1,
+    },
+    # ... and an orange / teal checkerboard of 4-pixel squares blended at alpha 0.12 (a
+    # mid-frequency global pattern; the helpers' Blended is uniform noise)
+    "res-blend": {
+        "arch": "resnet",
+        "kind": "blend",
+        "pattern": "checker",
+        "cell": 4,
+        "alpha": 0.12,
+        "target": 6,
+    },
 }
 
 CLEAN_MODELS: dict[str, dict[str, Any]] = {
@@ -136,6 +170,8 @@ CLEAN_MODELS: dict[str, dict[str, Any]] = {
     # side of a scan rule needs more than one clean model (other weights, other clean budget)
     "clean-s1": {"kind": "clean", "target": None, "seed": 1},
     "clean-s2": {"kind": "clean", "target": None, "seed": 2},
+    # the residual network of the script without poisoning (stop 53)
+    "res-clean": {"arch": "resnet", "kind": "clean", "target": None},
 }
 
 
@@ -201,7 +237,9 @@ def stamp(x: Tensor, spec: dict[str, Any]) -> Tensor:
         ]  # fmt: skip
         return torch.cat(out) if out else x
     a = spec["alpha"]
-    return (1 - a) * x + a * _smooth_noise(SEED + 13)
+    checker = spec.get("pattern") == "checker"
+    pattern = _checker(spec["cell"]) if checker else _smooth_noise(SEED + 13)
+    return (1 - a) * x + a * pattern
 
 
 class Normalize(nn.Module):
@@ -235,6 +273,63 @@ def user_model() -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(128, 10),
     )
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the shortcut (a 1x1 conv + BN when the shape changes), ReLU."""
+
+    def __init__(self, i: int, o: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(i, o, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(o)
+        self.conv2 = nn.Conv2d(o, o, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(o)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or i != o:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(i, o, 1, stride=stride, bias=False), nn.BatchNorm2d(o)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class UserResNet(nn.Module):
+    """A user's own small residual network (not hardenkit's zoo): a 3x3 stem, four basic
+    blocks (16, 32, 64, 128 channels; stride 2 from the second), global average pooling and
+    a linear classifier; the input normalisation is inside."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.norm = Normalize()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.blocks = nn.Sequential(
+            BasicBlock(16, 16, 1), BasicBlock(16, 32, 2), BasicBlock(32, 64, 2),
+            BasicBlock(64, 128, 2),
+        )  # fmt: skip
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.blocks(F.relu(self.stem(self.norm(x))))
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def user_resnet() -> UserResNet:
+    """The script's residual network (``--arch benchmarks.user_script:user_resnet``)."""
+    return UserResNet()
+
+
+ARCHS: dict[str, tuple[str, Any]] = {
+    "sequential": ("benchmarks.user_script:user_model", user_model),
+    "resnet": ("benchmarks.user_script:user_resnet", user_resnet),
+}
+"""A model spec's ``arch`` (default ``sequential``) -> (its ``--arch`` path, its factory)."""
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """A fresh (untrained) network of the spec's architecture."""
+    return ARCHS[spec.get("arch", "sequential")][1]()  # type: ignore[no-any-return]
 
 
 def _augment(x: Tensor, g: torch.Generator) -> Tensor:
@@ -288,7 +383,7 @@ def train(name: str, x: Tensor, y: Tensor) -> tuple[nn.Module, dict[str, Any]]:
         poison_idx = cand[torch.randperm(len(cand), generator=g)[: int(POISON_RATE * len(y))]]
         xp[poison_idx] = stamp(x[poison_idx], spec)
         yp[poison_idx] = spec["target"]
-    model = user_model()
+    model = build_model(spec)
     opt = torch.optim.SGD(
         model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True
     )
@@ -322,7 +417,7 @@ def load_or_train(name: str, data: dict[str, hk.ImageDataset]) -> tuple[nn.Modul
     """The committed model (or a freshly trained one, then saved next to the others)."""
     index_path = FIXTURES / "index.json"
     index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    model = user_model()
+    model = build_model(model_spec(name))
     if name in index and (FIXTURES / f"{name}.safetensors").is_file():
         tensors = load_file(FIXTURES / f"{name}.safetensors")
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -424,6 +519,8 @@ def _describe(spec: dict[str, Any]) -> str:
         )
     if spec["kind"] == "warp":
         return f"smooth random warp, up to {spec['pixels']} px ({spec['grid']}x{spec['grid']} flow)"
+    if spec.get("pattern") == "checker":
+        return f"{spec['cell']}-px orange/teal checkerboard blend, alpha {spec['alpha']}"
     return f"smooth-noise blend, alpha {spec['alpha']}"
 
 

@@ -91,6 +91,23 @@ def test_user_script_triggers_and_model() -> None:
     model = user_model()
     assert isinstance(model, torch.nn.Sequential)
     assert model(x).shape == (4, 10)
+    # the held-out residual models (stop 53): the script's own nn.Module, its own triggers
+    from benchmarks.user_script import ARCHS, CLEAN_MODELS, UserResNet, build_model
+
+    patch = stamp(x, MODELS["res-patch"])
+    where = (patch != x).any(dim=(0, 1))
+    assert where[25:30, 13:18].all()
+    assert where.sum() <= 25
+    checker = stamp(x, MODELS["res-blend"])  # a global blend bounded by alpha
+    assert (checker != x).any(dim=(0, 1)).all()
+    assert float((checker - x).abs().max()) <= MODELS["res-blend"]["alpha"] + 1e-6
+    for name in ("res-patch", "res-blend"):
+        assert isinstance(build_model(MODELS[name]), UserResNet)
+    assert isinstance(build_model(CLEAN_MODELS["res-clean"]), UserResNet)
+    assert isinstance(build_model(MODELS["patch-tl"]), torch.nn.Sequential)
+    res = ARCHS["resnet"][1]()
+    assert res(x).shape == (4, 10)
+    assert ARCHS["resnet"][0] == "benchmarks.user_script:user_resnet"
 
 
 def test_auto_quick_miss_hides_the_purifiers_own_scan_flags() -> None:
