@@ -93,6 +93,11 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # stop 52: a heavier clean-feature anchor (cheaper here; more patch residue on the zoo)
     "mcl-anchor5": ("mcl", {"anchor_weight": 5.0}),
     "mcl-anchor10": ("mcl", {"anchor_weight": 10.0}),
+    # stop 53: MCL's default with another runtime seed (RUNTIME_SEEDS): how much a cell moves
+    # with the run's own randomness (the holdout / validation split, batch order, stamping)
+    "mcl-rs1": ("mcl", {}),
+    "mcl-rs2": ("mcl", {}),
+    "mcl-rs3": ("mcl", {}),
     "mcl+ce": ("mcl", {"ce_weight": 1.0}),
     "mcl-lr0.01": ("mcl", {"lr_schedule": [[0, 0.01], [10, 0.001]]}),
     # D3 (the official code's train / hinge / λ 0.5, best-val selection) and its λ, hinge and
@@ -185,6 +190,8 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "shapley-pruning-zero": ("shapley-pruning", {"ablation": "zero"}),
     "shapley-1shot-zero": ("shapley-pruning", {"ablation": "zero"}),
 }
+RUNTIME_SEEDS = {"mcl-rs1": 1, "mcl-rs2": 2, "mcl-rs3": 3}
+"""Defences run with ``RuntimeConfig.seed`` other than 0 (every other defence: seed 0)."""
 ONE_SHOT = {"shapley-1shot", "shapley-1shot-zero"}
 """Defences given only one clean image per class (from the clean budget) and no held-out
 split (``holdout_fraction=0``)."""
@@ -290,6 +297,8 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
     elif defence.startswith("auto-quick"):  # v2: + warp's smallest reached label (stop 37)
         spec["v"] = 2
     spec.update(mcl_default_key(strategy, cfg))
+    if defence in RUNTIME_SEEDS:
+        spec["runtime_seed"] = RUNTIME_SEEDS[defence]
     key = config_hash({**spec, "scan": SCAN_CFG})
     cache = CACHE / "purify" / f"{name}-{defence}-{key}.json"
     if cache.is_file():
@@ -325,7 +334,7 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
                 data["test"],
                 trigger,
                 scan,
-                runtime={"device": "cpu", "seed": 0},
+                runtime={"device": "cpu", "seed": RUNTIME_SEEDS.get(defence, 0)},
                 holdout=holdout,
             )
         row.update(cell)
