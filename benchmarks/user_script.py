@@ -10,7 +10,9 @@ no model factory. Everything here up to the ``Purifier`` call is plain PyTorch: 
 triggers: a patch at another position and colour than the attack helpers', a blend pattern
 they do not have), the training loop and the BA/ASR measurement. hardenkit only loads the
 CIFAR-10 archive (as uint8 tensors) and is then called exactly as the README shows (``stripes``
-and ``warp``, held out, were added at stop 49 after the defaults were fixed)::
+and ``warp``, held out, were added at stop 49 after the defaults were fixed; ``res-patch``,
+``res-blend`` and ``res-clean``, held out too, at stop 53: the script's own residual network
+``user_resnet``, a plain ``nn.Module``)::
 
     result = hk.Purifier(model).run(clean_loader)     # a torch DataLoader of 2,500 images
 
