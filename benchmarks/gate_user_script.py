@@ -72,7 +72,7 @@ from .fallback_zoo import zoo_models
 from .scanner_zoo import ATTACK_NAMES
 from .scanner_zoo import FIXTURES as ZOO_FIXTURES
 from .scanner_zoo import _model as zoo_model
-from .user_script import ARCHS, CLEAN_MODELS, MODELS, ba_asr, load_or_train, model_spec, stamp
+from .user_script import CLEAN_MODELS, MODELS, ba_asr, load_or_train, model_arch, model_spec, stamp
 from .user_script import _describe as describe
 
 HELD_PER_CLASS = 200
@@ -125,12 +125,13 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
         model, info = load_or_train(name, data)
         idx = info["clean_idx"]
         xt, yt = test.tensors()
+        # the model's ``--arch`` path and factory (the nn.Sequential, or since stop 53 the
+        # script's residual network)
+        arch, factory = model_arch(spec)
         return {
             "model": model,
-            # the model's ``--arch`` path and factory (the nn.Sequential, or since stop 53 the
-            # script's residual network)
-            "arch": ARCHS[spec.get("arch", "sequential")][0],
-            "factory": ARCHS[spec.get("arch", "sequential")][1],
+            "arch": arch,
+            "factory": factory,
             "key": {"model": name, "spec": spec, "held": HELD_PER_CLASS, "policy": GATE_DEFAULT},
             "clean": (train.images[idx], train.labels[idx]),
             "data_tag": config_hash({"clean": idx.tolist(), "held": HELD_PER_CLASS}),

@@ -33,6 +33,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -63,19 +64,21 @@ EPOCHS = 12
 CLEAN_PER_CLASS = 250  # 2,500 clean images: 5 % of the training set, the issue's budget
 
 
+def _two_colour(mask: Tensor, on: list[float], off: list[float]) -> Tensor:
+    """(3,H,W): colour ``on`` where ``mask`` (H,W) is true, ``off`` elsewhere."""
+    return torch.where(mask, torch.tensor(on)[:, None, None], torch.tensor(off)[:, None, None])
+
+
 def _patch(size: int, seed: int, kind: str) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     if kind == "random":  # a random colour per pixel
         return torch.rand(3, size, size, generator=g)
     if kind == "binary":  # a random yellow / purple pixel pattern
-        yellow, purple = torch.tensor([0.95, 0.85, 0.1]), torch.tensor([0.5, 0.1, 0.6])
         mask = torch.rand(size, size, generator=g) < 0.5
-        return torch.where(mask, yellow[:, None, None], purple[:, None, None])
+        return _two_colour(mask, [0.95, 0.85, 0.1], [0.5, 0.1, 0.6])
     # a red / blue checkerboard
-    red, blue = torch.tensor([1.0, 0.1, 0.1]), torch.tensor([0.1, 0.2, 1.0])
     ij = torch.arange(size)
-    mask = ((ij[:, None] + ij[None, :]) % 2).bool()
-    return torch.where(mask, red[:, None, None], blue[:, None, None])
+    return _two_colour(((ij[:, None] + ij[None, :]) % 2).bool(), [1.0, 0.1, 0.1], [0.1, 0.2, 1.0])
 
 
 def _stripes(amplitude: float, periods: int) -> Tensor:
@@ -108,10 +111,8 @@ def _flow(pixels: float, grid: int, seed: int) -> Tensor:
 
 def _checker(cell: int) -> Tensor:
     """An orange / teal checkerboard (3,32,32) of ``cell``-pixel squares."""
-    orange, teal = torch.tensor([1.0, 0.6, 0.1]), torch.tensor([0.1, 0.6, 0.8])
     ij = torch.arange(32) // cell
-    mask = ((ij[:, None] + ij[None, :]) % 2).bool()
-    return torch.where(mask, orange[:, None, None], teal[:, None, None])
+    return _two_colour(((ij[:, None] + ij[None, :]) % 2).bool(), [1.0, 0.6, 0.1], [0.1, 0.6, 0.8])
 
 
 def _smooth_noise(seed: int) -> Tensor:
@@ -322,16 +323,21 @@ def user_resnet() -> UserResNet:
     return UserResNet()
 
 
-ARCHS: dict[str, tuple[str, Any]] = {
+ARCHS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
     "sequential": ("benchmarks.user_script:user_model", user_model),
     "resnet": ("benchmarks.user_script:user_resnet", user_resnet),
 }
 """A model spec's ``arch`` (default ``sequential``) -> (its ``--arch`` path, its factory)."""
 
 
+def model_arch(spec: dict[str, Any]) -> tuple[str, Callable[[], nn.Module]]:
+    """The spec's ``--arch`` path and factory (``ARCHS``; ``sequential`` when unset)."""
+    return ARCHS[spec.get("arch", "sequential")]
+
+
 def build_model(spec: dict[str, Any]) -> nn.Module:
     """A fresh (untrained) network of the spec's architecture."""
-    return ARCHS[spec.get("arch", "sequential")][1]()  # type: ignore[no-any-return]
+    return model_arch(spec)[1]()
 
 
 def _augment(x: Tensor, g: torch.Generator) -> Tensor:
