@@ -55,6 +55,9 @@ from .scanner_zoo import ATTACK_NAMES, FIXTURES, _model
 DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "auto": ("auto", {}),
     "auto-miss": ("auto", {}),
+    # stop 54: the default again (the same repair as auto), run with the trigger guard and its
+    # rows recorded: how often it fires on models we did not build
+    "auto-tg": ("auto", {}),
     # auto's trigger branch: MCL (its default since issue 16) vs NC unlearning (the default before)
     "auto-mcl": ("auto", {"trigger_strategy": "mcl", "max_trigger_ba_drop": None}),
     "auto-nc": ("auto", {"trigger_strategy": "nc-unlearn"}),
@@ -196,6 +199,10 @@ def run_cell(
                 row[k] = res.report.details[k]
         row.update(_measure(res.model, trigger, test, tgt))
         row.update(seconds=time.perf_counter() - t0, status=res.status)
+        # each known trigger's held-out ASR before / after and the trigger guard (stop 54)
+        row["trigger_asr"] = [t.model_dump() for t in res.report.trigger_asr]
+        guard = res.report.trigger_guard
+        row["trigger_guard"] = None if guard is None else guard.model_dump()
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(row, indent=2))
     return row

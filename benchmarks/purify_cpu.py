@@ -52,6 +52,9 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # the shipped default when its own quick scan misses: as auto-quick, with the flags of the
     # Purifier's scan removed (hardenkit.testing.missed_scan) before the repair sees them
     "auto-quick-miss": ("auto", {}),
+    # stop 54: the shipped default again (the same repair as auto-quick), run with the trigger
+    # guard (Purifier(max_trigger_asr=0.10)) and its rows recorded: how often it fires
+    "auto-quick-tg": ("auto", {}),
     # the same with Neural Cleanse's candidates only (no warp candidate: before stop 37)
     "auto-quick-miss-nc": ("auto", {"other_inversion_candidates": 0}),
     # the same with MCL on the smallest mask's (and the smallest warp's) inversion only
@@ -121,6 +124,24 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "d3-head-rel-30": (
         "d3",
         {"train": "selected", "hinge": "relative", "lmd": 30.0, "scale_large_lambda": False},
+    ),
+    # stop 54: the same repair given the protocol's scan (SCAN_GIVEN): D3 never uses it, but
+    # the Purifier measures its trigger on the repaired model, so the trigger guard judges it
+    "d3-head-rel-30-scan": (
+        "d3",
+        {"train": "selected", "hinge": "relative", "lmd": 30.0, "scale_large_lambda": False},
+    ),
+    # ... with the last epoch (best-val selection would judge epochs on the scan's trigger):
+    # the same weights as d3-head-rel-30, whose best-val keeps the last epoch without a trigger
+    "d3-head-rel-30-scan-final": (
+        "d3",
+        {
+            "train": "selected",
+            "hinge": "relative",
+            "lmd": 30.0,
+            "scale_large_lambda": False,
+            "selection": "final",
+        },
     ),
     # ... with the last stage's convolutions in the distance and trained too (Blended probe)
     "d3-stage3-rel-30": (
@@ -198,6 +219,10 @@ split (``holdout_fraction=0``)."""
 SCAN_CFG = scan_config(epochs=40, max_images=500, batch_size=64)
 
 
+# defences of trigger-free strategies that are given the protocol's scan anyway (measured only)
+SCAN_GIVEN = frozenset({"d3-head-rel-30-scan", "d3-head-rel-30-scan-final"})
+
+
 def uses_scan(strategy: str) -> bool:
     """Whether the strategy repairs with (or decides on) a Scanner result."""
     cls = hk.purify.STRATEGIES.get(strategy)
@@ -265,6 +290,11 @@ def purify_and_measure(
             "clean_images": used["train"] + used["validation"],
             "pruned_fraction": None if pruning is None else pruning["fraction"],
             "pruned": None if pruning is None else pruning["pruned"],
+            # each known trigger's held-out ASR before / after and the trigger guard (stop 54)
+            "trigger_asr": [t.model_dump() for t in res.report.trigger_asr],
+            "trigger_guard": None
+            if res.report.trigger_guard is None
+            else res.report.trigger_guard.model_dump(),
         }
     )
     return row, res
@@ -322,7 +352,8 @@ def run_cell(name: str, defence: str, data: dict[str, hk.ImageDataset]) -> dict[
         row.update({"seconds": 0.0, "status": "-", "steps": 0, "clean_images": 0})
     else:
         own_scan = defence.startswith("auto-quick")  # the Purifier scans (quick preset)
-        scan = get_scan(name, model, clean) if uses_scan(strategy) and not own_scan else None
+        given = uses_scan(strategy) or defence in SCAN_GIVEN
+        scan = get_scan(name, model, clean) if given and not own_scan else None
         if defence == "auto-miss" and scan is not None:
             scan = missed_scan(scan)
         with _scans_missed(defence.startswith("auto-quick-miss")):

@@ -184,6 +184,9 @@ def model_spec(name: str) -> dict[str, Any]:
 
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # stop 54: the shipped default again (Purifier(model), the same repair as ``default``), run
+    # with the trigger guard and its rows recorded: how often it fires on models we did not build
+    "default-tg": ("auto", {}),
     # auto with MCL (not NC unlearning) on the smallest-mask labels' triggers when the scan
     # flags nothing (exploratory, stop 34: NC unlearning left a missed blend at 16 %)
     "candidates-mcl": ("auto", {"candidate_strategy": "mcl"}),
@@ -505,6 +508,10 @@ def run_cell(
         row["candidate_mcl"] = res.report.details.get("candidate_mcl")
         row["flagged"] = (res.report.scan or {}).get("flagged_labels")
         row["notes"] = res.report.notes
+        # each known trigger's held-out ASR before / after and the trigger guard (stop 54)
+        row["trigger_asr"] = [t.model_dump() for t in res.report.trigger_asr]
+        guard = res.report.trigger_guard
+        row["trigger_guard"] = None if guard is None else guard.model_dump()
         # the user's model is never modified in place
         fresh = load_or_train(name, data)[0].state_dict()
         row["input_unchanged"] = all(

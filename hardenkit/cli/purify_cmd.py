@@ -42,8 +42,8 @@ def add_parser(sub: Any) -> None:
         description="Repair a copy of a model with clean images and a purification strategy; "
         "write the repaired weights, the report and (optionally) a verified ONNX export. "
         "Exit 0 = a trusted result (purified, or nothing to purify), 1 = an untrusted status "
-        "(degraded, budget-exhausted, unverified, refused; model and report are still "
-        "written) or a failed --onnx verification, 2 = usage/input error, 3 = runtime or "
+        "(degraded, backdoor-remains, budget-exhausted, unverified, refused; model and report "
+        "are still written) or a failed --onnx verification, 2 = usage/input error, 3 = runtime or "
         "environment error (including a failed ONNX export, a missing ONNX Runtime provider "
         "or NaN results).",
     )
@@ -92,6 +92,15 @@ def add_parser(sub: Any) -> None:
         "config's max_ba_drop, 0.05)",
     )
     p.add_argument(
+        "--max-trigger-asr",
+        type=fraction,
+        default=0.10,
+        help="trigger guard: the most the trigger the repair was aimed at (the most anomalous "
+        "flagged label's, from the scan or --scan) may still add to the held-out images' share "
+        "on its label after the repair (fraction, default 0.10, "
+        "the gate's max_asr); more gives status 'backdoor-remains' and exit 1; 1 turns it off",
+    )
+    p.add_argument(
         "--skip-chance-check",
         action="store_true",
         help="repair even when the model is no better than chance on the clean "
@@ -136,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         scan_budget=args.scan_budget,
         max_ba_drop=args.max_ba_drop,
         require_above_chance=not args.skip_chance_check,
+        max_trigger_asr=args.max_trigger_asr,
     )
     scan = None
     if args.scan is not None:
@@ -188,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
             )
     if not result.trusted:
         # fail closed: the model and report are written, but a pipeline must not read this
-        # run as a successful repair (degraded / budget-exhausted / unverified / refused)
+        # run as a successful repair (degraded / backdoor-remains / budget-exhausted /
+        # unverified / refused)
         print(
             f"hardenkit: purification status {result.status!r} is not a trusted repair "
             f"(see the notes in {out}/report.json); exit {EXIT_GATE_FAILED}",

@@ -627,6 +627,9 @@ class Gate:
                         runtime=pixel_rt,
                         progress=self.progress,
                         max_ba_drop=pol.max_ba_drop,
+                        # the gate judges every trigger itself (HK-ASR-001, after the
+                        # re-scan and any further repair round)
+                        max_trigger_asr=None,
                     ).run(train_loader, scan=current_scan, holdout_loader=hold_loader)
                 except NonFiniteError as exc:
                     notes.append(f"the repair (round {rnd}) failed: {exc}")

@@ -36,15 +36,27 @@ __all__ = [
 
 
 PurificationStatus = Literal[
-    "purified", "nothing-to-purify", "refused", "degraded", "budget-exhausted", "unverified"
+    "purified",
+    "nothing-to-purify",
+    "refused",
+    "degraded",
+    "backdoor-remains",
+    "budget-exhausted",
+    "unverified",
 ]
 """Outcome of a purification. Only ``purified`` means "repaired and checked":
 
-* ``purified`` — the strategy ran to the end of its schedule and held-out (or validation)
-  BA dropped by at most ``max_ba_drop``;
+* ``purified`` — the strategy ran to the end of its schedule, held-out (or validation)
+  BA dropped by at most ``max_ba_drop``, and no trigger the repair was aimed at still works on
+  the held-out images (``max_trigger_asr``);
 * ``nothing-to-purify`` / ``refused`` — the model is returned unchanged (no flagged label;
   the strategy could not run, see the notes);
 * ``degraded`` — the repaired model lost more than ``max_ba_drop`` BA (returned anyway);
+* ``backdoor-remains`` — a trigger the repair was aimed at (the recovered trigger of the
+  scan's most anomalous flagged label, or one given with
+  :meth:`~hardenkit.scan.ScanResult.from_triggers`) still sends more than
+  ``Purifier(max_trigger_asr=...)`` of the held-out images to its label beyond the share the
+  repaired model sends there without it (returned anyway);
 * ``budget-exhausted`` — ``max_steps`` / ``max_seconds`` ended the run before its schedule;
 * ``unverified`` — no held-out or validation image was left to measure BA (e.g.
   ``holdout_fraction=0`` with one image per class): check it with :class:`hardenkit.Validator`.

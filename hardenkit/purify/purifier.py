@@ -48,6 +48,7 @@ from .base import (
     PurificationStrategy,
     PurifyContext,
     StrategyOutcome,
+    select_triggers,
 )
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "PurificationResult",
     "Purifier",
     "TriggerASR",
+    "TriggerGuard",
     "UtilityGuard",
 ]
 
@@ -81,6 +83,40 @@ class TriggerASR(BaseModel):
     after_without_trigger: float | None = None
     """The repaired model's share of the same images on ``label`` *without* the trigger: its
     own bias, the floor under ``after`` (``after`` minus this is what the trigger adds)."""
+
+
+class TriggerGuard(BaseModel):
+    """The trigger guard's measurement: the known trigger that works best on the repaired
+    model, judged on the held-out split (``Purifier(max_trigger_asr=...)``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_trigger_asr: float
+    """The bound: the most a known trigger may add to the share of the held-out images (those
+    not of its label) that the repaired model puts on its label."""
+    labels: list[int]
+    """The labels whose triggers were judged: those the repair was aimed at — the most
+    anomalous flagged label's (a detector-ranked scan), every trigger you gave
+    (``ScanResult.from_triggers``), and any other the strategy repaired against."""
+    label: int | None
+    """The label whose trigger adds the most (``None`` when no trigger was measured)."""
+    added_asr: float | None
+    """That trigger's ASR after the repair minus the repaired model's share of the same
+    images on the label without the trigger (``None`` when no trigger was measured)."""
+    passed: bool | None
+    """``None`` when no trigger was known or no image was held out: nothing was judged."""
+
+
+def _targeted(scan: ScanResult | None, details: dict[str, Any]) -> set[int]:
+    """The labels whose known triggers the repair was aimed at (what the trigger guard
+    judges): the most anomalous flagged label's trigger (all of them for triggers you gave,
+    see :func:`~hardenkit.purify.base.select_triggers`) and any the strategy recorded in
+    ``details["triggers"]``."""
+    labels = {y for y, _ in select_triggers(scan, "most-anomalous")}
+    used = details.get("triggers")
+    if isinstance(used, list):
+        labels.update(int(y) for y in used if isinstance(y, int))
+    return labels
 
 
 class UtilityGuard(BaseModel):
@@ -136,6 +172,9 @@ class PurificationReport(BaseReport):
     utility_guard: UtilityGuard | None = None
     """How the repaired model's benign accuracy was judged (``None`` in reports written
     before the guard existed)."""
+    trigger_guard: TriggerGuard | None = None
+    """How the known triggers were judged on the repaired model (``None`` when the guard was
+    off, ``Purifier(max_trigger_asr=None)``, or in reports written before it existed)."""
     distributed: DistributedInfo = Field(default_factory=DistributedInfo)
     """World size and backend of a ``torchrun`` run (``world_size`` 1 otherwise)."""
     clean_storage: dict[str, Any] = Field(default_factory=dict)
@@ -166,6 +205,13 @@ class PurificationReport(BaseReport):
                 1,
                 f"  WARNING: the repair lost {_pct((g.ba_before or 0) - (g.ba_after or 0))} BA on "
                 f"the {g.split} split (> max_ba_drop {_pct(g.max_ba_drop)}): DEGRADED",
+            )
+        elif self.status == "backdoor-remains" and self.trigger_guard is not None:
+            tg = self.trigger_guard
+            lines.insert(
+                1,
+                f"  WARNING: the trigger of label {tg.label} still adds {_pct(tg.added_asr)} ASR "
+                f"(> max_trigger_asr {_pct(tg.max_trigger_asr)}): BACKDOOR REMAINS",
             )
         elif self.status == "budget-exhausted":
             lines.insert(1, "  WARNING: the budget ended the run before its schedule finished")
@@ -298,6 +344,15 @@ class Purifier:
             0.05): a repair that loses more benign accuracy than this on the held-out split
             (the validation split when nothing is held out) gets status ``degraded``. The
             model is still returned; the report and the CLI exit code say it failed.
+        max_trigger_asr: the trigger guard (default 0.10, the deployment gate's
+            ``max_asr``): a repair after which a trigger it was aimed at (the recovered trigger
+            of the scan's most anomalous flagged label, every trigger given with
+            ``ScanResult.from_triggers``, any other the strategy used) still sends
+            more than this share of the held-out images of other labels to its label, beyond
+            the share the repaired model sends there without it, gets status
+            ``backdoor-remains``. The model is still returned; the report and the CLI exit
+            code say it failed. ``None`` turns the guard off (the gate does: its own
+            ``HK-ASR-001`` judges the triggers on the shipped model).
         require_above_chance: refuse (status ``refused``, the model returned unchanged,
             nothing scanned or trained) when the input model is no better than a constant
             guess on the clean images (:func:`hardenkit.validate.chance_check`, with at least
@@ -305,8 +360,9 @@ class Purifier:
             pixel range, normalisation), and a repair trained on them would teach it other
             labels. ``False`` skips the check.
 
-    Statuses: ``purified`` only when the strategy finished its schedule and passed the
-    guard; ``budget-exhausted`` when ``max_steps``/``max_seconds`` cut it short;
+    Statuses: ``purified`` only when the strategy finished its schedule and passed both
+    guards; ``degraded`` when it lost too much BA; ``backdoor-remains`` when the trigger it
+    was aimed at still works; ``budget-exhausted`` when ``max_steps``/``max_seconds`` cut it short;
     ``unverified`` when no image was left to measure BA; ``nothing-to-purify``/``refused``
     when the model is returned unchanged.
 
@@ -334,6 +390,7 @@ class Purifier:
         progress: ProgressCallback | None = None,
         max_ba_drop: float | None = None,
         require_above_chance: bool = True,
+        max_trigger_asr: float | None = 0.10,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ModelCompatibilityError(
@@ -371,6 +428,13 @@ class Purifier:
         self.max_ba_drop = (
             self.strategy.config.max_ba_drop if max_ba_drop is None else float(max_ba_drop)
         )
+        if max_trigger_asr is not None and not 0 <= max_trigger_asr <= 1:
+            raise ConfigError(
+                f"max_trigger_asr must be a fraction in [0, 1] or None, got {max_trigger_asr}.",
+                hint="0.10 lets a known trigger add at most 10 points of ASR; None turns the "
+                "trigger guard off",
+            )
+        self.max_trigger_asr = None if max_trigger_asr is None else float(max_trigger_asr)
         self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
         self.model = model
         self.runtime = parse_config(RuntimeConfig, runtime)
@@ -556,6 +620,9 @@ class Purifier:
             (ctx.val_images, ctx.y_val),
             notes,
         )
+        status, trigger_guard = self._trigger_guard(
+            status, asr_rows, notes, _targeted(scan, outcome.details)
+        )
         if status == "purified" and len(y_ho) and not asr_rows:
             notes.append(
                 "no trigger was known to measure: 'purified' says the repair ran and kept benign "
@@ -593,6 +660,7 @@ class Purifier:
             notes=notes,
             details=outcome.details,
             utility_guard=guard,
+            trigger_guard=trigger_guard,
             distributed=distributed_info(dist),
             clean_storage=storage,
         )
@@ -665,6 +733,65 @@ class Purifier:
             )
             return "unverified", guard
         return "purified", guard
+
+    def _trigger_guard(
+        self,
+        status: PurificationStatus,
+        rows: list[TriggerASR],
+        notes: list[str],
+        targeted: set[int],
+    ) -> tuple[PurificationStatus, TriggerGuard | None]:
+        """Judge the known triggers the repair was aimed at (``targeted``) on the repaired
+        model: ``purified`` becomes ``backdoor-remains`` when one still adds more than
+        ``max_trigger_asr`` ASR. Another flagged label's trigger that still works gets a note."""
+        bound = self.max_trigger_asr
+        if bound is None:
+            return status, None
+
+        def added(t: TriggerASR) -> float:
+            return t.after - (t.after_without_trigger or 0.0)
+
+        judged = [t for t in rows if t.label in targeted]
+        if not judged:
+            return status, TriggerGuard(
+                max_trigger_asr=bound, labels=[], label=None, added_asr=None, passed=None
+            )
+        worst = max(judged, key=added)
+        passed = added(worst) <= bound + 1e-12
+        guard = TriggerGuard(
+            max_trigger_asr=bound,
+            labels=[t.label for t in judged],
+            label=worst.label,
+            added_asr=added(worst),
+            passed=passed,
+        )
+        if status in ("nothing-to-purify", "refused"):  # the model came back unchanged
+            return status, guard
+        for t in rows:
+            if t.label not in targeted and added(t) > bound + 1e-12:
+                notes.append(
+                    f"the recovered trigger of label {t.label}, flagged beside the most "
+                    "anomalous label and not repaired against, still sends "
+                    f"{100 * t.after:.2f}% of the held-out images of other labels to {t.label} "
+                    f"({100 * (t.after_without_trigger or 0.0):.2f}% without it): a flag on a "
+                    "natural feature of that class is common (the trigger guard does not judge "
+                    "it); if that label is attacked too, repair with "
+                    "trigger_labels='all-flagged' and check it with the real trigger"
+                )
+        if passed:
+            return status, guard
+        floor = worst.after_without_trigger or 0.0
+        notes.append(
+            f"BACKDOOR REMAINS: the known trigger of label {worst.label} still sends "
+            f"{100 * worst.after:.2f}% of the {worst.images} held-out images of other labels to "
+            f"{worst.label} after the repair ({100 * floor:.2f}% without the trigger; "
+            f"{100 * worst.before:.2f}% before the repair), more than "
+            f"max_trigger_asr={100 * bound:g} points above that share: the repair did not "
+            "remove it. Try another strategy or a longer schedule, and measure with the real "
+            "trigger if you know it (hk.Validator, hardenkit gate)"
+        )
+        _log.warning("purify.backdoor_remains", label=worst.label, added_asr=added(worst))
+        return ("backdoor-remains" if status == "purified" else status), guard
 
     def _chance(
         self, original: nn.Module, x: ImageStore, y: Tensor, k: int, notes: list[str]

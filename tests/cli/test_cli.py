@@ -947,6 +947,34 @@ def test_purify_with_scan_dir_and_onnx(
     assert "verification PASSED" in err
 
 
+def test_purify_exits_1_when_a_recovered_trigger_still_works(
+    scan_weights: dict[str, Path],
+    badnets_scan_run: ScanRun,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # a gentle fine-tuning keeps BA but leaves the scan's recovered trigger working: the
+    # trigger guard fails it closed (before stop 54: "purified", exit 0)
+    gentle = ["--strategy", "finetune", "--set", "epochs=1", "--set", "lr=0.0001"]
+    scan = ["--scan", str(badnets_scan_run.out)]
+    out = tmp_path / "gentle"
+    assert main(purify_args(scan_weights["badnets"], out, *gentle, *scan)) == 1
+    err = capsys.readouterr().err
+    assert "BACKDOOR REMAINS" in err
+    assert "not a trusted repair" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "backdoor-remains"
+    assert report["trigger_guard"]["passed"] is False
+    assert report["trigger_guard"]["added_asr"] > 0.10
+    assert (out / "model.safetensors").is_file()  # nothing is lost
+    loose = tmp_path / "loose"
+    code = main(
+        purify_args(scan_weights["badnets"], loose, *gentle, *scan, "--max-trigger-asr", "1")
+    )
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((loose / "report.json").read_text())["status"] == "purified"
+
+
 def test_purify_finetune_config_file(
     scan_weights: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -152,7 +152,7 @@ def test_shapley_pruning_data_free_runs_end_to_end(
     # shortened synthesis / inversion / estimation to keep the test near a minute; with
     # max_permutations 50 and the default synthesis and inversion it flagged label 0 from
     # the 40 synthesised images and mean-ablated 4 of 224 channels: test BA 89.9 -> 89.9, ASR
-    # 99.4 -> 56.6 (a partial repair, reported as such; python -m benchmarks.pruning_synthetic)
+    # 99.4 -> 56.6 (a partial repair; python -m benchmarks.pruning_synthetic)
     cfg = {
         "max_permutations": 20,
         "augment_copies": 1,
@@ -176,5 +176,8 @@ def test_shapley_pruning_data_free_runs_end_to_end(
         assert ModelFingerprint.of(res.model) == ModelFingerprint.of(wide.model)
         assert rep.details["scan"]["verdict"] != "backdoored"
     else:
-        assert res.status == "purified"
+        # this short run prunes 2 channels and leaves the real trigger at 83 % test ASR; the
+        # inverted trigger still adds 14 points on the held-out images, so the trigger guard
+        # reports it (before stop 54 the status was "purified")
+        assert res.status == ("backdoor-remains" if after.asr > 0.5 else "purified")
         assert rep.details["pruning"]["pruned"] > 0

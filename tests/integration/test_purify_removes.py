@@ -64,6 +64,53 @@ def test_trigger_based_strategies_remove_badnets(
     # the inverted trigger's held-out ASR fell too, and the caller's model is untouched
     assert res.report.trigger_asr[0].after < res.report.trigger_asr[0].before
     assert ModelFingerprint.of(badnets_model.model) == fp
+    # no flagged label's trigger adds more than 10 points of held-out ASR: the trigger guard
+    guard = res.report.trigger_guard
+    assert guard is not None
+    assert guard.passed is True, res.report.summary()
+    assert guard.labels == badnets_scan.flagged_labels[:1]  # the most anomalous: the target
+
+
+def test_a_repair_that_leaves_the_known_trigger_is_backdoor_remains(
+    badnets_model: BackdooredModel,
+    clean_budget: hk.ImageDataset,
+    synthetic: SyntheticSplits,
+    before: hk.ValidationReport,
+) -> None:
+    # a gentle fine-tuning with the *real* trigger as the known one keeps BA and leaves the
+    # patch: before the trigger guard (stop 54) this was reported "purified", exit 0
+    bd = badnets_model
+    assert isinstance(bd.target, int)
+    k = synthetic.train.num_classes
+    scan = hk.ScanResult.from_triggers({bd.target: bd.trigger}, model=bd.model, num_classes=k)
+    cfg = {"epochs": 1, "lr": 1e-4}
+    res = hk.Purifier(bd.model, "finetune", config=cfg).run(clean_budget.loader(), scan=scan)
+    after = _measure(res.model, bd, synthetic)
+    assert after.asr is not None
+    assert after.asr >= 0.5
+    assert before.ba - after.ba <= 0.03
+    assert res.status == "backdoor-remains", res.report.summary()
+    assert not res.trusted
+    assert not res.purified
+    guard = res.report.trigger_guard
+    assert guard is not None
+    assert guard.passed is False
+    assert guard.label == bd.target
+    row = res.report.trigger_asr[0]
+    assert guard.added_asr == pytest.approx(row.after - (row.after_without_trigger or 0.0))
+    assert guard.added_asr > 0.10
+    assert any(n.startswith(f"BACKDOOR REMAINS: the known trigger of label {bd.target}")
+               for n in res.report.notes)  # fmt: skip
+    assert "BACKDOOR REMAINS" in res.report.summary()
+    assert res.report.utility_guard is not None
+    assert res.report.utility_guard.passed
+    # the same weights with the guard off (as the gate runs it: HK-ASR-001 judges instead)
+    off = hk.Purifier(bd.model, "finetune", config=cfg, max_trigger_asr=None).run(
+        clean_budget.loader(), scan=scan
+    )
+    assert off.status == "purified"
+    assert off.report.trigger_guard is None
+    assert ModelFingerprint.of(off.model) == ModelFingerprint.of(res.model)
 
 
 def test_finetune_within_its_known_limits(

@@ -903,3 +903,56 @@ def test_auto_checked_mcl_is_skipped_under_a_budget(fx: BackdoorFixture) -> None
         n.startswith("auto: scan verdict clean; in case it missed a backdoor, running nc-unlearn")
         for n in res.report.notes
     )
+
+
+def test_the_trigger_guard_judges_what_the_targeted_trigger_adds_to_the_floor() -> None:
+    from hardenkit.purify.purifier import TriggerASR, TriggerGuard
+
+    p = hk.Purifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)))
+    biased = TriggerASR(label=1, before=0.9, after=0.5, images=200, after_without_trigger=0.45)
+    left = TriggerASR(label=2, before=0.9, after=0.5, images=200, after_without_trigger=0.05)
+    notes: list[str] = []
+    assert p._trigger_guard("purified", [biased], notes, {1})[0] == "purified"  # adds 5 points
+    assert notes == []
+    status, guard = p._trigger_guard("purified", [biased, left], notes, {1, 2})
+    assert status == "backdoor-remains"
+    assert guard is not None
+    assert guard.label == 2
+    assert guard.labels == [1, 2]
+    assert guard.added_asr == pytest.approx(0.45)
+    assert notes[-1].startswith("BACKDOOR REMAINS: the known trigger of label 2")
+    # a flagged label the repair was not aimed at (a natural feature, often) gets a note only
+    notes.clear()
+    status, guard = p._trigger_guard("purified", [biased, left], notes, {1})
+    assert status == "purified"
+    assert guard is not None
+    assert guard.passed is True
+    assert guard.labels == [1]
+    assert len(notes) == 1
+    assert "label 2, flagged beside the most anomalous label" in notes[0]
+    # a worse status stays, with the note; an unchanged model gets neither
+    notes.clear()
+    assert p._trigger_guard("degraded", [left], notes, {2})[0] == "degraded"
+    assert len(notes) == 1
+    notes.clear()
+    assert p._trigger_guard("refused", [left], notes, {2})[0] == "refused"
+    assert notes == []
+    assert p._trigger_guard("purified", [], notes, set()) == (
+        "purified",
+        TriggerGuard(max_trigger_asr=0.1, labels=[], label=None, added_asr=None, passed=None),
+    )
+    off = hk.Purifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), max_trigger_asr=None)
+    assert off._trigger_guard("purified", [left], notes, {2}) == ("purified", None)
+    with pytest.raises(ConfigError, match="max_trigger_asr must be a fraction"):
+        hk.Purifier(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), max_trigger_asr=1.5)
+
+
+def test_the_trigger_guard_judges_the_triggers_the_repair_was_aimed_at() -> None:
+    from hardenkit.purify.purifier import _targeted
+
+    m = hk.create_model("small-cnn", 10)
+    t = hk.PatchTrigger.square(3)
+    given = ScanResult.from_triggers({3: t, 5: t}, model=m, num_classes=10)
+    assert _targeted(given, {}) == {3, 5}  # triggers you give are all judged
+    assert _targeted(None, {"triggers": [7]}) == {7}
+    assert _targeted(None, {"triggers": "x"}) == set()
