@@ -375,10 +375,33 @@ def input_shape(text: str) -> tuple[int, int, int]:
 _NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
 
 
+class JoinSettings(argparse.Action):
+    """``--set`` given more than once adds to the earlier values (``--set epochs=1 --set
+    lr=0.001`` = ``--set epochs=1,lr=0.001``) instead of replacing them, as argparse's default
+    ``store`` would: a later ``--set`` silently dropped the earlier settings before stop 54."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        before = getattr(namespace, self.dest, "") or ""
+        setattr(namespace, self.dest, f"{before},{values}" if before.strip() else str(values))
+
+
 def add_settings_arg(p: argparse.ArgumentParser, help_text: str) -> None:
-    """``--set K=V,...`` (``args.settings``): a strategy's config values, read by
-    :func:`parse_kv` (``hardenkit purify`` and ``hardenkit demo``)."""
-    p.add_argument("--set", dest="settings", default="", metavar="K=V,...", help=help_text)
+    """``--set K=V,...`` (``args.settings``; repeatable, the values add up): a strategy's
+    config values, read by :func:`parse_kv` (``hardenkit purify``, ``train`` and ``demo``)."""
+    p.add_argument(
+        "--set",
+        dest="settings",
+        default="",
+        action=JoinSettings,
+        metavar="K=V,...",
+        help=help_text + " (repeatable: the values add up)",
+    )
 
 
 def parse_kv(text: str, what: str = "key=value list") -> dict[str, Any]:

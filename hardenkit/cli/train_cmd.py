@@ -16,6 +16,7 @@ from ._common import (
     add_command,
     add_image_size_arg,
     add_report_arg,
+    add_settings_arg,
     class_count,
     load_data_arg,
     load_policy_file,
@@ -78,13 +79,7 @@ def add_parser(sub: Any) -> None:
         default=DEFAULT_STRATEGY,
         help="robust-training strategy: dlp, abl, plain (or a plugin)",
     )
-    p.add_argument(
-        "--set",
-        dest="settings",
-        default="",
-        metavar="K=V,...",
-        help="strategy config values, e.g. 'sl_epochs=3,isolation_ratio=0.15'",
-    )
+    add_settings_arg(p, "strategy config values, e.g. 'sl_epochs=3,isolation_ratio=0.15'")
     p.add_argument("--config", type=Path, help="strategy config file (JSON or YAML)")
     p.add_argument(
         "--poison-indices",

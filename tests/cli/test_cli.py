@@ -947,6 +947,34 @@ def test_purify_with_scan_dir_and_onnx(
     assert "verification PASSED" in err
 
 
+@pytest.mark.parametrize("command", ["purify", "train", "demo"])
+def test_set_given_twice_adds_up(command: str) -> None:
+    # argparse's default "store" kept only the last --set: `--set epochs=1 --set lr=0.0001`
+    # silently ran the default 100 epochs (found by the test below, stop 54)
+    from hardenkit.cli._common import parse_kv
+
+    needs = {
+        "purify": [
+            "--weights",
+            "w.safetensors",
+            "--arch",
+            "small-cnn",
+            "--data",
+            "d",
+            "--out",
+            "o",
+        ],
+        "train": ["--data", "d", "--out", "o"],
+        "demo": [],
+    }[command]
+    args = build_parser().parse_args(
+        [command, *needs, "--set", "epochs=1", "--set", "lr=0.0001,momentum=0.5"]
+    )
+    assert args.settings == "epochs=1,lr=0.0001,momentum=0.5"
+    assert parse_kv(args.settings, "--set") == {"epochs": 1, "lr": 0.0001, "momentum": 0.5}
+    assert build_parser().parse_args([command, *needs]).settings == ""
+
+
 def test_purify_exits_1_when_a_recovered_trigger_still_works(
     scan_weights: dict[str, Path],
     badnets_scan_run: ScanRun,
