@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from hardenkit._utils.environment import environment_info
 from hardenkit.data import ImageDataset, load_image_archive
-from hardenkit.purify import AutoConfig, MCLConfig
+from hardenkit.purify import AutoConfig, MCLConfig, PurificationReport
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_ARCHIVE = ROOT.parent.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -66,6 +66,15 @@ def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
     ):
         key["mcl_recalibrate_prior"] = True
     return key
+
+
+def trigger_fields(report: PurificationReport) -> dict[str, Any]:
+    """A purification's known-trigger rows and trigger guard, for a benchmark cell (stop 54)."""
+    guard = report.trigger_guard
+    return {
+        "trigger_asr": [t.model_dump() for t in report.trigger_asr],
+        "trigger_guard": None if guard is None else guard.model_dump(),
+    }
 
 
 def save_cached(cache: Path, row: dict[str, Any]) -> dict[str, Any]:

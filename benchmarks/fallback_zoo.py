@@ -47,6 +47,7 @@ from .common import (
     load_cifar10,
     mcl_default_key,
     md_table,
+    trigger_fields,
     write_results,
 )
 from .purify_cpu import measure
@@ -200,9 +201,7 @@ def run_cell(
         row.update(_measure(res.model, trigger, test, tgt))
         row.update(seconds=time.perf_counter() - t0, status=res.status)
         # each known trigger's held-out ASR before / after and the trigger guard (stop 54)
-        row["trigger_asr"] = [t.model_dump() for t in res.report.trigger_asr]
-        guard = res.report.trigger_guard
-        row["trigger_guard"] = None if guard is None else guard.model_dump()
+        row.update(trigger_fields(res.report))
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(row, indent=2))
     return row

@@ -37,7 +37,15 @@ from hardenkit.scan import ScanResult
 from hardenkit.testing import missed_scan
 
 from .cifar_fixtures import ATTACKS_10, FIXTURES, fixture_key, load_fixture
-from .common import CACHE, config_hash, load_cifar10, mcl_default_key, peak_rss_mb, write_results
+from .common import (
+    CACHE,
+    config_hash,
+    load_cifar10,
+    mcl_default_key,
+    peak_rss_mb,
+    trigger_fields,
+    write_results,
+)
 from .scanner_cpu import scan_cache, scan_config
 
 DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -291,10 +299,7 @@ def purify_and_measure(
             "pruned_fraction": None if pruning is None else pruning["fraction"],
             "pruned": None if pruning is None else pruning["pruned"],
             # each known trigger's held-out ASR before / after and the trigger guard (stop 54)
-            "trigger_asr": [t.model_dump() for t in res.report.trigger_asr],
-            "trigger_guard": None
-            if res.report.trigger_guard is None
-            else res.report.trigger_guard.model_dump(),
+            **trigger_fields(res.report),
         }
     )
     return row, res

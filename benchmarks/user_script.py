@@ -54,6 +54,7 @@ from .common import (
     mcl_default_key,
     md_table,
     save_cached,
+    trigger_fields,
     write_results,
 )
 
@@ -509,9 +510,7 @@ def run_cell(
         row["flagged"] = (res.report.scan or {}).get("flagged_labels")
         row["notes"] = res.report.notes
         # each known trigger's held-out ASR before / after and the trigger guard (stop 54)
-        row["trigger_asr"] = [t.model_dump() for t in res.report.trigger_asr]
-        guard = res.report.trigger_guard
-        row["trigger_guard"] = None if guard is None else guard.model_dump()
+        row.update(trigger_fields(res.report))
         # the user's model is never modified in place
         fresh = load_or_train(name, data)[0].state_dict()
         row["input_unchanged"] = all(
