@@ -68,12 +68,14 @@ def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return key
 
 
-def trigger_fields(report: PurificationReport) -> dict[str, Any]:
-    """A purification's known-trigger rows and trigger guard, for a benchmark cell (stop 54)."""
-    guard = report.trigger_guard
+def guard_fields(report: PurificationReport) -> dict[str, Any]:
+    """A purification's known-trigger rows and trigger guard (stop 54) and its utility guard
+    with the paired interval of the BA drop (stop 55), for a benchmark cell."""
+    guard, utility = report.trigger_guard, report.utility_guard
     return {
         "trigger_asr": [t.model_dump() for t in report.trigger_asr],
         "trigger_guard": None if guard is None else guard.model_dump(),
+        "utility_guard": None if utility is None else utility.model_dump(),
     }
 
 

@@ -43,11 +43,11 @@ from hardenkit.testing import missed_scan
 from .common import (
     CACHE,
     config_hash,
+    guard_fields,
     load_cached,
     load_cifar10,
     mcl_default_key,
     md_table,
-    trigger_fields,
     write_results,
 )
 from .purify_cpu import measure
@@ -201,7 +201,7 @@ def run_cell(
         row.update(_measure(res.model, trigger, test, tgt))
         row.update(seconds=time.perf_counter() - t0, status=res.status)
         # each known trigger's held-out ASR before / after and the trigger guard (stop 54)
-        row.update(trigger_fields(res.report))
+        row.update(guard_fields(res.report))
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(row, indent=2))
     return row

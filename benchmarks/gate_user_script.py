@@ -54,6 +54,7 @@ from torch import Tensor
 
 import hardenkit as hk
 from hardenkit.attacks.base import build_attack
+from hardenkit.cli._common import to_luma
 from hardenkit.training import predict
 
 from .common import (
@@ -72,7 +73,16 @@ from .fallback_zoo import zoo_models
 from .scanner_zoo import ATTACK_NAMES
 from .scanner_zoo import FIXTURES as ZOO_FIXTURES
 from .scanner_zoo import _model as zoo_model
-from .user_script import CLEAN_MODELS, MODELS, ba_asr, load_or_train, model_arch, model_spec, stamp
+from .user_script import (
+    CLEAN_MODELS,
+    MODELS,
+    ba_asr,
+    load_or_train,
+    model_arch,
+    model_spec,
+    stamp,
+    user_input,
+)
 from .user_script import _describe as describe
 
 HELD_PER_CLASS = 200
@@ -92,11 +102,13 @@ key too."""
 
 
 def _write_folder(root: Path, x: torch.Tensor, y: torch.Tensor) -> None:
-    """``x`` (uint8 N,3,H,W) as ``root/<class>/<i>.png`` (lossless: the pixels stay exact)."""
+    """``x`` (uint8 N,3,H,W, or N,1,H,W: grayscale PNGs) as ``root/<class>/<i>.png``
+    (lossless: the pixels stay exact)."""
     for i, (img, label) in enumerate(zip(x, y.tolist(), strict=True)):
         d = root / CIFAR10_CLASSES[label]
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i:05d}.png")
+        pixels = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()
+        Image.fromarray(pixels).save(d / f"{i:05d}.png")
 
 
 def _data_dirs(
@@ -125,25 +137,29 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
         model, info = load_or_train(name, data)
         idx = info["clean_idx"]
         xt, yt = test.tensors()
+        xm = user_input(xt, spec)  # the test images as the model takes them
         # the model's ``--arch`` path and factory (the nn.Sequential, or since stop 53 the
         # script's residual network)
         arch, factory = model_arch(spec)
+        gray = spec.get("channels", 3) == 1  # stop 55: grayscale PNG files, as a user has them
+        files = to_luma if gray else (lambda images: images)
+        tag: dict[str, Any] = {"clean": idx.tolist(), "held": HELD_PER_CLASS}
         return {
             "model": model,
             "arch": arch,
             "factory": factory,
             "key": {"model": name, "spec": spec, "held": HELD_PER_CLASS, "policy": GATE_DEFAULT},
-            "clean": (train.images[idx], train.labels[idx]),
-            "data_tag": config_hash({"clean": idx.tolist(), "held": HELD_PER_CLASS}),
-            "test": (test.images, test.labels),
+            "clean": (files(train.images[idx]), train.labels[idx]),
+            "data_tag": config_hash({**tag, "channels": 1} if gray else tag),
+            "test": (files(test.images), test.labels),
             "trigger": "none" if spec["kind"] == "clean" else describe(spec),
             "target": spec["target"],
             "measure": lambda m: ba_asr(m, spec, xt, yt),
-            "classes": lambda m: class_accuracy(m, xt, yt),
+            "classes": lambda m: class_accuracy(m, xm, yt),
             "effect": None
             if spec["kind"] == "clean"
             else lambda m: paired_trigger_effect(
-                m, xt[yt != spec["target"]], stamp(xt[yt != spec["target"]], spec), spec["target"]
+                m, xm[yt != spec["target"]], stamp(xm[yt != spec["target"]], spec), spec["target"]
             ),
         }
     mid = name.removeprefix("zoo:")

@@ -40,10 +40,10 @@ from .cifar_fixtures import ATTACKS_10, FIXTURES, fixture_key, load_fixture
 from .common import (
     CACHE,
     config_hash,
+    guard_fields,
     load_cifar10,
     mcl_default_key,
     peak_rss_mb,
-    trigger_fields,
     write_results,
 )
 from .scanner_cpu import scan_cache, scan_config
@@ -63,6 +63,9 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # stop 54: the shipped default again (the same repair as auto-quick), run with the trigger
     # guard (Purifier(max_trigger_asr=0.10)) and its rows recorded: how often it fires
     "auto-quick-tg": ("auto", {}),
+    # stop 55: the shipped default again, with its utility guard and the paired 95 % interval
+    # of the held-out BA drop recorded: does the interval hold the test set's drop?
+    "auto-quick-ci": ("auto", {}),
     # the same with Neural Cleanse's candidates only (no warp candidate: before stop 37)
     "auto-quick-miss-nc": ("auto", {"other_inversion_candidates": 0}),
     # the same with MCL on the smallest mask's (and the smallest warp's) inversion only
@@ -299,7 +302,7 @@ def purify_and_measure(
             "pruned_fraction": None if pruning is None else pruning["fraction"],
             "pruned": None if pruning is None else pruning["pruned"],
             # each known trigger's held-out ASR before / after and the trigger guard (stop 54)
-            **trigger_fields(res.report),
+            **guard_fields(res.report),
         }
     )
     return row, res

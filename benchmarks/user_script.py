@@ -49,12 +49,12 @@ from .common import (
     CACHE,
     ROOT,
     config_hash,
+    guard_fields,
     load_cached,
     load_cifar10,
     mcl_default_key,
     md_table,
     save_cached,
-    trigger_fields,
     write_results,
 )
 
@@ -123,6 +123,21 @@ def _smooth_noise(seed: int) -> Tensor:
     return F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False)[0]
 
 
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights: how the script turns CIFAR-10 into grayscale (``channels`` 1)."""
+
+
+def to_gray(x: Tensor) -> Tensor:
+    """(..., 3, H, W) RGB -> (..., 1, H, W) luma."""
+    w = torch.tensor(LUMA, dtype=x.dtype).view(3, 1, 1)
+    return (x * w).sum(-3, keepdim=True)
+
+
+def user_input(x: Tensor, spec: dict[str, Any]) -> Tensor:
+    """The images as the spec's model sees them: RGB, or grayscale (``channels`` 1)."""
+    return to_gray(x) if spec.get("channels", 3) == 1 else x
+
+
 MODELS: dict[str, dict[str, Any]] = {
     # a 4x4 random-colour patch near the top-left corner (the issue's report: 4x4, random colour)
     "patch-tl": {"kind": "patch", "pattern": "random", "size": 4, "at": (2, 2), "target": 3},
@@ -164,6 +179,28 @@ MODELS: dict[str, dict[str, Any]] = {
         "alpha": 0.12,
         "target": 6,
     },
+    # held out (stop 55: trained after every default was fixed): a *grayscale* user model —
+    # CIFAR-10 turned to luma (one channel) by the script, the same VGG-style nn.Sequential
+    # with a one-channel first conv and a gray normalisation inside; a 4x4 pixel patch (the
+    # yellow / purple pattern in luma) near the bottom-right corner
+    "gray-patch": {
+        "arch": "sequential-gray",
+        "channels": 1,
+        "kind": "patch",
+        "pattern": "binary",
+        "size": 4,
+        "at": (26, 24),
+        "target": 9,
+    },
+    # ... and the smooth colour pattern of ``blend-smooth`` in luma, blended at alpha 0.2 (in
+    # luma the pattern's contrast is about two thirds of the colour one's)
+    "gray-blend": {
+        "arch": "sequential-gray",
+        "channels": 1,
+        "kind": "blend",
+        "alpha": 0.2,
+        "target": 0,
+    },
 }
 
 CLEAN_MODELS: dict[str, dict[str, Any]] = {
@@ -176,6 +213,8 @@ CLEAN_MODELS: dict[str, dict[str, Any]] = {
     "clean-s2": {"kind": "clean", "target": None, "seed": 2},
     # the residual network of the script without poisoning (stop 53)
     "res-clean": {"arch": "resnet", "kind": "clean", "target": None},
+    # the grayscale user model without poisoning (stop 55)
+    "gray-clean": {"arch": "sequential-gray", "channels": 1, "kind": "clean", "target": None},
 }
 
 
@@ -223,17 +262,22 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def stamp(x: Tensor, spec: dict[str, Any]) -> Tensor:
-    """``x`` (N,3,32,32 in [0,1]) with the model's trigger applied (a new tensor)."""
+    """``x`` (N,C,32,32 in [0,1], C = 3 or 1 for a grayscale model) with the model's trigger
+    applied (a new tensor); a grayscale model's trigger is the colour pattern in luma."""
     x = x.clone()
+
+    def fit(pattern: Tensor) -> Tensor:
+        return to_gray(pattern) if x.shape[1] == 1 else pattern
+
     if spec["kind"] == "patch":
         s, (i, j) = spec["size"], spec["at"]
-        x[:, :, i : i + s, j : j + s] = _patch(s, SEED + 11, spec["pattern"])
+        x[:, :, i : i + s, j : j + s] = fit(_patch(s, SEED + 11, spec["pattern"]))
         return x
     if spec["kind"] == "stripes":
-        return (x + _stripes(spec["amplitude"], spec["periods"])).clamp(0, 1)
+        return (x + fit(_stripes(spec["amplitude"], spec["periods"]))).clamp(0, 1)
     if spec["kind"] == "ripple":
         ripple = _ripple(spec["amplitude"], spec["periods"], tuple(spec["centre"]))
-        return (x + ripple).clamp(0, 1)
+        return (x + fit(ripple)).clamp(0, 1)
     if spec["kind"] == "warp":
         ident = F.affine_grid(torch.eye(2, 3).unsqueeze(0), [1, 3, 32, 32], align_corners=False)
         grid = (ident + _flow(spec["pixels"], spec["grid"], SEED + 17)).clamp(-1, 1)
@@ -246,28 +290,35 @@ def stamp(x: Tensor, spec: dict[str, Any]) -> Tensor:
     a = spec["alpha"]
     checker = spec.get("pattern") == "checker"
     pattern = _checker(spec["cell"]) if checker else _smooth_noise(SEED + 13)
-    return (1 - a) * x + a * pattern
+    return (1 - a) * x + a * fit(pattern)
 
 
 class Normalize(nn.Module):
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        mean: tuple[float, ...] = (0.491, 0.482, 0.447),
+        std: tuple[float, ...] = (0.247, 0.243, 0.262),
+    ) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor([0.491, 0.482, 0.447]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.247, 0.243, 0.262]).view(1, 3, 1, 1))
+        c = len(mean)
+        self.register_buffer("mean", torch.tensor(mean).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, c, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
 
 
-def user_model() -> nn.Sequential:
-    """A plain VGG-style ``nn.Sequential`` with the normalisation as its first layer."""
+def user_model(channels: int = 3) -> nn.Sequential:
+    """A plain VGG-style ``nn.Sequential`` with the normalisation as its first layer
+    (``channels`` 1: a grayscale model with CIFAR-10's luma mean and std)."""
 
     def block(i: int, o: int) -> list[nn.Module]:
         return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
 
+    norm = Normalize() if channels == 3 else Normalize((0.481,), (0.239,))
     return nn.Sequential(
-        Normalize(),
-        *block(3, 16),
+        norm,
+        *block(channels, 16),
         *block(16, 16),
         nn.MaxPool2d(2),
         *block(16, 32),
@@ -327,8 +378,14 @@ def user_resnet() -> UserResNet:
     return UserResNet()
 
 
+def user_model_gray() -> nn.Sequential:
+    """The script's grayscale model (``--arch benchmarks.user_script:user_model_gray``)."""
+    return user_model(channels=1)
+
+
 ARCHS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
     "sequential": ("benchmarks.user_script:user_model", user_model),
+    "sequential-gray": ("benchmarks.user_script:user_model_gray", user_model_gray),
     "resnet": ("benchmarks.user_script:user_resnet", user_resnet),
 }
 """A model spec's ``arch`` (default ``sequential``) -> (its ``--arch`` path, its factory)."""
@@ -368,7 +425,8 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 
 def ba_asr(model: nn.Module, spec: dict[str, Any], x: Tensor, y: Tensor) -> dict[str, float | None]:
     """BA on the clean test set; ASR on its non-target images with the trigger stamped
-    (``None`` for a clean model)."""
+    (``None`` for a clean model). ``x``: RGB, turned to the model's input here."""
+    x = user_input(x, spec)
     if spec["kind"] == "clean":
         return {"ba": accuracy(model, x, y), "asr": None}
     keep = y != spec["target"]
@@ -380,6 +438,7 @@ def train(name: str, x: Tensor, y: Tensor) -> tuple[nn.Module, dict[str, Any]]:
     """The user's training script: poison 10 % of the non-target images (none for a clean
     model), train 12 epochs."""
     spec = model_spec(name)
+    x = user_input(x, spec)  # the script's own preprocessing (grayscale models: luma)
     seed = spec.get("seed", SEED)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -487,7 +546,9 @@ def run_cell(
     else:
         x, y = data["train"].tensors()
         idx = info["clean_idx"]
-        loader = DataLoader(TensorDataset(x[idx], y[idx]), batch_size=256, shuffle=False)
+        loader = DataLoader(
+            TensorDataset(user_input(x[idx], spec), y[idx]), batch_size=256, shuffle=False
+        )
         t0 = time.perf_counter()
         if base == "default":
             purifier = hk.Purifier(model)
@@ -510,7 +571,7 @@ def run_cell(
         row["flagged"] = (res.report.scan or {}).get("flagged_labels")
         row["notes"] = res.report.notes
         # each known trigger's held-out ASR before / after and the trigger guard (stop 54)
-        row.update(trigger_fields(res.report))
+        row.update(guard_fields(res.report))
         # the user's model is never modified in place
         fresh = load_or_train(name, data)[0].state_dict()
         row["input_unchanged"] = all(
@@ -520,6 +581,8 @@ def run_cell(
 
 
 def _describe(spec: dict[str, Any]) -> str:
+    if spec.get("channels", 3) == 1:
+        return _describe({**spec, "channels": 3}) + " (grayscale model)"
     if spec["kind"] == "clean":
         return "none (clean model)"
     if spec["kind"] == "patch":

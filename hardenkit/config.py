@@ -120,7 +120,8 @@ class RuntimeConfig(HardenkitConfig):
         seed: seeds Python, NumPy and torch; the same inputs on the same device give the
             same report.
         amp: bf16 autocast on CUDA. ``"auto"`` enables it on CUDA only; it is never used on CPU.
-        progress: ``"auto"`` shows a bar on stderr when it is a TTY and tqdm is installed.
+        progress: ``"auto"`` shows a bar on stderr when it is a TTY and tqdm is installed;
+            ``"on"`` / ``"off"`` force it (``True`` / ``False`` mean the same).
         input_normalization: declare that your loaders yield *normalized* tensors
             ``(x - mean) / std`` — a :class:`Normalization`, ``{"mean": ..., "std": ...}`` or
             a ``(mean, std)`` pair; hardenkit converts them back to [0, 1] pixels at the boundary.
@@ -153,6 +154,12 @@ class RuntimeConfig(HardenkitConfig):
     sync_batchnorm: bool = False
     clean_storage: Literal["memory", "disk"] = "memory"
     spill_dir: str | None = None
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _progress_bool(cls, v: Any) -> Any:
+        # True/False are what a Python caller writes (and what YAML reads ``on``/``off`` as)
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("input_normalization", mode="before")
     @classmethod

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from ..errors import ConfigError, DataError, ExportError, HardenkitError
 
 if TYPE_CHECKING:  # imported where used: `hardenkit --help` must not import torch
-    from torch import nn
+    from torch import Tensor, nn
 
     from ..data import ImageDataset
     from ..triggers import Trigger
@@ -545,6 +545,82 @@ def load_data_arg(
                 exc.message, hint="pass --image-size H W to resize them on load"
             ) from exc
         raise
+
+
+def _takes(model: nn.Module, images: Tensor) -> str | None:
+    """``None`` when ``model`` runs on ``images`` (float pixels), else torch's message."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(images)
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    finally:
+        model.train(was_training)
+    return None
+
+
+def to_luma(images: Tensor) -> Tensor:
+    """(N, 3, H, W) RGB -> (N, 1, H, W) grayscale, as PIL's ``convert("L")`` (ITU-R 601-2
+    luma; uint8 images get PIL's integer rounding, so a grayscale file read as RGB comes back
+    to its own pixel values)."""
+    import torch
+
+    if images.dtype == torch.uint8:
+        r, g, b = (images[:, i : i + 1].to(torch.int64) for i in range(3))
+        return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).to(torch.uint8)
+    weights = torch.tensor([0.299, 0.587, 0.114], dtype=images.dtype).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
+def match_channels(model: nn.Module, data: ImageDataset, flag: str = "--data") -> ImageDataset:
+    """The images of ``flag`` as ``model`` takes them.
+
+    Image files are read as RGB. A model whose first layer takes **one** channel (a grayscale
+    model) gets them as grayscale instead (:func:`to_luma`, what reading the files in PIL's
+    ``L`` mode gives), with a line on stderr; a model that takes neither gets a
+    :class:`~hardenkit.errors.ModelCompatibilityError` naming the image shape, instead of a
+    torch error from deep inside the first command that runs it.
+    """
+    from ..data import ImageDataset
+
+    if len(data) == 0:
+        return data
+    first = data.pixels()[:2] if len(data) >= 2 else data.pixels()
+    error = _takes(model, first)
+    if error is None:
+        return data
+    c, h, w = data.image_shape
+    if c == 3:
+        gray = ImageDataset(to_luma(data.images), data.labels, data.classes)
+        if _takes(model, gray.pixels()[: len(first)]) is None:
+            print(
+                f"{flag}: the model takes 1-channel images: read as grayscale (luma of the "
+                f"{c}x{h}x{w} RGB files)",
+                file=sys.stderr,
+            )
+            return gray
+    elif c == 1:
+        rgb = ImageDataset(
+            data.images.expand(-1, 3, -1, -1).contiguous(), data.labels, data.classes
+        )
+        if _takes(model, rgb.pixels()[: len(first)]) is None:
+            print(
+                f"{flag}: the model takes 3-channel images: the gray channel repeated",
+                file=sys.stderr,
+            )
+            return rgb
+    from ..errors import ModelCompatibilityError
+
+    raise ModelCompatibilityError(
+        f"the model does not run on the {flag} images ({c}x{h}x{w}, also tried as "
+        f"{'1' if c == 3 else '3'} channel(s)): {error}",
+        hint="check --arch / --arch-args (input channels, image size) against the images, or "
+        "pass --image-size H W to resize them",
+    )
 
 
 def _read_text(path: Path, what: str) -> str:

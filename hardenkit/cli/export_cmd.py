@@ -20,6 +20,7 @@ from ._common import (
     load_data_arg,
     load_model_from_args,
     load_trigger_arg,
+    match_channels,
     parse_kv,
     parse_target,
     positive_int,
@@ -166,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
     print(export.summary(), file=sys.stderr)
     verification = None
     if args.verify:
-        data = load_data_arg(args.data, split=args.split, image_size=args.image_size)
+        data = match_channels(
+            model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
+        )
         trigger = None
         if args.trigger is not None:
             c, h, _ = data.image_shape

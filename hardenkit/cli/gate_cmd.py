@@ -21,6 +21,7 @@ from ._common import (
     load_data_arg,
     load_model_from_args,
     load_policy_file,
+    match_channels,
     model_metadata_from_args,
     nonnegative_int,
     resolve_model_args,
@@ -137,10 +138,16 @@ def run(args: argparse.Namespace) -> int:
     rt = RuntimeConfig(device=args.device, seed=args.seed)
     rt.resolve_device()  # an unusable --device fails here (exit 3)
     model = load_model_from_args(args)
-    data = load_data_arg(args.data, split=args.split, image_size=args.image_size)
+    data = match_channels(
+        model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
+    )
     holdout = None
     if args.holdout is not None:
-        holdout = load_data_arg(args.holdout, split=args.holdout_split, image_size=args.image_size)
+        holdout = match_channels(
+            model,
+            load_data_arg(args.holdout, split=args.holdout_split, image_size=args.image_size),
+            "--holdout",
+        )
     print(
         f"gate: scan ({policy.scan_budget} budget) -> repair with {policy.strategy} if "
         f"flagged -> re-scan -> measure -> ONNX on {policy.onnx_provider}; on this machine "

@@ -21,6 +21,7 @@ from ._common import (
     load_data_arg,
     load_model_from_args,
     load_policy_file,
+    match_channels,
     model_metadata_from_args,
     nonnegative_int,
     parse_kv,
@@ -164,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{type(exc).__name__}: {exc}",
                 hint="pass the --out directory of `hardenkit scan`, unmodified",
             ) from exc
-    data = load_data_arg(args.data, split=args.split, image_size=args.image_size)
+    data = match_channels(
+        purifier.model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
+    )
     result = purifier.run(data.loader(batch_size=512), scan=scan)
     if result.rank != 0:  # under torchrun rank 0 writes the files and prints
         return EXIT_OK if result.trusted else EXIT_GATE_FAILED

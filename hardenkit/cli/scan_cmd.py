@@ -21,6 +21,7 @@ from ._common import (
     load_data_arg,
     load_model_from_args,
     load_policy_file,
+    match_channels,
     nonnegative_int,
     parse_kv,
     positive_int,
@@ -181,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
     )
     data = None
     if not args.data_free:
-        data = load_data_arg(args.data, split=args.split, image_size=args.image_size)
+        data = match_channels(
+            model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
+        )
     if os.environ.get("RANK", "0") == "0":  # one estimate per job under torchrun
         _say_estimate(args, cfg, model, rt, data)
     result = scanner.run() if data is None else scanner.run(data.loader(batch_size=512))

@@ -636,7 +636,9 @@ def run_task(task: FleetTask, threads: int | None = None) -> dict[str, Any]:
         if task.data is None:
             result = scanner.run()
         else:
-            data = _load_data(task.data, task.split, task.image_size)
+            from ..cli._common import match_channels  # a grayscale model: 1-channel images
+
+            data = match_channels(model, _load_data(task.data, task.split, task.image_size))
             result = scanner.run(data.loader(batch_size=512))
         out.update(status="ok", report_json=result.report.to_json())
     except Exception as exc:

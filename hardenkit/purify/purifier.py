@@ -38,8 +38,8 @@ from ..io import save_state_dict
 from ..logging import get_logger
 from ..reports import BaseReport, DistributedInfo, ModelFingerprint
 from ..scan import ScanConfig, Scanner, ScanResult, scan_config_for_budget
-from ..training import evaluate_accuracy, infer_num_classes, trigger_asr, trigger_effect
-from ..validate.metrics import chance_check_of
+from ..training import infer_num_classes, predict, trigger_asr, trigger_effect
+from ..validate.metrics import chance_check_of, paired_drop_interval
 from .base import (
     STRATEGIES,
     TRUSTED_STATUSES,
@@ -107,6 +107,21 @@ class TriggerGuard(BaseModel):
     """``None`` when no trigger was known or no image was held out: nothing was judged."""
 
 
+def _paired_accuracy(
+    original: nn.Module, model: nn.Module, x: ImageStore | Tensor, y: Tensor, rt: RuntimeConfig
+) -> tuple[float, float, tuple[float, float]]:
+    """BA of the input and the repaired model on the same images, and the paired 95 %
+    interval of the drop (:func:`~hardenkit.validate.paired_drop_interval`)."""
+    if len(y) == 0:
+        raise DataError("cannot evaluate accuracy on an empty set.")
+    yc = y.cpu()
+    before = predict(original, x, runtime=rt).argmax(1) == yc
+    after = predict(model, x, runtime=rt).argmax(1) == yc
+    n = len(yc)
+    interval = paired_drop_interval(int((before & ~after).sum()), int((~before & after).sum()), n)
+    return float(before.float().mean()), float(after.float().mean()), interval
+
+
 def _targeted(scan: ScanResult | None, details: dict[str, Any]) -> set[int]:
     """The labels whose known triggers the repair was aimed at (what the trigger guard
     judges): the most anomalous flagged label's trigger (all of them for triggers you gave,
@@ -132,7 +147,12 @@ class UtilityGuard(BaseModel):
     ba_after: float | None
     max_ba_drop: float
     passed: bool | None
-    """``None`` when nothing could be measured."""
+    """``None`` when nothing could be measured. Judged on the measured drop
+    ``ba_before - ba_after``; ``drop_interval`` says how sure that is."""
+    drop_interval: tuple[float, float] | None = None
+    """95 % interval of the BA drop on these images (paired: the same images before and after;
+    :func:`hardenkit.validate.paired_drop_interval`). When it straddles ``max_ba_drop`` the
+    split is too small to tell a pass from a fail, and a note says so."""
 
 
 class PurificationReport(BaseReport):
@@ -195,11 +215,15 @@ class PurificationReport(BaseReport):
 
     def summary(self) -> str:
         """A short human-readable summary."""
+        g = self.utility_guard
+        ba = f"  BA (held-out clean) {_pct(self.ba_before)} -> {_pct(self.ba_after)}"
+        if g is not None and g.split == "holdout" and g.drop_interval is not None:
+            lo, hi = g.drop_interval
+            ba += f" (drop 95% interval {100 * lo:.2f} to {100 * hi:.2f} points, {g.images} images)"
         lines = [
             f"strategy {self.strategy}: {self.status} in {self.seconds:.1f}s ({self.steps} steps)",
-            f"  BA (held-out clean) {_pct(self.ba_before)} -> {_pct(self.ba_after)}",
+            ba,
         ]
-        g = self.utility_guard
         if g is not None and g.passed is False:
             lines.insert(
                 1,
@@ -596,10 +620,12 @@ class Purifier:
         triggers = dict(scan.triggers) if scan is not None else {}
         x_ho_d, y_ho_d = x_ho.to(device), y_ho.to(device)  # every rank evaluates it all
         ba_before = ba_after = None
+        drop_interval: tuple[float, float] | None = None
         asr_rows: list[TriggerASR] = []
         if len(y_ho):
-            ba_before = evaluate_accuracy(original, x_ho_d, y_ho_d, runtime=rt)
-            ba_after = evaluate_accuracy(model, x_ho_d, y_ho_d, runtime=rt)
+            ba_before, ba_after, drop_interval = _paired_accuracy(
+                original, model, x_ho_d, y_ho_d, rt
+            )
             for lab, t in triggers.items():
                 after = trigger_effect(model, t, x_ho_d, y_ho_d, lab, rt)
                 asr_rows.append(
@@ -616,7 +642,7 @@ class Purifier:
             budget,
             model,
             original,
-            (x_ho_d, y_ho_d, ba_before, ba_after),
+            (x_ho_d, y_ho_d, ba_before, ba_after, drop_interval),
             (ctx.val_images, ctx.y_val),
             notes,
         )
@@ -680,12 +706,12 @@ class Purifier:
         budget: Budget,
         model: nn.Module,
         original: nn.Module,
-        holdout: tuple[ImageStore, Tensor, float | None, float | None],
+        holdout: tuple[ImageStore, Tensor, float | None, float | None, tuple[float, float] | None],
         validation: tuple[ImageStore, Tensor],
         notes: list[str],
     ) -> tuple[PurificationStatus, UtilityGuard]:
         """Apply the utility guard and the budget check to a strategy's own status."""
-        _, y_ho, ba_before, ba_after = holdout
+        _, y_ho, ba_before, ba_after, interval = holdout
         x_val, y_val = validation
         split: Literal["holdout", "validation", "none"] = "none"
         images = 0
@@ -693,8 +719,9 @@ class Purifier:
             split, images = "holdout", len(y_ho)
         elif len(y_val):
             split, images = "validation", len(y_val)
-            ba_before = evaluate_accuracy(original, x_val, y_val, runtime=self.runtime)
-            ba_after = evaluate_accuracy(model, x_val, y_val, runtime=self.runtime)
+            ba_before, ba_after, interval = _paired_accuracy(
+                original, model, x_val, y_val, self.runtime
+            )
         passed: bool | None = None
         if ba_before is not None and ba_after is not None:
             passed = ba_before - ba_after <= self.max_ba_drop + 1e-12
@@ -705,18 +732,40 @@ class Purifier:
             ba_after=ba_after,
             max_ba_drop=self.max_ba_drop,
             passed=passed,
+            drop_interval=interval,
         )
         if status != "purified":  # the model came back unchanged
             return status, guard  # type: ignore[return-value]
+        span = (
+            ""
+            if interval is None
+            else f" (95% interval of the drop: {100 * interval[0]:.2f} to "
+            f"{100 * interval[1]:.2f} points)"
+        )
         if passed is False and ba_before is not None and ba_after is not None:
             notes.append(
                 f"DEGRADED: benign accuracy on the {split} split fell from "
-                f"{100 * ba_before:.2f}% to {100 * ba_after:.2f}% ({images} images), more than "
-                f"max_ba_drop={100 * self.max_ba_drop:.1f} points; do not ship this model "
+                f"{100 * ba_before:.2f}% to {100 * ba_after:.2f}% ({images} images){span}, more "
+                f"than max_ba_drop={100 * self.max_ba_drop:.1f} points; do not ship this model "
                 "without review (try another strategy, more clean images, or a gentler config)"
             )
+            if interval is not None and interval[0] <= self.max_ba_drop:
+                notes.append(
+                    f"the {images}-image {split} split cannot tell this drop from one within "
+                    "max_ba_drop (the interval reaches below it): measure the repaired model on "
+                    "more clean held-out images (run(..., holdout_loader=...) or hk.Validator) "
+                    "before you discard it"
+                )
             _log.warning("purify.degraded", ba_before=ba_before, ba_after=ba_after)
             return "degraded", guard
+        if passed and interval is not None and interval[1] > self.max_ba_drop:
+            notes.append(
+                f"the BA drop on the {split} split, {100 * (ba_before or 0.0):.2f}% -> "
+                f"{100 * (ba_after or 0.0):.2f}%{span}, is within max_ba_drop="
+                f"{100 * self.max_ba_drop:.1f} points, but the {images} images cannot rule out "
+                "a larger loss; measure the repaired model on more clean held-out images "
+                "(run(..., holdout_loader=...) or hk.Validator) before you rely on its accuracy"
+            )
         if budget.exhausted:
             notes.append(
                 f"BUDGET EXHAUSTED after {budget.steps} step(s): max_steps="

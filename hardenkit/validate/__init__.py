@@ -7,6 +7,7 @@ from .metrics import (
     benign_accuracy,
     chance_check,
     der,
+    paired_drop_interval,
     robust_accuracy,
     wilson_interval,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "benign_accuracy",
     "chance_check",
     "der",
+    "paired_drop_interval",
     "robust_accuracy",
     "wilson_interval",
 ]

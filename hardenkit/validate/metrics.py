@@ -1,4 +1,5 @@
-"""Functional metrics: BA, ASR, RA, DER and Wilson confidence intervals.
+"""Functional metrics: BA, ASR, RA, DER, Wilson confidence intervals and the paired interval
+of an accuracy drop.
 
 Definitions (BackdoorBench, ALGORITHMS.md §0):
     * **BA** — top-1 accuracy on the full clean test set.
@@ -14,6 +15,8 @@ Example:
     0.985
     >>> [round(v, 3) for v in wilson_interval(9, 10)]
     [0.596, 0.982]
+    >>> [round(v, 3) for v in paired_drop_interval(right_before_only=6, right_after_only=2, n=250)]
+    [-0.007, 0.039]
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ __all__ = [
     "chance_check",
     "chance_check_of",
     "der",
+    "paired_drop_interval",
     "robust_accuracy",
     "wilson_interval",
 ]
@@ -65,6 +69,32 @@ def wilson_interval(successes: int, total: int, z: float = 1.959964) -> tuple[fl
     lo = 0.0 if successes == 0 else min(p, max(0.0, centre - half))
     hi = 1.0 if successes == total else max(p, min(1.0, centre + half))
     return (lo, hi)
+
+
+def paired_drop_interval(
+    right_before_only: int, right_after_only: int, n: int, z: float = 1.959964
+) -> tuple[float, float]:
+    """95 % interval of an accuracy *drop* measured on the same ``n`` images before and after.
+
+    ``right_before_only`` images were classified correctly before and wrongly after,
+    ``right_after_only`` the other way round (the discordant pairs; the images both models get
+    right or wrong do not move the drop, only its denominator). The drop is
+    ``(right_before_only - right_after_only) / n``. The interval is Agresti and Min's adjusted
+    Wald interval for matched pairs ("Wald+2": half an image added to each cell of the 2x2
+    table, Statistics in Medicine 24, 2005), clipped to [-1, 1]. Two accuracies on the same
+    images are correlated: their own (Wilson) intervals overlap far more than the interval of
+    the difference does, so judge a drop by this one.
+    """
+    if min(right_before_only, right_after_only) < 0 or n < right_before_only + right_after_only:
+        raise ValueError(
+            f"discordant counts must be >= 0 and add up to at most n, got "
+            f"{right_before_only} + {right_after_only} of {n}"
+        )
+    b, c, m = right_before_only, right_after_only, n + 2
+    diff = (b - c) / m
+    var = (b + c + 1) - (b - c) ** 2 / m
+    half = z * math.sqrt(max(var, 0.0)) / m
+    return (max(-1.0, diff - half), min(1.0, diff + half))
 
 
 @dataclass(frozen=True)

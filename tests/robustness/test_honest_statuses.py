@@ -110,6 +110,10 @@ def test_validation_split_judges_when_nothing_is_held_out(tiny_fx: BackdoorFixtu
     assert g is not None
     assert g.split == "validation"
     assert g.images == 40
+    assert g.ba_before is not None
+    assert g.ba_after is not None
+    assert g.drop_interval is not None
+    assert g.drop_interval[0] <= g.ba_before - g.ba_after <= g.drop_interval[1]
     assert res.report.ba_before is None  # nothing held out: the report's BA fields stay empty
     assert res.status in {"purified", "degraded"}
 

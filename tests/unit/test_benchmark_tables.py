@@ -108,6 +108,26 @@ def test_user_script_triggers_and_model() -> None:
     res = ARCHS["resnet"][1]()
     assert res(x).shape == (4, 10)
     assert ARCHS["resnet"][0] == "benchmarks.user_script:user_resnet"
+    # the held-out grayscale models (stop 55): luma input, the trigger in luma, a 1-channel net
+    from benchmarks.user_script import to_gray, user_input
+
+    gray = user_input(x, MODELS["gray-patch"])
+    assert gray.shape == (4, 1, 32, 32)
+    assert torch.allclose(gray[:, 0], 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])
+    assert torch.equal(user_input(x, MODELS["patch-tl"]), x)
+    gpatch = stamp(gray, MODELS["gray-patch"])
+    where = (gpatch != gray).any(dim=(0, 1))
+    assert where[26:30, 24:28].all()
+    assert where.sum() == 16
+    assert torch.equal(gpatch[0, :, 26:30, 24:28], gpatch[1, :, 26:30, 24:28])  # a fixed patch
+    gblend = stamp(gray, MODELS["gray-blend"])
+    assert (gblend != gray).any(dim=(0, 1)).all()
+    assert float((gblend - gray).abs().max()) <= MODELS["gray-blend"]["alpha"] + 1e-6
+    assert to_gray(torch.ones(3, 2, 2)).allclose(torch.ones(1, 2, 2))
+    net = build_model(MODELS["gray-patch"])
+    assert isinstance(net, torch.nn.Sequential)
+    assert net(gray).shape == (4, 10)
+    assert ARCHS["sequential-gray"][0] == "benchmarks.user_script:user_model_gray"
 
 
 def test_auto_quick_miss_hides_the_purifiers_own_scan_flags() -> None:

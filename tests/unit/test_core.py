@@ -156,6 +156,15 @@ def test_runtime_config_rejects_bad_values() -> None:
         RuntimeConfig(seed=-1)
     with pytest.raises(ConfigError, match="progress"):
         RuntimeConfig(progress="loud")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="progress"):
+        RuntimeConfig(progress=1)  # type: ignore[arg-type]
+
+
+def test_runtime_config_progress_takes_booleans() -> None:
+    # what a Python caller writes, and what YAML 1.1 reads `progress: off` as
+    assert RuntimeConfig(progress=False).progress == "off"  # type: ignore[arg-type]
+    assert RuntimeConfig(progress=True).progress == "on"  # type: ignore[arg-type]
+    assert RuntimeConfig.model_validate({"progress": False}).progress == "off"
 
 
 @pytest.mark.parametrize(

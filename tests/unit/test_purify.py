@@ -116,6 +116,9 @@ def test_report_contents(fx: BackdoorFixture, scan: ScanResult) -> None:
     assert rep.utility_guard is not None
     assert rep.utility_guard.split == "holdout"
     assert rep.utility_guard.passed
+    lo, hi = rep.utility_guard.drop_interval or (1.0, -1.0)
+    assert lo <= rep.ba_before - rep.ba_after <= hi  # paired, on the same 40 images
+    assert "drop 95% interval" in rep.summary()
     assert rep.trigger_asr[0].label == 0
     assert rep.trigger_asr[0].images == 30
     assert 0 <= rep.ba_after <= 1
@@ -903,6 +906,37 @@ def test_auto_checked_mcl_is_skipped_under_a_budget(fx: BackdoorFixture) -> None
         n.startswith("auto: scan verdict clean; in case it missed a backdoor, running nc-unlearn")
         for n in res.report.notes
     )
+
+
+def test_the_utility_guard_says_when_its_split_cannot_tell_pass_from_fail() -> None:
+    """The guard judges the measured drop; the paired interval of the drop says whether the
+    held-out split is big enough to believe that verdict, and a note says when it is not."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    p = hk.Purifier(net)  # max_ba_drop 0.05
+    empty = (torch.zeros(0, 12), torch.zeros(0, dtype=torch.int64))
+
+    def judge(before: float, after: float, interval: tuple[float, float]) -> tuple[str, list[str]]:
+        notes: list[str] = []
+        holdout = (empty[0], torch.zeros(250, dtype=torch.int64), before, after, interval)
+        status, guard = p._judge("purified", Budget(None, None), net, net, holdout, empty, notes)
+        assert guard.drop_interval == interval
+        assert guard.images == 250
+        return status, notes
+
+    assert judge(0.90, 0.88, (-0.01, 0.03)) == ("purified", [])  # clearly within
+    status, notes = judge(0.90, 0.87, (0.005, 0.062))  # within by the estimate only
+    assert status == "purified"
+    assert len(notes) == 1
+    assert "cannot rule out a larger loss" in notes[0]
+    assert "0.50 to 6.20 points" in notes[0]
+    status, notes = judge(0.90, 0.83, (0.02, 0.11))  # beyond by the estimate only
+    assert status == "degraded"
+    assert notes[0].startswith("DEGRADED")
+    assert "2.00 to 11.00 points" in notes[0]
+    assert "cannot tell this drop from one within max_ba_drop" in notes[1]
+    status, notes = judge(0.90, 0.78, (0.07, 0.17))  # clearly beyond
+    assert status == "degraded"
+    assert len(notes) == 1
 
 
 def test_the_trigger_guard_judges_what_the_targeted_trigger_adds_to_the_floor() -> None:

@@ -30,6 +30,7 @@ from hardenkit.validate import (
     attack_success_rate,
     benign_accuracy,
     der,
+    paired_drop_interval,
     robust_accuracy,
     wilson_interval,
 )
@@ -235,6 +236,40 @@ def test_wilson_interval_known_values(successes: int, total: int, low: float, hi
     assert hi == pytest.approx(high, abs=1e-4)
     assert 0.0 <= lo <= successes / total + 1e-12
     assert successes / total - 1e-12 <= hi <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "n", "low", "high"),
+    [  # Agresti & Min's Wald+2, worked by hand: diff = (b-c)/(n+2),
+        # sd = sqrt((b+c+1) - (b-c)^2/(n+2)) / (n+2)
+        (6, 2, 250, -0.007377, 0.039123),
+        (0, 0, 100, -0.019215, 0.019215),
+        (20, 5, 250, 0.020552, 0.098495),
+        (2, 6, 250, -0.039123, 0.007377),  # the other direction: a gain
+    ],
+)
+def test_paired_drop_interval_known_values(b: int, c: int, n: int, low: float, high: float) -> None:
+    lo, hi = paired_drop_interval(right_before_only=b, right_after_only=c, n=n)
+    assert lo == pytest.approx(low, abs=1e-6)
+    assert hi == pytest.approx(high, abs=1e-6)
+    assert lo <= (b - c) / n <= hi
+
+
+def test_paired_drop_interval_narrows_with_images_and_stays_in_range() -> None:
+    small = paired_drop_interval(8, 3, 250)
+    large = paired_drop_interval(80, 30, 2500)  # the same rates on ten times the images
+    assert large[1] - large[0] < (small[1] - small[0]) / 3
+    assert paired_drop_interval(250, 0, 250)[1] == 1.0
+    assert paired_drop_interval(0, 250, 250)[0] == -1.0
+    # much narrower than the difference of the two accuracies' own intervals: the same images
+    lo_b, hi_b = wilson_interval(225, 250)
+    lo_a, hi_a = wilson_interval(220, 250)
+    lo, hi = paired_drop_interval(6, 1, 250)
+    assert hi - lo < (hi_b - lo_a) - (lo_b - hi_a)
+    with pytest.raises(ValueError, match="discordant"):
+        paired_drop_interval(-1, 0, 10)
+    with pytest.raises(ValueError, match="discordant"):
+        paired_drop_interval(6, 6, 10)
 
 
 def test_wilson_interval_contains_point_estimate_exactly() -> None:
