@@ -646,14 +646,21 @@ class Purifier:
             (ctx.val_images, ctx.y_val),
             notes,
         )
-        status, trigger_guard = self._trigger_guard(
-            status, asr_rows, notes, _targeted(scan, outcome.details)
-        )
+        aimed = _targeted(scan, outcome.details)
+        status, trigger_guard = self._trigger_guard(status, asr_rows, notes, aimed)
         if status == "purified" and len(y_ho) and not asr_rows:
+            unknown = (
+                "no trigger was known to measure"
+                if not aimed
+                else "no flagged label's trigger was known to measure (the repair was aimed at "
+                f"the inverted triggers of labels {sorted(aimed)}, which the scan did not flag: "
+                "candidates in case it missed a backdoor, as often natural features, so not "
+                "judged)"
+            )
             notes.append(
-                "no trigger was known to measure: 'purified' says the repair ran and kept benign "
-                "accuracy, not that a backdoor is gone; measure the attack success rate with a "
-                "known trigger (hk.Validator, hardenkit validate/gate) before you rely on it"
+                f"{unknown}: 'purified' says the repair ran and kept benign accuracy, not that a "
+                "backdoor is gone; measure the attack success rate with a known trigger "
+                "(hk.Validator, hardenkit validate/gate) before you rely on it"
             )
         peak = peak_memory_mb(device)
         if dist is not None:

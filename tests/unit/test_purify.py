@@ -578,12 +578,21 @@ def test_auto_unlearns_the_smallest_masks_when_the_scan_flags_nothing(
     assert res.report.details["candidate_labels"] == smallest
     assert any("with the smallest sizes: labels" in n for n in res.report.notes)
     assert res.report.details["candidate_sources"] == {str(y): ["neural-cleanse"] for y in smallest}
+    # the candidates are not judged (no flagged label: often natural features), and the note
+    # says what the repair was aimed at instead of "no trigger was known" (stop 55)
+    assert res.status == "purified"
+    assert res.report.trigger_asr == []
+    assert res.report.notes[-1].startswith(
+        "no flagged label's trigger was known to measure (the repair was aimed at the inverted "
+        f"triggers of labels {sorted(smallest)}, which the scan did not flag"
+    )
     # 0 candidates: the trigger-free fallback, as before
     cfg = {**AUTO_FAST, "unflagged_candidates": 0}
     res = hk.Purifier(fx.backdoored.model, "auto", config=cfg, max_ba_drop=1.0).run(
         _loader(fx), scan=missed
     )
     assert res.report.details["branch"] == "finetune"
+    assert res.report.notes[-1].startswith("no trigger was known to measure:")
 
 
 def test_missed_scan_drops_a_trigger_only_the_flagging_detector_recovered(
