@@ -50,8 +50,9 @@ from ..errors import (
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..scan import ScanResult
+from ..training import predict
 from ..triggers import Trigger, as_trigger
-from ..validate.metrics import ChanceCheck, TriggerLike, chance_check_of
+from ..validate.metrics import ChanceCheck, TriggerLike, chance_check_of, paired_drop_interval
 from .policy import DeploymentPolicy
 
 if TYPE_CHECKING:
@@ -144,6 +145,32 @@ class ClassDrop(BaseModel):
         return self.before - self.after
 
 
+def drop_interval_note(
+    drop: float | None, interval: tuple[float, float] | None, max_ba_drop: float, images: int
+) -> str | None:
+    """The note for ``HK-BA-002`` when the drop's paired 95 % interval straddles
+    ``max_ba_drop`` (the held-out set cannot tell a pass from a fail), else ``None``.
+
+    >>> drop_interval_note(0.01, (-0.01, 0.04), 0.03, 500) is not None
+    True
+    >>> drop_interval_note(0.01, (-0.01, 0.025), 0.03, 500) is None
+    True
+    """
+    if drop is None or interval is None or not interval[0] <= max_ba_drop < interval[1]:
+        return None
+    verdict = (
+        "within it by the measurement, but a larger loss is not ruled out"
+        if drop <= max_ba_drop
+        else "beyond it by the measurement, but a loss within it is not ruled out"
+    )
+    return (
+        f"HK-BA-002: the benign-accuracy drop on the {images} held-out images has a 95% "
+        f"interval of {100 * interval[0]:.2f} to {100 * interval[1]:.2f} points, across "
+        f"max_ba_drop={100 * max_ba_drop:.1f} points: {verdict}; more held-out images "
+        "(--holdout) narrow the interval"
+    )
+
+
 class GateReport(BaseReport):
     """``gate.json``: the decision, every rule, and the evidence behind it."""
 
@@ -165,6 +192,11 @@ class GateReport(BaseReport):
     input_ba: float | None = None
     output_ba: float | None = None
     output_ba_ci: tuple[float, float] | None = None
+    ba_drop_interval: tuple[float, float] | None = None
+    """95 % interval of ``input_ba - output_ba``, paired on the same held-out images
+    (:func:`hardenkit.validate.paired_drop_interval`). ``HK-BA-002`` judges the measured drop;
+    when this interval straddles ``max_ba_drop`` a note says the held-out set cannot tell a
+    pass from a fail (stop 55)."""
     class_accuracy: list[ClassDrop] = Field(default_factory=list)
     """Per class with held-out images: accuracy of the input and of the shipped model. The
     overall BA can hide a repair that trades one class for others (``HK-BA-003``)."""
@@ -763,6 +795,7 @@ class Gate:
         measured_ok = len(y_ho) > 0
         in_ba = out_ba = None
         out_ci: tuple[float, float] | None = None
+        drop_ci: tuple[float, float] | None = None
         measurements: list[TriggerMeasurement] = []
         class_accuracy: list[ClassDrop] = []
         if measured_ok:
@@ -779,6 +812,10 @@ class Gate:
                     if a.accuracy is not None and b.accuracy is not None
                 ]
                 out_ci = (v_out.benign_accuracy.ci_low, v_out.benign_accuracy.ci_high)
+                right_in = predict(original, x_ho, runtime=pixel_rt).argmax(1) == y_ho.cpu()
+                right_out = predict(shipped, x_ho, runtime=pixel_rt).argmax(1) == y_ho.cpu()
+                only_in, only_out = (right_in & ~right_out).sum(), (~right_in & right_out).sum()
+                drop_ci = paired_drop_interval(int(only_in), int(only_out), len(y_ho))
                 candidates: list[tuple[str, int, Trigger]] = []
                 for src, s in (("scan", scan), ("rescan", rescan)):
                     if s is not None:
@@ -817,6 +854,9 @@ class Gate:
             )
         drop = None if in_ba is None or out_ba is None else max(0.0, in_ba - out_ba)
         rules.check("HK-BA-002", drop, pol.max_ba_drop, "<=", "benign-accuracy drop")
+        straddle = drop_interval_note(drop, drop_ci, pol.max_ba_drop, len(y_ho))
+        if straddle is not None:
+            notes.append(straddle)
         if pol.max_class_ba_drop is not None:
             class_rows = [c for c in class_accuracy if c.images >= pol.min_class_images]
             if not measured_ok:
@@ -936,6 +976,7 @@ class Gate:
             in_ba=in_ba,
             out_ba=out_ba,
             out_ci=out_ci,
+            drop_ci=drop_ci,
             measurements=measurements,
             class_accuracy=class_accuracy,
             onnx_info=onnx_info,
@@ -963,6 +1004,7 @@ class Gate:
         in_ba: float | None = None,
         out_ba: float | None = None,
         out_ci: tuple[float, float] | None = None,
+        drop_ci: tuple[float, float] | None = None,
         measurements: list[TriggerMeasurement] | None = None,
         class_accuracy: list[ClassDrop] | None = None,
         onnx_info: dict[str, Any] | None = None,
@@ -995,6 +1037,7 @@ class Gate:
             input_ba=in_ba,
             output_ba=out_ba,
             output_ba_ci=out_ci,
+            ba_drop_interval=drop_ci,
             class_accuracy=class_accuracy or [],
             triggers=measurements or [],
             onnx=onnx_info,

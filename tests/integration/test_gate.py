@@ -41,6 +41,11 @@ def test_a_backdoor_fails_a_no_repair_policy(
     assert rules["HK-ONNX-001"] == "skipped"
     assert not res.report.repaired
     assert res.model is not bd.model  # a copy ships, never the caller's object
+    # nothing was repaired: no image changed its prediction, so the drop's paired interval
+    # is a narrow band around 0 (stop 55)
+    assert res.report.ba_drop_interval is not None
+    lo, hi = res.report.ba_drop_interval
+    assert -0.01 < lo < 0 < hi < 0.01
 
 
 def test_a_clean_model_ships_without_repair(

@@ -99,6 +99,12 @@ def test_the_default_policy_repairs_the_backdoor_and_ships_the_repaired_model(
     assert rep.input_scan["flagged_labels"][:1] == [0]  # the planted target, found
     assert rep.purification_status == "purified"
     assert rules["HK-REPAIR-001"] == rules["HK-BA-002"] == "pass"
+    # the drop's paired interval (stop 55) holds the measured drop
+    assert rep.ba_drop_interval is not None
+    assert rep.input_ba is not None
+    assert rep.output_ba is not None
+    lo, hi = rep.ba_drop_interval
+    assert lo <= rep.input_ba - rep.output_ba <= hi
     assert rules["HK-ASR-001"] == "pass"  # every recovered trigger, on the shipped model
     assert rep.input_model.sha256 != rep.output_model.sha256
     assert rep.onnx is not None

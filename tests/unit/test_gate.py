@@ -368,3 +368,21 @@ def test_hk_asr_001_names_flagged_labels_without_a_recovered_trigger() -> None:
     assert rule.message.startswith("flagged label(s) [2] have no recovered trigger")
     assert "HK-SCAN-001" in rule.message
     assert asr_rule("clean", []).message == "no scan flagged a label: nothing to measure"
+
+
+def test_the_ba_drop_note_says_when_the_held_out_set_cannot_tell_pass_from_fail() -> None:
+    """HK-BA-002 judges the measured drop; the paired interval (stop 55) adds a note only
+    when it straddles max_ba_drop, saying which way the measurement went."""
+    from hardenkit.gate.gate import drop_interval_note
+
+    assert drop_interval_note(0.010, (-0.005, 0.025), 0.03, 2000) is None  # clearly within
+    assert drop_interval_note(0.060, (0.040, 0.080), 0.03, 2000) is None  # clearly beyond
+    assert drop_interval_note(None, (0.0, 0.1), 0.03, 2000) is None  # nothing measured
+    within = drop_interval_note(0.020, (0.005, 0.036), 0.03, 2000)
+    assert within is not None
+    assert "0.50 to 3.60 points" in within
+    assert "within it by the measurement, but a larger loss is not ruled out" in within
+    assert "2000 held-out images" in within
+    beyond = drop_interval_note(0.040, (0.020, 0.060), 0.03, 2000)
+    assert beyond is not None
+    assert "beyond it by the measurement, but a loss within it is not ruled out" in beyond
