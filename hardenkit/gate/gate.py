@@ -50,9 +50,8 @@ from ..errors import (
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..scan import ScanResult
-from ..training import predict
 from ..triggers import Trigger, as_trigger
-from ..validate.metrics import ChanceCheck, TriggerLike, chance_check_of, paired_drop_interval
+from ..validate.metrics import ChanceCheck, TriggerLike, chance_check_of, paired_accuracy
 from .policy import DeploymentPolicy
 
 if TYPE_CHECKING:
@@ -812,10 +811,7 @@ class Gate:
                     if a.accuracy is not None and b.accuracy is not None
                 ]
                 out_ci = (v_out.benign_accuracy.ci_low, v_out.benign_accuracy.ci_high)
-                right_in = predict(original, x_ho, runtime=pixel_rt).argmax(1) == y_ho.cpu()
-                right_out = predict(shipped, x_ho, runtime=pixel_rt).argmax(1) == y_ho.cpu()
-                only_in, only_out = (right_in & ~right_out).sum(), (~right_in & right_out).sum()
-                drop_ci = paired_drop_interval(int(only_in), int(only_out), len(y_ho))
+                drop_ci = paired_accuracy(original, shipped, x_ho, y_ho, runtime=pixel_rt)[2]
                 candidates: list[tuple[str, int, Trigger]] = []
                 for src, s in (("scan", scan), ("rescan", rescan)):
                     if s is not None:

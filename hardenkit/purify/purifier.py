@@ -38,8 +38,8 @@ from ..io import save_state_dict
 from ..logging import get_logger
 from ..reports import BaseReport, DistributedInfo, ModelFingerprint
 from ..scan import ScanConfig, Scanner, ScanResult, scan_config_for_budget
-from ..training import infer_num_classes, predict, trigger_asr, trigger_effect
-from ..validate.metrics import chance_check_of, paired_drop_interval
+from ..training import infer_num_classes, trigger_asr, trigger_effect
+from ..validate.metrics import chance_check_of, paired_accuracy
 from .base import (
     STRATEGIES,
     TRUSTED_STATUSES,
@@ -105,21 +105,6 @@ class TriggerGuard(BaseModel):
     images on the label without the trigger (``None`` when no trigger was measured)."""
     passed: bool | None
     """``None`` when no trigger was known or no image was held out: nothing was judged."""
-
-
-def _paired_accuracy(
-    original: nn.Module, model: nn.Module, x: ImageStore | Tensor, y: Tensor, rt: RuntimeConfig
-) -> tuple[float, float, tuple[float, float]]:
-    """BA of the input and the repaired model on the same images, and the paired 95 %
-    interval of the drop (:func:`~hardenkit.validate.paired_drop_interval`)."""
-    if len(y) == 0:
-        raise DataError("cannot evaluate accuracy on an empty set.")
-    yc = y.cpu()
-    before = predict(original, x, runtime=rt).argmax(1) == yc
-    after = predict(model, x, runtime=rt).argmax(1) == yc
-    n = len(yc)
-    interval = paired_drop_interval(int((before & ~after).sum()), int((~before & after).sum()), n)
-    return float(before.float().mean()), float(after.float().mean()), interval
 
 
 def _targeted(scan: ScanResult | None, details: dict[str, Any]) -> set[int]:
@@ -623,8 +608,8 @@ class Purifier:
         drop_interval: tuple[float, float] | None = None
         asr_rows: list[TriggerASR] = []
         if len(y_ho):
-            ba_before, ba_after, drop_interval = _paired_accuracy(
-                original, model, x_ho_d, y_ho_d, rt
+            ba_before, ba_after, drop_interval = paired_accuracy(
+                original, model, x_ho_d, y_ho_d, runtime=rt
             )
             for lab, t in triggers.items():
                 after = trigger_effect(model, t, x_ho_d, y_ho_d, lab, rt)
@@ -726,8 +711,8 @@ class Purifier:
             split, images = "holdout", len(y_ho)
         elif len(y_val):
             split, images = "validation", len(y_val)
-            ba_before, ba_after, interval = _paired_accuracy(
-                original, model, x_val, y_val, self.runtime
+            ba_before, ba_after, interval = paired_accuracy(
+                original, model, x_val, y_val, runtime=self.runtime
             )
         passed: bool | None = None
         if ba_before is not None and ba_after is not None:

@@ -48,6 +48,7 @@ __all__ = [
     "chance_check",
     "chance_check_of",
     "der",
+    "paired_accuracy",
     "paired_drop_interval",
     "robust_accuracy",
     "wilson_interval",
@@ -95,6 +96,27 @@ def paired_drop_interval(
     var = (b + c + 1) - (b - c) ** 2 / m
     half = z * math.sqrt(max(var, 0.0)) / m
     return (max(-1.0, diff - half), min(1.0, diff + half))
+
+
+def paired_accuracy(
+    before: nn.Module,
+    after: nn.Module,
+    x: Tensor | ImageStore,
+    y: Tensor,
+    *,
+    runtime: RuntimeConfig | dict[str, Any] | None = None,
+) -> tuple[float, float, tuple[float, float]]:
+    """Accuracy of ``before`` and ``after`` on the same images ``(x, y)``, and the 95 %
+    interval of the drop between them (:func:`paired_drop_interval`)."""
+    if len(y) == 0:
+        raise DataError("cannot evaluate accuracy on an empty set.")
+    yc = y.cpu()
+    right_before = predict(before, x, runtime=runtime).argmax(1) == yc
+    right_after = predict(after, x, runtime=runtime).argmax(1) == yc
+    interval = paired_drop_interval(
+        int((right_before & ~right_after).sum()), int((~right_before & right_after).sum()), len(yc)
+    )
+    return float(right_before.float().mean()), float(right_after.float().mean()), interval
 
 
 @dataclass(frozen=True)
