@@ -623,6 +623,46 @@ def match_channels(model: nn.Module, data: ImageDataset, flag: str = "--data") -
     )
 
 
+def model_input_shape(
+    model: nn.Module,
+    given: Sequence[int] | None,
+    *,
+    image_size: Sequence[int] | None = None,
+    flag: str = "--input-shape",
+) -> tuple[int, int, int]:
+    """The (C, H, W) of one input of ``model`` for a command that has no images to go by.
+
+    ``given`` (the user's ``--input-shape``) wins. Otherwise the model is run on one zero
+    image of H x W (``image_size``, default 32 x 32) with 3 channels, then with 1: the first
+    it runs on is used and said on stderr; neither is a
+    :class:`~hardenkit.errors.ModelCompatibilityError` asking for ``flag``.
+    """
+    import torch
+
+    if given is not None:
+        c, h, w = (int(v) for v in given)
+        return c, h, w
+    h, w = (int(v) for v in image_size) if image_size is not None else (32, 32)
+    errors: list[str] = []
+    for c in (3, 1):
+        error = _takes(model, torch.zeros(1, c, h, w))
+        if error is None:
+            print(
+                f"{flag} not given: using {c},{h},{w} (the model runs on {c}-channel "
+                f"{h}x{w} images; pass {flag} C,H,W to choose)",
+                file=sys.stderr,
+            )
+            return c, h, w
+        errors.append(f"{c}x{h}x{w}: {error}")
+    from ..errors import ModelCompatibilityError
+
+    raise ModelCompatibilityError(
+        f"could not tell the model's input shape: it runs on neither "
+        f"{' nor '.join(e.split(':')[0] for e in errors)} images ({errors[0]})",
+        hint=f"pass {flag} C,H,W (e.g. {flag} 3,64,64)",
+    )
+
+
 def _read_text(path: Path, what: str) -> str:
     """The UTF-8 text of a file the user named, or a one-line ``ConfigError`` (exit 2)."""
     name = str(path)

@@ -21,6 +21,7 @@ from ._common import (
     load_model_from_args,
     load_trigger_arg,
     match_channels,
+    model_input_shape,
     parse_kv,
     parse_target,
     positive_int,
@@ -87,8 +88,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--input-shape",
         type=input_shape,
-        default=(3, 32, 32),
-        help="C,H,W of one image: three positive integers separated by commas",
+        default=None,
+        help="C,H,W of one image: three positive integers separated by commas (default: the "
+        "--data images' shape with --verify, else 3,32,32 or 1,32,32 - whichever the model "
+        "runs on; H,W from --image-size when given)",
     )
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 to 23")
     p.add_argument(
@@ -150,13 +153,23 @@ def run(args: argparse.Namespace) -> int:
     resolve_model_args(args)  # --num-classes may come from the weights file
     target = parse_target(args.target, args.num_classes)
     model = load_model_from_args(args)
+    data = None
+    if args.verify:  # loaded first: its images give the input shape
+        data = match_channels(
+            model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
+        )
+    shape = (
+        data.image_shape
+        if data is not None and args.input_shape is None
+        else model_input_shape(model, args.input_shape, image_size=args.image_size)
+    )
     to_onnx_ = lazy_attr(globals(), "to_onnx", _LAZY)
     verify_onnx_ = lazy_attr(globals(), "verify_onnx", _LAZY)
     with quiet_exporter("export.onnx_export"):
         export = to_onnx_(
             model,
             args.output,
-            input_shape=args.input_shape,
+            input_shape=shape,
             opset=args.opset,
             dynamic_batch=not args.no_dynamic_batch,
             external_data=args.external_data,
@@ -166,10 +179,7 @@ def run(args: argparse.Namespace) -> int:
         )
     print(export.summary(), file=sys.stderr)
     verification = None
-    if args.verify:
-        data = match_channels(
-            model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
-        )
+    if data is not None:
         trigger = None
         if args.trigger is not None:
             c, h, _ = data.image_shape

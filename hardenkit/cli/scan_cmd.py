@@ -22,6 +22,7 @@ from ._common import (
     load_model_from_args,
     load_policy_file,
     match_channels,
+    model_input_shape,
     nonnegative_int,
     parse_kv,
     positive_int,
@@ -59,9 +60,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--input-shape",
         type=input_shape,
-        default=(3, 32, 32),
+        default=None,
         help="C,H,W of the model input for --data-free: three positive integers separated by "
-        "commas",
+        "commas (default: 3,32,32 or 1,32,32, whichever the model runs on; H,W from "
+        "--image-size when given)",
     )
     p.add_argument(
         "--detectors",
@@ -173,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     rt = RuntimeConfig(device=args.device, seed=args.seed)
     rt.resolve_device()  # an unusable --device fails here (exit 3), before the estimate
     model = load_model_from_args(args)
+    if args.data_free:
+        args.input_shape = model_input_shape(model, args.input_shape, image_size=args.image_size)
     scanner = Scanner(
         model,
         args.num_classes,

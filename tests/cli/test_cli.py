@@ -1117,6 +1117,22 @@ def test_cli_model_that_takes_neither_channel_count_is_a_clear_error(
     assert "runtime error" not in err
 
 
+def test_data_free_scan_of_a_grayscale_model_infers_its_input_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--input-shape`` defaulted to 3,32,32: a data-free scan of a 1-channel model crashed."""
+    torch.manual_seed(0)
+    hk.save_state_dict(hk.build_model("small-cnn", 4, in_channels=1), tmp_path / "w.safetensors")
+    argv = ["scan", "--weights", str(tmp_path / "w.safetensors"), "--arch", "small-cnn"]
+    argv += ["--num-classes", "4", "--arch-args", "in_channels=1", "--data-free"]
+    argv += ["--option", "mm-bd:starts=2", "--option", "mm-bd:steps=20", "--device", "cpu"]
+    code = main([*argv, "--output", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code in (0, 1), err  # scanned (a random model's verdict is beside the point)
+    assert "--input-shape not given: using 1,32,32" in err
+    assert json.loads((tmp_path / "r.json").read_text())["data_free"] is True
+
+
 def test_to_luma_is_pils_grayscale_conversion() -> None:
     import numpy as np
     from PIL import Image

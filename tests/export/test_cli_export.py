@@ -204,3 +204,70 @@ def test_doctor_flags_two_ort_distributions(
     assert any("onnxruntime and onnxruntime-gpu" in i for i in data["issues"])
     assert _run(doctor_cmd, ["doctor"]) == 0
     assert "CONFLICT" in capsys.readouterr().out
+
+
+# ------------------------------------------ the input shape when --input-shape is not given
+
+
+@pytest.fixture(scope="module")
+def gray_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = hk.build_model("small-cnn", 4, in_channels=1)
+    return hk.save_state_dict(model, tmp_path_factory.mktemp("g") / "gray.safetensors")
+
+
+def _shape_of(report: Path) -> list[Any]:
+    shape: list[Any] = json.loads(report.read_text())["export"]["inputs"][0]["shape"]
+    return shape
+
+
+def test_export_infers_one_channel_for_a_grayscale_model(
+    gray_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default used to be 3,32,32 whatever the model took: a grayscale model exited 2."""
+    report = tmp_path / "r.json"
+    argv = [*_base(gray_weights, tmp_path / "m.onnx"), "--arch-args", "in_channels=1"]
+    assert _run(export_cmd, [*argv, "--report", str(report)]) == 0
+    assert _shape_of(report) == ["batch", 1, 32, 32]
+    assert "--input-shape not given: using 1,32,32" in capsys.readouterr().err
+    # --image-size gives H and W
+    assert _run(export_cmd, [*argv, "--image-size", "24", "20", "--report", str(report)]) == 0
+    assert _shape_of(report) == ["batch", 1, 24, 20]
+
+
+def test_export_given_shape_wins_and_rgb_default_is_unchanged(
+    weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "r.json"
+    assert _run(export_cmd, [*_base(weights, tmp_path / "m.onnx"), "--report", str(report)]) == 0
+    assert _shape_of(report) == ["batch", 3, 32, 32]
+    assert "using 3,32,32" in capsys.readouterr().err
+    argv = [*_base(weights, tmp_path / "m.onnx"), "--input-shape", "3,40,40"]
+    assert _run(export_cmd, [*argv, "--report", str(report)]) == 0
+    assert _shape_of(report) == ["batch", 3, 40, 40]
+    assert "not given" not in capsys.readouterr().err
+
+
+def test_export_verify_takes_the_shape_of_its_data(
+    gray_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "r.json"
+    argv = [*_base(gray_weights, tmp_path / "m.onnx"), "--arch-args", "in_channels=1",
+        "--verify", "--data", SYNTHETIC + ",image_size=16", "--providers",
+        "CPUExecutionProvider", "--report", str(report)]  # fmt: skip
+    assert _run(export_cmd, argv) == 0, capsys.readouterr().err
+    assert _shape_of(report) == ["batch", 1, 16, 16]
+    assert json.loads(report.read_text())["passed"] is True
+
+
+def test_export_model_that_takes_neither_shape_asks_for_input_shape(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = hk.build_model("small-cnn", 4, in_channels=2)
+    w = hk.save_state_dict(model, tmp_path / "w.safetensors")
+    argv = [*_base(w, tmp_path / "m.onnx"), "--arch-args", "in_channels=2"]
+    assert _run(export_cmd, argv) == 2
+    err = capsys.readouterr().err
+    assert "runs on neither 3x32x32 nor 1x32x32 images" in err
+    assert "--input-shape C,H,W" in err
+    assert not (tmp_path / "m.onnx").exists()
