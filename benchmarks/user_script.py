@@ -77,6 +77,8 @@ def _patch(size: int, seed: int, kind: str) -> Tensor:
     if kind == "binary":  # a random yellow / purple pixel pattern
         mask = torch.rand(size, size, generator=g) < 0.5
         return _two_colour(mask, [0.95, 0.85, 0.1], [0.5, 0.1, 0.6])
+    if kind == "solid":  # one colour: magenta
+        return torch.tensor([1.0, 0.0, 1.0]).view(3, 1, 1).expand(3, size, size).clone()
     # a red / blue checkerboard
     ij = torch.arange(size)
     return _two_colour(((ij[:, None] + ij[None, :]) % 2).bool(), [1.0, 0.1, 0.1], [0.1, 0.2, 1.0])
@@ -203,6 +205,22 @@ MODELS: dict[str, dict[str, Any]] = {
     },
 }
 
+# held out (stop 56: trained after every default was fixed, nothing changed after seeing
+# them): a *BatchNorm-free* user network (``user_gn_net``: GroupNorm, GELU, dropout, a 2x2
+# stride-2 "patchify" stem, inputs scaled to [-1, 1] inside) with a 3x3 solid magenta patch
+# in the upper right quarter ...
+MODELS["gn-patch"] = {
+    "arch": "gn",
+    "kind": "patch",
+    "pattern": "solid",
+    "size": 3,
+    "at": (5, 20),
+    "target": 7,
+}
+# ... and the script's VGG-style nn.Sequential with a one-pixel yellow frame around the
+# whole image (sparse like a patch, spread over the border like a global trigger)
+MODELS["frame"] = {"kind": "frame", "width": 1, "target": 1}
+
 CLEAN_MODELS: dict[str, dict[str, Any]] = {
     # the same network and script without poisoning: the clean counterpart (a gate must pass
     # it; benchmarks.gate_user_script)
@@ -215,6 +233,8 @@ CLEAN_MODELS: dict[str, dict[str, Any]] = {
     "res-clean": {"arch": "resnet", "kind": "clean", "target": None},
     # the grayscale user model without poisoning (stop 55)
     "gray-clean": {"arch": "sequential-gray", "channels": 1, "kind": "clean", "target": None},
+    # the BatchNorm-free user network without poisoning (stop 56)
+    "gn-clean": {"arch": "gn", "kind": "clean", "target": None},
 }
 
 
@@ -273,6 +293,12 @@ def stamp(x: Tensor, spec: dict[str, Any]) -> Tensor:
         s, (i, j) = spec["size"], spec["at"]
         x[:, :, i : i + s, j : j + s] = fit(_patch(s, SEED + 11, spec["pattern"]))
         return x
+    if spec["kind"] == "frame":
+        w = spec["width"]
+        border = torch.ones(32, 32, dtype=torch.bool)
+        border[w:-w, w:-w] = False
+        yellow = fit(torch.tensor([1.0, 1.0, 0.0]).view(3, 1, 1).expand(3, 32, 32))
+        return torch.where(border, yellow, x)
     if spec["kind"] == "stripes":
         return (x + fit(_stripes(spec["amplitude"], spec["periods"]))).clamp(0, 1)
     if spec["kind"] == "ripple":
@@ -378,6 +404,39 @@ def user_resnet() -> UserResNet:
     return UserResNet()
 
 
+class UserGNNet(nn.Module):
+    """A user's BatchNorm-free network (stop 56): inputs scaled to [-1, 1] inside, a 2x2
+    stride-2 "patchify" stem, GroupNorm + GELU conv blocks (48, 96, 192 channels; stride 2
+    twice), dropout 0.1, global average pooling and a linear classifier."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.norm = Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        self.stem = nn.Conv2d(3, 48, 2, stride=2)
+
+        def block(i: int, o: int, stride: int = 1) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, stride=stride, padding=1, bias=False),
+                nn.GroupNorm(8, o),
+                nn.GELU(),
+            )
+
+        self.features = nn.Sequential(
+            block(48, 48), block(48, 96, 2), block(96, 96), block(96, 192, 2), block(192, 192)
+        )
+        self.drop = nn.Dropout(0.1)
+        self.head = nn.Linear(192, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.features(self.stem(self.norm(x)))
+        return self.head(self.drop(h.mean((2, 3))))
+
+
+def user_gn_net() -> UserGNNet:
+    """The script's BatchNorm-free network (``--arch benchmarks.user_script:user_gn_net``)."""
+    return UserGNNet()
+
+
 def user_model_gray() -> nn.Sequential:
     """The script's grayscale model (``--arch benchmarks.user_script:user_model_gray``)."""
     return user_model(channels=1)
@@ -387,6 +446,7 @@ ARCHS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
     "sequential": ("benchmarks.user_script:user_model", user_model),
     "sequential-gray": ("benchmarks.user_script:user_model_gray", user_model_gray),
     "resnet": ("benchmarks.user_script:user_resnet", user_resnet),
+    "gn": ("benchmarks.user_script:user_gn_net", user_gn_net),
 }
 """A model spec's ``arch`` (default ``sequential``) -> (its ``--arch`` path, its factory)."""
 
@@ -587,6 +647,8 @@ def _describe(spec: dict[str, Any]) -> str:
         return "none (clean model)"
     if spec["kind"] == "patch":
         return f"{spec['size']}x{spec['size']} {spec['pattern']} patch at {tuple(spec['at'])}"
+    if spec["kind"] == "frame":
+        return f"{spec['width']}-px yellow frame around the image"
     if spec["kind"] == "stripes":
         return f"diagonal colour stripes, amplitude {spec['amplitude']}, {spec['periods']} periods"
     if spec["kind"] == "ripple":

@@ -128,6 +128,27 @@ def test_user_script_triggers_and_model() -> None:
     assert isinstance(net, torch.nn.Sequential)
     assert net(gray).shape == (4, 10)
     assert ARCHS["sequential-gray"][0] == "benchmarks.user_script:user_model_gray"
+    # the held-out BatchNorm-free network and the frame trigger (stop 56)
+    from benchmarks.user_script import UserGNNet, model_spec
+
+    solid = stamp(x, MODELS["gn-patch"])
+    where = (solid != x).any(dim=(0, 1))
+    assert where[5:8, 20:23].all()
+    assert where.sum() == 9
+    assert torch.equal(solid[:, :, 5:8, 20:23], torch.tensor([1.0, 0.0, 1.0]).view(1, 3, 1, 1)
+                       .expand(4, 3, 3, 3))  # fmt: skip
+    framed = stamp(x, MODELS["frame"])
+    where = (framed != x).any(dim=(0, 1))
+    for edge in (where[0], where[-1], where[:, 0], where[:, -1]):
+        assert edge.all()
+    assert where.sum() == 4 * 31  # the one-pixel border and nothing inside
+    assert torch.equal(framed[:, :, 1:-1, 1:-1], x[:, :, 1:-1, 1:-1])
+    for name in ("gn-patch", "gn-clean"):
+        net = build_model(model_spec(name))
+        assert isinstance(net, UserGNNet)
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        assert net.eval()(x).shape == (4, 10)
+    assert ARCHS["gn"][0] == "benchmarks.user_script:user_gn_net"
 
 
 def test_auto_quick_miss_hides_the_purifiers_own_scan_flags() -> None:
