@@ -284,3 +284,31 @@ def test_issue16_table_roles_overrides_and_acceptance(tmp_path: Any) -> None:
     assert "purify_cpu_cifar_cnn_seeds" in table["missing_files"]
     assert "mcl / badnets-0.1" in table["missing_cells"]
     assert "## Acceptance" in t.markdown(table)
+
+
+def test_scan_detail_table_lists_the_labels_no_inversion_reached() -> None:
+    from benchmarks.scan_detail_table import summarise
+
+    def row(model: str, det: str, label: int, reached: bool | None, rate: float | None) -> dict:
+        return {"model": model, "detector": det, "label": label, "reached": reached,
+                "attack rate": rate}  # fmt: skip
+
+    rows = [
+        row("m", "signal", 0, False, 0.764),
+        row("m", "signal", 1, True, 1.0),
+        row("m", "neural-cleanse", 0, True, 1.0),
+        row("m", "neural-cleanse", 1, True, 1.0),
+        row("m", "prediction-share", 0, None, None),
+        row("c", "signal", 0, True, 1.0),
+        row("c", "signal", 1, False, 0.5),
+    ]
+    table = summarise(rows, {"m": 0, "c": None})
+    by = {(r["model"], r["detector"]): r for r in table}
+    assert ("m", "prediction-share") not in by  # inverts nothing
+    assert by[("m", "signal")]["which"] == [0]
+    assert by[("m", "signal")]["target not reached"] is True
+    assert by[("m", "signal")]["their attack rates"] == [0.76]
+    assert by[("m", "neural-cleanse")]["labels not reached"] == 0
+    assert by[("m", "neural-cleanse")]["target not reached"] is False
+    assert by[("c", "signal")]["target"] == "clean"
+    assert by[("c", "signal")]["target not reached"] is None
