@@ -142,11 +142,23 @@ def test_help_shows_specific_defaults(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["scan", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "split folder inside --data (default: train)" in text
-    assert "(default: 3,32,32)" in text
+    # --input-shape is inferred from the model since stop 56; its help says how
+    assert "(default: 3,32,32 or 1,32,32, whichever the model runs on" in text
     assert "(default: backdoored)" in text
     assert "--output" not in text  # deprecated aliases are hidden (and documented)
     assert main(["--help"]) == 0
     assert "(default: auto)" in capsys.readouterr().out
+
+
+def test_help_formatter_spells_tuple_defaults() -> None:
+    from hardenkit.cli._common import CliParser
+
+    p = CliParser(prog="x")
+    p.add_argument("--shape", default=(3, 32, 32), help="C,H,W")
+    p.add_argument("--size", nargs=2, default=(24, 20), help="H W")
+    text = " ".join(p.format_help().split())
+    assert "C,H,W (default: 3,32,32)" in text
+    assert "H W (default: 24 20)" in text
 
 
 def test_purify_default_strategy_matches_the_library() -> None:
