@@ -19,21 +19,17 @@ import sys
 import time
 from typing import Any
 
-from torch.utils.data import DataLoader, TensorDataset
-
 import hardenkit as hk
 
 from .common import load_cifar10, md_table, write_results
-from .user_script import CLEAN_MODELS, MODELS, load_or_train, model_spec, user_input
+from .user_script import CLEAN_MODELS, MODELS, clean_loader, load_or_train, model_spec
 
 
 def scan_rows(name: str, data: dict[str, hk.ImageDataset]) -> tuple[dict[str, Any], list[dict]]:
     """(the scan's summary, one row per detector and label) for user-script model ``name``."""
     model, info = load_or_train(name, data)
     spec = model_spec(name)
-    x, y = data["train"].tensors()
-    idx = info["clean_idx"]
-    loader = DataLoader(TensorDataset(user_input(x[idx], spec), y[idx]), batch_size=256)
+    loader = clean_loader(spec, info, data)
     t0 = time.perf_counter()
     # the default's own scan: Purifier.run scans the purification images first; one repair
     # step is the cheapest way to get exactly that scan (the repair is thrown away)

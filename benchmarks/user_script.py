@@ -577,6 +577,15 @@ def load_or_train(name: str, data: dict[str, hk.ImageDataset]) -> tuple[nn.Modul
     return model, {**entry, "clean_idx": extra["clean_idx"]}
 
 
+def clean_loader(
+    spec: dict[str, Any], info: dict[str, Any], data: dict[str, hk.ImageDataset]
+) -> DataLoader:
+    """The defender's clean budget of a model (``info["clean_idx"]``) as the model takes it."""
+    x, y = data["train"].tensors()
+    idx = info["clean_idx"]
+    return DataLoader(TensorDataset(user_input(x[idx], spec), y[idx]), batch_size=256)
+
+
 def run_cell(
     name: str, defence: str, data: dict[str, hk.ImageDataset], cached_only: bool = False
 ) -> dict[str, Any] | None:
@@ -604,11 +613,7 @@ def run_cell(
     if defence == "none":
         row.update(ba_asr(model, spec, xt, yt), seconds=0.0, status="-")
     else:
-        x, y = data["train"].tensors()
-        idx = info["clean_idx"]
-        loader = DataLoader(
-            TensorDataset(user_input(x[idx], spec), y[idx]), batch_size=256, shuffle=False
-        )
+        loader = clean_loader(spec, info, data)
         t0 = time.perf_counter()
         if base == "default":
             purifier = hk.Purifier(model)

@@ -623,6 +623,19 @@ def match_channels(model: nn.Module, data: ImageDataset, flag: str = "--data") -
     )
 
 
+def load_data_for(
+    model: nn.Module,
+    spec: str,
+    *,
+    split: str,
+    image_size: Sequence[int] | None = None,
+    flag: str = "--data",
+) -> ImageDataset:
+    """:func:`load_data_arg`, then :func:`match_channels`: the images of ``flag`` as ``model``
+    takes them (grayscale for a 1-channel model)."""
+    return match_channels(model, load_data_arg(spec, split=split, image_size=image_size), flag)
+
+
 def model_input_shape(
     model: nn.Module,
     given: Sequence[int] | None,

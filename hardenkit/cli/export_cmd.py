@@ -17,10 +17,9 @@ from ._common import (
     add_report_arg,
     input_shape,
     lazy_attr,
-    load_data_arg,
+    load_data_for,
     load_model_from_args,
     load_trigger_arg,
-    match_channels,
     model_input_shape,
     parse_kv,
     parse_target,
@@ -155,9 +154,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     data = None
     if args.verify:  # loaded first: its images give the input shape
-        data = match_channels(
-            model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
-        )
+        data = load_data_for(model, args.data, split=args.split, image_size=args.image_size)
     shape = (
         data.image_shape
         if data is not None and args.input_shape is None

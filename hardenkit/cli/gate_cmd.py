@@ -18,10 +18,9 @@ from ._common import (
     add_image_size_arg,
     add_model_args,
     add_report_arg,
-    load_data_arg,
+    load_data_for,
     load_model_from_args,
     load_policy_file,
-    match_channels,
     model_metadata_from_args,
     nonnegative_int,
     resolve_model_args,
@@ -138,15 +137,15 @@ def run(args: argparse.Namespace) -> int:
     rt = RuntimeConfig(device=args.device, seed=args.seed)
     rt.resolve_device()  # an unusable --device fails here (exit 3)
     model = load_model_from_args(args)
-    data = match_channels(
-        model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
-    )
+    data = load_data_for(model, args.data, split=args.split, image_size=args.image_size)
     holdout = None
     if args.holdout is not None:
-        holdout = match_channels(
+        holdout = load_data_for(
             model,
-            load_data_arg(args.holdout, split=args.holdout_split, image_size=args.image_size),
-            "--holdout",
+            args.holdout,
+            split=args.holdout_split,
+            image_size=args.image_size,
+            flag="--holdout",
         )
     print(
         f"gate: scan ({policy.scan_budget} budget) -> repair with {policy.strategy} if "

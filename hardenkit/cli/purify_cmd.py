@@ -18,10 +18,9 @@ from ._common import (
     add_settings_arg,
     fraction,
     holdout_fraction,
-    load_data_arg,
+    load_data_for,
     load_model_from_args,
     load_policy_file,
-    match_channels,
     model_metadata_from_args,
     nonnegative_int,
     parse_kv,
@@ -165,9 +164,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{type(exc).__name__}: {exc}",
                 hint="pass the --out directory of `hardenkit scan`, unmodified",
             ) from exc
-    data = match_channels(
-        purifier.model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
-    )
+    data = load_data_for(purifier.model, args.data, split=args.split, image_size=args.image_size)
     result = purifier.run(data.loader(batch_size=512), scan=scan)
     if result.rank != 0:  # under torchrun rank 0 writes the files and prints
         return EXIT_OK if result.trusted else EXIT_GATE_FAILED

@@ -18,10 +18,9 @@ from ._common import (
     add_model_args,
     add_report_arg,
     input_shape,
-    load_data_arg,
+    load_data_for,
     load_model_from_args,
     load_policy_file,
-    match_channels,
     model_input_shape,
     nonnegative_int,
     parse_kv,
@@ -186,9 +185,7 @@ def run(args: argparse.Namespace) -> int:
     )
     data = None
     if not args.data_free:
-        data = match_channels(
-            model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
-        )
+        data = load_data_for(model, args.data, split=args.split, image_size=args.image_size)
     if os.environ.get("RANK", "0") == "0":  # one estimate per job under torchrun
         _say_estimate(args, cfg, model, rt, data)
     result = scanner.run() if data is None else scanner.run(data.loader(batch_size=512))

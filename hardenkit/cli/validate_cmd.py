@@ -16,11 +16,10 @@ from ._common import (
     add_image_size_arg,
     add_model_args,
     add_report_arg,
-    load_data_arg,
+    load_data_for,
     load_model_from_args,
     load_policy_file,
     load_trigger_arg,
-    match_channels,
     parse_target,
     positive_int,
     resolve_model_args,
@@ -96,9 +95,7 @@ def run(args: argparse.Namespace) -> int:
     target = parse_target(args.target, args.num_classes)
     rt = RuntimeConfig(device=args.device)
     model = load_model_from_args(args)
-    data = match_channels(
-        model, load_data_arg(args.data, split=args.split, image_size=args.image_size)
-    )
+    data = load_data_for(model, args.data, split=args.split, image_size=args.image_size)
     trigger = None
     if args.trigger is not None:
         c, h, _ = data.image_shape
