@@ -113,7 +113,10 @@ class TriggerMeasurement(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     source: str
-    """``scan`` (input-model scan), ``rescan`` (repaired-model scan) or ``known:<name>``."""
+    """``scan`` (input-model scan), ``rescan`` (the last re-scan of the repaired model),
+    ``rescan-<round>`` (the re-scan after repair round ``<round>`` that started another round:
+    its triggers were repaired against, so they are measured on the model that ships too) or
+    ``known:<name>``."""
     label: int
     input_asr: float | None
     output_asr: float | None
@@ -611,8 +614,9 @@ class Gate:
             except NonFiniteError as exc:
                 notes.append(f"{what} failed: {exc}")
                 return None
-            finally:
-                timings[f"{what.replace(' ', '_')}_seconds"] = time.perf_counter() - t
+            finally:  # every re-scan counts (one per repair round)
+                key = f"{what.replace(' ', '_')}_seconds"
+                timings[key] = timings.get(key, 0.0) + (time.perf_counter() - t)
 
         if scan is None:
             scan = do_scan(original, "scan")
@@ -633,6 +637,8 @@ class Gate:
         purification = None
         rescan = None
         rounds: list[dict[str, Any]] = []
+        # the re-scans that started another round: (round, scan)
+        earlier: list[tuple[int, ScanResult]] = []
         flagged = scan is not None and not _verdict_ok(scan.verdict, pol.max_scan_verdict)
         want_repair = pol.repair == "always" or (pol.repair == "if-flagged" and flagged)
         repair_ok: bool | None = None
@@ -707,6 +713,7 @@ class Gate:
                     used_asr.setdefault(lab, rescan.trigger_asr(lab) or 1.0)
                 if not rescan.triggers:
                     break  # nothing to repair against (flagged by a trigger-free detector)
+                earlier.append((rnd, rescan))
                 notes.append(
                     f"round {rnd}: the re-scan flagged {rescan.flagged_labels}; repairing again "
                     f"against the triggers of labels {sorted(used)}"
@@ -813,7 +820,12 @@ class Gate:
                 out_ci = (v_out.benign_accuracy.ci_low, v_out.benign_accuracy.ci_high)
                 drop_ci = paired_accuracy(original, shipped, x_ho, y_ho, runtime=pixel_rt)[2]
                 candidates: list[tuple[str, int, Trigger]] = []
-                for src, s in (("scan", scan), ("rescan", rescan)):
+                # every scan whose triggers were repaired against or judge the shipped model
+                for src, s in (
+                    ("scan", scan),
+                    *((f"rescan-{rnd}", r) for rnd, r in earlier),
+                    ("rescan", rescan),
+                ):
                     if s is not None:
                         candidates += [(src, lab, trig) for lab, trig in s.triggers.items()]
                 candidates += [(f"known:{n}", tgt, trig) for n, (trig, tgt) in known.items()]

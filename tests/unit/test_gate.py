@@ -386,3 +386,67 @@ def test_the_ba_drop_note_says_when_the_held_out_set_cannot_tell_pass_from_fail(
     beyond = drop_interval_note(0.040, (0.020, 0.060), 0.03, 2000)
     assert beyond is not None
     assert "beyond it by the measurement, but a loss within it is not ruled out" in beyond
+
+
+def test_a_second_repair_round_runs_when_the_rescan_flags_again(
+    monkeypatch: pytest.MonkeyPatch, synthetic: Any, clean_model: torch.nn.Module
+) -> None:
+    """``max_repair_rounds`` 2 (stop 57: it had no test): the first re-scan flags label 2, so a
+    second round repairs against the input scan's trigger *and* the re-scan's, and the second
+    re-scan decides; both re-scans' seconds are counted and the first re-scan's trigger is
+    measured on the model that ships. With 1 round the gate stops after the
+    first re-scan and fails HK-SCAN-001."""
+    import time as _time
+
+    from hardenkit.scan import scanner as scanner_mod
+
+    model = clean_model  # a trained model: a repair of an untrained one is not trusted
+    train = synthetic.train.subset(
+        hk.data.stratified_indices(synthetic.train.labels, per_class=30, seed=0)
+    )
+    held = synthetic.test.subset(
+        hk.data.stratified_indices(synthetic.test.labels, per_class=20, seed=0)
+    )
+
+    def scan_of(label: int, size: int) -> hk.ScanResult:
+        t = hk.PatchTrigger.square(size)
+        return hk.ScanResult.from_triggers({label: t}, model=model, num_classes=10)
+
+    first, again, clean = scan_of(1, 3), scan_of(2, 4), scan_of(3, 2)
+    clean.report = clean.report.model_copy(update={"verdict": "clean", "flagged_labels": []})
+    scripted: list[hk.ScanResult] = []
+
+    def fake_run(self: Any, *args: Any, **kwargs: Any) -> hk.ScanResult:
+        _time.sleep(0.05)
+        return scripted.pop(0)
+
+    monkeypatch.setattr(scanner_mod.Scanner, "run", fake_run)
+    policy: dict[str, Any] = {
+        "strategy": "finetune",
+        "strategy_config": {"epochs": 1},
+        "max_ba_drop": 1.0,
+        "export_onnx": False,
+        "fail_on_skipped": False,
+        "min_holdout_images": 10,
+        "max_repair_rounds": 2,
+    }
+    scripted[:] = [again, clean]
+    rep = Gate(policy).run(model, train.loader(), held.loader(), scan=first).report
+    assert not scripted  # both re-scans ran
+    assert [r["round"] for r in rep.repair_rounds] == [1, 2]
+    assert rep.repair_rounds[0]["against_labels"] == [1]
+    assert sorted(rep.repair_rounds[1]["against_labels"]) == [1, 2]
+    assert [r["rescan_verdict"] for r in rep.repair_rounds] == ["backdoored", "clean"]
+    assert any("round 1: the re-scan flagged [2]" in n for n in rep.notes)
+    assert rep.timings["rescan_seconds"] >= 0.1  # both re-scans, not the last one only
+    # the first re-scan's trigger was repaired against: it is measured on the shipped model
+    sources = {(m.source, m.label) for m in rep.triggers}
+    assert {("scan", 1), ("rescan-1", 2)} <= sources
+    scan_rule = next(r for r in rep.rules if r.rule_id == "HK-SCAN-001")
+    assert scan_rule.status == "pass", scan_rule.message  # the second re-scan judges
+    policy["max_repair_rounds"] = 1
+    scripted[:] = [again]
+    rep = Gate(policy).run(model, train.loader(), held.loader(), scan=first).report
+    assert not scripted
+    assert len(rep.repair_rounds) == 1
+    assert next(r for r in rep.rules if r.rule_id == "HK-SCAN-001").status == "fail"
