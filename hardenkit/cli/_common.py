@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -597,10 +598,9 @@ def match_channels(model: nn.Module, data: ImageDataset, flag: str = "--data") -
     if c == 3:
         gray = ImageDataset(to_luma(data.images), data.labels, data.classes)
         if _takes(model, gray.pixels()[: len(first)]) is None:
-            print(
+            say(
                 f"{flag}: the model takes 1-channel images: read as grayscale (luma of the "
-                f"{c}x{h}x{w} RGB files)",
-                file=sys.stderr,
+                f"{c}x{h}x{w} RGB files)"
             )
             return gray
     elif c == 1:
@@ -608,10 +608,7 @@ def match_channels(model: nn.Module, data: ImageDataset, flag: str = "--data") -
             data.images.expand(-1, 3, -1, -1).contiguous(), data.labels, data.classes
         )
         if _takes(model, rgb.pixels()[: len(first)]) is None:
-            print(
-                f"{flag}: the model takes 3-channel images: the gray channel repeated",
-                file=sys.stderr,
-            )
+            say(f"{flag}: the model takes 3-channel images: the gray channel repeated")
             return rgb
     from ..errors import ModelCompatibilityError
 
@@ -634,6 +631,12 @@ def load_data_for(
     """:func:`load_data_arg`, then :func:`match_channels`: the images of ``flag`` as ``model``
     takes them (grayscale for a 1-channel model)."""
     return match_channels(model, load_data_arg(spec, split=split, image_size=image_size), flag)
+
+
+def say(message: str) -> None:
+    """``message`` on stderr, once per job: under ``torchrun`` only rank 0 (``RANK``) says it."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
 
 
 def model_input_shape(
@@ -660,10 +663,9 @@ def model_input_shape(
     for c in (3, 1):
         error = _takes(model, torch.zeros(1, c, h, w))
         if error is None:
-            print(
+            say(
                 f"{flag} not given: using {c},{h},{w} (the model runs on {c}-channel "
-                f"{h}x{w} images; pass {flag} C,H,W to choose)",
-                file=sys.stderr,
+                f"{h}x{w} images; pass {flag} C,H,W to choose)"
             )
             return c, h, w
         errors.append(f"{c}x{h}x{w}: {error}")

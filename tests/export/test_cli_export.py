@@ -271,3 +271,18 @@ def test_export_model_that_takes_neither_shape_asks_for_input_shape(
     assert "runs on neither 3x32x32 nor 1x32x32 images" in err
     assert "--input-shape C,H,W" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_inferred_shape_is_said_once_per_torchrun_job(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under torchrun every rank infers the shape; only rank 0 says so (stop 57)."""
+    from hardenkit.cli._common import model_input_shape
+
+    model = hk.build_model("small-cnn", 4, in_channels=1).eval()
+    monkeypatch.setenv("RANK", "1")
+    assert model_input_shape(model, None) == (1, 32, 32)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert model_input_shape(model, None) == (1, 32, 32)
+    assert "--input-shape not given: using 1,32,32" in capsys.readouterr().err
