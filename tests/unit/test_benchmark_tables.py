@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -312,3 +313,37 @@ def test_scan_detail_table_lists_the_labels_no_inversion_reached() -> None:
     assert by[("m", "neural-cleanse")]["target not reached"] is False
     assert by[("c", "signal")]["target"] == "clean"
     assert by[("c", "signal")]["target not reached"] is None
+
+
+def test_trigger_floor_compares_repairs_with_the_clean_models_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from benchmarks import trigger_floor
+
+    floors = [
+        {"model": "weak", "asr": 0.7374, "floor": 0.0187, "der_max": 0.8687},
+        {"model": "full", "asr": 1.0, "floor": 0.03, "der_max": 1.0},
+    ]
+
+    def repair(model: str, defence: str, asr: float) -> dict[str, Any]:
+        return {"model": model, "defence": defence, "asr": asr, "ba_drop": 0.01, "der": 0.5,
+                "status": "purified"}  # fmt: skip
+
+    old = [repair("weak", "default", 0.5), repair("full", "none", 1.0)]
+    new = [repair("weak", "default", 0.1302), repair("full", "default", 0.01),
+           repair("other", "default", 0.0)]  # fmt: skip
+    (tmp_path / "old.json").write_text(json.dumps({"rows": old}))
+    (tmp_path / "new.json").write_text(json.dumps({"rows": new}))
+    monkeypatch.setattr(trigger_floor, "RESULTS", tmp_path)
+    rows = trigger_floor.compare(floors, ["old", "new"])
+    by = {(r["model"], r["defence"]): r for r in rows}
+    assert set(by) == {("weak", "default"), ("full", "default")}  # no "none", no unknown model
+    weak = by[("weak", "default")]
+    assert weak["source"] == "new"  # a later file wins
+    assert weak["excess"] == pytest.approx(11.15)
+    assert weak["removed %"] == pytest.approx(100 * (0.7374 - 0.1302) / (0.7374 - 0.0187))
+    assert weak["DER max %"] == pytest.approx(86.87)
+    assert by[("full", "default")]["removed %"] == 100.0  # below the floor: capped
+    assert by[("full", "default")]["excess"] == pytest.approx(-2.0)
