@@ -312,7 +312,7 @@ def run_model(
                 trigger_p=cached["shipped trigger effect"]["p"],
             )
             cache.write_text(json.dumps(cached, indent=2, default=str))
-        return {**cached, "trigger": case["trigger"], "failed rules": _failed(rep)}
+        return {**cached, "trigger": case["trigger"], "failed rules": _failed(rep), **_rounds(rep)}
     if cached_only:
         return {"model": name, "trigger": case["trigger"], "verdict": "not measured"}
     model = case["model"]
@@ -375,7 +375,23 @@ def run_model(
         "gate timings": rep.get("timings"),
     }
     cache.write_text(json.dumps(row, indent=2, default=str))
-    return row
+    return {**row, **_rounds(rep)}
+
+
+def _rounds(rep: dict[str, Any]) -> dict[str, Any]:
+    """From a gate.json: each repair round (the labels it repaired against, its status, the
+    re-scan's verdict) and the paired 95 % interval of the gate's BA drop (stop 57)."""
+    rounds = [
+        f"{r['round']}: {r['against_labels']} {r['status']} -> {r.get('rescan_verdict') or '-'}"
+        for r in rep.get("repair_rounds") or []
+    ]
+    ci = rep.get("ba_drop_interval")
+    return {
+        "repair rounds": "; ".join(rounds) or "-",
+        "gate BA drop 95 % CI (pt)": "-"
+        if ci is None
+        else f"{100 * ci[0]:.1f} to {100 * ci[1]:.1f}",
+    }
 
 
 def _failed(rep: dict[str, Any]) -> list[str]:
@@ -456,8 +472,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         for r in rows
     ]
-    cols = ["model", "trigger", "exit code", "scan", "repair", "rescan", "gate BA % in / out",
-            "recovered ASR % (max)", "failed", "BA % in / shipped", "real ASR % in / shipped",
+    cols = ["model", "trigger", "exit code", "scan", "repair", "rescan", "repair rounds",
+            "gate BA % in / out", "gate BA drop 95 % CI (pt)", "recovered ASR % (max)", "failed",
+            "BA % in / shipped", "real ASR % in / shipped",
             *EFFECT_COLS, "largest class drop (pt, class)",
             "verdict", "s"]  # fmt: skip
     write_results(

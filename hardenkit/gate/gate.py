@@ -264,7 +264,8 @@ class GateResult:
 
     @property
     def rescan(self) -> ScanResult | None:
-        """The re-scan of the repaired model (None without a repair)."""
+        """The re-scan of the model that ships (None without a repair, or when its repair
+        round was not trusted and so not re-scanned)."""
         out: ScanResult | None = self._artefacts.get("rescan")
         return out
 
@@ -274,8 +275,9 @@ class GateResult:
         ``gate.json`` (with the sha256 of every other file), ``junit.xml``, ``gate.sarif``,
         ``summary.md``, ``report.html`` (a self-contained page with the figures,
         :func:`hardenkit.gate.html.html_report`), ``model.safetensors`` (the model that
-        would ship), ``model.onnx`` (when exported), ``scan/`` and ``rescan/`` (the scans)
-        and ``purification.json``.
+        would ship), ``model.onnx`` (when exported), ``scan/`` and ``rescan/`` (the scans;
+        ``rescan-<round>/`` for a re-scan that started another repair round) and
+        ``purification.json``.
         With the policy's ``serving_bundle: triton`` and an ONNX export, also the Triton
         model repository ``triton/<serving_model_name>/`` (``1/model.onnx``,
         ``config.pbtxt``); ``gate.json``'s ``files`` keys are paths relative to
@@ -301,6 +303,8 @@ class GateResult:
         rescan = self._artefacts.get("rescan")
         if rescan is not None:
             rescan.save(d / "rescan")
+        for key in sorted(k for k in self._artefacts if k.startswith("rescan-")):
+            self._artefacts[key].save(d / key)
         purification = self._artefacts.get("purification")
         if purification is not None:
             written.append(purification.save(d / "purification.json"))
@@ -713,16 +717,37 @@ class Gate:
                     used_asr.setdefault(lab, rescan.trigger_asr(lab) or 1.0)
                 if not rescan.triggers:
                     break  # nothing to repair against (flagged by a trigger-free detector)
-                earlier.append((rnd, rescan))
                 notes.append(
                     f"round {rnd}: the re-scan flagged {rescan.flagged_labels}; repairing again "
                     f"against the triggers of labels {sorted(used)}"
                 )
+                # this re-scan judged round ``rnd``'s model, not the next round's: its triggers
+                # are measured on the model that ships (``rescan-<rnd>``) and it is saved as
+                # such; only a re-scan of the model that ships judges HK-SCAN-001
+                earlier.append((rnd, rescan))
+                artefacts[f"rescan-{rnd}"] = artefacts.pop("rescan")
+                rescan = None
                 current_scan = ScanResult.from_triggers(
                     used, model=shipped, num_classes=k, trigger_asr=used_asr
                 )
             if repair_ok is None:
                 rules.unevaluated("HK-REPAIR-001", f"the repair failed: {repair_msg}")
+            elif repair_ok and len(rounds) > 1:
+                # every trusted round, but more than one: fail closed (stop 57)
+                rules.add(
+                    "HK-REPAIR-001",
+                    "fail",
+                    f"{repair_msg}: the model that ships took {len(rounds)} repair rounds, and a "
+                    "model repaired in more than one round is not trusted: on the three CIFAR-10 "
+                    "models whose first re-scan flagged a label, the second round left the real "
+                    "trigger's ASR at 14.2-15.5 % while the re-scanned triggers measured low, and "
+                    "one of them passed every other rule (docs/gate.md, stop 57); look into the "
+                    "labels the re-scan flagged, or repair with a stronger strategy_config",
+                    value=float(len(rounds)),
+                    threshold=1.0,
+                    comparison="<=",
+                    cause="policy",
+                )
             else:
                 rules.add(
                     "HK-REPAIR-001",
@@ -777,8 +802,8 @@ class Gate:
                 comparison="<=",
                 cause=None if ok else "policy",
             )
-        scans = [s for s in (scan, rescan) if s is not None]
-        if len(scans) < 1 + int(repaired and pol.rescan and bool(repair_ok)):
+        scans = [s for s in (scan, *(r for _, r in earlier), rescan) if s is not None]
+        if len(scans) < 1 + len(earlier) + int(repaired and pol.rescan and bool(repair_ok)):
             rules.unevaluated("HK-SCAN-002", "a scan did not produce a result")
         else:
             cut = [s for s in scans if not s.report.conclusive]
@@ -886,7 +911,7 @@ class Gate:
                     note=f"{len(class_rows)} of {len(class_accuracy)} classes judged",
                 )
         recovered = [m for m in measurements if not m.source.startswith("known:")]
-        blind = flagged_without_trigger(scan, rescan)
+        blind = flagged_without_trigger(scan, *(r for _, r in earlier), rescan)
         blind_fails = bool(blind) and pol.flagged_without_trigger == "fail"
         blind_txt = (
             f"flagged label(s) {blind} have no recovered trigger (a test that recovers none, "

@@ -52,9 +52,12 @@ class DeploymentPolicy(HardenkitConfig):
             (score 0.32, ``suspicious``) in ``benchmarks/results/scanner_zoo.md``.
         max_repair_rounds: when the re-scan of a repaired model flags a label again, repair
             it once more against every trigger used so far plus the re-scan's, and re-scan,
-            up to this many rounds in all (1: no second round). Not the default: on the
-            synthetic BadNets model a second ``auto`` round brought the planted backdoor
-            back (real-trigger ASR 7 % -> 22 %).
+            up to this many rounds in all (1: no second round). A model that took more than
+            one round fails ``HK-REPAIR-001`` (stop 57): on the three CIFAR-10 models whose
+            first re-scan flagged a label, the second round left the real trigger at
+            14.2-15.5 % (after 1.74 and 7.20 % on two of them) while the triggers it aimed
+            at measured low, and one passed every other rule. Rounds > 1 are for
+            investigation: the report shows whether further rounds clear the re-scan.
         rescan_must_be_clean: see ``rescan``; False records the re-scan without judging it.
         min_ba: lowest benign accuracy of the shipped model on held-out data (None: no rule).
         max_ba_drop: largest benign-accuracy loss of the shipped model against the input

@@ -389,12 +389,17 @@ def test_the_ba_drop_note_says_when_the_held_out_set_cannot_tell_pass_from_fail(
 
 
 def test_a_second_repair_round_runs_when_the_rescan_flags_again(
-    monkeypatch: pytest.MonkeyPatch, synthetic: Any, clean_model: torch.nn.Module
+    monkeypatch: pytest.MonkeyPatch,
+    synthetic: Any,
+    clean_model: torch.nn.Module,
+    tmp_path: Path,
 ) -> None:
     """``max_repair_rounds`` 2 (stop 57: it had no test): the first re-scan flags label 2, so a
     second round repairs against the input scan's trigger *and* the re-scan's, and the second
-    re-scan decides; both re-scans' seconds are counted and the first re-scan's trigger is
-    measured on the model that ships. With 1 round the gate stops after the
+    re-scan judges HK-SCAN-001; both re-scans' seconds are counted, the first re-scan's trigger
+    is measured on the model that ships, and HK-REPAIR-001 fails a model that took two rounds
+    (on CIFAR-10 the second round let the real trigger back while the re-scan said it was
+    gone). With 1 round the gate stops after the
     first re-scan and fails HK-SCAN-001."""
     import time as _time
 
@@ -444,6 +449,44 @@ def test_a_second_repair_round_runs_when_the_rescan_flags_again(
     assert {("scan", 1), ("rescan-1", 2)} <= sources
     scan_rule = next(r for r in rep.rules if r.rule_id == "HK-SCAN-001")
     assert scan_rule.status == "pass", scan_rule.message  # the second re-scan judges
+    # ... but a model repaired in two rounds is not trusted (stop 57): it fails closed
+    repair_rule = next(r for r in rep.rules if r.rule_id == "HK-REPAIR-001")
+    assert repair_rule.status == "fail"
+    assert "took 2 repair rounds" in repair_rule.message
+    assert (repair_rule.value, repair_rule.threshold) == (2.0, 1.0)
+    assert not rep.passed
+    # a second round that is not trusted is not re-scanned: the first re-scan (of the model
+    # round 1 made) no longer judges HK-SCAN-001, its triggers are measured once, as
+    # rescan-1, and it is saved as such
+    from hardenkit.purify import purifier as purifier_mod
+
+    real_run = purifier_mod.Purifier.run
+    calls: list[int] = []
+
+    def second_degraded(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = real_run(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            out.report = out.report.model_copy(update={"status": "degraded"})
+        return out
+
+    monkeypatch.setattr(purifier_mod.Purifier, "run", second_degraded)
+    scripted[:] = [again]
+    res = Gate(policy).run(model, train.loader(), held.loader(), scan=first)
+    rep = res.report
+    assert not scripted
+    assert len(calls) == 2
+    assert [r["status"] for r in rep.repair_rounds] == ["purified", "degraded"]
+    rule = next(r for r in rep.rules if r.rule_id == "HK-SCAN-001")
+    assert rule.status != "pass"
+    assert "not re-scanned" in rule.message, rule.message
+    assert [m.source for m in rep.triggers].count("rescan-1") == 1
+    assert not any(m.source == "rescan" for m in rep.triggers)
+    assert res.rescan is None
+    assert not res.passed
+    res.save(tmp_path / "out")
+    assert (tmp_path / "out" / "rescan-1" / "report.json").is_file()
+    monkeypatch.setattr(purifier_mod.Purifier, "run", real_run)
     policy["max_repair_rounds"] = 1
     scripted[:] = [again]
     rep = Gate(policy).run(model, train.loader(), held.loader(), scan=first).report
