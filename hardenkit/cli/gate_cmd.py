@@ -147,11 +147,19 @@ def run(args: argparse.Namespace) -> int:
             image_size=args.image_size,
             flag="--holdout",
         )
+    rounds = policy.max_repair_rounds
     print(
         f"gate: scan ({policy.scan_budget} budget) -> repair with {policy.strategy} if "
         f"flagged -> re-scan -> measure -> ONNX on {policy.onnx_provider}; on this machine "
         "roughly 1-2 scans of a few minutes each plus a repair of a few minutes when "
-        "flagged (progress below)",
+        "flagged (progress below)"
+        + (
+            f"; max_repair_rounds {rounds}: up to {rounds - 1} more repair and re-scan "
+            "round(s) when a re-scan flags a label, for investigation only (a model repaired "
+            "in more than one round fails HK-REPAIR-001)"
+            if rounds > 1
+            else ""
+        ),
         file=sys.stderr,
     )
     result = Gate(policy, runtime=rt).run(

@@ -196,6 +196,30 @@ def test_gate_cli_policy_typo_is_a_usage_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_gate_cli_says_up_front_that_extra_repair_rounds_are_for_investigation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A policy with ``max_repair_rounds`` > 1 is told before any work that such a model
+    cannot pass (stop 57); the default policy's line says nothing about rounds."""
+    weights = tmp_path / "m.safetensors"
+    hk.save_state_dict(hk.create_model("small-cnn", 4), weights)
+
+    def stop(*args: Any, **kwargs: Any) -> None:
+        raise ConfigError("stopped before any work (test)")
+
+    monkeypatch.setattr(Gate, "run", stop)
+    argv = ["gate", "--weights", str(weights), "--arch", "small-cnn", "--num-classes", "4",
+            "--data", "synthetic:num_classes=4", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    assert "repair round" not in capsys.readouterr().err
+    policy = tmp_path / "p.yaml"
+    policy.write_text("max_repair_rounds: 3\n")
+    assert main([*argv, "--policy", str(policy)]) == 2
+    err = capsys.readouterr().err
+    assert "max_repair_rounds 3: up to 2 more repair and re-scan round(s)" in err
+    assert "fails HK-REPAIR-001" in err
+
+
 @pytest.mark.parametrize(
     ("verdict", "worst", "status", "repaired"),
     [
