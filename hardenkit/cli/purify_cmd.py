@@ -74,7 +74,8 @@ def add_parser(sub: Any) -> None:
         default="quick",
         metavar="quick|standard|thorough|SECONDS",
         help="the scan the Purifier runs first when no --scan is given (as `hardenkit scan "
-        "--budget`; default quick: Neural Cleanse and the warp inversion on 200 images)",
+        "--budget`; default quick: Neural Cleanse, the warp inversion, the prediction share "
+        "and the signal inversion on 200 images)",
     )
     p.add_argument(
         "--holdout-fraction",

@@ -32,6 +32,10 @@ from ._common import (
 if TYPE_CHECKING:  # torch and the scanners are imported in run(): `--help` stays fast
     from ..scan import ScanConfig
 
+DEFAULT_DETECTORS_TEXT = "neural-cleanse,warp,prediction-share,signal"
+"""``hardenkit.scan.budget.DEFAULT_DETECTORS`` for ``--help`` without importing torch (a test
+keeps the two equal)."""
+
 
 def add_parser(sub: Any) -> None:
     p = add_command(
@@ -66,8 +70,8 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--detectors",
-        help="comma-separated detectors, e.g. neural-cleanse,mm-bd; default: neural-cleanse,warp "
-        "(mm-bd with --data-free)",
+        help="comma-separated detectors, e.g. neural-cleanse,mm-bd; default: "
+        f"{DEFAULT_DETECTORS_TEXT} (mm-bd with --data-free)",
     )
     p.add_argument("--combine", choices=["any", "all", "mean"], help="how verdicts combine")
     p.add_argument("--max-images", type=positive_int, help="clean images used for inversion")
@@ -87,7 +91,7 @@ def add_parser(sub: Any) -> None:
         metavar="quick|standard|thorough|SECONDS",
         help="how much the scan may cost: a preset (quick: 200 images x 15 epochs per label; "
         "standard: 300 x 30; "
-        "thorough: the published 1,000 x 80; each also runs the warp inversion unless "
+        "thorough: the published 1,000 x 80; each runs the default detectors unless "
         "--detectors says otherwise) or a number of seconds "
         "(standard, stopped when the time is up: a cut-short scan that flags nothing exits 1). "
         "--config, --max-images and --epochs win over the preset",

@@ -303,8 +303,16 @@ class GateResult:
         rescan = self._artefacts.get("rescan")
         if rescan is not None:
             rescan.save(d / "rescan")
-        for key in sorted(k for k in self._artefacts if k.startswith("rescan-")):
-            self._artefacts[key].save(d / key)
+        earlier = sorted(
+            (
+                (int(k.removeprefix("rescan-")), v)
+                for k, v in self._artefacts.items()
+                if k.startswith("rescan-")
+            ),
+            key=lambda item: item[0],
+        )
+        for rnd, earlier_scan in earlier:
+            earlier_scan.save(d / f"rescan-{rnd}")
         purification = self._artefacts.get("purification")
         if purification is not None:
             written.append(purification.save(d / "purification.json"))
@@ -316,7 +324,8 @@ class GateResult:
         written += self._serving_bundle(d)
         (d / "summary.md").write_text(markdown_summary(self.report))
         (d / "report.html").write_text(
-            html_report(self.report, scan=scan, rescan=rescan), encoding="utf-8"
+            html_report(self.report, scan=scan, rescan=rescan, earlier_rescans=earlier),
+            encoding="utf-8",
         )
         written += [d / "junit.xml", d / "gate.sarif", d / "summary.md", d / "report.html"]
         files = {p.relative_to(d).as_posix(): file_sha256(p) for p in written}

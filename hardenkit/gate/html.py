@@ -668,9 +668,14 @@ def _verdict(verdict: object) -> str:
 
 
 def _scans(
-    report: GateReport, scan: ScanResult | None, rescan: ScanResult | None, draw: _Drawer
+    report: GateReport,
+    scan: ScanResult | None,
+    rescan: ScanResult | None,
+    draw: _Drawer,
+    earlier: Sequence[tuple[int, ScanResult]] = (),
 ) -> str:
     from ..scan.figures import detector_chart_spec
+    from .gate import _scan_summary
 
     out = [
         "<h2>Scans: per-label anomaly</h2>",
@@ -680,10 +685,17 @@ def _scans(
         "it).</p>",
     ]
     columns = []
-    for title, summary, result in (
+    # a re-scan that started another repair round judged that round's model, not the one that
+    # ships: shown between the input scan and the last re-scan (stop 58)
+    panels: list[tuple[str, dict[str, Any] | None, ScanResult | None]] = [
         ("Scan of the input model", report.input_scan, scan),
+        *(
+            (f"Re-scan after repair round {rnd} (started round {rnd + 1})", _scan_summary(r), r)
+            for rnd, r in earlier
+        ),
         ("Re-scan of the repaired model", report.rescan, rescan),
-    ):
+    ]
+    for title, summary, result in panels:
         if summary is None and result is None:
             continue
         col = [f"<h3>{_e(title)}</h3>"]
@@ -726,10 +738,20 @@ def _scans(
     return "".join(out)
 
 
-def _triggers(scan: ScanResult | None, rescan: ScanResult | None, draw: _Drawer) -> str:
+def _triggers(
+    scan: ScanResult | None,
+    rescan: ScanResult | None,
+    draw: _Drawer,
+    earlier: Sequence[tuple[int, ScanResult]] = (),
+) -> str:
     out = ["<h2>Recovered triggers</h2>"]
     figs = []
-    for source, result in (("input scan", scan), ("re-scan", rescan)):
+    sources = [
+        ("input scan", scan),
+        *((f"re-scan after round {rnd}", r) for rnd, r in earlier),
+        ("re-scan", rescan),
+    ]
+    for source, result in sources:
         if result is None:
             continue
         mask_l1 = {c.label: c.mask_l1 for c in result.report.classes}
@@ -865,6 +887,7 @@ def html_report(
     *,
     scan: ScanResult | None = None,
     rescan: ScanResult | None = None,
+    earlier_rescans: Sequence[tuple[int, ScanResult]] = (),
     figures: FigureBackend = "auto",
 ) -> str:
     """One self-contained HTML page of a gate run (see the module docstring).
@@ -874,6 +897,8 @@ def html_report(
         scan: the scan of the input model, for its per-label charts and recovered triggers
             (``GateResult.scan``; without it only the scan's verdict is shown).
         rescan: the re-scan of the repaired model (``GateResult.rescan``).
+        earlier_rescans: ``(round, scan)`` of each re-scan that started another repair round
+            (saved as ``rescan-<round>/``; only with the policy's ``max_repair_rounds`` > 1).
         figures: ``auto`` (matplotlib when installed, Pillow otherwise), ``matplotlib`` or
             ``pillow``.
 
@@ -892,8 +917,8 @@ def html_report(
             _banner(report),
             _rules(report),
             _measurements(report, draw),
-            _scans(report, scan, rescan, draw),
-            _triggers(scan, rescan, draw),
+            _scans(report, scan, rescan, draw, earlier_rescans),
+            _triggers(scan, rescan, draw, earlier_rescans),
             _onnx(report),
             _details(report),
             _footer(report, draw),
@@ -913,8 +938,9 @@ def html_report(
 def render_saved(directory: str | Path, *, figures: FigureBackend = "auto") -> str:
     """:func:`html_report` of a directory written by ``GateResult.save``.
 
-    Reads ``gate.json`` and the scans in ``scan/`` and ``rescan/`` (when present). A loaded
-    scan has no clean example image: its triggers are stamped on a grey image.
+    Reads ``gate.json`` and the scans in ``scan/``, ``rescan-<round>/`` and ``rescan/`` (when
+    present). A loaded scan has no clean example image: its triggers are stamped on a grey
+    image.
 
     Raises:
         DataError: ``gate.json`` is missing or not a gate report.
@@ -934,4 +960,15 @@ def render_saved(directory: str | Path, *, figures: FigureBackend = "auto") -> s
         name: ScanResult.load(d / name) if (d / name / "report.json").is_file() else None
         for name in ("scan", "rescan")
     }
-    return html_report(report, scan=scans["scan"], rescan=scans["rescan"], figures=figures)
+    earlier = []
+    for sub in d.glob("rescan-*"):
+        rnd = sub.name.removeprefix("rescan-")
+        if rnd.isdigit() and (sub / "report.json").is_file():
+            earlier.append((int(rnd), ScanResult.load(sub)))
+    return html_report(
+        report,
+        scan=scans["scan"],
+        rescan=scans["rescan"],
+        earlier_rescans=sorted(earlier, key=lambda item: item[0]),
+        figures=figures,
+    )

@@ -11,7 +11,8 @@
   ``hardenkit.gate`` = ``passed``/``failed``, ``hardenkit.version``, one
   ``hardenkit.rule.<RULE-ID>`` per rule) and ``summary.md`` as the run's description;
 * logs the evidence under ``gate/`` (``gate.json``, ``junit.xml``, ``gate.sarif``,
-  ``summary.md``, every file ``gate.json`` lists, ``report.html``, ``scan/``, ``rescan/``);
+  ``summary.md``, every file ``gate.json`` lists, ``report.html``, ``scan/``, ``rescan/``,
+  ``rescan-<round>/``);
 * when the gate passed, logs the ONNX model under ``model/`` as an MLflow ``onnx`` flavour
   model whose ``model.onnx`` is byte for byte the file the gate verified, and registers a
   version of it when a ``registered_model_name`` is given, tagged ``hardenkit.report_id``,
@@ -75,7 +76,8 @@ _MAX_TAG_VALUE = 8000
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 _EXTRA_EVIDENCE = ("gate.json", "report.html", "scan", "rescan")
-"""Evidence logged when present besides the files ``gate.json`` lists."""
+"""Evidence logged when present besides the files ``gate.json`` lists (and every
+``rescan-<round>/`` directory)."""
 
 _T = TypeVar("_T")
 
@@ -488,6 +490,8 @@ def _evidence(report: GateReport, gate_dir: Path, onnx_files: Sequence[Path]) ->
     files of a passed gate (those go to ``model/``)."""
     skip = {p.name for p in onnx_files} if report.passed else set()
     names = set(report.files) | {n for n in _EXTRA_EVIDENCE if (gate_dir / n).exists()}
+    # the re-scans that started another repair round (``rescan-<round>/``, stop 58)
+    names |= {p.name for p in gate_dir.glob("rescan-*") if p.is_dir()}
     return sorted(Path(n) for n in names if n not in skip)
 
 

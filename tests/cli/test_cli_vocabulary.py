@@ -145,6 +145,12 @@ def test_help_shows_specific_defaults(capsys: pytest.CaptureFixture[str]) -> Non
     # --input-shape is inferred from the model since stop 56; its help says how
     assert "(default: 3,32,32 or 1,32,32, whichever the model runs on" in text
     assert "(default: backdoored)" in text
+    # the detectors every preset runs (stop 58: the help said neural-cleanse,warp since stop 50)
+    from hardenkit.cli.scan_cmd import DEFAULT_DETECTORS_TEXT
+    from hardenkit.scan.budget import DEFAULT_DETECTORS
+
+    assert ",".join(DEFAULT_DETECTORS) == DEFAULT_DETECTORS_TEXT
+    assert f"default: {DEFAULT_DETECTORS_TEXT} (mm-bd with --data-free)" in text
     assert "--output" not in text  # deprecated aliases are hidden (and documented)
     assert main(["--help"]) == 0
     assert "(default: auto)" in capsys.readouterr().out

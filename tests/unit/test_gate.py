@@ -510,6 +510,16 @@ def test_a_second_repair_round_runs_when_the_rescan_flags_again(
     assert not res.passed
     res.save(tmp_path / "out")
     assert (tmp_path / "out" / "rescan-1" / "report.json").is_file()
+    # the earlier re-scan is in the HTML report, saved and re-rendered, and in the evidence
+    # an MLflow run logs (stop 58: both showed the input scan and the last re-scan only)
+    from hardenkit.gate.html import render_saved
+    from hardenkit.integrations.mlflow import _evidence
+
+    title = "Re-scan after repair round 1 (started round 2)"
+    assert title in (tmp_path / "out" / "report.html").read_text()
+    assert title in render_saved(tmp_path / "out", figures="pillow")
+    assert "re-scan after round 1: label" in render_saved(tmp_path / "out", figures="pillow")
+    assert Path("rescan-1") in _evidence(res.report, tmp_path / "out", [])
     monkeypatch.setattr(purifier_mod.Purifier, "run", real_run)
     policy["max_repair_rounds"] = 1
     scripted[:] = [again]
