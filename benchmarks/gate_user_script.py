@@ -81,6 +81,7 @@ from .user_script import (
     model_arch,
     model_spec,
     stamp,
+    upsample_uint8,
     user_input,
 )
 from .user_script import _describe as describe
@@ -142,8 +143,15 @@ def _case(name: str, data: dict[str, hk.ImageDataset]) -> dict[str, Any]:
         # script's residual network)
         arch, factory = model_arch(spec)
         gray = spec.get("channels", 3) == 1  # stop 55: grayscale PNG files, as a user has them
-        files = to_luma if gray else (lambda images: images)
+        size = spec.get("resolution")  # stop 58: 64x64 files for a 64x64 model
+
+        def files(images: Tensor) -> Tensor:
+            images = to_luma(images) if gray else images
+            return images if size is None else upsample_uint8(images, size)
+
         tag: dict[str, Any] = {"clean": idx.tolist(), "held": HELD_PER_CLASS}
+        if size is not None:
+            tag["resolution"] = size
         return {
             "model": model,
             "arch": arch,

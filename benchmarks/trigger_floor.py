@@ -34,13 +34,20 @@ from . import user_script as us
 from .common import RESULTS, load_cifar10, md_table, write_results
 
 
+def _arch(spec: dict[str, Any]) -> str:
+    """The architecture a clean twin must share: the spec's ``arch``, ``@<size>`` for a
+    ``resolution`` model (stop 58)."""
+    arch = str(spec.get("arch", "sequential"))
+    return arch if spec.get("resolution") is None else f"{arch}@{spec['resolution']}"
+
+
 def floors(names: list[str], data: dict[str, hk.ImageDataset]) -> list[dict[str, Any]]:
     """One row per backdoored model: its ASR, its trigger's rate on every clean model of its
     architecture (``floor`` = the highest), and the DER ceilings."""
     xt, yt = data["test"].tensors()
     clean: dict[str, list[str]] = {}
     for c, spec in us.CLEAN_MODELS.items():
-        clean.setdefault(spec.get("arch", "sequential"), []).append(c)
+        clean.setdefault(_arch(spec), []).append(c)
     cache: dict[str, nn.Module] = {}
 
     def model(name: str) -> nn.Module:
@@ -60,7 +67,7 @@ def floors(names: list[str], data: dict[str, hk.ImageDataset]) -> list[dict[str,
         keep = yt != spec["target"]
         stamped = us.stamp(x[keep], spec)
         to = torch.full_like(yt[keep], spec["target"])
-        arch = spec.get("arch", "sequential")
+        arch = _arch(spec)
         twins = clean.get(arch, [])
         rates = {c: us.accuracy(model(c), stamped, to) for c in twins}
         floor = max(rates.values()) if rates else None

@@ -150,6 +150,23 @@ def test_user_script_triggers_and_model() -> None:
         assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
         assert net.eval()(x).shape == (4, 10)
     assert ARCHS["gn"][0] == "benchmarks.user_script:user_gn_net"
+    # the held-out 64x64 models (stop 58): upsampled as their PNG files are, stamped at 64x64
+    from benchmarks.user_script import upsample_uint8
+
+    q = (x * 255).round() / 255  # pixels as loaded from uint8 files
+    big = user_input(q, MODELS["hr-patch"])
+    assert big.shape == (4, 3, 64, 64)
+    u8 = upsample_uint8((q * 255).round().to(torch.uint8), 64)
+    assert torch.equal(big, u8.float() / 255)  # the model sees exactly the files' pixels
+    assert torch.equal(user_input(q, model_spec("hr-clean")), big)
+    hp = stamp(big, MODELS["hr-patch"])
+    where = (hp != big).any(dim=(0, 1))
+    assert where[44:51, 50:57].all()
+    assert where.sum() <= 49
+    hb = stamp(big, MODELS["hr-blend"])
+    assert (hb != big).any(dim=(0, 1)).all()
+    assert float((hb - big).abs().max()) <= MODELS["hr-blend"]["alpha"] + 1e-6
+    assert user_model()(big).shape == (4, 10)
 
 
 def test_auto_quick_miss_hides_the_purifiers_own_scan_flags() -> None:
