@@ -150,9 +150,8 @@ def run(args: argparse.Namespace) -> int:
     rounds = policy.max_repair_rounds
     print(
         f"gate: scan ({policy.scan_budget} budget) -> repair with {policy.strategy} if "
-        f"flagged -> re-scan -> measure -> ONNX on {policy.onnx_provider}; on this machine "
-        "roughly 1-2 scans of a few minutes each plus a repair of a few minutes when "
-        "flagged (progress below)"
+        f"flagged -> re-scan -> measure -> ONNX on {policy.onnx_provider}; "
+        f"{_time_estimate(policy, model, data, rt, args.num_classes)} (progress below)"
         + (
             f"; max_repair_rounds {rounds}: up to {rounds - 1} more repair and re-scan "
             "round(s) when a re-scan flags a label, for investigation only (a model repaired "
@@ -194,6 +193,30 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return result.exit_code
+
+
+def _time_estimate(
+    policy: DeploymentPolicy, model: Any, data: Any, rt: Any, num_classes: int | None
+) -> str:
+    """How long the gate may take, said before any work: an upper estimate of one scan on
+    this model and these images (:func:`hardenkit.scan.estimate_scan_seconds`), and what
+    follows when the scan flags a label. The repair's share is measured, not estimated: in
+    the 39 gate runs with a repair in ``benchmarks/results/gate_user_script*.json`` (22
+    CIFAR-10 models) it took 1.0-5.1 times as long as the scan (``gate.json``'s
+    ``timings``)."""
+    from ..scan.budget import scan_config_for_budget
+    from .scan_cmd import human_seconds, scan_estimate
+
+    cfg = scan_config_for_budget(policy.scan_budget, policy.scan)
+    est = scan_estimate(model, cfg, rt, tuple(data.image_shape), len(data), num_classes)
+    if isinstance(est, str):
+        scan = f"no time estimate for the scan ({est})"
+    else:
+        scan = (
+            f"one scan estimated at most ~{human_seconds(est[0])} on {est[1]} (early stopping "
+            "usually ends sooner)"
+        )
+    return f"{scan}; when it flags a label, a repair (often 1-5 times a scan) and a re-scan follow"
 
 
 def _mlflow_tracking_uri(args: argparse.Namespace, policy: DeploymentPolicy) -> str | None:

@@ -229,25 +229,12 @@ def _say_estimate(
     args: argparse.Namespace, cfg: ScanConfig, model: Any, rt: Any, data: Any
 ) -> None:
     """Print, before any work, roughly how long the scan may take (an upper estimate)."""
-    from ..scan import estimate_scan_seconds
-    from ..training import infer_num_classes
-
-    try:
-        device = rt.resolve_device()
-        shape = tuple(args.input_shape) if data is None else tuple(data.image_shape)
-        import torch
-
-        k = args.num_classes or infer_num_classes(model, torch.zeros(2, *shape))
-        est = estimate_scan_seconds(
-            model,
-            cfg,
-            num_classes=k,
-            input_shape=shape,
-            clean_images=None if data is None else len(data),
-            device=device,
-        )
-    except Exception as exc:  # an estimate must never stop the scan itself
-        print(f"scan: no time estimate ({type(exc).__name__})", file=sys.stderr)
+    shape = tuple(args.input_shape) if data is None else tuple(data.image_shape)
+    est = scan_estimate(
+        model, cfg, rt, shape, None if data is None else len(data), args.num_classes
+    )
+    if isinstance(est, str):
+        print(f"scan: no time estimate ({est})", file=sys.stderr)
         return
     nc = cfg.detector_options.get("neural-cleanse", {})
     what = ", ".join(cfg.detectors) + (
@@ -257,14 +244,46 @@ def _say_estimate(
     )
     cap = "" if cfg.max_seconds is None else f", capped at {cfg.max_seconds:.0f}s"
     print(
-        f"scan: budget {args.budget} ({what}{cap}); estimated at most ~{_human(est)} on "
-        f"{device.type} (early stopping usually ends sooner)",
+        f"scan: budget {args.budget} ({what}{cap}); estimated at most ~{human_seconds(est[0])} "
+        f"on {est[1]} (early stopping usually ends sooner)",
         file=sys.stderr,
         flush=True,
     )
 
 
-def _human(seconds: float) -> str:
+def scan_estimate(
+    model: Any,
+    cfg: ScanConfig,
+    rt: Any,
+    shape: tuple[int, ...],
+    clean_images: int | None,
+    num_classes: int | None,
+) -> tuple[float, str] | str:
+    """``(upper estimate in seconds, device type)`` of one scan of ``model`` with ``cfg``
+    (:func:`hardenkit.scan.estimate_scan_seconds`, one timed pass), or the name of the error
+    that stopped the estimate: an estimate never stops the work itself."""
+    from ..scan import estimate_scan_seconds
+    from ..training import infer_num_classes
+
+    try:
+        device = rt.resolve_device()
+        import torch
+
+        k = num_classes or infer_num_classes(model, torch.zeros(2, *shape))
+        est = estimate_scan_seconds(
+            model,
+            cfg,
+            num_classes=k,
+            input_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+            clean_images=clean_images,
+            device=device,
+        )
+    except Exception as exc:  # an estimate must never stop the scan itself
+        return type(exc).__name__
+    return est, str(device.type)
+
+
+def human_seconds(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f}s"
     return f"{seconds / 60:.1f} min"

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _say_plan(start: FleetStart) -> None:
     """Before any scan: how many models, how they run, and roughly how long it may take."""
-    from .scan_cmd import _human
+    from .scan_cmd import human_seconds
 
     plan = start.plan
     todo = len(plan.tasks)
@@ -139,7 +139,7 @@ def _say_plan(start: FleetStart) -> None:
         line += (
             "; no time estimate"
             if est is None
-            else f"; estimated at most ~{_human(est)} (plus worker start-up; early stopping "
+            else f"; estimated at most ~{human_seconds(est)} (plus worker start-up; early stopping "
             "usually ends sooner)"
         )
     print(line, file=sys.stderr, flush=True)

@@ -211,7 +211,31 @@ def test_gate_cli_says_up_front_that_extra_repair_rounds_are_for_investigation(
     argv = ["gate", "--weights", str(weights), "--arch", "small-cnn", "--num-classes", "4",
             "--data", "synthetic:num_classes=4", "--out", str(tmp_path / "out")]  # fmt: skip
     assert main(argv) == 2
-    assert "repair round" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "repair round" not in err
+    # stop 58: the line estimates one scan of this model and these images (it said "a few
+    # minutes" whatever the model), from the same timing as `hardenkit scan`'s estimate
+    assert "one scan estimated at most ~" in err
+    assert "a repair (often 1-5 times a scan) and a re-scan follow" in err
+    import hardenkit.scan as scan_pkg
+
+    seen: list[tuple[int, int, int]] = []
+
+    def at_most(*args: Any, **kwargs: Any) -> float:
+        seen.append(kwargs["input_shape"])
+        return 600.0
+
+    monkeypatch.setattr(scan_pkg, "estimate_scan_seconds", at_most)
+    assert main(argv) == 2
+    assert "one scan estimated at most ~10.0 min on cpu" in capsys.readouterr().err
+    assert seen == [(3, 32, 32)]
+
+    def broken(*args: Any, **kwargs: Any) -> float:
+        raise RuntimeError("no timing (test)")
+
+    monkeypatch.setattr(scan_pkg, "estimate_scan_seconds", broken)
+    assert main(argv) == 2  # an estimate that fails never stops the gate
+    assert "no time estimate for the scan (RuntimeError)" in capsys.readouterr().err
     policy = tmp_path / "p.yaml"
     policy.write_text("max_repair_rounds: 3\n")
     assert main([*argv, "--policy", str(policy)]) == 2
