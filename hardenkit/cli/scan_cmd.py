@@ -260,7 +260,8 @@ def scan_estimate(
     num_classes: int | None,
 ) -> tuple[float, str] | str:
     """``(upper estimate in seconds, device type)`` of one scan of ``model`` with ``cfg``
-    (:func:`hardenkit.scan.estimate_scan_seconds`, one timed pass), or the name of the error
+    (:func:`hardenkit.scan.estimate_scan_seconds`: the fastest of five timed passes, so it can
+    come out short on cores shared with other jobs), or the name of the error
     that stopped the estimate: an estimate never stops the work itself."""
     from ..scan import estimate_scan_seconds
     from ..training import infer_num_classes
