@@ -66,6 +66,7 @@ if TYPE_CHECKING:
         CallableTrigger,
         MaskPatternTrigger,
         PatchTrigger,
+        QuantizeTrigger,
         Trigger,
         WarpTrigger,
     )
@@ -130,6 +131,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "Normalization": (".config", "Normalization"),
     "ParityError": (".errors", "ParityError"),
     "PatchTrigger": (".triggers", "PatchTrigger"),
+    "QuantizeTrigger": (".triggers", "QuantizeTrigger"),
     "ProgressCallback": ("._utils.progress", "ProgressCallback"),
     "PurificationReport": (".purify", "PurificationReport"),
     "PurificationResult": (".purify", "PurificationResult"),
@@ -219,6 +221,7 @@ __all__ = [
     "PurificationReport",
     "PurificationResult",
     "Purifier",
+    "QuantizeTrigger",
     "Registry",
     "RegistryError",
     "RobustTrainer",

@@ -10,6 +10,8 @@ Types:
     * :class:`MaskPatternTrigger` — ``(1 - m) x + m * pattern`` (Neural Cleanse's form).
     * :class:`AdditiveTrigger` — ``clamp(x + delta)`` (SIG's sinusoid and similar).
     * :class:`WarpTrigger` — a fixed smooth warping field (WaNet).
+    * :class:`QuantizeTrigger` — every channel reduced to a few levels, optionally with
+      Floyd–Steinberg dithering: a different change on every image (BppAttack).
     * :class:`AlternatingTrigger` — several triggers in turn over a batch (image ``i`` gets
       trigger ``i mod n``): one label's inversions from several detectors, unlearned together.
     * :class:`CallableTrigger` — wraps any user function (not serialisable).
@@ -48,6 +50,7 @@ __all__ = [
     "CallableTrigger",
     "MaskPatternTrigger",
     "PatchTrigger",
+    "QuantizeTrigger",
     "Trigger",
     "WarpTrigger",
     "as_trigger",
@@ -409,6 +412,59 @@ class AdditiveTrigger(Trigger):
         row = delta * torch.sin(2 * math.pi * j * frequency / size)
         return cls(row.expand(channels, size, size).clone(), name="sig")
 
+    @classmethod
+    def frequency(
+        cls,
+        magnitude: float = 30 / 255,
+        positions: tuple[tuple[int, int], ...] = ((15, 15), (31, 31)),
+        *,
+        window: int = 32,
+        size: int = 32,
+        channels: int = 3,
+    ) -> AdditiveTrigger:
+        """FTrojan's frequency-domain trigger (Wang et al., ECCV 2022) as a fixed signal.
+
+        The image is cut into ``window`` × ``window`` blocks; in each block ``magnitude`` is
+        added to the orthonormal 2-D DCT-II coefficients at ``positions`` of the U and V planes
+        (YUV, BT.601; the only plane of a one-channel image). The DCT is linear, so the trigger
+        is one additive pattern: with the published CIFAR-10 setting (magnitude 30/255,
+        positions (15, 15) and (31, 31), window 32) at most about 6.5/255 per pixel.
+
+        Example:
+            >>> t = AdditiveTrigger.frequency()
+            >>> round(float(t.delta.abs().max()) * 255, 1)
+            6.5
+        """
+        if size % window or window < 1:
+            raise ConfigError(
+                f"the frequency trigger's window ({window}) must divide the image size ({size}).",
+                hint="pick a window that divides the image size (FTrojan uses 32 on CIFAR-10)",
+            )
+        bad = [p for p in positions if not all(0 <= v < window for v in p)]
+        if not positions or bad:
+            raise ConfigError(
+                f"frequency positions must be (row, column) pairs in [0, {window}), got "
+                f"{list(positions)}.",
+                hint="FTrojan's CIFAR-10 positions are (15, 15) and (31, 31) in a 32-pixel window",
+            )
+        k = torch.arange(window, dtype=torch.float64)
+        # the orthonormal DCT-II matrix: row u is the u-th cosine basis vector
+        dct = torch.cos(math.pi * (k[None, :] + 0.5) * k[:, None] / window)
+        dct = dct * math.sqrt(2 / window)
+        dct[0] /= math.sqrt(2)
+        block = torch.zeros(window, window, dtype=torch.float64)
+        for u, v in positions:
+            block += torch.outer(dct[u], dct[v])
+        plane = (magnitude * block).repeat(size // window, size // window).float()
+        if channels == 3:  # YUV -> RGB with Y unchanged and U = V = plane
+            weights = torch.tensor([1.13983, -0.39465 - 0.58060, 2.03211])
+            delta = weights.view(3, 1, 1) * plane
+        elif channels == 1:
+            delta = plane.unsqueeze(0)
+        else:
+            raise ConfigError(f"the frequency trigger takes 1 or 3 channels, got {channels}.")
+        return cls(delta, name="ftrojan")
+
     def _apply(self, x: Tensor) -> Tensor:
         return x + _fit(self.delta, x)
 
@@ -421,6 +477,71 @@ class AdditiveTrigger(Trigger):
     @classmethod
     def from_state(cls, params: dict[str, Any], tensors: dict[str, Tensor]) -> AdditiveTrigger:
         return cls(tensors["delta"], str(params.get("name", "additive")))
+
+
+_FS_BELOW = (3 / 16, 5 / 16, 1 / 16)
+"""Floyd–Steinberg's shares of a pixel's error for the row below (left, under, right); the
+remaining 7/16 goes to the next pixel on the right."""
+
+
+class QuantizeTrigger(Trigger):
+    """Every channel reduced to ``levels`` values (BppAttack's colour-depth trigger).
+
+    With ``dither`` (BppAttack's default) each pixel's rounding error is diffused to its
+    unprocessed neighbours (Floyd–Steinberg, raster order), so the image keeps its local
+    colour and the change differs from image to image; without it every value is rounded.
+    Dithering runs one step per pixel position (batched over images and channels): cheap at
+    32×32, slow for large images.
+
+    Example:
+        >>> import torch
+        >>> x = QuantizeTrigger(levels=8)(torch.full((1, 3, 8, 8), 0.3))
+        >>> bool(((x * 7).round() == x * 7).all()), round(float(x.mean()), 2)
+        (True, 0.3)
+    """
+
+    kind = "quantize"
+
+    def __init__(self, levels: int = 8, dither: bool = True) -> None:
+        if not 2 <= levels <= 256:
+            raise ConfigError(
+                f"quantize levels must be in [2, 256], got {levels}.",
+                hint="BppAttack uses 8 levels per channel on CIFAR-10",
+            )
+        self.levels = int(levels)
+        self.dither = bool(dither)
+
+    def _round(self, v: Tensor) -> Tensor:
+        q = self.levels - 1
+        return torch.round(v.clamp(0, 1) * q) / q
+
+    def _apply(self, x: Tensor) -> Tensor:
+        if not self.dither:
+            return self._round(x)
+        h, w = x.shape[-2:]
+        # one padding column either side and a spare row take the edges' diffused error
+        buf = F.pad(x.float(), (1, 1, 0, 1))
+        out = torch.empty_like(x, dtype=buf.dtype)
+        below = torch.tensor(_FS_BELOW, device=x.device, dtype=buf.dtype)
+        for i in range(h):
+            for j in range(w):
+                v = buf[:, :, i, j + 1]
+                r = self._round(v)
+                out[:, :, i, j] = r
+                err = v - r
+                buf[:, :, i, j + 2] += err * (7 / 16)
+                buf[:, :, i + 1, j : j + 3] += err.unsqueeze(-1) * below
+        return out.to(x.dtype)
+
+    def params(self) -> dict[str, Any]:
+        return {"levels": self.levels, "dither": self.dither}
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    @classmethod
+    def from_state(cls, params: dict[str, Any], tensors: dict[str, Tensor]) -> QuantizeTrigger:
+        return cls(int(params.get("levels", 8)), bool(params.get("dither", True)))
 
 
 class WarpTrigger(Trigger):
@@ -587,6 +708,7 @@ for _cls in (
     MaskPatternTrigger,
     AdditiveTrigger,
     WarpTrigger,
+    QuantizeTrigger,
     AlternatingTrigger,
 ):
     TRIGGERS.register(_cls.kind, _cls)

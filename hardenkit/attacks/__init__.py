@@ -1,4 +1,4 @@
-"""Red-team attacks: BadNets, Blended, WaNet, SIG (+ all-to-all mode) and model factories.
+"""Red-team attacks: BadNets, Blended, WaNet, SIG, BppAttack, FTrojan (+ all-to-all) and factories.
 
 Example:
     >>> from hardenkit.attacks import build_attack
@@ -14,6 +14,10 @@ from .builtin import (
     BadNetsConfig,
     Blended,
     BlendedConfig,
+    Bpp,
+    BppConfig,
+    FTrojan,
+    FTrojanConfig,
     SIGConfig,
     WaNet,
     WaNetConfig,
@@ -30,6 +34,10 @@ __all__ = [
     "BadNetsConfig",
     "Blended",
     "BlendedConfig",
+    "Bpp",
+    "BppConfig",
+    "FTrojan",
+    "FTrojanConfig",
     "SIGConfig",
     "TargetSpec",
     "WaNet",

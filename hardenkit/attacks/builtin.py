@@ -1,9 +1,12 @@
-"""Built-in attacks: BadNets, Blended, WaNet (noise mode) and SIG (clean-label).
+"""Built-in attacks: BadNets, Blended, WaNet (noise mode), SIG (clean-label), BppAttack and FTrojan.
 
 Defaults follow BackdoorBench (BENCHMARKS.md): BadNets 3×3 white patch bottom-right;
 Blended alpha 0.2 (a seeded random-noise pattern, since BackdoorBench's image is not
 redistributable); WaNet k=4, s=0.5, noise mode with cross ratio 2; SIG delta 40/255, f=6,
-clean-label.
+clean-label; BppAttack 8 levels per channel with dithering (the poisoning only: the paper's
+adversarial negative samples need control of the training loop); FTrojan the published
+CIFAR-10 setting (magnitude 30/255 at DCT positions (15, 15) and (31, 31) of U and V,
+32-pixel blocks).
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ from pydantic import Field
 
 from ..data.datasets import ImageDataset
 from ..data.poisoned import PoisonedDataset
-from ..triggers import AdditiveTrigger, BlendTrigger, PatchTrigger, Trigger, WarpTrigger
+from ..triggers import (
+    AdditiveTrigger,
+    BlendTrigger,
+    PatchTrigger,
+    QuantizeTrigger,
+    Trigger,
+    WarpTrigger,
+)
 from .base import ATTACKS, Attack, AttackConfig
 
 __all__ = [
@@ -24,6 +34,10 @@ __all__ = [
     "BadNetsConfig",
     "Blended",
     "BlendedConfig",
+    "Bpp",
+    "BppConfig",
+    "FTrojan",
+    "FTrojanConfig",
     "SIGConfig",
     "WaNet",
     "WaNetConfig",
@@ -149,5 +163,57 @@ class SIG(Attack):
         return AdditiveTrigger.sig(c.delta, c.frequency, size=c.image_size, channels=c.channels)
 
 
-for _cls in (BadNets, Blended, WaNet, SIG):
+class BppConfig(AttackConfig):
+    """BppAttack: every channel reduced to ``levels`` values, with Floyd–Steinberg ``dither``."""
+
+    levels: Annotated[int, Field(ge=2, le=256)] = 8
+    dither: bool = True
+
+
+class Bpp(Attack):
+    """BppAttack (Wang et al., CVPR 2022): colour-depth reduction as an image-specific trigger.
+
+    Only the poisoning (quantised, dithered images relabelled to the target); the paper's
+    adversarial negative samples belong to a training loop the attacker controls.
+    """
+
+    name = "bpp"
+    config_class = BppConfig
+    config: BppConfig
+
+    def build_trigger(self) -> Trigger:
+        return QuantizeTrigger(self.config.levels, self.config.dither)
+
+
+class FTrojanConfig(AttackConfig):
+    """FTrojan: ``magnitude`` added at DCT ``positions`` of U and V in ``window`` blocks.
+
+    ``window`` ``None``: 32 when it divides ``image_size`` (the paper's), else the whole
+    image; ``positions`` ``None``: the window's middle and highest diagonal frequencies
+    (``(w/2 - 1, w/2 - 1)`` and ``(w - 1, w - 1)``: (15, 15) and (31, 31) at 32).
+    """
+
+    magnitude: Annotated[float, Field(gt=0, le=1)] = 30 / 255
+    positions: tuple[tuple[int, int], ...] | None = None
+    window: Annotated[int, Field(ge=1)] | None = None
+
+
+class FTrojan(Attack):
+    """FTrojan (Wang et al., ECCV 2022): an invisible trigger in the frequency domain."""
+
+    name = "ftrojan"
+    config_class = FTrojanConfig
+    config: FTrojanConfig
+
+    def build_trigger(self) -> Trigger:
+        c = self.config
+        window = c.window or (32 if c.image_size % 32 == 0 else c.image_size)
+        half = max(window // 2 - 1, 0)
+        positions = c.positions or ((half, half), (window - 1, window - 1))
+        return AdditiveTrigger.frequency(
+            c.magnitude, positions, window=window, size=c.image_size, channels=c.channels
+        )
+
+
+for _cls in (BadNets, Blended, WaNet, SIG, Bpp, FTrojan):
     ATTACKS.register(_cls.name, _cls)

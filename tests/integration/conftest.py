@@ -64,6 +64,16 @@ def sig_model(synthetic: SyntheticSplits) -> BackdooredModel:
     return train_backdoored("sig", synthetic)
 
 
+@pytest.fixture(scope="session")
+def bpp_model(synthetic: SyntheticSplits) -> BackdooredModel:
+    return train_backdoored("bpp", synthetic)
+
+
+@pytest.fixture(scope="session")
+def ftrojan_model(synthetic: SyntheticSplits) -> BackdooredModel:
+    return train_backdoored("ftrojan", synthetic)
+
+
 def make_all_to_all_data() -> SyntheticSplits:
     return hk.make_synthetic_dataset(
         num_classes=ALL_TO_ALL_CLASSES,

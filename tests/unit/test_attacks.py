@@ -24,6 +24,10 @@ from hardenkit.attacks import (
     BadNetsConfig,
     Blended,
     BlendedConfig,
+    Bpp,
+    BppConfig,
+    FTrojan,
+    FTrojanConfig,
     SIGConfig,
     WaNet,
     WaNetConfig,
@@ -37,14 +41,17 @@ from hardenkit.triggers import (
     AdditiveTrigger,
     BlendTrigger,
     PatchTrigger,
+    QuantizeTrigger,
     Trigger,
     WarpTrigger,
 )
 
-NAMES = ["badnets", "blended", "sig", "wanet"]
+NAMES = ["badnets", "blended", "bpp", "ftrojan", "sig", "wanet"]
 EXPECTED = {
     "badnets": (BadNets, BadNetsConfig, PatchTrigger, "patch"),
     "blended": (Blended, BlendedConfig, BlendTrigger, "blend"),
+    "bpp": (Bpp, BppConfig, QuantizeTrigger, "quantize"),
+    "ftrojan": (FTrojan, FTrojanConfig, AdditiveTrigger, "additive"),
     "sig": (SIG, SIGConfig, AdditiveTrigger, "additive"),
     "wanet": (WaNet, WaNetConfig, WarpTrigger, "warp"),
 }
@@ -147,6 +154,10 @@ def test_wrong_config_class_is_rejected() -> None:
         ("sig", {"delta": 0}),
         ("sig", {"delta": 1.5}),
         ("sig", {"frequency": 0}),
+        ("bpp", {"levels": 1}),
+        ("bpp", {"levels": 257}),
+        ("ftrojan", {"magnitude": 0}),
+        ("ftrojan", {"window": 0}),
     ],
 )
 def test_config_rejects_bad_values(name: str, bad: dict[str, object]) -> None:
@@ -173,7 +184,7 @@ def test_sig_rejects_all_to_all() -> None:
         SIG(SIGConfig(mode="all-to-all"))
 
 
-@pytest.mark.parametrize("name", ["badnets", "blended", "wanet"])
+@pytest.mark.parametrize("name", ["badnets", "blended", "wanet", "bpp", "ftrojan"])
 def test_other_attacks_accept_all_to_all(name: str) -> None:
     assert build_attack(name, mode="all-to-all").config.mode == "all-to-all"
 
@@ -241,7 +252,7 @@ def test_triggers_are_deterministic(name: str) -> None:
         assert torch.equal(tensor, t2.tensors()[key])
 
 
-@pytest.mark.parametrize("name", ["badnets", "blended", "wanet"])
+@pytest.mark.parametrize("name", ["badnets", "blended", "wanet", "bpp", "ftrojan"])
 @pytest.mark.parametrize("target", [0, 2])
 def test_all_to_one_poison_rule(name: str, target: int, tiny_synthetic: SyntheticSplits) -> None:
     train = tiny_synthetic.train
@@ -311,7 +322,81 @@ def test_badnets_stamps_the_patch(tiny_synthetic: SyntheticSplits) -> None:
     assert torch.equal(p.images[idx][:, :, :-3, :], tiny_synthetic.train.images[idx][:, :, :-3, :])
 
 
-@pytest.mark.parametrize("name", ["badnets", "blended", "wanet"])
+def _dct_matrix(n: int) -> torch.Tensor:
+    """The orthonormal DCT-II matrix, from its definition (row u: the u-th cosine)."""
+    i = torch.arange(n, dtype=torch.float64)
+    m = torch.stack([torch.cos(torch.pi * (2 * i + 1) * u / (2 * n)) for u in range(n)])
+    m[0] *= (1 / n) ** 0.5
+    m[1:] *= (2 / n) ** 0.5
+    return m
+
+
+def test_ftrojan_moves_only_its_dct_coefficients_of_u_and_v() -> None:
+    """FTrojan's trigger is +magnitude at its DCT positions of U and V in every block, and
+    nothing else: Y and every other coefficient stay."""
+    atk = build_attack("ftrojan", image_size=64)  # two 32-pixel blocks each way
+    delta = atk.trigger.tensors()["delta"].double()
+    assert tuple(delta.shape) == (3, 64, 64)
+    rgb_to_yuv = torch.tensor(
+        [[0.299, 0.587, 0.114], [-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]],
+        dtype=torch.float64,
+    )
+    yuv = torch.einsum("kc,chw->khw", rgb_to_yuv, delta) * 255
+    d = _dct_matrix(32)
+    for bi in range(2):
+        for bj in range(2):
+            block = yuv[:, 32 * bi : 32 * bi + 32, 32 * bj : 32 * bj + 32]
+            coef = d @ block @ d.T
+            assert float(coef[0].abs().max()) < 0.05  # Y: unchanged
+            for u, v in ((15, 15), (31, 31)):  # the published positions, the default at 32
+                assert torch.allclose(
+                    coef[1:, u, v], torch.full((2,), 30.0, dtype=coef.dtype), atol=0.1
+                )
+                coef[1:, u, v] = 0
+            assert float(coef.abs().max()) < 0.1
+    # invisible: a few levels of 255 per pixel; a grey image gets exactly the signal
+    assert 2 / 255 < float(delta.abs().max()) < 8 / 255
+    grey = torch.full((1, 3, 64, 64), 0.5)
+    assert torch.allclose(atk.trigger(grey) - grey, delta.float().unsqueeze(0), atol=1e-6)
+    one = build_attack("ftrojan", channels=1).trigger.tensors()["delta"]
+    assert tuple(one.shape) == (1, 32, 32)
+    # other sizes: one window over the image, its middle and highest diagonal frequencies
+    mnist = build_attack("ftrojan", image_size=28, channels=1).trigger.tensors()["delta"][0]
+    coef = _dct_matrix(28) @ mnist.double() @ _dct_matrix(28).T * 255
+    assert torch.allclose(coef[[13, 27], [13, 27]], torch.full((2,), 30.0, dtype=coef.dtype))
+    with pytest.raises(ConfigError, match="window"):
+        build_attack("ftrojan", image_size=48, window=32)  # 32 does not divide 48
+    with pytest.raises(ConfigError, match="positions"):
+        build_attack("ftrojan", positions=((15, 32),))
+    with pytest.raises(ConfigError, match="1 or 3 channels"):
+        build_attack("ftrojan", channels=4)
+
+
+def test_bpp_quantises_with_dithering(tmp_path: Path) -> None:
+    """BppAttack's images take ``levels`` values per channel; dithering keeps each region's
+    mean colour (plain rounding does not) and changes every image differently."""
+    x = torch.rand(6, 3, 32, 32)
+    t = build_attack("bpp").trigger
+    assert isinstance(t, QuantizeTrigger)
+    out = t(x)
+    assert torch.allclose(out * 7, (out * 7).round(), atol=1e-5)
+    rounded = QuantizeTrigger(8, dither=False)(x)
+    assert torch.equal(rounded, (x * 7).round() / 7)
+    assert not torch.equal(out, rounded)
+    flat = torch.full((1, 3, 32, 32), 0.3)  # between the levels 2/7 and 3/7
+    assert abs(float(t(flat).mean()) - 0.3) < 0.005
+    assert abs(float(QuantizeTrigger(8, dither=False)(flat).mean()) - 0.3) > 0.01
+    # the error is diffused to the right and below only: the first pixel is plainly rounded
+    assert torch.equal(out[:, :, 0, 0], rounded[:, :, 0, 0])
+    # a parameter-only trigger round-trips through its file
+    back = Trigger.load(QuantizeTrigger(4, dither=False).save(tmp_path / "q.safetensors"))
+    assert isinstance(back, QuantizeTrigger)
+    assert (back.levels, back.dither) == (4, False)
+    with pytest.raises(ConfigError, match="levels"):
+        QuantizeTrigger(1)
+
+
+@pytest.mark.parametrize("name", ["badnets", "blended", "wanet", "bpp", "ftrojan"])
 def test_target_labels_and_mapping(name: str) -> None:
     labels = torch.tensor([0, 1, 2, 3, 3])
     one = build_attack(name, target=2)
