@@ -94,10 +94,11 @@ ZOO_ARCHS = {
 }
 """``--arch`` of the scanner zoo's architectures (``zoo:<id>`` models)."""
 
-GATE_DEFAULT = "default-s50"
+GATE_DEFAULT = "default-s59"
 """The default policy a cached outcome was measured under (part of the cache key): stop 41
 made ``flagged_without_trigger: fail`` the default; stop 50 added the ``signal`` detector to
-the scan presets; outcomes measured before are in the committed
+the scan presets; stop 59 made ``repaired_label_suspect: fail`` the default; outcomes
+measured before are in the committed
 ``benchmarks/results/gate_user_script*.json``. A ``--policy`` file's contents are part of the
 key too."""
 

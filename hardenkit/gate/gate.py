@@ -49,7 +49,7 @@ from ..errors import (
 )
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
-from ..scan import ScanResult
+from ..scan import ScanReport, ScanResult
 from ..triggers import Trigger, as_trigger
 from ..validate.metrics import ChanceCheck, TriggerLike, chance_check_of, paired_accuracy
 from .policy import DeploymentPolicy
@@ -799,10 +799,24 @@ class Gate:
             flagged_txt = (
                 f", flagged labels {judged.flagged_labels}" if judged.flagged_labels else ""
             )
+            aimed = sorted({y for r in rounds for y in r["against_labels"]})
+            still = [y for y in rescan_suspects(judged.report) if y in aimed] if repaired else []
+            suspect_txt = ""
+            if ok and still and judged.verdict == "suspicious":
+                suspect_txt = (
+                    f"; the repaired label {still[0]} is its most suspicious label: the repair "
+                    "removed the inverted trigger, not necessarily the backdoor (a held-out "
+                    "model shipped at 68.9 % real ASR with such a re-scan, docs/gate.md, "
+                    "stop 59)"
+                )
+                ok = pol.repaired_label_suspect == "allow"
+                if ok:
+                    suspect_txt += " (allowed: repaired_label_suspect is allow)"
             rules.add(
                 "HK-SCAN-001",
                 "pass" if ok else "fail",
                 f"{judged_name}: verdict {judged.verdict} (score {judged.score:.3f}{flagged_txt})"
+                + suspect_txt
                 + (
                     "" if ok or repaired or pol.repair != "never" else "; the policy forbids repair"
                 ),
@@ -1294,6 +1308,23 @@ def flagged_without_trigger(*scans: ScanResult | None) -> list[int]:
         if s is not None:
             out |= {lab for lab in s.flagged_labels if lab not in s.triggers}
     return sorted(out)
+
+
+def rescan_suspects(report: ScanReport) -> list[int]:
+    """The label each ``suspicious`` detector of a scan ranks most extreme on its suspicious
+    side (Neural Cleanse: the smallest mask), most anomalous detector first: what
+    ``repaired_label_suspect`` compares with the labels a repair was aimed at."""
+    rows = sorted(
+        (d for d in report.detectors if d.verdict == "suspicious" and d.classes),
+        key=lambda d: -d.anomaly_index,
+    )
+    out: list[int] = []
+    for d in rows:
+        sign = 1.0 if d.suspicious_side == "low" else -1.0
+        label = min(d.classes, key=lambda c: sign * c.value).label
+        if label not in out:
+            out.append(label)
+    return out
 
 
 def _verdict_ok(verdict: str, worst: str) -> bool:

@@ -59,6 +59,13 @@ class DeploymentPolicy(HardenkitConfig):
             at measured low, and one passed every other rule. Rounds > 1 are for
             investigation: the report shows whether further rounds clear the re-scan.
         rescan_must_be_clean: see ``rescan``; False records the re-scan without judging it.
+        repaired_label_suspect: a re-scan of the repaired model whose verdict is
+            ``suspicious`` because of a label the repair was aimed at (a detector whose own
+            verdict is ``suspicious`` ranks that label most extreme): ``fail`` (default) fails
+            ``HK-SCAN-001``; ``allow`` judges the verdict alone. The repair removed the
+            inverted trigger, which says little about the real one while the label stays the
+            scan's first suspect: the default gate shipped a held-out FTrojan-style model at
+            68.9 % real ASR with this re-scan (stop 59, docs/gate.md).
         min_ba: lowest benign accuracy of the shipped model on held-out data (None: no rule).
         max_ba_drop: largest benign-accuracy loss of the shipped model against the input
             model, on the same held-out images.
@@ -122,6 +129,7 @@ class DeploymentPolicy(HardenkitConfig):
     rescan: bool = True
     max_repair_rounds: Annotated[int, Field(ge=1, le=5)] = 1
     rescan_must_be_clean: bool = True
+    repaired_label_suspect: Literal["fail", "allow"] = "fail"
     max_scan_verdict: Literal["clean", "suspicious"] = "suspicious"
     min_ba: Fraction | None = None
     max_ba_drop: Fraction = 0.03

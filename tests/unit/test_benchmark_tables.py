@@ -167,6 +167,32 @@ def test_user_script_triggers_and_model() -> None:
     assert (hb != big).any(dim=(0, 1)).all()
     assert float((hb - big).abs().max()) <= MODELS["hr-blend"]["alpha"] + 1e-6
     assert user_model()(big).shape == (4, 10)
+    # the held-out invisible triggers (stop 59): FTrojan-style DCT coefficients of U and V ...
+    from benchmarks.user_script import _dct_basis, _dither
+
+    basis = torch.stack([_dct_basis(32, k) for k in range(32)])
+    assert torch.allclose(basis @ basis.T, torch.eye(32), atol=1e-5)  # orthonormal
+    mid = torch.full((4, 3, 32, 32), 0.5)
+    freq = stamp(mid, MODELS["res-freq"]) - mid
+    assert 8 / 255 < float(freq.abs().max()) < 18 / 255  # a faint texture
+    rgb_to_uv = torch.tensor([[-0.14713, -0.28886, 0.436], [0.615, -0.51499, -0.10001]])
+    uv = torch.einsum("kc,chw->khw", rgb_to_uv, freq[0]) * 255
+    coef = basis @ uv @ basis.T  # the 2-D DCT of each plane: only the two positions moved
+    assert torch.allclose(coef[:, 15, 15], torch.full((2,), 80.0), atol=0.5)
+    assert torch.allclose(coef[:, 31, 31], torch.full((2,), 80.0), atol=0.5)
+    coef[:, 15, 15] = coef[:, 31, 31] = 0
+    assert float(coef.abs().max()) < 0.5
+    assert torch.equal(stamp(mid, MODELS["freq"]), stamp(mid, MODELS["res-freq"]))
+    # ... and BppAttack-style colour quantisation with dithering: 8 levels, the local mean kept
+    quant = stamp(x, MODELS["quant"])
+    assert torch.allclose(quant * 7, (quant * 7).round(), atol=1e-5)
+    assert not torch.equal(quant, (x * 7).round() / 7)  # the error is diffused, not rounded
+    flat = _dither(torch.full((1, 3, 32, 32), 0.3), 8)
+    assert abs(float(flat.mean()) - 0.3) < 0.01
+    # the script's own forms and hardenkit's red-team attacks, written apart, agree
+    assert torch.allclose(quant, hk.build_attack("bpp").trigger(x), atol=1e-6)
+    ft = hk.build_attack("ftrojan", magnitude=80 / 255).trigger(mid) - mid
+    assert torch.allclose(ft, freq, atol=1e-6)
 
 
 def test_auto_quick_miss_hides_the_purifiers_own_scan_flags() -> None:

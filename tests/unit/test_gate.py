@@ -551,3 +551,97 @@ def test_a_second_repair_round_runs_when_the_rescan_flags_again(
     assert not scripted
     assert len(rep.repair_rounds) == 1
     assert next(r for r in rep.rules if r.rule_id == "HK-SCAN-001").status == "fail"
+
+
+def _suspicious_rescan(model: torch.nn.Module, smallest: int) -> hk.ScanResult:
+    """A re-scan with no flagged label whose Neural Cleanse is ``suspicious``, ranking
+    ``smallest`` first (its mask is the smallest: index 1.5, under the threshold 2)."""
+    from hardenkit.scan.scanner import DetectorClassRow, DetectorReport
+
+    scan = hk.ScanResult.from_triggers({smallest: hk.PatchTrigger.square(3)}, model=model,
+                                       num_classes=10)  # fmt: skip
+    values = [60.0 + y for y in range(10)]
+    values[smallest] = 37.0
+    rows = [
+        DetectorClassRow(label=y, value=v, anomaly_index=1.5 if y == smallest else 0.4,
+                         flagged=False)
+        for y, v in enumerate(values)
+    ]  # fmt: skip
+    nc = DetectorReport(
+        detector="neural-cleanse", statistic="mask_l1", suspicious_side="low",
+        verdict="suspicious", score=0.28, anomaly_index=1.5, evidence=1.5, threshold=2.0,
+        flagged_labels=[], seconds=0.1, config={}, classes=rows,
+    )  # fmt: skip
+    scan.report = scan.report.model_copy(
+        update={"verdict": "suspicious", "score": 0.28, "flagged_labels": [], "detectors": [nc]}
+    )
+    return scan
+
+
+def test_a_rescan_that_still_suspects_the_repaired_label_fails_hk_scan_001(
+    monkeypatch: pytest.MonkeyPatch, synthetic: Any, clean_model: torch.nn.Module
+) -> None:
+    """Stop 59: the default gate repaired a held-out FTrojan-style model against label 9's
+    inverted trigger, its re-scan was ``suspicious`` with label 9 still the smallest Neural
+    Cleanse mask, and it shipped at 68.9 % real ASR. A ``suspicious`` re-scan that points at
+    the repaired label now fails HK-SCAN-001 (``repaired_label_suspect: allow`` judges the
+    verdict alone); one that points at another label still ships."""
+    from hardenkit.scan import scanner as scanner_mod
+
+    model = clean_model
+    train = synthetic.train.subset(
+        hk.data.stratified_indices(synthetic.train.labels, per_class=30, seed=0)
+    )
+    held = synthetic.test.subset(
+        hk.data.stratified_indices(synthetic.test.labels, per_class=20, seed=0)
+    )
+    first = hk.ScanResult.from_triggers({1: hk.PatchTrigger.square(3)}, model=model, num_classes=10)
+    scripted: list[hk.ScanResult] = []
+    monkeypatch.setattr(scanner_mod.Scanner, "run", lambda self, *a, **k: scripted.pop(0))
+    policy: dict[str, Any] = {
+        "strategy": "finetune",
+        "strategy_config": {"epochs": 1},
+        "max_ba_drop": 1.0,
+        "max_asr": 1.0,
+        "export_onnx": False,
+        "fail_on_skipped": False,
+        "min_holdout_images": 10,
+    }
+
+    def scan_rule(rescan: hk.ScanResult, **extra: Any) -> Any:
+        scripted[:] = [rescan]
+        rep = Gate({**policy, **extra}).run(model, train.loader(), held.loader(), scan=first)
+        assert not scripted
+        assert rep.report.repaired
+        return next(r for r in rep.report.rules if r.rule_id == "HK-SCAN-001"), rep
+
+    rule, res = scan_rule(_suspicious_rescan(model, smallest=1))
+    assert rule.status == "fail", rule.message
+    assert "the repaired label 1 is its most suspicious label" in rule.message
+    assert not res.passed
+    rule, _ = scan_rule(_suspicious_rescan(model, smallest=1), repaired_label_suspect="allow")
+    assert rule.status == "pass", rule.message
+    assert "allowed" in rule.message
+    rule, _ = scan_rule(_suspicious_rescan(model, smallest=5))  # another label: verdict alone
+    assert rule.status == "pass", rule.message
+    assert "most suspicious" not in rule.message
+    with pytest.raises(ConfigError):
+        Gate({"repaired_label_suspect": "maybe"})
+
+
+def test_rescan_suspects_reads_each_suspicious_detector_on_its_own_side() -> None:
+    """A low-side detector suspects its smallest value, a high-side one its largest; clean or
+    backdoored detectors add nothing."""
+    from hardenkit.gate.gate import rescan_suspects
+    from hardenkit.scan.scanner import DetectorReport
+
+    model = hk.create_model("small-cnn", 10)
+    low = _suspicious_rescan(model, smallest=4).report
+    assert rescan_suspects(low) == [4]
+    nc = low.detectors[0]
+    high = DetectorReport(**{**nc.model_dump(), "detector": "mm-bd", "suspicious_side": "high",
+                             "anomaly_index": 1.8})  # fmt: skip
+    both = low.model_copy(update={"detectors": [nc, high]})
+    assert rescan_suspects(both) == [9, 4]  # the larger index first; 9 has the largest value
+    quiet = nc.model_copy(update={"verdict": "clean"})
+    assert rescan_suspects(low.model_copy(update={"detectors": [quiet]})) == []
