@@ -495,7 +495,7 @@ class QuantizeTrigger(Trigger):
 
     Example:
         >>> import torch
-        >>> x = QuantizeTrigger(levels=8)(torch.full((1, 3, 8, 8), 0.3))
+        >>> x = QuantizeTrigger(levels=8)(torch.full((1, 3, 32, 32), 0.3))
         >>> bool(((x * 7).round() == x * 7).all()), round(float(x.mean()), 2)
         (True, 0.3)
     """

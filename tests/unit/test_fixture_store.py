@@ -73,7 +73,8 @@ def test_a_changed_recipe_trains_and_warns(
 
 def test_the_committed_index_names_its_files() -> None:
     index = json.loads(fs.INDEX.read_text())
-    names = {"badnets", "blended", "wanet", "sig", "clean", "badnets-wide", "all-to-all"}
+    names = {"badnets", "blended", "wanet", "sig", "bpp", "ftrojan", "clean", "badnets-wide",
+             "all-to-all"}  # fmt: skip
     assert set(index) == names
     for name, record in index.items():
         assert (fs.STORE / f"{name}.safetensors").is_file(), name
