@@ -32,7 +32,9 @@ trigger and what the trigger adds; when the ASR is over ``max_asr`` but the trig
 nothing significant (exact McNemar test on the same images, p >= 0.05) the verdict says
 *ASR over max_asr from the model's bias, not the trigger* instead of *WRONG*. Writes
 ``benchmarks/results/<out>.{json,md}``; each model's outcome is cached in
-``benchmarks/cache/gate_user/`` (the gate's outputs are kept there too).
+``benchmarks/cache/gate_user/`` (the gate's outputs are kept there too). The gate subprocess
+inherits the environment: to run several of these side by side, set ``OMP_NUM_THREADS=1``
+(six unpinned gates on the 2-core machine had not finished after an hour).
 """
 
 from __future__ import annotations
@@ -94,10 +96,11 @@ ZOO_ARCHS = {
 }
 """``--arch`` of the scanner zoo's architectures (``zoo:<id>`` models)."""
 
-GATE_DEFAULT = "default-s59"
+GATE_DEFAULT = "default-s60"
 """The default policy a cached outcome was measured under (part of the cache key): stop 41
 made ``flagged_without_trigger: fail`` the default; stop 50 added the ``signal`` detector to
-the scan presets; stop 59 made ``repaired_label_suspect: fail`` the default; outcomes
+the scan presets; stop 59 made ``repaired_label_suspect: fail`` the default and stop 60
+narrowed it to labels the same detector had singled out before the repair; outcomes
 measured before are in the committed
 ``benchmarks/results/gate_user_script*.json``. A ``--policy`` file's contents are part of the
 key too."""

@@ -1,6 +1,6 @@
 """Which label does the re-scan of a repaired model suspect, and was the backdoor gone?
 
-    python -m benchmarks.rescan_suspects --out rescan_suspects_s59
+    python -m benchmarks.rescan_suspects --out rescan_suspects_s60
 
 Reads every gate run cached by ``benchmarks.gate_user_script`` (``benchmarks/cache/gate_user/
 <model>-<key>/out/``: ``gate.json`` and ``rescan/report.json``) with the outcome it recorded
@@ -10,7 +10,10 @@ re-scan ranks most extreme (``hardenkit.gate.gate.rescan_suspects``, what the po
 ``repaired_label_suspect`` compares with the repaired labels), whether that rule fails the
 model, and the real ASR the model shipped with. Stop 59 added the rule after the default gate
 shipped a held-out FTrojan-style model at 68.9 % real ASR with a ``suspicious`` re-scan that
-still ranked the repaired label first. Writes ``benchmarks/results/<out>.{json,md}``.
+still ranked the repaired label first. Stop 60 narrowed it to suspects the same detector had
+singled out in the input model's scan too (``scan/report.json``): both forms are listed
+(``suspects (s59)`` / ``rule fails (s59)``: the re-scan alone). Writes
+``benchmarks/results/<out>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -38,8 +41,12 @@ def rows() -> list[dict[str, Any]]:
         gate = json.loads(gate_path.read_text())
         aimed = sorted({y for r in gate.get("repair_rounds", []) for y in r["against_labels"]})
         report = ScanReport.model_validate_json(rescan_path.read_text())
-        suspects = rescan_suspects(report)
+        input_path = run / "scan" / "report.json"
+        before = ScanReport.model_validate_json(input_path.read_text())
+        anywhere = rescan_suspects(report)
+        suspects = rescan_suspects(report, before)
         hit = [y for y in suspects if y in aimed]
+        nc = next((d for d in before.detectors if d.detector == "neural-cleanse"), None)
         real = outcome.get("real ASR in/out") or [None, None]
         scan_rule = next(r for r in gate["rules"] if r["rule_id"] == "HK-SCAN-001")
         out.append(
@@ -47,6 +54,11 @@ def rows() -> list[dict[str, Any]]:
                 "model": outcome.get("model", outcome_path.stem),
                 "repaired labels": aimed,
                 "re-scan": report.verdict,
+                "input scan": before.verdict,
+                "its NC suspect": None if nc is None or not nc.classes else _smallest(nc),
+                "suspects (s59)": anywhere,
+                "rule fails (s59)": report.verdict == "suspicious"
+                and any(y in aimed for y in anywhere),
                 "suspects": suspects,
                 "rule fails": report.verdict == "suspicious" and bool(hit),
                 "HK-SCAN-001 (as run)": scan_rule["status"],
@@ -59,6 +71,10 @@ def rows() -> list[dict[str, Any]]:
     return out
 
 
+def _smallest(d: Any) -> int:
+    return int(min(d.classes, key=lambda c: c.value).label)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -66,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="rescan_suspects", help="results name")
     args = p.parse_args(argv)
     table = rows()
-    cols = ["model", "repaired labels", "re-scan", "suspects", "rule fails",
+    cols = ["model", "input scan", "its NC suspect", "repaired labels", "re-scan",
+            "suspects (s59)", "rule fails (s59)", "suspects", "rule fails",
             "HK-SCAN-001 (as run)", "gate passed (as run)", "real ASR % shipped",
             "verdict (as run)", "cache key"]  # fmt: skip
     write_results(

@@ -435,7 +435,7 @@ class AdditiveTrigger(Trigger):
             >>> round(float(t.delta.abs().max()) * 255, 1)
             6.5
         """
-        if size % window or window < 1:
+        if window < 1 or size % window:
             raise ConfigError(
                 f"the frequency trigger's window ({window}) must divide the image size ({size}).",
                 hint="pick a window that divides the image size (FTrojan uses 32 on CIFAR-10)",

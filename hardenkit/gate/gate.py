@@ -800,14 +800,16 @@ class Gate:
                 f", flagged labels {judged.flagged_labels}" if judged.flagged_labels else ""
             )
             aimed = sorted({y for r in rounds for y in r["against_labels"]})
-            still = [y for y in rescan_suspects(judged.report) if y in aimed] if repaired else []
+            before = None if scan is None else scan.report
+            still = rescan_suspects(judged.report, before) if repaired else []
+            still = [y for y in still if y in aimed]
             suspect_txt = ""
             if ok and still and judged.verdict == "suspicious":
                 suspect_txt = (
-                    f"; the repaired label {still[0]} is its most suspicious label: the repair "
-                    "removed the inverted trigger, not necessarily the backdoor (a held-out "
-                    "model shipped at 68.9 % real ASR with such a re-scan, docs/gate.md, "
-                    "stop 59)"
+                    f"; the repaired label {still[0]} is still its most suspicious label: the "
+                    "repair removed the inverted trigger, not necessarily the backdoor (a "
+                    "held-out model shipped at 68.9 % real ASR with such a re-scan, "
+                    "docs/gate.md, stop 59)"
                 )
                 ok = pol.repaired_label_suspect == "allow"
                 if ok:
@@ -1310,21 +1312,55 @@ def flagged_without_trigger(*scans: ScanResult | None) -> list[int]:
     return sorted(out)
 
 
-def rescan_suspects(report: ScanReport) -> list[int]:
+def rescan_suspects(report: ScanReport, before: ScanReport | None = None) -> list[int]:
     """The label each ``suspicious`` detector of a scan ranks most extreme on its suspicious
     side (Neural Cleanse: the smallest mask), most anomalous detector first: what
-    ``repaired_label_suspect`` compares with the labels a repair was aimed at."""
+    ``repaired_label_suspect`` compares with the labels a repair was aimed at.
+
+    With ``before`` (the input model's scan), a detector's suspect counts only when the same
+    detector had singled that label out before the repair too — flagged it, or ranked it most
+    extreme with a verdict other than ``clean`` — or did not run then: an anomaly the repair
+    left in place, not one it made. (Stop 60: MCL against a warp trigger that ``warp`` had
+    flagged made the same label Neural Cleanse's smallest mask on a model whose real ASR it had
+    cut to 2.45 %; Neural Cleanse had pointed at another label before.)
+
+    >>> from types import SimpleNamespace as S
+    >>> row = lambda y, v: S(label=y, value=v)
+    >>> nc = lambda verdict, flagged, small: S(detector="neural-cleanse", verdict=verdict,
+    ...     classes=[row(y, 10.0 if y == small else 60.0) for y in range(3)],
+    ...     suspicious_side="low", anomaly_index=1.5, flagged_labels=flagged)
+    >>> after = S(detectors=[nc("suspicious", [], 2)])
+    >>> rescan_suspects(after), rescan_suspects(after, S(detectors=[nc("backdoored", [2], 2)]))
+    ([2], [2])
+    >>> rescan_suspects(after, S(detectors=[nc("suspicious", [], 0)]))  # a new suspect
+    []
+    """
     rows = sorted(
         (d for d in report.detectors if d.verdict == "suspicious" and d.classes),
         key=lambda d: -d.anomaly_index,
     )
+    prior = {d.detector: d for d in before.detectors} if before is not None else {}
     out: list[int] = []
     for d in rows:
-        sign = 1.0 if d.suspicious_side == "low" else -1.0
-        label = min(d.classes, key=lambda c: sign * c.value).label
+        label = _most_extreme(d)
+        p = prior.get(d.detector)
+        singled_out = (
+            p is None
+            or not p.classes
+            or label in p.flagged_labels
+            or (p.verdict != "clean" and _most_extreme(p) == label)
+        )
+        if not singled_out:
+            continue
         if label not in out:
             out.append(label)
     return out
+
+
+def _most_extreme(d: Any) -> int:
+    """The label a detector report ranks most extreme on its suspicious side."""
+    sign = 1.0 if d.suspicious_side == "low" else -1.0
+    return int(min(d.classes, key=lambda c: sign * c.value).label)
 
 
 def _verdict_ok(verdict: str, worst: str) -> bool:

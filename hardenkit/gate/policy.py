@@ -61,11 +61,15 @@ class DeploymentPolicy(HardenkitConfig):
         rescan_must_be_clean: see ``rescan``; False records the re-scan without judging it.
         repaired_label_suspect: a re-scan of the repaired model whose verdict is
             ``suspicious`` because of a label the repair was aimed at (a detector whose own
-            verdict is ``suspicious`` ranks that label most extreme): ``fail`` (default) fails
-            ``HK-SCAN-001``; ``allow`` judges the verdict alone. The repair removed the
-            inverted trigger, which says little about the real one while the label stays the
-            scan's first suspect: the default gate shipped a held-out FTrojan-style model at
-            68.9 % real ASR with this re-scan (stop 59, docs/gate.md).
+            verdict is ``suspicious`` ranks that label most extreme, and had singled it out in
+            the input model's scan too — flagged it, or ranked it first with a verdict other
+            than ``clean`` — or did not run then): ``fail`` (default) fails ``HK-SCAN-001``;
+            ``allow`` judges the verdict alone. The repair removed the inverted trigger, which
+            says little about the real one while the label stays the scan's first suspect: the
+            default gate shipped a held-out FTrojan-style model at 68.9 % real ASR with this
+            re-scan (stop 59, docs/gate.md). A suspect the same detector had not pointed at
+            before is one the repair made: stop 60 measured such a re-scan on a repaired WaNet
+            model at 2.45 % real ASR.
         min_ba: lowest benign accuracy of the shipped model on held-out data (None: no rule).
         max_ba_drop: largest benign-accuracy loss of the shipped model against the input
             model, on the same held-out images.

@@ -366,6 +366,9 @@ def test_ftrojan_moves_only_its_dct_coefficients_of_u_and_v() -> None:
     assert torch.allclose(coef[[13, 27], [13, 27]], torch.full((2,), 30.0, dtype=coef.dtype))
     with pytest.raises(ConfigError, match="window"):
         build_attack("ftrojan", image_size=48, window=32)  # 32 does not divide 48
+    for window in (0, -4):  # the trigger itself, not only the attack's config, says so
+        with pytest.raises(ConfigError, match="window"):
+            AdditiveTrigger.frequency(0.1, window=window)
     with pytest.raises(ConfigError, match="positions"):
         build_attack("ftrojan", positions=((15, 32),))
     with pytest.raises(ConfigError, match="1 or 3 channels"):

@@ -553,12 +553,15 @@ def test_a_second_repair_round_runs_when_the_rescan_flags_again(
     assert next(r for r in rep.rules if r.rule_id == "HK-SCAN-001").status == "fail"
 
 
-def _suspicious_rescan(model: torch.nn.Module, smallest: int) -> hk.ScanResult:
+def _suspicious_rescan(
+    model: torch.nn.Module, smallest: int, trigger_label: int | None = None
+) -> hk.ScanResult:
     """A re-scan with no flagged label whose Neural Cleanse is ``suspicious``, ranking
     ``smallest`` first (its mask is the smallest: index 1.5, under the threshold 2)."""
     from hardenkit.scan.scanner import DetectorClassRow, DetectorReport
 
-    scan = hk.ScanResult.from_triggers({smallest: hk.PatchTrigger.square(3)}, model=model,
+    label = smallest if trigger_label is None else trigger_label
+    scan = hk.ScanResult.from_triggers({label: hk.PatchTrigger.square(3)}, model=model,
                                        num_classes=10)  # fmt: skip
     values = [60.0 + y for y in range(10)]
     values[smallest] = 37.0
@@ -617,7 +620,7 @@ def test_a_rescan_that_still_suspects_the_repaired_label_fails_hk_scan_001(
 
     rule, res = scan_rule(_suspicious_rescan(model, smallest=1))
     assert rule.status == "fail", rule.message
-    assert "the repaired label 1 is its most suspicious label" in rule.message
+    assert "the repaired label 1 is still its most suspicious label" in rule.message
     assert not res.passed
     rule, _ = scan_rule(_suspicious_rescan(model, smallest=1), repaired_label_suspect="allow")
     assert rule.status == "pass", rule.message
@@ -627,6 +630,18 @@ def test_a_rescan_that_still_suspects_the_repaired_label_fails_hk_scan_001(
     assert "most suspicious" not in rule.message
     with pytest.raises(ConfigError):
         Gate({"repaired_label_suspect": "maybe"})
+    # stop 60: Neural Cleanse pointed at another label before the repair (a warp detector
+    # flagged label 1): its new suspect is what the repair made, not the backdoor left behind
+    scripted[:] = [_suspicious_rescan(model, smallest=1)]
+    before = _suspicious_rescan(model, smallest=5, trigger_label=1)
+    before.report = before.report.model_copy(
+        update={"flagged_labels": [1], "verdict": "backdoored"}
+    )
+    rep = Gate(policy).run(model, train.loader(), held.loader(), scan=before)
+    rule = next(r for r in rep.report.rules if r.rule_id == "HK-SCAN-001")
+    assert rep.report.repaired
+    assert rule.status == "pass", rule.message
+    assert "most suspicious" not in rule.message
 
 
 def test_rescan_suspects_reads_each_suspicious_detector_on_its_own_side() -> None:
@@ -645,3 +660,13 @@ def test_rescan_suspects_reads_each_suspicious_detector_on_its_own_side() -> Non
     assert rescan_suspects(both) == [9, 4]  # the larger index first; 9 has the largest value
     quiet = nc.model_copy(update={"verdict": "clean"})
     assert rescan_suspects(low.model_copy(update={"detectors": [quiet]})) == []
+    # the input scan: the same detector's suspect counts only when it singled it out then
+    flagged4 = nc.model_copy(update={"verdict": "backdoored", "flagged_labels": [4]})
+    other = _suspicious_rescan(model, smallest=7).report.detectors[0]
+    assert rescan_suspects(low, low) == [4]  # suspicious on 4 before and after
+    assert rescan_suspects(low, low.model_copy(update={"detectors": [flagged4]})) == [4]
+    assert rescan_suspects(low, low.model_copy(update={"detectors": [other]})) == []
+    calm = nc.model_copy(update={"verdict": "clean"})  # ranked 4 first, but called it clean
+    assert rescan_suspects(low, low.model_copy(update={"detectors": [calm]})) == []
+    assert rescan_suspects(both, low.model_copy(update={"detectors": [other]})) == [9]  # mm-bd
+    assert rescan_suspects(low, low.model_copy(update={"detectors": []})) == [4]  # not run
