@@ -3,6 +3,10 @@
     OMP_NUM_THREADS=1 python -m benchmarks.mcl_inversion --variants own --out mcl_inversion_own
     OMP_NUM_THREADS=1 python -m benchmarks.mcl_inversion --variants nc-0,nc-1,nc-roll-0 \\
         --out mcl_inversion_nc
+    OMP_NUM_THREADS=1 python -m benchmarks.mcl_inversion --variants restart1-0,restart2-0 \\
+        --out mcl_inversion_restarts
+    OMP_NUM_THREADS=1 python -m benchmarks.mcl_inversion --variants multi-0 \\
+        --out mcl_inversion_multi
     python -m benchmarks.mcl_inversion --cached-only --out mcl_inversion_s60   # the table
 
 Stop 59's held-out ``res-freq`` (the user script's residual network, FTrojan-style texture at
@@ -20,6 +24,10 @@ clean budget, measured on the 10,000 test images with the real trigger:
   moved by a random even number of pixels each way (circularly): does spreading the few
   inverted pixels over the image reach an image-wide texture? (``min_trigger_asr`` 0.5: the
   moved copies reach the target less often than the inversion where it was found.)
+- ``restart1-<seed>``, ``restart2-<seed>``: the inversion of a Neural-Cleanse-only scan of all
+  the clean images at scan seed 1 or 2 (another random start of the same optimisation), alone;
+- ``multi-<seed>``: MCL against the ``nc`` inversion and both restarts at once (an
+  :class:`~hardenkit.triggers.AlternatingTrigger`: each image of a batch gets one of the three).
 
 Writes ``benchmarks/results/<out>.{json,md}``; rows and the inversion are cached in
 ``benchmarks/cache/mcl_inversion/``.
@@ -38,13 +46,13 @@ from torch import Tensor
 
 import hardenkit as hk
 from hardenkit.scan import ScanResult
-from hardenkit.triggers import CallableTrigger, MaskPatternTrigger, Trigger
+from hardenkit.triggers import AlternatingTrigger, CallableTrigger, MaskPatternTrigger, Trigger
 
 from .common import CACHE, load_cached, load_cifar10, md_table, save_cached, write_results
 from .user_script import ba_asr, clean_loader, load_or_train, model_spec
 
 MODEL = "res-freq"
-VARIANTS = ("own", "nc-0", "nc-1", "nc-roll-0")
+VARIANTS = ("own", "nc-0", "nc-1", "nc-roll-0", "restart1-0", "restart2-0", "multi-0")
 
 
 def _inversion(model: torch.nn.Module, loader: Any, target: int) -> MaskPatternTrigger:
@@ -54,6 +62,19 @@ def _inversion(model: torch.nn.Module, loader: Any, target: int) -> MaskPatternT
         scan = hk.Scanner(model, 10, config=hk.Purifier(model).scan_config).run(loader)
         path.parent.mkdir(parents=True, exist_ok=True)
         (scan.all_triggers.get(target) or scan.triggers[target]).save(path)
+    trig = Trigger.load(path)
+    assert isinstance(trig, MaskPatternTrigger)
+    return trig
+
+
+def _restart(model: torch.nn.Module, loader: Any, target: int, seed: int) -> MaskPatternTrigger:
+    """``target``'s inversion by a Neural-Cleanse-only scan at runtime seed ``seed`` (cached)."""
+    path = CACHE / "mcl_inversion" / f"{MODEL}-nc-only-seed{seed}-label{target}.safetensors"
+    if not path.is_file():
+        cfg = hk.Purifier(model).scan_config.model_copy(update={"detectors": ("neural-cleanse",)})
+        scan = hk.Scanner(model, 10, config=cfg, runtime={"seed": seed}).run(loader)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scan.all_triggers[target].save(path)
     trig = Trigger.load(path)
     assert isinstance(trig, MaskPatternTrigger)
     return trig
@@ -93,6 +114,17 @@ def run_variant(variant: str, cached_only: bool) -> dict[str, Any] | None:
     if variant == "own":
         res = hk.Purifier(model, "mcl").run(loader)
         used = res.scan.triggers.get(target) if res.scan is not None else None
+    elif variant.startswith(("restart", "multi")):
+        kind, seed = variant.split("-")
+        trig = _inversion(model, loader, target)
+        restarts = [_restart(model, loader, target, s) for s in (1, 2)]
+        if kind == "multi":
+            contrast: Trigger = AlternatingTrigger([trig, *restarts])
+        else:
+            contrast = trig = restarts[int(kind.removeprefix("restart")) - 1]
+        scan = ScanResult.from_triggers({target: contrast}, model=model, num_classes=10)
+        res = hk.Purifier(model, "mcl", runtime={"seed": int(seed)}).run(loader, scan=scan)
+        used = contrast
     else:
         *kind, seed = variant.split("-")
         trig = _inversion(model, loader, target)
@@ -106,11 +138,19 @@ def run_variant(variant: str, cached_only: bool) -> dict[str, Any] | None:
         "variant": variant,
         "model": MODEL,
         "status": res.status,
-        "inversion mask L1": None if not isinstance(used, MaskPatternTrigger) else used.mask_l1,
+        "inversion mask L1": _mask_l1(used),
         "seconds": time.perf_counter() - t0,
         **ba_asr(res.model, spec, xt, yt),
     }
     return save_cached(cache, row)
+
+
+def _mask_l1(t: Trigger | None) -> float | str | None:
+    if isinstance(t, MaskPatternTrigger):
+        return t.mask_l1
+    if isinstance(t, AlternatingTrigger):
+        return " / ".join(f"{_mask_l1(p):.2f}" for p in t.parts)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
