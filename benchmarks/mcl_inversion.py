@@ -8,6 +8,8 @@
     OMP_NUM_THREADS=1 python -m benchmarks.mcl_inversion --variants multi-0 \\
         --out mcl_inversion_multi
     python -m benchmarks.mcl_inversion --cached-only --out mcl_inversion_s60   # the table
+    OMP_NUM_THREADS=1 python -m benchmarks.mcl_inversion --model freq --variants nc-0,multi-0 \\
+        --out mcl_inversion_freq                       # (and quant): the same on other models
 
 Stop 59's held-out ``res-freq`` (the user script's residual network, FTrojan-style texture at
 DCT (15, 15), (31, 31) of U and V, target 9): MCL against Neural Cleanse's inversion of label
@@ -52,12 +54,13 @@ from .common import CACHE, load_cached, load_cifar10, md_table, save_cached, wri
 from .user_script import ba_asr, clean_loader, load_or_train, model_spec
 
 MODEL = "res-freq"
+"""The model of the study; ``--model`` runs the same variants on another user-script model."""
 VARIANTS = ("own", "nc-0", "nc-1", "nc-roll-0", "restart1-0", "restart2-0", "multi-0")
 
 
-def _inversion(model: torch.nn.Module, loader: Any, target: int) -> MaskPatternTrigger:
+def _inversion(name: str, model: torch.nn.Module, loader: Any, target: int) -> MaskPatternTrigger:
     """Neural Cleanse's inversion of ``target`` from a scan of all the clean images (cached)."""
-    path = CACHE / "mcl_inversion" / f"{MODEL}-nc-label{target}.safetensors"
+    path = CACHE / "mcl_inversion" / f"{name}-nc-label{target}.safetensors"
     if not path.is_file():
         scan = hk.Scanner(model, 10, config=hk.Purifier(model).scan_config).run(loader)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,9 +70,11 @@ def _inversion(model: torch.nn.Module, loader: Any, target: int) -> MaskPatternT
     return trig
 
 
-def _restart(model: torch.nn.Module, loader: Any, target: int, seed: int) -> MaskPatternTrigger:
+def _restart(
+    name: str, model: torch.nn.Module, loader: Any, target: int, seed: int
+) -> MaskPatternTrigger:
     """``target``'s inversion by a Neural-Cleanse-only scan at runtime seed ``seed`` (cached)."""
-    path = CACHE / "mcl_inversion" / f"{MODEL}-nc-only-seed{seed}-label{target}.safetensors"
+    path = CACHE / "mcl_inversion" / f"{name}-nc-only-seed{seed}-label{target}.safetensors"
     if not path.is_file():
         cfg = hk.Purifier(model).scan_config.model_copy(update={"detectors": ("neural-cleanse",)})
         scan = hk.Scanner(model, 10, config=cfg, runtime={"seed": seed}).run(loader)
@@ -99,14 +104,14 @@ def rolled(trig: MaskPatternTrigger, seed: int = 123) -> CallableTrigger:
     return CallableTrigger(apply, name="rolled inversion")
 
 
-def run_variant(variant: str, cached_only: bool) -> dict[str, Any] | None:
-    cache = CACHE / "mcl_inversion" / f"{MODEL}-{variant}.json"
+def run_variant(variant: str, cached_only: bool, name: str = MODEL) -> dict[str, Any] | None:
+    cache = CACHE / "mcl_inversion" / f"{name}-{variant}.json"
     cached = load_cached(cache)
     if cached is not None or cached_only:
         return cached
     data = load_cifar10()
-    model, info = load_or_train(MODEL, data)
-    spec = model_spec(MODEL)
+    model, info = load_or_train(name, data)
+    spec = model_spec(name)
     target = int(spec["target"])
     loader = clean_loader(spec, info, data)
     xt, yt = data["test"].tensors()
@@ -116,8 +121,8 @@ def run_variant(variant: str, cached_only: bool) -> dict[str, Any] | None:
         used = res.scan.triggers.get(target) if res.scan is not None else None
     elif variant.startswith(("restart", "multi")):
         kind, seed = variant.split("-")
-        trig = _inversion(model, loader, target)
-        restarts = [_restart(model, loader, target, s) for s in (1, 2)]
+        trig = _inversion(name, model, loader, target)
+        restarts = [_restart(name, model, loader, target, s) for s in (1, 2)]
         if kind == "multi":
             contrast: Trigger = AlternatingTrigger([trig, *restarts])
         else:
@@ -127,7 +132,7 @@ def run_variant(variant: str, cached_only: bool) -> dict[str, Any] | None:
         used = contrast
     else:
         *kind, seed = variant.split("-")
-        trig = _inversion(model, loader, target)
+        trig = _inversion(name, model, loader, target)
         used = trig if kind == ["nc"] else rolled(trig)
         scan = ScanResult.from_triggers({target: used}, model=model, num_classes=10)
         cfg = {} if kind == ["nc"] else {"min_trigger_asr": 0.5}
@@ -136,7 +141,7 @@ def run_variant(variant: str, cached_only: bool) -> dict[str, Any] | None:
         used = trig
     row = {
         "variant": variant,
-        "model": MODEL,
+        "model": name,
         "status": res.status,
         "inversion mask L1": _mask_l1(used),
         "seconds": time.perf_counter() - t0,
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    p.add_argument("--model", default=MODEL, help="a backdoored user-script model")
     p.add_argument("--out", default="mcl_inversion", help="results name")
     p.add_argument("--cached-only", action="store_true", help="only variants already measured")
     args = p.parse_args(argv)
@@ -165,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
-    rows = [r for v in names if (r := run_variant(v, args.cached_only)) is not None]
+    rows = [r for v in names if (r := run_variant(v, args.cached_only, args.model)) is not None]
     for r in rows:
         r["BA %"], r["real ASR %"] = 100 * r["ba"], 100 * r["asr"]
-    cols = ["variant", "status", "inversion mask L1", "BA %", "real ASR %", "seconds"]
+    cols = ["model", "variant", "status", "inversion mask L1", "BA %", "real ASR %", "seconds"]
     write_results(
         args.out,
         rows,
