@@ -96,9 +96,10 @@ def rolled(trig: MaskPatternTrigger, seed: int = 123) -> CallableTrigger:
                 out[i] = trig.apply(x[i])
                 continue
             dy, dx = (2 * int(v) for v in torch.randint(0, x.shape[-1] // 2, (2,), generator=g))
-            m = torch.roll(trig.mask, (dy, dx), (0, 1))
-            p = torch.roll(trig.pattern, (dy, dx), (1, 2))
-            out[i] = (1 - m) * x[i] + m * p
+            moved = MaskPatternTrigger(
+                torch.roll(trig.mask, (dy, dx), (0, 1)), torch.roll(trig.pattern, (dy, dx), (1, 2))
+            )
+            out[i] = moved.apply(x[i])
         return out
 
     return CallableTrigger(apply, name="rolled inversion")

@@ -23,7 +23,7 @@ import json
 import sys
 from typing import Any
 
-from hardenkit.gate.gate import rescan_suspects
+from hardenkit.gate.gate import _most_extreme, rescan_suspects
 from hardenkit.scan import ScanReport
 
 from .common import CACHE, md_table, write_results
@@ -55,7 +55,7 @@ def rows() -> list[dict[str, Any]]:
                 "repaired labels": aimed,
                 "re-scan": report.verdict,
                 "input scan": before.verdict,
-                "its NC suspect": None if nc is None or not nc.classes else _smallest(nc),
+                "its NC suspect": None if nc is None or not nc.classes else _most_extreme(nc),
                 "suspects (s59)": anywhere,
                 "rule fails (s59)": report.verdict == "suspicious"
                 and any(y in aimed for y in anywhere),
@@ -69,10 +69,6 @@ def rows() -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _smallest(d: Any) -> int:
-    return int(min(d.classes, key=lambda c: c.value).label)
 
 
 def main(argv: list[str] | None = None) -> int:
