@@ -51,7 +51,7 @@ from hardenkit.scan import ScanResult
 from hardenkit.triggers import AlternatingTrigger, CallableTrigger, MaskPatternTrigger, Trigger
 
 from .common import CACHE, load_cached, load_cifar10, md_table, save_cached, write_results
-from .user_script import ba_asr, clean_loader, load_or_train, model_spec
+from .user_script import MODELS, ba_asr, clean_loader, load_or_train, model_spec
 
 MODEL = "res-freq"
 """The model of the study; ``--model`` runs the same variants on another user-script model."""
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    if args.model not in MODELS:  # the backdoored ones: a clean model has no label to invert
+        known = list(MODELS)
+        raise SystemExit(f"--model {args.model!r} is not a backdoored user-script model: {known}")
     rows = [r for v in names if (r := run_variant(v, args.cached_only, args.model)) is not None]
     for r in rows:
         r["BA %"], r["real ASR %"] = 100 * r["ba"], 100 * r["asr"]
