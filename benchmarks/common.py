@@ -47,7 +47,8 @@ def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
     whose config does not set it (no field while it was 0: older keys stay valid); ``auto``'s
     ``candidate_mcl_detectors`` (none -> ``signal`` at stop 51) likewise; MCL's
     ``recalibrate_prior`` for ``auto`` and ``mcl`` cells whose config does not set it, should it
-    become the default (opt-in since stop 46: no field, older keys stay valid)."""
+    become the default (opt-in since stop 46: no field, older keys stay valid); MCL's
+    ``inversion_restarts`` likewise (opt-in since stop 61)."""
     key: dict[str, Any] = {}
     if strategy in ("auto", "mcl") and "anchor_weight" not in json.dumps(cfg):
         key["mcl_anchor"] = MCLConfig().anchor_weight
@@ -65,6 +66,12 @@ def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
         and MCLConfig().recalibrate_prior
     ):
         key["mcl_recalibrate_prior"] = True
+    if (  # stop 61: opt-in (no field while the default is 0: older keys stay valid)
+        strategy in ("auto", "mcl")
+        and "inversion_restarts" not in json.dumps(cfg)
+        and MCLConfig().inversion_restarts
+    ):
+        key["mcl_inversion_restarts"] = MCLConfig().inversion_restarts
     return key
 
 

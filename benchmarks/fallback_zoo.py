@@ -96,6 +96,9 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     # issue 16, the auto trigger branch: MCL variants that may keep more accuracy
     "mcl-lr01": ("mcl", {"lr_schedule": ((0, 0.01), (10, 0.001))}),
     "mcl-anchor3": ("mcl", {"anchor_weight": 3.0}),
+    # stop 61: MCL's default plus two more Neural Cleanse inversions of its label from other
+    # random starts (MCLConfig.inversion_restarts)
+    "mcl-r2": ("mcl", {"inversion_restarts": 2}),
     # stop 52: a heavier clean-feature anchor (cheaper on the protocol, more patch residue here)
     "mcl-anchor5": ("mcl", {"anchor_weight": 5.0}),
     # MCL's default plus cross-entropy on the clean images (stop 42: a patch residue that MCL
@@ -195,7 +198,8 @@ def run_cell(
         row["branch"] = res.report.details.get("branch")
         if "candidate_sources" in res.report.details:  # which detectors' triggers it unlearned
             row["candidate_sources"] = res.report.details["candidate_sources"]
-        for k in ("val_ba_drop", "train_ba_drop", "candidate_mcl"):  # auto's accuracy checks
+        # auto's accuracy checks; MCL's own inversions of its label (stop 61)
+        for k in ("val_ba_drop", "train_ba_drop", "candidate_mcl", "inversion_restarts"):
             if k in res.report.details:
                 row[k] = res.report.details[k]
         row.update(_measure(res.model, trigger, test, tgt))

@@ -112,6 +112,9 @@ DEFENCES: dict[str, tuple[str, dict[str, Any]]] = {
     "mcl-rs1": ("mcl", {}),
     "mcl-rs2": ("mcl", {}),
     "mcl-rs3": ("mcl", {}),
+    # stop 61: MCL against the scan's inversion plus two more Neural Cleanse inversions of the
+    # label from other random starts (MCLConfig.inversion_restarts, opt-in)
+    "mcl-r2": ("mcl", {"inversion_restarts": 2}),
     "mcl+ce": ("mcl", {"ce_weight": 1.0}),
     "mcl-lr0.01": ("mcl", {"lr_schedule": [[0, 0.01], [10, 0.001]]}),
     # D3 (the official code's train / hinge / λ 0.5, best-val selection) and its λ, hinge and

@@ -381,6 +381,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     # ... and D3's default (the official code's: every parameter trains, absolute hinge, λ 0.5)
     "d3-code": ("d3", {}),
+    # MCL (on a flagged label and in the checked candidate run) against its label's inversion
+    # plus two more Neural Cleanse inversions from other random starts (stop 61)
+    "restarts2": ("auto", {"trigger_config": {"inversion_restarts": 2}}),
 }
 """Named non-default Purifier settings; any name (or strategy) + ``-miss`` gets the missed scan."""
 

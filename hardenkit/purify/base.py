@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -17,7 +17,7 @@ from .._utils.progress import ProgressCallback
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
 from ..data.store import ImageStore
 from ..registry import Registry
-from ..scan import ScanResult
+from ..scan import ScanConfig, ScanResult
 from ..training import evaluate_accuracy, trigger_asr
 from ..triggers import Trigger
 
@@ -277,6 +277,10 @@ class PurifyContext:
     """Human-readable remarks the strategy wants in the report (fallbacks, skipped triggers)."""
     dist: Distributed | None = None
     """The data-parallel context under ``torchrun``; ``None`` in a single process."""
+    scan_config: ScanConfig | None = None
+    """The Purifier's Scanner settings (``Purifier.scan_config``): what a strategy that
+    inverts a trigger again (MCL's ``inversion_restarts``) runs with; ``None``: the
+    Scanner's defaults."""
     _full: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     @property
@@ -292,6 +296,28 @@ class PurifyContext:
         if "x_val" not in self._full:
             self._full["x_val"] = self.val_images.to_tensor()
         return self._full["x_val"]
+
+
+class StoreBatches:
+    """``(x, y)`` CPU batches of an :class:`~hardenkit.data.store.ImageStore` and its labels,
+    read on each iteration (no full float copy): a loader for the Scanner.
+
+    >>> import torch
+    >>> from hardenkit.data.store import as_store
+    >>> store = as_store(torch.rand(5, 3, 4, 4))
+    >>> [len(x) for x, _ in StoreBatches(store, torch.arange(5), size=2)]
+    [2, 2, 1]
+    """
+
+    def __init__(self, x: ImageStore, y: Tensor, size: int = 512) -> None:
+        self.x, self.y, self.size = x, y, size
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for i in range(0, len(self.y), self.size):
+            yield self.x[i : i + self.size].cpu(), self.y[i : i + self.size].cpu()
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +46,7 @@ from .base import (
     PurificationStatus,
     PurificationStrategy,
     PurifyContext,
+    StoreBatches,
     StrategyOutcome,
     select_triggers,
 )
@@ -539,7 +539,7 @@ class Purifier:
         if scan is None and (strat.needs_trigger or strat.uses_scan) and not mismatch:
             notes.append("no scan given: ran the Scanner on the purification images first")
             scan = Scanner(original, k, config=self.scan_config, runtime=rt, progress=progress).run(
-                _Batches(x_tr, y_tr)
+                StoreBatches(x_tr, y_tr)
             )
         if len(y_ho) == 0:
             notes.append(
@@ -577,6 +577,7 @@ class Purifier:
             input_shape=shape,
             notes=notes,
             dist=dist,
+            scan_config=self.scan_config,
         )
         if mismatch:
             outcome = StrategyOutcome(model=work, status="refused")
@@ -916,17 +917,3 @@ def _hashes(x: ImageStore) -> set[bytes]:
         flat = (xb.cpu().clamp(0, 1) * 255).round().to(torch.uint8).flatten(1)
         out.update(hashlib.sha1(row.numpy().tobytes()).digest() for row in flat)
     return out
-
-
-class _Batches:
-    """``(x, y)`` batches of a store, read on each iteration (no full float copy)."""
-
-    def __init__(self, x: ImageStore, y: Tensor, size: int = 512) -> None:
-        self.x, self.y, self.size = x, y, size
-
-    def __len__(self) -> int:
-        return -(-len(self.y) // self.size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for i in range(0, len(self.y), self.size):
-            yield self.x[i : i + self.size].cpu(), self.y[i : i + self.size]

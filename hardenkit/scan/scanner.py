@@ -652,15 +652,7 @@ class Scanner:
             image_shape = (shape[0], shape[1], shape[2])
             k = self._check_model(model, torch.zeros(2, *image_shape, device=device))
         else:
-            x, y = materialize(
-                clean_loader,
-                input_normalization=rt.input_normalization,
-                device="cpu",
-                where="clean_loader",
-            )
-            image_shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
-            k = self._check_model(model, x[:2].to(device))
-            self._check_labels(y, k)
+            x, y, k, image_shape = self._images(clean_loader, model, device)
             chance = chance_check_of(model, x, y, k, runtime=rt)
             if chance.above is False:
                 _log.warning(
@@ -681,21 +673,9 @@ class Scanner:
             _log.info("scan.probabilities")
             model.register_forward_hook(log_probabilities_hook)  # on the scanner's own copy
         labels = self._candidates(k)
-        ctx = DetectorContext(
-            model=model,
-            num_classes=k,
-            image_shape=image_shape,
-            device=device,
-            amp=rt.use_amp(device),
-            seed=rt.seed,
-            x=x_inv,
-            y=y_inv,
-            labels=labels,
-            progress=progress,
-            x_holdout=x_hold,
-            y_holdout=y_hold,
-            deadline=None if self.config.max_seconds is None else t_start + self.config.max_seconds,
-            all_labels=labels,
+        images = (x_inv, y_inv, x_hold, y_hold)
+        ctx = self._context(
+            model, device, k, image_shape, images, labels, labels, progress, t_start
         )
         outputs = [_detect(det, ctx, dist) for det in self.detectors]
         all_triggers, sources = _choose_triggers(outputs)
@@ -738,7 +718,114 @@ class Scanner:
             inversions=inversions,
         )
 
+    def invert(
+        self, clean_loader: BatchSource, labels: Sequence[int]
+    ) -> dict[str, dict[int, Trigger]]:
+        """The recovered triggers of ``labels`` alone, as a full :meth:`run` of this scanner
+        computes them — the same inversion images and the same random starts — without the
+        other labels and without any decision: ``{detector: {label: trigger}}`` for the
+        trigger-recovering detectors (a detector without separate inversion and decision
+        phases runs whole).
+
+        :class:`~hardenkit.purify.MCLConfig`'s ``inversion_restarts`` uses it to invert one
+        label again from other random starts (another ``runtime.seed``) at a tenth of the
+        cost of a full ten-class scan. Runs in this process only (no label sharding).
+
+        Example:
+            >>> import hardenkit as hk
+            >>> model = hk.create_model("small-cnn", num_classes=4, normalization=None)
+            >>> data = hk.data.make_synthetic_dataset(num_classes=4, train_per_class=20)
+            >>> scanner = hk.Scanner(model, 4, config={
+            ...     "detector_options": {"neural-cleanse": {"epochs": 2}}})
+            >>> inv = scanner.invert(data.train.loader(), [2])
+            >>> sorted(inv["neural-cleanse"])
+            [2]
+        """
+        rt = self.runtime
+        seed_everything(rt.seed)
+        device = rt.resolve_device()
+        model = copy.deepcopy(self.model).to(device).eval()
+        model.requires_grad_(False)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        x, y, k, image_shape = self._images(clean_loader, model, device)
+        candidates = self._candidates(k)
+        wanted = [int(v) for v in labels]
+        outside = [v for v in wanted if v not in candidates]
+        if not wanted or outside or len(set(wanted)) != len(wanted):
+            raise ConfigError(
+                f"invert needs distinct labels among the scan's candidates {candidates}, got "
+                f"{list(labels)}."
+            )
+        x_inv, y_inv, x_hold, y_hold = self._split(x, y, k, None, device)
+        with torch.no_grad():
+            if returns_probabilities(model(x_inv[:8])):
+                model.register_forward_hook(log_probabilities_hook)
+        progress = make_progress(rt.progress, self._progress)
+        images = (x_inv, y_inv, x_hold, y_hold)
+        started = time.perf_counter()
+        ctx = self._context(
+            model, device, k, image_shape, images, wanted, candidates, progress, started
+        )
+        out: dict[str, dict[int, Trigger]] = {}
+        for det in self.detectors:
+            if type(det).splits_into_phases():
+                found = det.invert(ctx).triggers
+            else:
+                found = det.detect(dataclasses.replace(ctx, labels=candidates)).triggers
+            kept = {v: t for v, t in found.items() if v in wanted}
+            if kept:
+                out[det.name] = kept
+        return out
+
     # ------------------------------------------------------------------ helpers
+    def _context(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        k: int,
+        image_shape: tuple[int, int, int],
+        images: tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None],
+        labels: list[int],
+        all_labels: list[int],
+        progress: ProgressCallback,
+        started: float,
+    ) -> DetectorContext:
+        """What the detectors get (``k`` classes, the model on ``device``): ``images`` are
+        (inversion x, y, held-out x, y); the wall-time budget counts from ``started``."""
+        rt, (x_inv, y_inv, x_hold, y_hold) = self.runtime, images
+        return DetectorContext(
+            model=model,
+            num_classes=k,
+            image_shape=image_shape,
+            device=device,
+            amp=rt.use_amp(device),
+            seed=rt.seed,
+            x=x_inv,
+            y=y_inv,
+            labels=labels,
+            progress=progress,
+            x_holdout=x_hold,
+            y_holdout=y_hold,
+            deadline=None if self.config.max_seconds is None else started + self.config.max_seconds,
+            all_labels=all_labels,
+        )
+
+    def _images(
+        self, clean_loader: BatchSource, model: nn.Module, device: torch.device
+    ) -> tuple[Tensor, Tensor, int, tuple[int, int, int]]:
+        """The clean images and labels (on the CPU), the number of classes and the image
+        shape, checked against the model and ``min_images_per_class``."""
+        x, y = materialize(
+            clean_loader,
+            input_normalization=self.runtime.input_normalization,
+            device="cpu",
+            where="clean_loader",
+        )
+        image_shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+        k = self._check_model(model, x[:2].to(device))
+        self._check_labels(y, k)
+        return x, y, k, image_shape
+
     def _check_model(self, model: nn.Module, probe: Tensor) -> int:
         k = infer_num_classes(model, probe)
         if self.num_classes is not None and k != self.num_classes:

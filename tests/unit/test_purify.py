@@ -999,3 +999,62 @@ def test_the_trigger_guard_judges_the_triggers_the_repair_was_aimed_at() -> None
     assert _targeted(given, {}) == {3, 5}  # triggers you give are all judged
     assert _targeted(None, {"triggers": [7]}) == {7}
     assert _targeted(None, {"triggers": "x"}) == set()
+
+
+def test_mcl_inversion_restarts_add_neural_cleanse_inversions_of_the_label(
+    fx: BackdoorFixture,
+) -> None:
+    bd = fx.backdoored
+    scan = ScanResult.from_triggers({0: bd.trigger}, model=bd.model, num_classes=4)
+    nc = {"neural-cleanse": {"epochs": 3}}
+    purifier = hk.Purifier(
+        bd.model,
+        "mcl",
+        config={"epochs": 1, "inversion_restarts": 2, "min_trigger_asr": 0.0},
+        scan_config={"detector_options": nc},
+        runtime={"seed": 5},
+    )
+    res = purifier.run(_loader(fx), scan=scan)
+    details = res.report.details
+    assert details["triggers"] == [0]  # one label, three triggers
+    restarts = details["inversion_restarts"]
+    assert [(r["label"], r["seed"], r["used"]) for r in restarts] == [(0, 6, True), (0, 7, True)]
+    assert all(0 <= r["asr"] <= 1 and r["mask_l1"] > 0 for r in restarts)
+    assert restarts[0]["mask_l1"] != restarts[1]["mask_l1"]  # two random starts
+    # a restart too weak for min_trigger_asr is skipped with a note; the label's own stays
+    known = ScanResult.from_triggers(
+        {0: bd.trigger}, model=bd.model, num_classes=4, trigger_asr={0: 1.0}
+    )
+    weak = {"neural-cleanse": {"epochs": 1, "lr": 1e-6}}  # the random start, barely moved
+    strict = hk.Purifier(
+        bd.model,
+        "mcl",
+        config={"epochs": 1, "inversion_restarts": 1, "min_trigger_asr": 0.99},
+        scan_config={"detector_options": weak},
+    ).run(_loader(fx), scan=known)
+    assert strict.report.details["inversion_restarts"][0]["used"] is False
+    assert any("skipped inversion restart 1 of label 0" in n for n in strict.report.notes)
+    assert strict.status == "purified"  # against the label's own trigger
+    # the default (and the paper preset) run none
+    assert MCLConfig().inversion_restarts == 0
+    assert MCLConfig(preset="paper", inversion_restarts=3).resolved().inversion_restarts == 3
+    with pytest.raises(ValueError):
+        MCLConfig(inversion_restarts=-1)
+
+
+def test_mcl_inversion_restart_that_cannot_run_is_noted(fx: BackdoorFixture) -> None:
+    bd = fx.backdoored
+    scan = ScanResult.from_triggers(
+        {0: bd.trigger}, model=bd.model, num_classes=4, trigger_asr={0: 1.0}
+    )
+    res = hk.Purifier(
+        bd.model,
+        "mcl",
+        config={"epochs": 1, "inversion_restarts": 1},
+        scan_config={"min_images_per_class": 100_000},
+    ).run(_loader(fx), scan=scan)
+    assert res.status == "purified"  # contrasted against the scan's trigger alone
+    (record,) = res.report.details["inversion_restarts"]
+    assert record["used"] is False
+    assert "too few clean images per class" in record["error"]
+    assert any("MCL inversion restart 1 of label 0 could not run" in n for n in res.report.notes)

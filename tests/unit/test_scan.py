@@ -617,3 +617,26 @@ def test_calibration_compares_every_detector_that_decides_at_the_reference_thres
     assert cal is not None
     assert cal["detectors"] == ["neural-cleanse"]
     assert _calibration([rep("neural-cleanse", 0.9)], 4) is None  # other number of labels
+
+
+def test_invert_recovers_a_label_as_the_full_scan_does() -> None:
+    model = hk.create_model("small-cnn", num_classes=4, normalization=None)
+    data = hk.data.make_synthetic_dataset(num_classes=4, train_per_class=20)
+    config = {"detector_options": {"neural-cleanse": {"epochs": 3}}}
+    scanner = hk.Scanner(model, 4, config=config, runtime={"seed": 3})
+    full = scanner.run(data.train.loader())
+    alone = scanner.invert(data.train.loader(), [2])
+    trig, ref = alone["neural-cleanse"][2], full.inversions["neural-cleanse"][2]
+    assert isinstance(trig, hk.MaskPatternTrigger)
+    assert isinstance(ref, hk.MaskPatternTrigger)
+    # the same images and random start: the label's row of the batched optimisation
+    torch.testing.assert_close(trig.mask, ref.mask, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(trig.pattern, ref.pattern, atol=1e-4, rtol=1e-4)
+    other = hk.Scanner(model, 4, config=config, runtime={"seed": 4}).invert(
+        data.train.loader(), [2]
+    )["neural-cleanse"][2]
+    assert isinstance(other, hk.MaskPatternTrigger)
+    assert not torch.allclose(other.mask, trig.mask)  # another seed: another start
+    for bad in ([], [2, 2], [7]):
+        with pytest.raises(ConfigError, match="distinct labels"):
+            scanner.invert(data.train.loader(), bad)
