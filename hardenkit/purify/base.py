@@ -298,6 +298,19 @@ class PurifyContext:
         return self._full["x_val"]
 
 
+def pixel_runtime(runtime: RuntimeConfig) -> RuntimeConfig:
+    """``runtime`` for a Scanner (or Validator) run on images the Purifier already holds: they
+    are [0, 1] pixels, so ``input_normalization`` (which converts the *user's* normalized
+    batches back to pixels) must not be applied a second time.
+
+    >>> from hardenkit.config import RuntimeConfig
+    >>> rt = RuntimeConfig(input_normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    >>> pixel_runtime(rt).input_normalization is None, pixel_runtime(rt).seed == rt.seed
+    (True, True)
+    """
+    return runtime.model_copy(update={"input_normalization": None})
+
+
 class StoreBatches:
     """``(x, y)`` CPU batches of an :class:`~hardenkit.data.store.ImageStore` and its labels,
     read on each iteration (no full float copy): a loader for the Scanner.

@@ -36,6 +36,7 @@ from .base import (
     StrategyConfig,
     StrategyOutcome,
     TriggerLabels,
+    pixel_runtime,
     select_triggers,
     with_preset,
 )
@@ -331,7 +332,7 @@ class MCLStrategy(PurificationStrategy):
             )
             for r in range(1, cfg.inversion_restarts + 1):
                 seed = ctx.runtime.seed + r
-                runtime = ctx.runtime.model_copy(update={"seed": seed})
+                runtime = pixel_runtime(ctx.runtime).model_copy(update={"seed": seed})
                 record: dict[str, Any] = {"label": label, "seed": seed, "used": False}
                 records.append(record)
                 started = time.perf_counter()

@@ -48,6 +48,7 @@ from .base import (
     PurifyContext,
     StoreBatches,
     StrategyOutcome,
+    pixel_runtime,
     select_triggers,
 )
 
@@ -538,9 +539,9 @@ class Purifier:
             )
         if scan is None and (strat.needs_trigger or strat.uses_scan) and not mismatch:
             notes.append("no scan given: ran the Scanner on the purification images first")
-            scan = Scanner(original, k, config=self.scan_config, runtime=rt, progress=progress).run(
-                StoreBatches(x_tr, y_tr)
-            )
+            scan = Scanner(
+                original, k, config=self.scan_config, runtime=pixel_runtime(rt), progress=progress
+            ).run(StoreBatches(x_tr, y_tr))
         if len(y_ho) == 0:
             notes.append(
                 "no held-out clean images: BA and the inverted triggers' ASR were not measured "

@@ -54,6 +54,7 @@ from .base import (
     StrategyConfig,
     StrategyOutcome,
     TriggerLabels,
+    pixel_runtime,
     select_triggers,
 )
 from .channels import ChannelMask, ChannelSet, ablation_fill, apply_pruning
@@ -351,7 +352,7 @@ class ShapleyPruningStrategy(PurificationStrategy):
         if scan is None:
             scan_cfg = ScanConfig.model_validate(_merge(_FEW_SHOT_SCAN, cfg.scan))
             own_scan = scan = Scanner(
-                ctx.original, k, config=scan_cfg, runtime=rt, progress=ctx.progress
+                ctx.original, k, config=scan_cfg, runtime=pixel_runtime(rt), progress=ctx.progress
             ).run([(xs_aug, ys_aug)])
             details["scan"] = {
                 "verdict": scan.verdict,

@@ -1058,3 +1058,44 @@ def test_mcl_inversion_restart_that_cannot_run_is_noted(fx: BackdoorFixture) -> 
     assert record["used"] is False
     assert "too few clean images per class" in record["error"]
     assert any("MCL inversion restart 1 of label 0 could not run" in n for n in res.report.notes)
+
+
+def test_the_purifiers_own_scans_see_pixels_when_the_loader_is_normalized(
+    fx: BackdoorFixture,
+) -> None:
+    """The Purifier holds [0, 1] pixels once it has read a normalized loader; its own scan and
+    MCL's inversion restarts must not undo the normalization a second time (before stop 61
+    they saw pixels squeezed into [mean, mean + std]: [0.5, 0.75] here)."""
+    from unittest import mock
+
+    import hardenkit.scan.scanner as scanner_mod
+    from hardenkit.data.loaders import materialize
+
+    seen: list[tuple[float, float]] = []
+
+    def spy(loader: object, **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = materialize(loader, **kw)  # type: ignore[arg-type]
+        seen.append((float(x.min()), float(x.max())))
+        return x, y
+
+    x, y = fx.data.train.tensors()
+    x = x.float() / 255 if x.dtype == torch.uint8 else x
+    normalized = [((x[i : i + 50] - 0.5) / 0.25, y[i : i + 50]) for i in range(0, len(y), 50)]
+    norm = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    nc = {"detectors": ["neural-cleanse"], "detector_options": {"neural-cleanse": {"epochs": 1}}}
+    config = {"epochs": 1, "inversion_restarts": 1, "min_trigger_asr": 0.0}
+    with mock.patch.object(scanner_mod, "materialize", spy):
+        res = hk.Purifier(
+            fx.backdoored.model,
+            "mcl",
+            config=config,
+            scan_config=nc,
+            runtime={"input_normalization": norm},
+            require_above_chance=False,
+        ).run(normalized)
+    assert "no scan given: ran the Scanner on the purification images first" in res.report.notes
+    assert len(seen) >= 1  # the Purifier's own scan (and the restart when MCL ran)
+    for low, high in seen:
+        assert low >= 0.0
+        assert high <= 1.0
+        assert high - low > 0.9  # the images' own range, not [0.5, 0.75]
