@@ -76,14 +76,39 @@ def mcl_default_key(strategy: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def guard_fields(report: PurificationReport) -> dict[str, Any]:
-    """A purification's known-trigger rows and trigger guard (stop 54) and its utility guard
-    with the paired interval of the BA drop (stop 55), for a benchmark cell."""
-    guard, utility = report.trigger_guard, report.utility_guard
+    """A purification's known-trigger rows and trigger guard (stop 54), its utility guard
+    with the paired interval of the BA drop (stop 55) and the recheck of the judged labels
+    (stop 62), for a benchmark cell."""
+    guard, utility, recheck = report.trigger_guard, report.utility_guard, report.recheck
     return {
         "trigger_asr": [t.model_dump() for t in report.trigger_asr],
         "trigger_guard": None if guard is None else guard.model_dump(),
         "utility_guard": None if utility is None else utility.model_dump(),
+        "recheck": None if recheck is None else recheck.model_dump(),
     }
+
+
+def recheck_cell(recheck: dict[str, Any] | None) -> str:
+    """A table cell for a purification's recheck (``guard_fields(...)["recheck"]``): each
+    rechecked label's anomaly index before -> after and whether it passed; ``-`` when none ran.
+
+    >>> recheck_cell({"passed": False, "skipped": None, "rows": [{"label": 0,
+    ...     "anomaly_before": 8.73, "anomaly_after": 6.2, "flagged_after": True}]})
+    '0: 8.73 -> 6.20 flagged (fail)'
+    >>> recheck_cell({"passed": None, "skipped": "the scan was passed in", "rows": []})
+    'skipped'
+    """
+    if not recheck:
+        return "-"
+    if recheck.get("skipped"):
+        return "skipped"
+    parts = [
+        f"{r['label']}: {r['anomaly_before']:.2f} -> {r['anomaly_after']:.2f}"
+        + (" flagged" if r["flagged_after"] else "")
+        for r in recheck.get("rows", [])
+    ]
+    verdict = {True: "pass", False: "fail", None: "n/a"}[recheck.get("passed")]
+    return "; ".join(parts) + f" ({verdict})"
 
 
 def save_cached(cache: Path, row: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from .common import (
     load_cifar10,
     mcl_default_key,
     md_table,
+    recheck_cell,
     write_results,
 )
 from .purify_cpu import measure
@@ -163,6 +164,7 @@ def run_cell(
     v = 6 if defence == "auto" else 2 if defence.startswith("auto-miss") else 1
     spec = {"model": mid, "defence": defence, "cfg": cfg, "v": v}
     spec.update(mcl_default_key(strategy, cfg))
+    spec["recheck"] = 1  # the Purifier's recheck of the judged label (stop 62)
     key = config_hash(spec)
     cache = CACHE / "fallback" / f"{mid}-{defence}-{key}.json"
     cached = load_cached(cache)
@@ -250,9 +252,16 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             show = ("model", "defence", "ba", "asr", "seconds", "status")
             print(json.dumps({k: row[k] for k in show}), flush=True)
-    pct = [{**r, **{k: 100 * r[k] for k in ("ba", "asr", "ra", "ba_drop")}} for r in rows]
+    pct = [
+        {
+            **r,
+            **{k: 100 * r[k] for k in ("ba", "asr", "ra", "ba_drop")},
+            "recheck": recheck_cell(r.get("recheck")),
+        }
+        for r in rows
+    ]
     columns = ["model", "attack", "defence", "ba", "asr", "ra", "ba_drop", "der", "seconds",
-               "status", "branch"]  # fmt: skip
+               "status", "branch", "recheck"]  # fmt: skip
     summary: list[dict[str, Any]] = []
     for d in dict.fromkeys(defences[1:] + clean_defences[1:]):
         mine = [r for r in pct if r["defence"] == d and r["attack"] != "clean"]

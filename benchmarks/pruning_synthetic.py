@@ -9,8 +9,10 @@ budget is 100 non-poisoned training images per class. Rows: fine-pruning (defaul
 tests' 20 fine-tuning epochs), anp (the tests' 300 mask iterations), shapley-pruning with one
 image per class (its own inverted trigger — with the default mean ablation and with zero
 ablation — and, as a diagnostic, the *real* trigger given as the scan), and data-free
-shapley-pruning. BA / ASR on the 1,000 synthetic test images with the
-real trigger. Writes ``benchmarks/results/pruning_synthetic.{json,md}``.
+shapley-pruning (without real images, and with 1,000 real ones for the Purifier's
+measurements only, as the integration test). BA / ASR on the 1,000 synthetic test images with
+the real trigger; the trigger guard's and the recheck's verdicts (stop 62). Writes
+``benchmarks/results/pruning_synthetic.{json,md}``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import hardenkit as hk
 from hardenkit.models import SmallCNN
 
-from .common import write_results
+from .common import guard_fields, recheck_cell, write_results
 
 ROWS: list[tuple[str, str, dict[str, Any], str]] = [
     ("fine-pruning", "fine-pruning", {}, "budget"),
@@ -40,6 +42,12 @@ ROWS: list[tuple[str, str, dict[str, Any], str]] = [
     ),
     ("shapley-pruning, 1 image/class, real trigger", "shapley-pruning", {}, "one-shot-real"),
     ("shapley-pruning, data-free", "shapley-pruning", {"max_permutations": 50}, "data-free"),
+    (
+        "shapley-pruning, data-free, 1,000 held-out images",
+        "shapley-pruning",
+        {"max_permutations": 50},
+        "data-free-holdout",
+    ),
 ]
 
 
@@ -53,8 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         "seeds 0..N-1 (the seed changes the augmented copies, the inversion and the estimate), "
         "written to pruning_synthetic_seeds",
     )
+    ap.add_argument(
+        "--only",
+        default=None,
+        help="run only the rows whose name contains this text (e.g. 'data-free')",
+    )
+    ap.add_argument("--out", default=None, help="result name (default pruning_synthetic)")
     args = ap.parse_args(argv)
-    rows_spec: list[tuple[str, str, dict[str, Any], str, int]] = [(*r, 0) for r in ROWS]
+    rows_spec: list[tuple[str, str, dict[str, Any], str, int]] = [
+        (*r, 0) for r in ROWS if args.only is None or args.only in r[0]
+    ]
     if args.seeds:
         rows_spec = [
             (f"shapley-pruning, 1 image/class, seed {s}", "shapley-pruning", {}, "one-shot", s)
@@ -94,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             res = hk.Purifier(bd.model, strategy, config=cfg).run(budget.loader())
         elif mode == "data-free":
             res = hk.Purifier(bd.model, strategy, config=cfg, input_shape=(3, 32, 32)).run(None)
+        elif mode == "data-free-holdout":  # real images for the measurements only
+            res = hk.Purifier(bd.model, strategy, config=cfg, input_shape=(3, 32, 32)).run(
+                None, holdout_loader=budget.loader()
+            )
         else:
             if mode == "one-shot-real":
                 scan = hk.ScanResult.from_triggers(
@@ -117,12 +137,15 @@ def main(argv: list[str] | None = None) -> int:
                 "clean images": used["train"] + used["validation"],
                 "pruned": f"{pruning['pruned']} of {pruning['total']}" if pruning else "-",
                 "status": res.status,
+                "trigger guard": _guard_cell(res.report),
+                "recheck": recheck_cell(guard_fields(res.report)["recheck"]),
             }
         )
         print(f"  BA {100 * ba:.2f} ASR {100 * asr:.2f} {secs:.0f}s {rows[-1]['pruned']}")
-    cols = ["defence", "BA %", "ASR %", "seconds", "clean images", "pruned", "status"]
+    cols = ["defence", "BA %", "ASR %", "seconds", "clean images", "pruned", "status",
+            "trigger guard", "recheck"]  # fmt: skip
     write_results(
-        "pruning_synthetic_seeds" if args.seeds else "pruning_synthetic",
+        args.out or ("pruning_synthetic_seeds" if args.seeds else "pruning_synthetic"),
         rows,
         cols,
         {
@@ -131,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     return 0
+
+
+def _guard_cell(report: Any) -> str:
+    """The trigger guard's judged label and added ASR (``-`` when nothing was judged)."""
+    g = report.trigger_guard
+    if g is None or g.added_asr is None:
+        return "-"
+    return f"{g.label}: +{100 * g.added_asr:.2f} ({'pass' if g.passed else 'fail'})"
 
 
 if __name__ == "__main__":

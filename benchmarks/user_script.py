@@ -54,6 +54,7 @@ from .common import (
     load_cifar10,
     mcl_default_key,
     md_table,
+    recheck_cell,
     save_cached,
     write_results,
 )
@@ -730,6 +731,7 @@ def run_cell(
         spec_key["v"] = 2  # auto adds warp's smallest reached label (stop 37)
     if "signal" in hk.scan.budget.DEFAULT_DETECTORS:  # the presets' scan since stop 50
         spec_key["detectors"] = list(hk.scan.budget.DEFAULT_DETECTORS)
+    spec_key["recheck"] = 1  # the Purifier's recheck of the judged label (stop 62)
     key = config_hash(spec_key)
     cache = CACHE / "user_script" / f"{name}-{defence}-{key}.json"
     cached = load_cached(cache)
@@ -859,11 +861,12 @@ def main(argv: list[str] | None = None) -> int:
             "ASR %": None if r["asr"] is None else 100 * r["asr"],
             "BA drop": 100 * r["ba_drop"],
             "DER %": None if r["der"] is None else 100 * r["der"],
+            "recheck": recheck_cell(r.get("recheck")),
         }
         for r in rows
     ]
     cols = ["model", "trigger", "target", "defence", "BA %", "ASR %", "BA drop", "DER %",
-            "seconds", "status", "flagged", "branch"]  # fmt: skip
+            "seconds", "status", "flagged", "branch", "recheck"]  # fmt: skip
     write_results(
         args.out,
         table,

@@ -102,6 +102,13 @@ def add_parser(sub: Any) -> None:
         "the gate's max_asr); more gives status 'backdoor-remains' and exit 1; 1 turns it off",
     )
     p.add_argument(
+        "--no-recheck",
+        action="store_true",
+        help="do not scan the repaired model again (by default a label the trigger guard judges "
+        "that a scan of the repaired model still flags gives 'backdoor-remains' and exit 1; "
+        "skipped with --scan, whose images are not known)",
+    )
+    p.add_argument(
         "--skip-chance-check",
         action="store_true",
         help="repair even when the model is no better than chance on the clean "
@@ -147,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         max_ba_drop=args.max_ba_drop,
         require_above_chance=not args.skip_chance_check,
         max_trigger_asr=args.max_trigger_asr,
+        recheck=not args.no_recheck,
     )
     scan = None
     if args.scan is not None:

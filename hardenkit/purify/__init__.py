@@ -25,6 +25,7 @@ from .purifier import (
     PurificationReport,
     PurificationResult,
     Purifier,
+    Recheck,
     TriggerASR,
 )
 from .sau import SAUConfig, SAUStrategy, shared_adversarial_examples
@@ -57,6 +58,7 @@ __all__ = [
     "PurificationStrategy",
     "Purifier",
     "PurifyContext",
+    "Recheck",
     "SAUConfig",
     "SAUStrategy",
     "ShapleyPruningConfig",

@@ -15,6 +15,7 @@ from .._utils.budget import Budget
 from .._utils.distributed import Distributed
 from .._utils.progress import ProgressCallback
 from ..config import HardenkitConfig, RuntimeConfig, parse_config
+from ..data.loaders import BatchSource
 from ..data.store import ImageStore
 from ..registry import Registry
 from ..scan import ScanConfig, ScanResult
@@ -28,6 +29,7 @@ __all__ = [
     "PurificationStatus",
     "PurificationStrategy",
     "PurifyContext",
+    "ScanSource",
     "StrategyConfig",
     "StrategyOutcome",
     "TriggerLabels",
@@ -61,6 +63,10 @@ PurificationStatus = Literal[
 * ``unverified`` — no held-out or validation image was left to measure BA (e.g.
   ``holdout_fraction=0`` with one image per class): check it with :class:`hardenkit.Validator`.
 """
+
+ScanSource = tuple[ScanConfig, BatchSource]
+"""The settings and images a scan was made with (the Purifier's recheck inverts the repaired
+model on them again)."""
 
 TRUSTED_STATUSES: frozenset[str] = frozenset({"purified", "nothing-to-purify"})
 """Statuses whose result can be used as reported (the CLI exits 0 only for these)."""
@@ -345,6 +351,9 @@ class StrategyOutcome:
     details: dict[str, Any] = field(default_factory=dict)
     scan: ScanResult | None = None
     """A scan the strategy ran itself (its triggers' held-out ASR is then reported)."""
+    scan_source: ScanSource | None = None
+    """The settings and images of ``scan`` (what ``Purifier(recheck=True)`` inverts the
+    repaired model on again); without them a strategy's own scan is not rechecked."""
 
 
 class PurificationStrategy(ABC):

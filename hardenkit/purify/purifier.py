@@ -32,11 +32,18 @@ from ..config import RuntimeConfig, parse_config
 from ..data.loaders import BatchSource
 from ..data.sampling import stratified_split
 from ..data.store import ImageStore, MemoryStore, collect
-from ..errors import ConfigError, DataError, ModelCompatibilityError
+from ..errors import ConfigError, DataError, ModelCompatibilityError, NonFiniteError
 from ..io import save_state_dict
 from ..logging import get_logger
 from ..reports import BaseReport, DistributedInfo, ModelFingerprint
-from ..scan import ScanConfig, Scanner, ScanResult, scan_config_for_budget
+from ..scan import (
+    LabelRecheck,
+    ScanConfig,
+    Scanner,
+    ScanResult,
+    Verdict,
+    scan_config_for_budget,
+)
 from ..training import infer_num_classes, trigger_asr, trigger_effect
 from ..validate.metrics import chance_check_of, paired_accuracy
 from .base import (
@@ -46,6 +53,7 @@ from .base import (
     PurificationStatus,
     PurificationStrategy,
     PurifyContext,
+    ScanSource,
     StoreBatches,
     StrategyOutcome,
     pixel_runtime,
@@ -57,6 +65,7 @@ __all__ = [
     "PurificationReport",
     "PurificationResult",
     "Purifier",
+    "Recheck",
     "TriggerASR",
     "TriggerGuard",
     "UtilityGuard",
@@ -106,6 +115,28 @@ class TriggerGuard(BaseModel):
     images on the label without the trigger (``None`` when no trigger was measured)."""
     passed: bool | None
     """``None`` when no trigger was known or no image was held out: nothing was judged."""
+
+
+class Recheck(BaseModel):
+    """The recheck after a repair (``Purifier(recheck=True)``): the repaired model scanned
+    again with the settings and images of the scan that guided the repair, and the labels
+    the trigger guard judges looked up in it (:meth:`~hardenkit.scan.Scanner.recheck`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    labels: list[int]
+    rows: list[LabelRecheck] = Field(default_factory=list)
+    passed: bool | None
+    """``False``: the scan of the repaired model still flags a label the repair was aimed at
+    (``backdoor-remains``), or was cut short by ``max_seconds`` (``unverified``); ``None``:
+    not run (see ``skipped``)."""
+    seconds: float = 0.0
+    skipped: str | None = None
+    """Why it did not run (no scan images known, the guard not passed, ...)."""
+    verdict: Verdict | None = None
+    """The verdict of the scan of the repaired model (``None`` when none ran)."""
+    flagged_labels: list[int] = Field(default_factory=list)
+    """The labels that scan flags."""
 
 
 def _targeted(scan: ScanResult | None, details: dict[str, Any]) -> set[int]:
@@ -181,6 +212,10 @@ class PurificationReport(BaseReport):
     trigger_guard: TriggerGuard | None = None
     """How the known triggers were judged on the repaired model (``None`` when the guard was
     off, ``Purifier(max_trigger_asr=None)``, or in reports written before it existed)."""
+    recheck: Recheck | None = None
+    """The recheck: the repaired model scanned again, the judged labels looked up (``None``
+    when it was off — ``Purifier(recheck=False)`` or the trigger guard off — or no label was
+    judged, or in reports written before it existed)."""
     distributed: DistributedInfo = Field(default_factory=DistributedInfo)
     """World size and backend of a ``torchrun`` run (``world_size`` 1 otherwise)."""
     clean_storage: dict[str, Any] = Field(default_factory=dict)
@@ -215,6 +250,14 @@ class PurificationReport(BaseReport):
                 1,
                 f"  WARNING: the repair lost {_pct((g.ba_before or 0) - (g.ba_after or 0))} BA on "
                 f"the {g.split} split (> max_ba_drop {_pct(g.max_ba_drop)}): DEGRADED",
+            )
+        elif self.recheck is not None and self.recheck.passed is False and self.recheck.rows:
+            worst = max(self.recheck.rows, key=lambda r: r.anomaly_after)
+            lines.insert(
+                1,
+                f"  WARNING: a scan of the repaired model still flags label {worst.label} "
+                f"({worst.detector} anomaly index {worst.anomaly_before:.2f} -> "
+                f"{worst.anomaly_after:.2f}): {self.status.upper()}",
             )
         elif self.status == "backdoor-remains" and self.trigger_guard is not None:
             tg = self.trigger_guard
@@ -369,12 +412,22 @@ class Purifier:
             5 images per class): the images or labels do not fit the model (class order,
             pixel range, normalisation), and a repair trained on them would teach it other
             labels. ``False`` skips the check.
+        recheck: with the trigger guard on, after a repair that passed both guards, scan
+            the *repaired* model again with the settings, images and random starts of the
+            scan that guided the repair (the Purifier's own, or the strategy's; one more scan)
+            and look up the labels the guard judges (:meth:`~hardenkit.scan.Scanner.recheck`):
+            one still flagged gives ``backdoor-remains``. The guard judges the one trigger the
+            repair was aimed at, and a repair can remove that trigger and leave the backdoor
+            (pruning the channels it used, say). Skipped, with the reason in
+            ``report.recheck``, when the scan was passed in (its images are not known here).
+            ``False`` turns it off.
 
     Statuses: ``purified`` only when the strategy finished its schedule and passed both
-    guards; ``degraded`` when it lost too much BA; ``backdoor-remains`` when the trigger it
-    was aimed at still works; ``budget-exhausted`` when ``max_steps``/``max_seconds`` cut it short;
-    ``unverified`` when no image was left to measure BA; ``nothing-to-purify``/``refused``
-    when the model is returned unchanged.
+    guards and the recheck; ``degraded`` when it lost too much BA; ``backdoor-remains`` when
+    the trigger it was aimed at still works, or a scan of the repaired model still flags its
+    label; ``budget-exhausted`` when ``max_steps``/``max_seconds`` cut it short;
+    ``unverified`` when no image was left to measure BA or the recheck could not run to the
+    end; ``nothing-to-purify``/``refused`` when the model is returned unchanged.
 
     Example:
         >>> import hardenkit as hk
@@ -401,6 +454,7 @@ class Purifier:
         max_ba_drop: float | None = None,
         require_above_chance: bool = True,
         max_trigger_asr: float | None = 0.10,
+        recheck: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ModelCompatibilityError(
@@ -455,6 +509,7 @@ class Purifier:
             else scan_config_for_budget(scan_budget, scan_config)
         )
         self.require_above_chance = require_above_chance
+        self.recheck = bool(recheck)
         if not require_above_chance:  # the scan it runs does not judge it either
             self.scan_config = self.scan_config.model_copy(update={"require_above_chance": False})
         self._progress = progress
@@ -537,11 +592,13 @@ class Purifier:
                 f"{scan.report.model.sha256[:12]} vs {input_fp.sha256[:12]}"
                 "); its triggers may not fit this model"
             )
+        scan_source: ScanSource | None = None  # the settings and images of the scan made here
         if scan is None and (strat.needs_trigger or strat.uses_scan) and not mismatch:
             notes.append("no scan given: ran the Scanner on the purification images first")
+            scan_source = (self.scan_config, StoreBatches(x_tr, y_tr))
             scan = Scanner(
                 original, k, config=self.scan_config, runtime=pixel_runtime(rt), progress=progress
-            ).run(StoreBatches(x_tr, y_tr))
+            ).run(scan_source[1])
         if len(y_ho) == 0:
             notes.append(
                 "no held-out clean images: BA and the inverted triggers' ASR were not measured "
@@ -604,6 +661,7 @@ class Purifier:
             output_fp = same_output_on_every_rank(dist, model, output_fp, notes)
         if outcome.scan is not None:
             scan = outcome.scan
+            scan_source = outcome.scan_source
         triggers = dict(scan.triggers) if scan is not None else {}
         x_ho_d, y_ho_d = x_ho.to(device), y_ho.to(device)  # every rank evaluates it all
         ba_before = ba_after = None
@@ -635,6 +693,12 @@ class Purifier:
         )
         aimed = _targeted(scan, outcome.details)
         status, trigger_guard = self._trigger_guard(status, asr_rows, notes, aimed)
+        recheck: Recheck | None = None
+        judged = sorted(lab for lab in triggers if lab in aimed)  # what the guard judges
+        if self.recheck and self.max_trigger_asr is not None and judged:
+            status, recheck = self._recheck(
+                status, model, k, scan, scan_source, judged, notes, progress
+            )
         if status == "purified" and len(y_ho) and not asr_rows:
             unknown = (
                 "no trigger was known to measure"
@@ -681,6 +745,7 @@ class Purifier:
             details=outcome.details,
             utility_guard=guard,
             trigger_guard=trigger_guard,
+            recheck=recheck,
             distributed=distributed_info(dist),
             clean_storage=storage,
         )
@@ -835,6 +900,102 @@ class Purifier:
         )
         _log.warning("purify.backdoor_remains", label=worst.label, added_asr=added(worst))
         return ("backdoor-remains" if status == "purified" else status), guard
+
+    def _recheck(
+        self,
+        status: PurificationStatus,
+        model: nn.Module,
+        k: int,
+        scan: ScanResult | None,
+        source: ScanSource | None,
+        labels: list[int],
+        notes: list[str],
+        progress: ProgressCallback,
+    ) -> tuple[PurificationStatus, Recheck]:
+        """Scan the repaired ``model`` again with the settings and images of the guiding
+        ``scan`` and look at ``labels`` (those the trigger guard judges; with or without
+        held-out images): ``purified`` becomes ``backdoor-remains`` when a detector still
+        flags one; still its most anomalous label gets a note."""
+
+        def skip(why: str) -> tuple[PurificationStatus, Recheck]:
+            return status, Recheck(labels=labels, passed=None, skipped=why)
+
+        if status != "purified":
+            return skip(f"status {status}: only a repair that passed the guards is rechecked")
+        if scan is None or source is None:
+            return skip(
+                "the scan was passed in (or is a strategy's own without its scan_source): its "
+                "images are not known here, so a scan of the repaired model would not be "
+                "comparable with it (the gate re-scans the repaired model itself)"
+            )
+        t0 = time.perf_counter()
+        config, images = source
+        try:
+            rows, again = Scanner(
+                model, k, config=config, runtime=pixel_runtime(self.runtime), progress=progress
+            ).recheck(images, labels, scan.report)
+        except NonFiniteError as exc:
+            notes.append(
+                f"UNVERIFIED: the scan of the repaired model for the recheck of label(s) "
+                f"{labels} gave non-finite numbers ({exc}): nothing shows the backdoor is gone"
+            )
+            return "unverified", Recheck(
+                labels=labels, passed=False, seconds=time.perf_counter() - t0
+            )
+        seconds = time.perf_counter() - t0
+        verdict, again_flagged = again.verdict, list(again.flagged_labels)
+        if not rows:
+            return status, Recheck(
+                labels=labels,
+                passed=None,
+                seconds=seconds,
+                skipped="no detector of the scan recovers triggers",
+                verdict=verdict,
+                flagged_labels=again_flagged,
+            )
+        flagged = [r for r in rows if r.flagged_after]
+        cut = [r for r in rows if r.budget_exhausted]
+        rec = Recheck(
+            labels=labels,
+            rows=rows,
+            passed=not (flagged or cut),
+            seconds=seconds,
+            verdict=verdict,
+            flagged_labels=again_flagged,
+        )
+        if flagged:
+            r = max(flagged, key=lambda v: v.anomaly_after)
+            notes.append(
+                f"BACKDOOR REMAINS: a scan of the repaired model (the guiding scan's settings and "
+                f"images) still flags label {r.label}, the label the repair was aimed at "
+                f"({r.detector}: {r.statistic} {r.value_before:.4g} -> {r.value_after:.4g}, "
+                f"anomaly index {r.anomaly_before:.2f} -> {r.anomaly_after:.2f}, threshold "
+                f"{r.threshold:g}). The repair removed the trigger it was aimed at, not the "
+                "backdoor: try another strategy, and measure with the real trigger if you know "
+                "it (hk.Validator, hardenkit gate)"
+            )
+            _log.warning("purify.recheck_flagged", label=r.label, anomaly=r.anomaly_after)
+            return "backdoor-remains", rec
+        if cut:  # a cut inversion stops early, at a larger trigger: no evidence either way
+            notes.append(
+                f"UNVERIFIED: the scan of the repaired model for the recheck was cut short by "
+                f"max_seconds ({cut[0].detector}), so it cannot show that label "
+                f"{cut[0].label} no longer stands out: raise max_seconds or measure with the "
+                "real trigger"
+            )
+            return "unverified", rec
+        standing = [r for r in rows if r.most_extreme_after and r.verdict_after != "clean"]
+        if standing:
+            r = standing[0]
+            notes.append(
+                f"a scan of the repaired model no longer flags label {r.label}, but "
+                f"{r.detector} still ranks it first ({r.verdict_after}, anomaly index "
+                f"{r.anomaly_before:.2f} -> {r.anomaly_after:.2f}): repairs that removed the "
+                "real trigger do this too (stop 62), so it does not change the status; "
+                "hardenkit gate fails it (repaired_label_suspect) — measure with the real "
+                "trigger if you know it"
+            )
+        return status, rec
 
     def _chance(
         self, original: nn.Module, x: ImageStore, y: Tensor, k: int, notes: list[str]

@@ -51,6 +51,7 @@ from .base import (
     STRATEGIES,
     PurificationStrategy,
     PurifyContext,
+    ScanSource,
     StrategyConfig,
     StrategyOutcome,
     TriggerLabels,
@@ -349,11 +350,13 @@ class ShapleyPruningStrategy(PurificationStrategy):
         # 2. trigger reverse + detection
         scan = ctx.scan
         own_scan: ScanResult | None = None
+        source: ScanSource | None = None
         if scan is None:
             scan_cfg = ScanConfig.model_validate(_merge(_FEW_SHOT_SCAN, cfg.scan))
+            source = (scan_cfg, [(xs_aug, ys_aug)])
             own_scan = scan = Scanner(
                 ctx.original, k, config=scan_cfg, runtime=pixel_runtime(rt), progress=ctx.progress
-            ).run([(xs_aug, ys_aug)])
+            ).run(source[1])
             details["scan"] = {
                 "verdict": scan.verdict,
                 "flagged_labels": scan.flagged_labels,
@@ -365,7 +368,11 @@ class ShapleyPruningStrategy(PurificationStrategy):
                 "nothing was pruned"
             )
             return StrategyOutcome(
-                model=model, status="nothing-to-purify", details=details, scan=own_scan
+                model=model,
+                status="nothing-to-purify",
+                details=details,
+                scan=own_scan,
+                scan_source=source,
             )
         triggers: dict[int, Trigger] = dict(select_triggers(scan, cfg.trigger_labels))
         # 3. Shapley estimation on the triggered few-shot images
@@ -401,7 +408,9 @@ class ShapleyPruningStrategy(PurificationStrategy):
         ]
         _log.info("purify.pruned", strategy=self.name, pruned=record.pruned, total=units.total)
         status: Literal["purified", "refused"] = "purified" if record.pruned else "refused"
-        return StrategyOutcome(model=model, status=status, details=details, scan=own_scan)
+        return StrategyOutcome(
+            model=model, status=status, details=details, scan=own_scan, scan_source=source
+        )
 
     def _mitigate(
         self, ctx: PurifyContext, game: _Game, est: Tensor, cx: Tensor, cy: Tensor

@@ -177,15 +177,21 @@ def test_shapley_pruning_data_free_runs_end_to_end(
         assert rep.details["scan"]["verdict"] != "backdoored"
     else:
         # this short run prunes a few channels: a partial repair (real test ASR 83 % at stop
-        # 54, 61 % at stop 61 with the same code on a fresh environment). The status can only
-        # follow what the Purifier measures — the trigger guard on the *inverted* trigger,
-        # whose added ASR on the held-out images sits near the 10-point bound here (14 points
-        # at stop 54: backdoor-remains; 9.7 at stop 61: purified) — so the test checks that
-        # the status and the guard agree, and that the repair did something real.
-        guard = rep.trigger_guard
+        # 54, 61 % at stop 61). The trigger guard on the *inverted* trigger sits near its
+        # 10-point bound here (14 points at stop 54; 9.7 at stop 61, where it passed), so stop 62
+        # added the recheck: label 0 inverted again on the pruned model is still flagged against
+        # the scan's other labels -> backdoor-remains. The status must agree with both, and a
+        # repair that left the real trigger working must not read "purified".
+        guard, recheck = rep.trigger_guard, rep.recheck
         assert guard is not None, rep.summary()
-        assert res.status == ("purified" if guard.passed else "backdoor-remains")
-        assert rep.details["pruning"]["pruned"] > 0
+        assert recheck is not None, rep.summary()
+        assert recheck.skipped is None, rep.summary()
+        assert recheck.rows, rep.summary()
+        ok = guard.passed is not False and recheck.passed is not False
+        assert res.status == ("purified" if ok else "backdoor-remains"), rep.summary()
         assert after.asr is not None
+        if after.asr > 0.5:
+            assert res.status != "purified", rep.summary()
+        assert rep.details["pruning"]["pruned"] > 0
         assert before.asr is not None
         assert after.asr < before.asr, rep.summary()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -11,11 +12,11 @@ import torch
 from torch import nn
 
 import hardenkit as hk
-from hardenkit.errors import ConfigError, DataError, ModelCompatibilityError
+from hardenkit.errors import ConfigError, DataError, ModelCompatibilityError, NonFiniteError
 from hardenkit.purify import STRATEGIES, MCLConfig, PurificationStrategy, PurifyContext
 from hardenkit.purify.base import Budget, StrategyOutcome
 from hardenkit.reports import ModelFingerprint
-from hardenkit.scan import ScanResult
+from hardenkit.scan import LabelRecheck, ScanResult
 from hardenkit.testing import BackdoorFixture, check_strategy, missed_scan, tiny_backdoored_model
 
 FAST: dict[str, dict[str, object]] = {
@@ -1099,3 +1100,127 @@ def test_the_purifiers_own_scans_see_pixels_when_the_loader_is_normalized(
         assert low >= 0.0
         assert high <= 1.0
         assert high - low > 0.9  # the images' own range, not [0.5, 0.75]
+
+
+class _Unchanged(PurificationStrategy):
+    """A "repair" that changes nothing and says it purified (what the recheck must catch)."""
+
+    name = "unchanged-for-recheck"
+    needs_trigger = True
+
+    def run(self, ctx: PurifyContext) -> StrategyOutcome:
+        return StrategyOutcome(model=ctx.model, status="purified")
+
+
+# a scan that flags this tiny model (its real trigger is too weak for the default test)
+_RECHECK_SCAN = {
+    "detectors": ("neural-cleanse",),
+    "detector_options": {
+        "neural-cleanse": {"epochs": 8, "anomaly_threshold": 0.5, "max_median_ratio": None}
+    },
+}
+
+
+def test_recheck_catches_a_repair_that_left_the_flagged_label_standing(
+    fx: BackdoorFixture,
+) -> None:
+    bd = fx.backdoored
+    # the trigger guard off in effect (bound 1): only the recheck can see the backdoor
+    kw = {"scan_config": _RECHECK_SCAN, "max_trigger_asr": 1.0, "runtime": {"seed": 2}}
+    res = hk.Purifier(bd.model, _Unchanged(), **kw).run(_loader(fx))
+    assert res.scan is not None
+    assert res.scan.flagged_labels, res.report.summary()
+    rc = res.report.recheck
+    assert rc is not None
+    (label,) = rc.labels  # the most anomalous flagged label, the one the guard judges
+    assert label in res.scan.flagged_labels
+    assert rc.skipped is None
+    (row,) = rc.rows
+    assert (row.detector, row.label, row.statistic) == ("neural-cleanse", label, "mask_l1")
+    # the same model, images and random start: the scan's own value comes back
+    assert row.value_after == pytest.approx(row.value_before, rel=1e-3)
+    assert row.flagged_after
+    assert row.most_extreme_after
+    assert rc.passed is False
+    assert res.status == "backdoor-remains"
+    assert rc.verdict == res.scan.verdict
+    assert label in rc.flagged_labels
+    assert any(
+        n.startswith("BACKDOOR REMAINS: a scan of the repaired model") and f"label {label}" in n
+        for n in res.report.notes
+    )
+    assert f"a scan of the repaired model still flags label {label}" in res.report.summary()
+    # turned off: the unchanged model reads purified (what the guard alone concludes)
+    off = hk.Purifier(bd.model, _Unchanged(), recheck=False, **kw).run(_loader(fx))
+    assert off.report.recheck is None
+    assert off.status == "purified"
+    # a scan passed in: its images are unknown here, so no comparable recheck
+    given = hk.Purifier(bd.model, _Unchanged(), **kw).run(_loader(fx), scan=res.scan)
+    assert given.report.recheck is not None
+    assert given.report.recheck.passed is None
+    assert "passed in" in (given.report.recheck.skipped or "")
+    assert given.status == "purified"
+
+
+def _row(**kw: object) -> LabelRecheck:
+    base: dict[str, object] = {
+        "detector": "neural-cleanse",
+        "label": 0,
+        "statistic": "mask_l1",
+        "value_before": 5.0,
+        "value_after": 20.0,
+        "anomaly_before": 6.0,
+        "anomaly_after": 0.5,
+        "threshold": 2.0,
+        "flagged_after": False,
+        "most_extreme_after": False,
+        "verdict_after": "clean",
+    }
+    return LabelRecheck.model_validate({**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("row", "status"),
+    [
+        ({}, "purified"),
+        ({"most_extreme_after": True}, "purified"),  # smallest, but the detector is clean
+        # still ranked first by a suspicious detector: a note only (good repairs do this too)
+        ({"most_extreme_after": True, "verdict_after": "suspicious"}, "purified"),
+        (
+            {"flagged_after": True, "anomaly_after": 3.0, "verdict_after": "backdoored"},
+            "backdoor-remains",
+        ),
+        ({"budget_exhausted": True}, "unverified"),  # cut short: no evidence either way
+    ],
+)
+def test_recheck_decides_the_status_from_the_new_inversion(
+    fx: BackdoorFixture, monkeypatch: pytest.MonkeyPatch, row: dict[str, object], status: str
+) -> None:
+    again = SimpleNamespace(verdict="suspicious", flagged_labels=[])
+    monkeypatch.setattr(hk.Scanner, "recheck", lambda *a, **k: ([_row(**row)], again))
+    bd = fx.backdoored
+    res = hk.Purifier(bd.model, _Unchanged(), scan_config=_RECHECK_SCAN, max_trigger_asr=1.0).run(
+        _loader(fx)
+    )
+    assert res.status == status, res.report.summary()
+    assert res.report.recheck is not None
+    assert res.report.recheck.passed is (status == "purified")
+    noted = any("still ranks it first" in n for n in res.report.notes)
+    assert noted is (row.get("verdict_after") == "suspicious")
+
+
+def test_recheck_with_non_finite_numbers_fails_closed(
+    fx: BackdoorFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*a: object, **k: object) -> tuple[list[object], object]:
+        raise NonFiniteError("recheck: neural-cleanse statistic of label 0 is nan")
+
+    monkeypatch.setattr(hk.Scanner, "recheck", broken)
+    bd = fx.backdoored
+    res = hk.Purifier(bd.model, _Unchanged(), scan_config=_RECHECK_SCAN, max_trigger_asr=1.0).run(
+        _loader(fx)
+    )
+    assert res.status == "unverified"
+    assert res.report.recheck is not None
+    assert res.report.recheck.passed is False
+    assert any("non-finite" in n for n in res.report.notes)

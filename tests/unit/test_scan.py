@@ -640,3 +640,31 @@ def test_invert_recovers_a_label_as_the_full_scan_does() -> None:
     for bad in ([], [2, 2], [7]):
         with pytest.raises(ConfigError, match="distinct labels"):
             scanner.invert(data.train.loader(), bad)
+
+
+def test_recheck_scans_again_and_compares_the_labels_with_the_scan_before() -> None:
+    model = hk.create_model("small-cnn", num_classes=4, normalization=None)
+    data = hk.data.make_synthetic_dataset(num_classes=4, train_per_class=20)
+    config = {"detector_options": {"neural-cleanse": {"epochs": 3}}}
+    before = hk.Scanner(model, 4, config=config, runtime={"seed": 3}).run(data.train.loader())
+    nc = next(d for d in before.report.detectors if d.detector == "neural-cleanse")
+    scanner = hk.Scanner(model, 4, config=config, runtime={"seed": 3})
+    rows, again = scanner.recheck(data.train.loader(), [2], before.report)
+    (row,) = rows
+    old = next(c for c in nc.classes if c.label == 2)
+    # the same model, images and starts: the scan's own value, index, flag and verdict
+    assert row.value_after == pytest.approx(old.value, rel=1e-4)
+    assert row.anomaly_after == pytest.approx(old.anomaly_index, rel=1e-3, abs=1e-6)
+    assert row.flagged_after == old.flagged
+    assert row.verdict_after == nc.verdict
+    assert again.verdict == before.verdict
+    smallest = min(nc.classes, key=lambda c: c.value).label
+    assert row.most_extreme_after == (smallest == 2)
+    # a detector run with other settings than the scan before is not compared: no row
+    other = {"detector_options": {"neural-cleanse": {"epochs": 4}}}
+    assert (
+        hk.Scanner(model, 4, config=other).recheck(data.train.loader(), [2], before.report)[0] == []
+    )
+    for bad in ([], [2, 2], [9]):
+        with pytest.raises(ConfigError, match="distinct labels"):
+            scanner.recheck(data.train.loader(), bad, before.report)
