@@ -23,8 +23,9 @@ import json
 import sys
 from typing import Any
 
-from hardenkit.gate.gate import _most_extreme, rescan_suspects
+from hardenkit.gate.gate import rescan_suspects
 from hardenkit.scan import ScanReport
+from hardenkit.scan.scanner import most_extreme_label
 
 from .common import CACHE, md_table, write_results
 
@@ -55,7 +56,7 @@ def rows() -> list[dict[str, Any]]:
                 "repaired labels": aimed,
                 "re-scan": report.verdict,
                 "input scan": before.verdict,
-                "its NC suspect": None if nc is None or not nc.classes else _most_extreme(nc),
+                "its NC suspect": None if nc is None or not nc.classes else most_extreme_label(nc),
                 "suspects (s59)": anywhere,
                 "rule fails (s59)": report.verdict == "suspicious"
                 and any(y in aimed for y in anywhere),

@@ -50,6 +50,7 @@ from ..errors import (
 from ..logging import get_logger
 from ..reports import BaseReport, ModelFingerprint
 from ..scan import ScanReport, ScanResult
+from ..scan.scanner import most_extreme_label
 from ..triggers import Trigger, as_trigger
 from ..validate.metrics import ChanceCheck, TriggerLike, chance_check_of, paired_accuracy
 from .policy import DeploymentPolicy
@@ -1342,25 +1343,19 @@ def rescan_suspects(report: ScanReport, before: ScanReport | None = None) -> lis
     prior = {d.detector: d for d in before.detectors} if before is not None else {}
     out: list[int] = []
     for d in rows:
-        label = _most_extreme(d)
+        label = most_extreme_label(d)
         p = prior.get(d.detector)
         singled_out = (
             p is None
             or not p.classes
             or label in p.flagged_labels
-            or (p.verdict != "clean" and _most_extreme(p) == label)
+            or (p.verdict != "clean" and most_extreme_label(p) == label)
         )
         if not singled_out:
             continue
         if label not in out:
             out.append(label)
     return out
-
-
-def _most_extreme(d: Any) -> int:
-    """The label a detector report ranks most extreme on its suspicious side."""
-    sign = 1.0 if d.suspicious_side == "low" else -1.0
-    return int(min(d.classes, key=lambda c: sign * c.value).label)
 
 
 def _verdict_ok(verdict: str, worst: str) -> bool:

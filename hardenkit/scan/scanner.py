@@ -550,6 +550,20 @@ def _save_png(
     img.save(path)
 
 
+def most_extreme_label(d: Any) -> int:
+    """The label a detector report (a :class:`DetectorReport`, or anything with
+    ``suspicious_side`` and ``classes`` of ``label``/``value``) ranks most extreme on its
+    suspicious side — Neural Cleanse: the smallest mask.
+
+    >>> from types import SimpleNamespace as S
+    >>> most_extreme_label(S(suspicious_side="low", classes=[S(label=0, value=9.0),
+    ...     S(label=1, value=2.0)]))
+    1
+    """
+    sign = 1.0 if d.suspicious_side == "low" else -1.0
+    return int(min(d.classes, key=lambda c: sign * c.value).label)
+
+
 def _verdict(score: float, flagged: Sequence[int], suspicious: float) -> Verdict:
     if score >= 0.5 and flagged:
         return "backdoored"
@@ -852,8 +866,7 @@ class Scanner:
                 or rep.config != old_rep.config
             ):
                 continue
-            sign = 1.0 if rep.suspicious_side == "low" else -1.0
-            first = min(rep.classes, key=lambda c: sign * c.value).label
+            first = most_extreme_label(rep)
             for y in wanted:
                 old = next((c for c in old_rep.classes if c.label == y), None)
                 new = next((c for c in rep.classes if c.label == y), None)
