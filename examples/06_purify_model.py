@@ -11,6 +11,8 @@ What it shows:
       numbers on the held-out part of the clean budget;
     * measuring the repaired model with ``hk.Validator`` on the test set with the **real**
       trigger, and a ``GatePolicy`` (ASR <= 10 %, BA drop <= 3 points);
+    * ``Purifier.estimate``: roughly how long the repair takes, before it runs, against the
+      report's ``timings``;
     * ``PurificationResult.save`` (``model.safetensors``, ``report.json``, ``scan/``) and
       ``export_onnx`` + ``hk.verify_onnx`` (the ONNX metadata records the purification
       report id).
@@ -135,7 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     #    within each batch (with seed 0 the quick scan flags label 0 alone; 20 epochs also
     #    flagged label 5).
     #    Without scan=, the Purifier would run the Scanner itself (with scan_config=).
-    res = hk.Purifier(bd.model, "mcl", config={"ce_weight": 1.0}, runtime=runtime).run(
+    purifier = hk.Purifier(bd.model, "mcl", config={"ce_weight": 1.0}, runtime=runtime)
+    # Roughly how long, before any work (what `hardenkit purify` prints first): the repair's
+    # range from its schedule and one timed training step; no scan and no hold-out split
+    # (both are given below).
+    est = purifier.estimate(len(budget), (3, 32, 32), scan_given=True, holdout_given=True)
+    assert est.total is not None
+    print(f"estimated repair ~{est.total[0]:.0f}-{est.total[1]:.0f}s on {est.device}")
+    res = purifier.run(
         budget.loader(),
         scan=scan,
         # the utility guard measures BA before/after on images the model never trained on
@@ -191,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                 "asr_after": round(asr_after, 4),
                 "scan_seconds": round(scan_seconds, 1),
                 "purify_seconds": round(rep.seconds, 1),
+                "repair_seconds": round(rep.timings["repair"], 1),
+                "estimated_repair_seconds": [round(v, 1) for v in est.total],
                 "onnx_verified": ver.passed,
                 "seconds": round(time.perf_counter() - t_start, 1),
             }

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         f"data      synthetic {args.classes} classes, {len(data.train)} train / "
         f"{len(data.test)} test images (3x32x32)"
     )
+    say(f"plan      {_estimate(args, len(data.train), rt, settings)} (progress below)")
 
     t0 = time.perf_counter()
     say(
@@ -318,6 +319,59 @@ def run(args: argparse.Namespace) -> int:
         proved.append("the ONNX export verified")
     say("demo      PASSED: " + ", ".join(proved))
     return EXIT_OK
+
+
+def _estimate(
+    args: argparse.Namespace, n_train: int, rt: Any, settings: dict[str, Any] | None
+) -> str:
+    """Roughly how long the demo takes, said before any work: the training (one timed step
+    of the model × the steps of ``--epochs``), the scan (an upper estimate) and the repair
+    (:meth:`hardenkit.Purifier.estimate`), on a fresh model of the demo's architecture. The
+    validation and export steps take seconds. Never raises."""
+    import math
+
+    from ..models import create_model
+    from ..purify import Purifier
+    from ..purify.estimate import step_seconds
+    from ..scan import ScanConfig, estimate_scan_seconds
+    from .scan_cmd import human_seconds
+
+    shape = (3, 32, 32)
+    try:
+        model = create_model("small-cnn", args.classes)
+        device = rt.resolve_device()
+        bs = min(128, n_train)
+        train = args.epochs * math.ceil(n_train / bs) * step_seconds(model, shape, bs, device)
+        scan = 0.0
+        if not args.no_scan and args.classes >= 3:
+            scan = estimate_scan_seconds(
+                model,
+                ScanConfig.model_validate(DEMO_SCAN),
+                num_classes=args.classes,
+                input_shape=shape,
+                clean_images=n_train // 5,
+                device=device,
+            )
+        repair = (0.0, 0.0)
+        if not args.no_purify:
+            est = Purifier(model, args.strategy, config=settings, runtime=rt).estimate(
+                n_train // 5, shape, scan_given=True, holdout_given=True
+            )
+            if est.repair is None:
+                return (
+                    f"training ~{human_seconds(train)}, a scan at most ~{human_seconds(scan)}; "
+                    f"no estimate for the {args.strategy} repair"
+                )
+            repair = est.repair
+    except Exception as exc:  # an estimate never stops the demo
+        return f"no time estimate ({type(exc).__name__})"
+    lo, hi = train + scan + repair[0], train + scan + repair[1]
+    return (
+        f"estimated about {human_seconds(lo)}-{human_seconds(hi)} on {device.type}: training "
+        f"~{human_seconds(train)}, a scan at most ~{human_seconds(scan)}, the repair "
+        f"~{human_seconds(repair[0])}-{human_seconds(repair[1])}, then seconds to validate "
+        "and export"
+    )
 
 
 class _Say:

@@ -128,7 +128,7 @@ def add_parser(sub: Any) -> None:
         required=True,
         metavar="DIR",
         help="output directory: model.safetensors (with its architecture in the metadata), "
-        "report.json, scan/, model.onnx",
+        "report.json, scan/, rescan/ (the recheck's scan), model.onnx",
     )
     add_report_arg(p, "PurificationReport (also written to DIR/report.json)")
     p.set_defaults(func=run)
@@ -174,6 +174,14 @@ def run(args: argparse.Namespace) -> int:
                 hint="pass the --out directory of `hardenkit scan`, unmodified",
             ) from exc
     data = load_data_for(purifier.model, args.data, split=args.split, image_size=args.image_size)
+    c, h, w = data.image_shape
+    est = purifier.estimate(len(data), (c, h, w), scan_given=scan is not None)
+    print(
+        f"purify: strategy {purifier.strategy.name} on {len(data):,} clean images; "
+        f"{describe_estimate(est)} (progress below)",
+        file=sys.stderr,
+        flush=True,
+    )
     result = purifier.run(data.loader(batch_size=512), scan=scan)
     if result.rank != 0:  # under torchrun rank 0 writes the files and prints
         return EXIT_OK if result.trusted else EXIT_GATE_FAILED
@@ -216,3 +224,41 @@ def run(args: argparse.Namespace) -> int:
         )
         return EXIT_GATE_FAILED
     return EXIT_OK
+
+
+def describe_estimate(est: Any) -> str:
+    """One line of a :class:`hardenkit.purify.PurifyEstimate`: the total range, then the parts.
+
+    >>> from hardenkit.purify import PurifyEstimate
+    >>> describe_estimate(PurifyEstimate(2025, 60.0, (70.0, 190.0), 60.0, "cpu"))
+    'estimated about 3.2-5.2 min in all on cpu for 2,025 repair images: a scan at most ~60s, \
+the repair ~70s-3.2 min, the recheck (one more scan) at most ~60s; scans usually end sooner'
+    """
+    from .scan_cmd import human_seconds
+
+    parts = []
+    if est.scan is not None:
+        parts.append(f"a scan at most ~{human_seconds(est.scan)}")
+    if est.repair is not None:
+        lo, hi = est.repair
+        parts.append(f"the repair ~{human_seconds(lo)}-{human_seconds(hi)}")
+    if est.recheck is not None:
+        parts.append(f"the recheck (one more scan) at most ~{human_seconds(est.recheck)}")
+    total = est.total
+    head = (
+        f"no time estimate in all ({'; '.join(est.unknown)})"
+        if total is None
+        else f"estimated about {_span(total)} in all on {est.device}"
+    )
+    tail = "; scans usually end sooner" if est.scan is not None else ""
+    body = ", ".join(parts) if parts else "nothing to estimate"
+    return f"{head} for {est.repair_images:,} repair images: {body}{tail}"
+
+
+def _span(seconds: tuple[float, float]) -> str:
+    from .scan_cmd import human_seconds
+
+    lo, hi = (human_seconds(v) for v in seconds)
+    if lo.endswith(" min") and hi.endswith(" min"):
+        return f"{lo.removesuffix(' min')}-{hi}"
+    return f"{lo}-{hi}"

@@ -17,6 +17,7 @@ from .base import (
 )
 from .channels import ChannelMask, ChannelSet, PruningRecord, ablation_fill, apply_pruning
 from .d3 import D3Config, D3Strategy
+from .estimate import estimate_repair_seconds, step_seconds
 from .finetune import FinetuneConfig, FinetuneStrategy, NCUnlearnConfig, NCUnlearnStrategy
 from .mcl import MCLConfig, MCLStrategy
 from .pruning import ANPConfig, ANPStrategy, FinePruningConfig, FinePruningStrategy
@@ -25,6 +26,7 @@ from .purifier import (
     PurificationReport,
     PurificationResult,
     Purifier,
+    PurifyEstimate,
     Recheck,
     TriggerASR,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "PurificationStrategy",
     "Purifier",
     "PurifyContext",
+    "PurifyEstimate",
     "Recheck",
     "SAUConfig",
     "SAUStrategy",
@@ -69,6 +72,8 @@ __all__ = [
     "TriggerASR",
     "ablation_fill",
     "apply_pruning",
+    "estimate_repair_seconds",
     "shared_adversarial_examples",
+    "step_seconds",
     "synthesize_class_images",
 ]

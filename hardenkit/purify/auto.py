@@ -175,6 +175,29 @@ class AutoStrategy(PurificationStrategy):
             self._trigger.validation_fraction, self._fallback.validation_fraction
         )
 
+    def estimate_passes(self) -> tuple[float, float] | None:
+        """Fewest: the trigger strategy alone (the scan flags a label, its repair is kept).
+        Most: the longest branch — the trigger strategy then NC unlearning (its repair cost
+        too much accuracy), the checked MCL runs then the candidates' repair (the scan flags
+        nothing; most clean models), or the trigger-free fallback."""
+        none = (0.0, 0.0)
+        trigger = self._trigger.estimate_passes()
+        second = self._second.estimate_passes() if self._second is not None else none
+        candidate = self._candidate.estimate_passes()
+        probe = self._probe.estimate_passes() if self._probe is not None else none
+        fallback = self._fallback.estimate_passes()
+        if trigger is None or second is None or candidate is None:
+            return None
+        if probe is None or fallback is None:
+            return None
+        # the first checked MCL run, and the signal's own when that one was undone
+        probes = 1 + (len(self.config.candidate_mcl_detectors) > 0)
+        most = max(trigger[1] + second[1], probes * probe[1] + candidate[1], fallback[1])
+        return trigger[0], most
+
+    def estimate_batch_size(self) -> int:
+        return self._trigger.estimate_batch_size()
+
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         scan = ctx.scan
         cfg = self.config

@@ -383,6 +383,30 @@ class PurificationStrategy(ABC):
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         """Repair ``ctx.model`` (the Purifier's copy) and return it."""
 
+    def estimate_passes(self) -> tuple[float, float] | None:
+        """The schedule's work as ``(fewest, most)`` passes over the purification images, for
+        a rough time estimate (:func:`hardenkit.purify.estimate_repair_seconds`): one pass
+        costs what one forward, backward and update step of every image at
+        :meth:`estimate_batch_size` costs. ``None`` (the default): not stated, no estimate.
+        Subclasses that override it should measure their factor
+        (``benchmarks/purify_estimate.py``)."""
+        return None
+
+    def estimate_batch_size(self) -> int:
+        """The batch size the schedule steps with (the config's ``batch_size``, else 128)."""
+        bs = getattr(self.config, "batch_size", None)
+        return int(bs) if isinstance(bs, int) and bs > 0 else 128
+
+
+def epoch_passes(epochs: int, per_epoch: tuple[float, float]) -> tuple[float, float]:
+    """``(fewest, most)`` passes of a schedule of ``epochs`` epochs of ``per_epoch`` passes
+    each (:meth:`PurificationStrategy.estimate_passes`).
+
+    >>> epoch_passes(20, (3.2, 3.7))
+    (64.0, 74.0)
+    """
+    return float(epochs * per_epoch[0]), float(epochs * per_epoch[1])
+
 
 STRATEGIES: Registry[type[PurificationStrategy]] = Registry(
     "purification strategy", entry_point_group="hardenkit.strategies"

@@ -24,7 +24,14 @@ from ..data.store import ImageStore
 from ..logging import get_logger
 from ..models.features import find_last_linear, resolve_layer
 from ..training import evaluate_accuracy
-from .base import STRATEGIES, PurificationStrategy, PurifyContext, StrategyConfig, StrategyOutcome
+from .base import (
+    STRATEGIES,
+    PurificationStrategy,
+    PurifyContext,
+    StrategyConfig,
+    StrategyOutcome,
+    epoch_passes,
+)
 from .channels import ChannelGroup, ChannelMask, ChannelSet, apply_pruning, keep_pruned
 from .finetune import FinetuneConfig, _fit
 
@@ -118,6 +125,11 @@ class FinePruningStrategy(PurificationStrategy):
     config_cls = FinePruningConfig
     config: FinePruningConfig
     validation_fraction = 0.1
+
+    def estimate_passes(self) -> tuple[float, float] | None:
+        # the activation and validation passes of the pruning, then fine-tuning (measured)
+        lo, hi = epoch_passes(self.config.epochs, (0.7, 1.05))
+        return lo + 1.0, hi + 1.5
 
     def run(self, ctx: PurifyContext) -> StrategyOutcome:
         cfg = self.config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +66,7 @@ __all__ = [
     "PurificationReport",
     "PurificationResult",
     "Purifier",
+    "PurifyEstimate",
     "Recheck",
     "TriggerASR",
     "TriggerGuard",
@@ -137,6 +139,8 @@ class Recheck(BaseModel):
     """The verdict of the scan of the repaired model (``None`` when none ran)."""
     flagged_labels: list[int] = Field(default_factory=list)
     """The labels that scan flags."""
+    report_id: str | None = None
+    """The report id of that scan (:attr:`PurificationResult.rescan`, saved as ``rescan/``)."""
 
 
 def _targeted(scan: ScanResult | None, details: dict[str, Any]) -> set[int]:
@@ -198,6 +202,12 @@ class PurificationReport(BaseReport):
     epochs: int
     budget_exhausted: bool
     seconds: float
+    timings: dict[str, float] = Field(default_factory=dict)
+    """Wall seconds of each part of :attr:`seconds`: ``load`` (collecting the clean images,
+    the chance check and the splits), ``scan`` (the Scanner run first; 0 when a scan was
+    given or the strategy uses none), ``repair`` (the strategy), ``measure`` (the held-out
+    measurements and the guards) and ``recheck`` (the scan of the repaired model; 0 when it
+    did not run). Empty in reports written before stop 63."""
     peak_memory_mb: dict[str, float]
     """Peak memory in MiB: ``process_rss`` (the process's maximum resident set; under
     ``torchrun`` the maximum over the ranks) and, on CUDA, ``cuda_allocated`` (torch's peak
@@ -301,6 +311,7 @@ class PurificationResult:
         model: the repaired copy, in eval mode (the caller's model is untouched).
         report: the :class:`PurificationReport`.
         scan: the :class:`~hardenkit.scan.ScanResult` used, if any.
+        rescan: the recheck's scan of the repaired model (``report.recheck``), if one ran.
         rank: this process's rank under ``torchrun`` (0 otherwise).
     """
 
@@ -311,10 +322,12 @@ class PurificationResult:
         scan: ScanResult | None,
         input_shape: tuple[int, int, int],
         rank: int = 0,
+        rescan: ScanResult | None = None,
     ) -> None:
         self.model = model
         self.report = report
         self.scan = scan
+        self.rescan = rescan
         self.input_shape = input_shape
         self.rank = rank
         """This process's rank under ``torchrun`` (0 otherwise); only rank 0's :meth:`save`
@@ -334,7 +347,9 @@ class PurificationResult:
         return self.report.trusted
 
     def save(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors``, ``report.json`` and (if any) the scan to ``scan/``.
+        """Write ``model.safetensors``, ``report.json``, the scan (if any) to ``scan/`` and
+        the recheck's scan of the repaired model (if one ran) to ``rescan/``
+        (:meth:`hardenkit.scan.ScanResult.load` reads both back).
 
         Under ``torchrun`` only rank 0 writes (every rank holds the same result).
         """
@@ -345,6 +360,8 @@ class PurificationResult:
         save_state_dict(self.model, d / "model.safetensors")
         if self.scan is not None:
             self.scan.save(d / "scan")
+        if self.rescan is not None:
+            self.rescan.save(d / "rescan")
         self.report.save(d / "report.json")
         return d
 
@@ -366,6 +383,43 @@ class PurificationResult:
             f"PurificationResult(strategy={self.report.strategy!r}, status={self.status!r}, "
             f"ba {_pct(self.report.ba_before)}->{_pct(self.report.ba_after)})"
         )
+
+
+@dataclass(frozen=True)
+class PurifyEstimate:
+    """Roughly how long :meth:`Purifier.run` will take, said before it runs
+    (:meth:`Purifier.estimate`; ``hardenkit purify`` prints it). Seconds; ``None`` where a
+    part does not run or has no estimate (``unknown`` says why).
+
+    Attributes:
+        repair_images: the clean images the strategy works on (after the hold-out and the
+            validation split).
+        scan: the Purifier's own scan first — an upper estimate
+            (:func:`hardenkit.scan.estimate_scan_seconds`; early stopping usually ends it
+            sooner); ``None`` when a scan is given or the strategy uses none.
+        repair: ``(fewest, most)`` seconds of the strategy
+            (:func:`hardenkit.purify.estimate_repair_seconds`; ``auto``'s range spans its
+            branches).
+        recheck: the recheck's scan of the repaired model (at most one more scan, the same
+            upper estimate), when it would run.
+        device: where the steps were timed.
+        unknown: the parts without an estimate and why.
+    """
+
+    repair_images: int
+    scan: float | None
+    repair: tuple[float, float] | None
+    recheck: float | None
+    device: str
+    unknown: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> tuple[float, float] | None:
+        """``(fewest, most)`` seconds in all; ``None`` when the repair has no estimate."""
+        if self.repair is None:
+            return None
+        scans = (self.scan or 0.0) + (self.recheck or 0.0)
+        return self.repair[0] + scans, self.repair[1] + scans
 
 
 class Purifier:
@@ -514,6 +568,69 @@ class Purifier:
             self.scan_config = self.scan_config.model_copy(update={"require_above_chance": False})
         self._progress = progress
 
+    def estimate(
+        self,
+        num_images: int,
+        input_shape: tuple[int, int, int],
+        *,
+        scan_given: bool = False,
+        holdout_given: bool = False,
+    ) -> PurifyEstimate:
+        """Roughly how long :meth:`run` takes on ``num_images`` clean images of shape
+        ``input_shape`` (one scan-step and one training-step timing on this model; a few
+        seconds). ``scan_given``: a scan will be passed to :meth:`run` (no scan, no recheck);
+        ``holdout_given``: so will a ``holdout_loader`` (no image of ``num_images`` is held
+        out). Estimates never raise: a part that could not be estimated is in ``unknown``.
+
+        Example:
+            >>> import hardenkit as hk
+            >>> est = hk.Purifier(hk.create_model("small-cnn", 10), "finetune",
+            ...                   config={"epochs": 2}).estimate(500, (3, 32, 32))
+            >>> est.repair_images, est.scan is None, est.total[0] > 0
+            (405, True, True)
+        """
+        from .estimate import estimate_repair_seconds
+
+        strat = self.strategy
+        held = 0 if holdout_given else round(num_images * self.holdout_fraction)
+        n_tr = max(0, num_images - held)
+        n_rep = max(0, n_tr - round(n_tr * strat.validation_fraction))
+        unknown: list[str] = []
+        device = "unknown"
+        try:
+            device = str(self.runtime.resolve_device().type)
+            repair = estimate_repair_seconds(
+                self.model,
+                strat,
+                num_images=n_rep,
+                input_shape=input_shape,
+                runtime=self.runtime,
+            )
+            if repair is None:
+                unknown.append(f"repair: strategy {strat.name} states no schedule to time")
+        except Exception as exc:  # an estimate must never stop the work
+            repair = None
+            unknown.append(f"repair: {type(exc).__name__}: {exc}")
+        scan = recheck = None
+        if not scan_given and (strat.needs_trigger or strat.uses_scan):
+            from ..scan import estimate_scan_seconds
+
+            try:
+                k = infer_num_classes(self.model, torch.zeros(2, *input_shape))
+                scan = estimate_scan_seconds(
+                    self.model,
+                    self.scan_config,
+                    num_classes=k,
+                    input_shape=input_shape,
+                    clean_images=n_rep,
+                    device=self.runtime.resolve_device(),
+                )
+            except Exception as exc:
+                unknown.append(f"scan: {type(exc).__name__}: {exc}")
+            if self.recheck and self.max_trigger_asr is not None:
+                recheck = scan
+        return PurifyEstimate(n_rep, scan, repair, recheck, device, unknown)
+
     def run(
         self,
         clean_loader: BatchSource | None,
@@ -530,6 +647,7 @@ class Purifier:
         ``clean_loader=None`` runs a data-free strategy (``Purifier(..., input_shape=...)``).
         """
         t_start = time.perf_counter()
+        timings = dict.fromkeys(("load", "scan", "repair", "measure", "recheck"), 0.0)
         rt = self.runtime
         dist = setup_distributed(rt)
         seed_everything(rt.seed)
@@ -593,12 +711,15 @@ class Purifier:
                 "); its triggers may not fit this model"
             )
         scan_source: ScanSource | None = None  # the settings and images of the scan made here
+        t_part = time.perf_counter()
+        timings["load"] = t_part - t_start
         if scan is None and (strat.needs_trigger or strat.uses_scan) and not mismatch:
             notes.append("no scan given: ran the Scanner on the purification images first")
             scan_source = (self.scan_config, StoreBatches(x_tr, y_tr))
             scan = Scanner(
                 original, k, config=self.scan_config, runtime=pixel_runtime(rt), progress=progress
             ).run(scan_source[1])
+            timings["scan"] = time.perf_counter() - t_part
         if len(y_ho) == 0:
             notes.append(
                 "no held-out clean images: BA and the inverted triggers' ASR were not measured "
@@ -648,11 +769,14 @@ class Purifier:
             )
             outcome = StrategyOutcome(model=work, status="nothing-to-purify")
         else:
+            t_part = time.perf_counter()
             try:
                 outcome = strat.run(ctx)
             finally:
                 if dist is not None:
                     dist.restore_batchnorm()
+                timings["repair"] = time.perf_counter() - t_part
+        t_part = time.perf_counter()
         model = outcome.model.eval()
         if probabilities:
             remove_log_probabilities_hook(model)
@@ -694,11 +818,14 @@ class Purifier:
         aimed = _targeted(scan, outcome.details)
         status, trigger_guard = self._trigger_guard(status, asr_rows, notes, aimed)
         recheck: Recheck | None = None
+        rescan: ScanResult | None = None
         judged = sorted(lab for lab in triggers if lab in aimed)  # what the guard judges
+        timings["measure"] = time.perf_counter() - t_part
         if self.recheck and self.max_trigger_asr is not None and judged:
-            status, recheck = self._recheck(
+            status, recheck, rescan = self._recheck(
                 status, model, k, scan, scan_source, judged, notes, progress
             )
+            timings["recheck"] = recheck.seconds
         if status == "purified" and len(y_ho) and not asr_rows:
             unknown = (
                 "no trigger was known to measure"
@@ -738,6 +865,7 @@ class Purifier:
             epochs=outcome.epochs,
             budget_exhausted=budget.exhausted,
             seconds=time.perf_counter() - t_start,
+            timings=timings,
             peak_memory_mb=peak,
             input_model=input_fp,
             output_model=output_fp,
@@ -757,7 +885,9 @@ class Purifier:
             ba_after=ba_after,
             seconds=report.seconds,
         )
-        return PurificationResult(model, report, scan, shape, 0 if dist is None else dist.rank)
+        return PurificationResult(
+            model, report, scan, shape, 0 if dist is None else dist.rank, rescan=rescan
+        )
 
     def _judge(
         self,
@@ -911,14 +1041,15 @@ class Purifier:
         labels: list[int],
         notes: list[str],
         progress: ProgressCallback,
-    ) -> tuple[PurificationStatus, Recheck]:
+    ) -> tuple[PurificationStatus, Recheck, ScanResult | None]:
         """Scan the repaired ``model`` again with the settings and images of the guiding
         ``scan`` and look at ``labels`` (those the trigger guard judges; with or without
         held-out images): ``purified`` becomes ``backdoor-remains`` when a detector still
-        flags one; still its most anomalous label gets a note."""
+        flags one; still its most anomalous label gets a note. Also returns the new scan
+        (``None`` when none finished)."""
 
-        def skip(why: str) -> tuple[PurificationStatus, Recheck]:
-            return status, Recheck(labels=labels, passed=None, skipped=why)
+        def skip(why: str) -> tuple[PurificationStatus, Recheck, ScanResult | None]:
+            return status, Recheck(labels=labels, passed=None, skipped=why), None
 
         if status != "purified":
             return skip(f"status {status}: only a repair that passed the guards is rechecked")
@@ -939,19 +1070,26 @@ class Purifier:
                 f"UNVERIFIED: the scan of the repaired model for the recheck of label(s) "
                 f"{labels} gave non-finite numbers ({exc}): nothing shows the backdoor is gone"
             )
-            return "unverified", Recheck(
-                labels=labels, passed=False, seconds=time.perf_counter() - t0
+            return (
+                "unverified",
+                Recheck(labels=labels, passed=False, seconds=time.perf_counter() - t0),
+                None,
             )
         seconds = time.perf_counter() - t0
         verdict, again_flagged = again.verdict, list(again.flagged_labels)
         if not rows:
-            return status, Recheck(
-                labels=labels,
-                passed=None,
-                seconds=seconds,
-                skipped="no detector of the scan recovers triggers",
-                verdict=verdict,
-                flagged_labels=again_flagged,
+            return (
+                status,
+                Recheck(
+                    labels=labels,
+                    passed=None,
+                    seconds=seconds,
+                    skipped="no detector of the scan recovers triggers",
+                    verdict=verdict,
+                    flagged_labels=again_flagged,
+                    report_id=again.report.report_id,
+                ),
+                again,
             )
         flagged = [r for r in rows if r.flagged_after]
         cut = [r for r in rows if r.budget_exhausted]
@@ -962,6 +1100,7 @@ class Purifier:
             seconds=seconds,
             verdict=verdict,
             flagged_labels=again_flagged,
+            report_id=again.report.report_id,
         )
         if flagged:
             r = max(flagged, key=lambda v: v.anomaly_after)
@@ -975,7 +1114,7 @@ class Purifier:
                 "it (hk.Validator, hardenkit gate)"
             )
             _log.warning("purify.recheck_flagged", label=r.label, anomaly=r.anomaly_after)
-            return "backdoor-remains", rec
+            return "backdoor-remains", rec, again
         if cut:  # a cut inversion stops early, at a larger trigger: no evidence either way
             notes.append(
                 f"UNVERIFIED: the scan of the repaired model for the recheck was cut short by "
@@ -983,7 +1122,7 @@ class Purifier:
                 f"{cut[0].label} no longer stands out: raise max_seconds or measure with the "
                 "real trigger"
             )
-            return "unverified", rec
+            return "unverified", rec, again
         standing = [r for r in rows if r.most_extreme_after and r.verdict_after != "clean"]
         if standing:
             r = standing[0]
@@ -995,7 +1134,7 @@ class Purifier:
                 "hardenkit gate fails it (repaired_label_suspect) — measure with the real "
                 "trigger if you know it"
             )
-        return status, rec
+        return status, rec, again
 
     def _chance(
         self, original: nn.Module, x: ImageStore, y: Tensor, k: int, notes: list[str]

@@ -172,6 +172,9 @@ def test_demo_succeeds_and_writes_outputs(demo: DemoRun) -> None:
     assert demo.trigger.is_file()
     assert (demo.out / "backdoored" / "attack.json").is_file()
     assert "data      synthetic 4 classes" in demo.stderr
+    # said up front (stop 63): training, scan and repair estimated before any work
+    assert "plan      estimated about " in demo.stderr
+    assert "the repair ~" in demo.stderr
 
 
 @pytest.mark.slow
@@ -945,6 +948,16 @@ def test_purify_with_scan_dir_and_onnx(
     assert (out / "model.onnx").is_file()
     assert json.loads((out / "onnx_verification.json").read_text())["passed"] is True
     assert "verification PASSED" in err
+    # said up front (stop 63): the repair's estimate; no scan and no recheck with --scan
+    head = err[: err.index("strategy nc-unlearn: purified")]
+    assert "purify: strategy nc-unlearn on " in head
+    assert "estimated about" in head
+    assert "the repair ~" in head
+    assert "scan at most" not in head
+    assert "recheck" not in head
+    assert set(report["timings"]) == {"load", "scan", "repair", "measure", "recheck"}
+    assert report["timings"]["scan"] == 0.0  # the scan was given
+    assert not (out / "rescan").exists()  # no recheck with --scan: nothing to save
 
 
 @pytest.mark.parametrize("command", ["purify", "train", "demo"])
@@ -1013,10 +1026,13 @@ def test_purify_finetune_config_file(
             scan_weights["clean"], tmp_path / "o", "--strategy", "finetune", "--config", str(cfg)
         )
     )
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["config"]["batch_size"] == 128
     assert report["scan"] is None
+    assert "purify: strategy finetune on " in err
+    assert "estimated about" in err
 
 
 def test_strategies_command(capsys: pytest.CaptureFixture[str]) -> None:

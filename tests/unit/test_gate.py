@@ -216,7 +216,9 @@ def test_gate_cli_says_up_front_that_extra_repair_rounds_are_for_investigation(
     # stop 58: the line estimates one scan of this model and these images (it said "a few
     # minutes" whatever the model), from the same timing as `hardenkit scan`'s estimate
     assert "one scan estimated at most ~" in err
-    assert "a repair (often 1-5 times a scan) and a re-scan follow" in err
+    # stop 63: the repair's range from the strategy's schedule and one timed training step
+    assert "when it flags a label, a repair (auto: ~" in err
+    assert "and a re-scan follow" in err
     import hardenkit.scan as scan_pkg
 
     seen: list[tuple[int, int, int]] = []
@@ -242,6 +244,10 @@ def test_gate_cli_says_up_front_that_extra_repair_rounds_are_for_investigation(
     err = capsys.readouterr().err
     assert "max_repair_rounds 3: up to 2 more repair and re-scan round(s)" in err
     assert "fails HK-REPAIR-001" in err
+    # a strategy that states no schedule: the measured ratio to a scan instead
+    policy.write_text("strategy: anp\n")
+    assert main([*argv, "--policy", str(policy)]) == 2
+    assert "a repair (often 1-5 times a scan) and a re-scan follow" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -1122,7 +1122,7 @@ _RECHECK_SCAN = {
 
 
 def test_recheck_catches_a_repair_that_left_the_flagged_label_standing(
-    fx: BackdoorFixture,
+    fx: BackdoorFixture, tmp_path: Path
 ) -> None:
     bd = fx.backdoored
     # the trigger guard off in effect (bound 1): only the recheck can see the backdoor
@@ -1150,10 +1150,28 @@ def test_recheck_catches_a_repair_that_left_the_flagged_label_standing(
         for n in res.report.notes
     )
     assert f"a scan of the repaired model still flags label {label}" in res.report.summary()
+    # the recheck's scan is kept (stop 63): on the result, by id in the report, saved as
+    # rescan/ beside scan/ and read back unchanged
+    assert res.rescan is not None
+    assert rc.report_id == res.rescan.report.report_id != res.scan.report.report_id
+    assert res.rescan.flagged_labels == rc.flagged_labels
+    t = res.report.timings
+    assert set(t) == {"load", "scan", "repair", "measure", "recheck"}
+    assert t["scan"] > 0
+    assert t["recheck"] == pytest.approx(rc.seconds)
+    assert sum(t.values()) <= res.report.seconds
+    saved = res.save(tmp_path / "out")
+    back = ScanResult.load(saved / "rescan")
+    assert back.report.report_id == rc.report_id
+    assert back.flagged_labels == res.rescan.flagged_labels
+    assert (saved / "scan").is_dir()
     # turned off: the unchanged model reads purified (what the guard alone concludes)
     off = hk.Purifier(bd.model, _Unchanged(), recheck=False, **kw).run(_loader(fx))
     assert off.report.recheck is None
     assert off.status == "purified"
+    assert off.rescan is None
+    assert off.report.timings["recheck"] == 0.0
+    assert not (off.save(tmp_path / "off") / "rescan").exists()
     # a scan passed in: its images are unknown here, so no comparable recheck
     given = hk.Purifier(bd.model, _Unchanged(), **kw).run(_loader(fx), scan=res.scan)
     assert given.report.recheck is not None
@@ -1196,7 +1214,9 @@ def _row(**kw: object) -> LabelRecheck:
 def test_recheck_decides_the_status_from_the_new_inversion(
     fx: BackdoorFixture, monkeypatch: pytest.MonkeyPatch, row: dict[str, object], status: str
 ) -> None:
-    again = SimpleNamespace(verdict="suspicious", flagged_labels=[])
+    again = SimpleNamespace(
+        verdict="suspicious", flagged_labels=[], report=SimpleNamespace(report_id="again")
+    )
     monkeypatch.setattr(hk.Scanner, "recheck", lambda *a, **k: ([_row(**row)], again))
     bd = fx.backdoored
     res = hk.Purifier(bd.model, _Unchanged(), scan_config=_RECHECK_SCAN, max_trigger_asr=1.0).run(
@@ -1207,6 +1227,8 @@ def test_recheck_decides_the_status_from_the_new_inversion(
     assert res.report.recheck.passed is (status == "purified")
     noted = any("still ranks it first" in n for n in res.report.notes)
     assert noted is (row.get("verdict_after") == "suspicious")
+    assert res.rescan is again  # whatever the status, the new scan is kept
+    assert res.report.recheck.report_id == "again"
 
 
 def test_recheck_with_non_finite_numbers_fails_closed(
@@ -1224,3 +1246,5 @@ def test_recheck_with_non_finite_numbers_fails_closed(
     assert res.report.recheck is not None
     assert res.report.recheck.passed is False
     assert any("non-finite" in n for n in res.report.notes)
+    assert res.rescan is None  # no scan finished
+    assert res.report.recheck.report_id is None
