@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     t_all = time.perf_counter()
     steps: list[DemoStep] = []
     rt = RuntimeConfig(device=args.device, seed=args.seed, progress="auto")
+    rt.resolve_device()  # an unusable --device fails here (exit 3), before the plan line
     say = _Say()
     strategy_cls = STRATEGIES.get(args.strategy)  # unknown name: exit 2 now
     needs_trigger = strategy_cls.needs_trigger

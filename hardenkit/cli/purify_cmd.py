@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     fields: dict[str, Any] = load_policy_file(args.config, "strategy config") if args.config else {}
     fields.update(parse_kv(args.settings, "--set"))
     rt = RuntimeConfig(device=args.device, seed=args.seed)
+    rt.resolve_device()  # an unusable --device fails here (exit 3), before the estimate
     purifier = Purifier(
         load_model_from_args(args),
         args.strategy,

@@ -316,7 +316,7 @@ def test_holdout_fraction_outside_the_range_exits_2(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error path")
-@pytest.mark.parametrize("command", ["validate", "scan", "purify"])
+@pytest.mark.parametrize("command", ["validate", "scan", "purify", "demo"])
 def test_cuda_without_cuda_exits_3(
     command: str, weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -324,6 +324,8 @@ def test_cuda_without_cuda_exits_3(
         argv = validate_args(weights)
     elif command == "scan":
         argv = scan_args(weights)
+    elif command == "demo":  # fails before its plan line (stop 63), before any training
+        argv = ["demo", "--device", "cpu", "--out", str(tmp_path / "d")]
     else:
         argv = purify_args(weights, tmp_path / "o")
     argv[argv.index("--device") + 1] = "cuda"
