@@ -151,16 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         factors = [factor_row(m, s, data) for m in args.models.split(",") if m for s in names]
         cols = ["model", "strategy", "images", "batch", "step s", "repair s", "epochs",
                 "passes per epoch", "status"]  # fmt: skip
-        write_results(
-            args.out,
-            factors,
-            cols,
-            {
-                "protocol": "passes per epoch of each strategy (stop 63)",
-                "command": "python -m benchmarks.purify_estimate " + " ".join(argv or sys.argv[1:]),
-            },
-        )
-        print(md_table(factors, cols))
+        _write(args.out, factors, cols, "passes per epoch of each strategy (stop 63)", argv)
         return 0
     rows = []
     for name in [m for m in args.models.split(",") if m]:
@@ -188,17 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     ]
     cols = ["model", "set", "strategy", "estimate s (scan + repair + recheck)",
             "measured s (scan + repair + recheck)", "verdict", "status", "branch"]  # fmt: skip
-    write_results(
-        args.out,
-        table,
-        cols,
-        {
-            "protocol": "Purifier.estimate against the run (stop 63)",
-            "command": "python -m benchmarks.purify_estimate " + " ".join(argv or sys.argv[1:]),
-        },
-    )
-    print(md_table(table, cols))
+    _write(args.out, table, cols, "Purifier.estimate against the run (stop 63)", argv)
     return 0
+
+
+def _write(
+    out: str, rows: list[dict[str, Any]], cols: list[str], protocol: str, argv: list[str] | None
+) -> None:
+    """Write ``benchmarks/results/<out>.{json,md}`` with the command that made them, and print
+    the table."""
+    command = "python -m benchmarks.purify_estimate " + " ".join(argv or sys.argv[1:])
+    write_results(out, rows, cols, {"protocol": protocol, "command": command})
+    print(md_table(rows, cols))
 
 
 if __name__ == "__main__":
